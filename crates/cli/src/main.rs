@@ -1,0 +1,95 @@
+//! The `auditflow` binary: `run`, `validate`, `graph` and `plugins`.
+//!
+//! # Layout
+//! - [`registry`]: the one list of plugins.
+//! - [`run`]: runs a pipeline until signalled or until every source ended.
+//! - [`describe`]: `validate`, `graph` and `plugins`, which only read pipelines.
+//!
+//! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Logs go to
+//! standard error; standard output carries only data (`stdout` sink, `graph`, `plugins`).
+
+mod describe;
+mod registry;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A stream-processing pipeline for Kubernetes audit logs.
+#[derive(Debug, Parser)]
+#[command(name = "auditflow", version, about)]
+struct Cli {
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or directives
+    /// (`info,auditflow_file=debug`).
+    #[arg(long, global = true, default_value = "info", env = "AUDITFLOW_LOG")]
+    log_level: String,
+    /// How logs are written to standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline until SIGTERM/SIGINT, or until every source has ended.
+    Run {
+        /// Pipeline files (YAML, TOML or JSON), merged in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Check pipeline files and list every problem; exit 0 when valid, 1 when not.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the pipeline graph in Graphviz DOT.
+    Graph {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List every component type with its options.
+    Plugins {
+        /// Only this type.
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = init_logging(&cli.log_level, cli.log_format) {
+        eprintln!("auditflow: --log-level {:?}: {error}", cli.log_level);
+        return ExitCode::from(2);
+    }
+    let registry = registry::registry();
+    match cli.command {
+        Command::Run { files, threads } => run::run(&files, threads, &registry),
+        Command::Validate { files } => describe::validate(&files, &registry),
+        Command::Graph { files } => describe::graph(&files, &registry),
+        Command::Plugins { name } => describe::plugins(name.as_deref(), &registry),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `auditflow run`: load, build, start, and shut down on signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use auditflow_config::{ConfigError, Registry};
+use auditflow_metrics::endpoint::{self, Readiness};
+use auditflow_topology::Running;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> ExitCode {
+    let pipeline = match auditflow_config::load(files, registry) {
+        Ok(pipeline) => pipeline,
+        Err(errors) => return config_failure(&errors),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("auditflow");
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("auditflow: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let builder = match auditflow_topology::build(&pipeline) {
+            Ok(builder) => builder,
+            Err(errors) => return config_failure(&errors),
+        };
+        let readiness = Arc::new(Readiness::default());
+        if let Some(metrics) = &pipeline.metrics {
+            match tokio::net::TcpListener::bind(metrics.address).await {
+                Ok(listener) => {
+                    tracing::info!(address = %metrics.address, "serving /metrics, /health and /ready");
+                    tokio::spawn(endpoint::serve(listener, Arc::clone(&readiness)));
+                }
+                Err(error) => {
+                    eprintln!(
+                        "auditflow: metrics.address {}: cannot listen: {error}",
+                        metrics.address
+                    );
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        let running = builder.start();
+        readiness.set_ready(true);
+        tracing::info!(
+            components = pipeline.components.len(),
+            "pipeline started"
+        );
+        supervise(running, pipeline.shutdown_timeout).await
+    });
+    // Standard input may still be blocked in a read that cannot be cancelled; the pipeline
+    // is done, so do not wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+/// Waits for the pipeline to end on its own or for a signal; the first signal drains, the
+/// second (or the timeout) stops at once.
+async fn supervise(mut running: Running, timeout: std::time::Duration) -> ExitCode {
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("auditflow: cannot install signal handlers: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let finished = tokio::select! {
+        result = running.wait() => Some(result),
+        _ = next_signal(&mut terminate, &mut interrupt) => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            tracing::info!(
+                timeout_secs = timeout.as_secs(),
+                "shutting down: sources stopped, draining in-flight events to the sinks"
+            );
+            running.shutdown();
+            let drained = tokio::select! {
+                result = running.wait() => Some(result),
+                _ = tokio::time::sleep(timeout) => {
+                    tracing::error!(
+                        timeout_secs = timeout.as_secs(),
+                        "shutdown timed out; events not yet acknowledged were not checkpointed and will be read again on restart"
+                    );
+                    None
+                }
+                _ = next_signal(&mut terminate, &mut interrupt) => {
+                    tracing::warn!("second signal: exiting now without draining");
+                    None
+                }
+            };
+            match drained {
+                Some(result) => result,
+                None => {
+                    running.abort();
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!("pipeline finished");
+            ExitCode::SUCCESS
+        }
+        Err(failures) => {
+            for failure in &failures {
+                eprintln!("auditflow: {failure}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn next_signal(terminate: &mut Signal, interrupt: &mut Signal) {
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}
+
+pub fn config_failure(errors: &[ConfigError]) -> ExitCode {
+    for error in errors {
+        eprintln!("{error}");
+    }
+    eprintln!(
+        "auditflow: the pipeline has {} problem{}; nothing was started",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::from(2)
+}

@@ -1,0 +1,63 @@
+//! The unit that flows between components.
+
+use crate::event::Event;
+use crate::finalize::{BatchStatus, Finalizer, Finalizers};
+
+/// How many events a source puts in one batch at most.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// How many bytes (as JSON) a source puts in one batch at most; one larger event still
+/// makes a batch of its own.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Events travelling together, with the acknowledgement handles of the source batches
+/// they came from.
+///
+/// Cloning a batch (fan-out) shares every event's bytes; only the small per-event index
+/// is copied.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    finalizers: Finalizers,
+}
+
+impl Batch {
+    /// A batch nobody waits on.
+    pub fn new(events: Vec<Event>) -> Batch {
+        Batch {
+            events,
+            finalizers: Finalizers::new(),
+        }
+    }
+
+    /// A batch whose source waits for its acknowledgement.
+    pub fn with_finalizer(events: Vec<Event>, finalizer: Finalizer) -> Batch {
+        Batch {
+            events,
+            finalizers: Finalizers::from(finalizer),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// About how many bytes the events take as JSON.
+    pub fn size_hint(&self) -> usize {
+        self.events.iter().map(Event::size_hint).sum()
+    }
+
+    /// Takes the acknowledgement handles, leaving none (a sink merging batches).
+    pub fn take_finalizers(&mut self) -> Finalizers {
+        std::mem::take(&mut self.finalizers)
+    }
+
+    /// Reports the batch's fate to its sources and drops it.
+    pub fn resolve(self, status: BatchStatus) {
+        self.finalizers.resolve(status);
+    }
+}

@@ -1,0 +1,233 @@
+//! The traits plugins implement, and what they are given to run.
+//!
+//! Each component has a build step and a run step: a `*Config` (deserialised from the
+//! pipeline file) builds the component; the topology then runs it. A transform is a plain
+//! synchronous function over a batch; sources and sinks are tasks.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::batch::Batch;
+use crate::channel::{Output, Receiver};
+
+/// What a component is in the pipeline graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ComponentKind {
+    Source,
+    Transform,
+    Sink,
+}
+
+impl ComponentKind {
+    /// The singular name, as used in metric labels (`source`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentKind::Source => "source",
+            ComponentKind::Transform => "transform",
+            ComponentKind::Sink => "sink",
+        }
+    }
+
+    /// The pipeline file section (`sources`).
+    pub fn section(self) -> &'static str {
+        match self {
+            ComponentKind::Source => "sources",
+            ComponentKind::Transform => "transforms",
+            ComponentKind::Sink => "sinks",
+        }
+    }
+}
+
+impl fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The engine's per-component counters, implemented by the metrics crate.
+///
+/// Calls are per batch, not per event.
+pub trait Telemetry: Send + Sync + 'static {
+    /// Events (and their bytes) that came in: read by a source, taken from the channel
+    /// by a transform or sink.
+    fn received(&self, events: usize, bytes: usize);
+    /// Events (and bytes) that went out: sent downstream, or delivered by a sink.
+    fn sent(&self, events: usize, bytes: usize);
+    /// Events dropped on purpose or refused, with a bounded `reason` (`malformed`,
+    /// `sampled`, `filtered`, `oversized`).
+    fn discarded(&self, reason: &'static str, events: usize);
+    /// Failures, with a bounded `error_type` (`rejected`, `io`, `request_failed`).
+    fn errored(&self, error_type: &'static str, count: usize);
+    /// Events entering (+) or leaving (-) the channel in front of this component.
+    fn buffer_changed(&self, delta_events: i64);
+}
+
+/// Telemetry that records nothing (benchmarks, unit tests).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTelemetry;
+
+impl Telemetry for NoTelemetry {
+    fn received(&self, _: usize, _: usize) {}
+    fn sent(&self, _: usize, _: usize) {}
+    fn discarded(&self, _: &'static str, _: usize) {}
+    fn errored(&self, _: &'static str, _: usize) {}
+    fn buffer_changed(&self, _: i64) {}
+}
+
+/// Tells sources to stop reading. Cloned freely; resolves for every clone at once.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger { tx }, Shutdown { rx })
+    }
+
+    /// Resolves once shutdown is triggered (or its trigger is gone).
+    pub async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|triggered| *triggered).await;
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow() || self.rx.has_changed().is_err()
+    }
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// What a config gets to build its component.
+#[derive(Clone)]
+pub struct BuildContext {
+    /// The component id from the pipeline file.
+    pub id: String,
+    /// The component's own directory for state (checkpoints): `<data_dir>/<id>`. Not
+    /// created until the component needs it.
+    pub data_dir: PathBuf,
+    /// The component's counters.
+    pub telemetry: Arc<dyn Telemetry>,
+}
+
+/// A component that could not be built from its config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    /// The option at fault, as a dotted path inside the component (`tls.ca_file`).
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl BuildError {
+    pub fn new(message: impl Into<String>) -> BuildError {
+        BuildError {
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> BuildError {
+        BuildError {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// A running component failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    /// An I/O operation failed; `context` says which and on what.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// The component cannot go on; the message says why and what to do.
+    #[error("{0}")]
+    Fatal(String),
+    /// The pipeline closed the component's output or input under it.
+    #[error("the pipeline stopped while this component was sending")]
+    Closed,
+}
+
+impl From<crate::channel::Closed> for ComponentError {
+    fn from(_: crate::channel::Closed) -> ComponentError {
+        ComponentError::Closed
+    }
+}
+
+/// What a source runs with.
+pub struct SourceContext {
+    pub id: String,
+    /// Where batches go; waiting on it is the backpressure.
+    pub out: Output,
+    /// Stop reading when this fires, wait (bounded) for pending acknowledgements, write
+    /// the final checkpoint, and return.
+    pub shutdown: Shutdown,
+    pub telemetry: Arc<dyn Telemetry>,
+}
+
+/// What a sink runs with.
+pub struct SinkContext {
+    pub id: String,
+    /// Batches to deliver; `None` once every upstream has finished (then flush and return).
+    pub input: Receiver,
+    pub telemetry: Arc<dyn Telemetry>,
+}
+
+/// Produces batches until its input ends or shutdown is signalled.
+#[async_trait]
+pub trait Source: Send {
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError>;
+}
+
+/// Changes batches in place: drops events, edits fields. Runs synchronously on the
+/// transform's task.
+pub trait Transform: Send {
+    fn transform(&mut self, batch: &mut Batch);
+}
+
+/// Delivers batches and resolves their finalizers.
+#[async_trait]
+pub trait Sink: Send {
+    async fn run(self: Box<Self>, cx: SinkContext) -> Result<(), ComponentError>;
+}
+
+/// Checks that cannot be expressed in the config's types (mutually dependent options).
+/// Shared by `auditflow validate` and `auditflow run`.
+pub trait Validate {
+    fn validate(&self) -> Vec<BuildError> {
+        Vec::new()
+    }
+}
+
+/// A source's options, as deserialised from the pipeline file.
+pub trait SourceConfig: Validate + fmt::Debug + Send + Sync {
+    fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError>;
+}
+
+/// A transform's options.
+pub trait TransformConfig: Validate + fmt::Debug + Send + Sync {
+    fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError>;
+}
+
+/// A sink's options.
+pub trait SinkConfig: Validate + fmt::Debug + Send + Sync {
+    fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError>;
+}

@@ -1,0 +1,33 @@
+//! The vocabulary every auditflow component speaks: events, batches, acknowledgements and
+//! the `Source` / `Transform` / `Sink` traits.
+//!
+//! # Layout
+//! - [`event`]: one audit event, parsed once into an index of its top-level fields.
+//! - [`batch`]: the unit that flows between components, with its finalizers.
+//! - [`finalize`]: end-to-end acknowledgements (`Delivered` / `Errored` / `Rejected`).
+//! - [`framing`]: splitting a byte stream into newline-delimited records.
+//! - [`channel`]: the bounded channel between components, which is the backpressure.
+//! - [`component`]: the traits plugins implement and the contexts they run in.
+//!
+//! # The one design decision
+//! An [`Event`](event::Event) keeps the bytes it arrived as and parses only the top-level
+//! field boundaries. A transform that reads `verb` parses `verb`; a sink that writes an
+//! untouched event copies its original bytes. Most of an audit event's bytes sit in
+//! `requestObject` / `responseObject`, which the common path never parses.
+
+pub mod batch;
+pub mod channel;
+pub mod component;
+pub mod event;
+pub mod finalize;
+pub mod framing;
+
+pub use batch::Batch;
+pub use channel::Output;
+pub use component::{
+    BuildContext, BuildError, ComponentError, ComponentKind, NoTelemetry, Shutdown,
+    ShutdownTrigger, Sink, SinkConfig, SinkContext, Source, SourceConfig, SourceContext,
+    Telemetry, Transform, TransformConfig, Validate,
+};
+pub use event::{DecodeError, Event};
+pub use finalize::{BatchNotifier, BatchReceiver, BatchStatus, Finalizer, Finalizers};

@@ -1,0 +1,249 @@
+//! Every metric auditflow exports, and the HTTP endpoint that serves them.
+//!
+//! # Layout
+//! - [`names`]: every metric name, as a constant.
+//! - this module: the process-wide registry, the engine's per-component series
+//!   ([`ComponentMetrics`], which implements the core's `Telemetry`), and the
+//!   plugin-specific series as accessors (`file_rotations_total()`, ...).
+//! - [`endpoint`]: `GET /metrics`, `/health`, `/ready`.
+//!
+//! # The one design decision
+//! One process-wide registry, and every series is created here, so that names, help texts
+//! and label sets are defined once. Labels never carry unbounded values: component ids,
+//! kinds and types, bounded reasons, and values plugins bound themselves.
+
+pub mod endpoint;
+pub mod names;
+
+use std::sync::{Arc, LazyLock};
+
+use auditflow_core::{ComponentKind, Telemetry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// The process-wide registry.
+pub fn registry() -> &'static Registry {
+    &REGISTRY
+}
+
+/// The registry in Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut out)
+        .expect("the text encoder writes to a Vec");
+    out
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    REGISTRY
+        .register(Box::new(collector.clone()))
+        .expect("every metric is registered once, here");
+    collector
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    register(
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric"),
+    )
+}
+
+const COMPONENT_LABELS: &[&str] = &["component_id", "component_kind", "component_type"];
+
+struct ComponentSeries {
+    received_events: IntCounterVec,
+    received_bytes: IntCounterVec,
+    sent_events: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    errors: IntCounterVec,
+    discarded: IntCounterVec,
+    buffer_events: IntGaugeVec,
+}
+
+static COMPONENT: LazyLock<ComponentSeries> = LazyLock::new(|| {
+    let with = |extra: &'static str| -> Vec<&'static str> {
+        let mut labels = COMPONENT_LABELS.to_vec();
+        labels.push(extra);
+        labels
+    };
+    ComponentSeries {
+        received_events: counter_vec(
+            names::COMPONENT_RECEIVED_EVENTS_TOTAL,
+            "Events a component took in.",
+            COMPONENT_LABELS,
+        ),
+        received_bytes: counter_vec(
+            names::COMPONENT_RECEIVED_BYTES_TOTAL,
+            "Bytes of the events a component took in (as JSON).",
+            COMPONENT_LABELS,
+        ),
+        sent_events: counter_vec(
+            names::COMPONENT_SENT_EVENTS_TOTAL,
+            "Events a component passed on (sources, transforms) or delivered (sinks).",
+            COMPONENT_LABELS,
+        ),
+        sent_bytes: counter_vec(
+            names::COMPONENT_SENT_BYTES_TOTAL,
+            "Bytes a component passed on or delivered.",
+            COMPONENT_LABELS,
+        ),
+        errors: counter_vec(
+            names::COMPONENT_ERRORS_TOTAL,
+            "Errors a component met, by error_type.",
+            &with("error_type"),
+        ),
+        discarded: counter_vec(
+            names::COMPONENT_DISCARDED_EVENTS_TOTAL,
+            "Events a component dropped, by reason (sampled, filtered, malformed, oversized, rejected).",
+            &with("reason"),
+        ),
+        buffer_events: gauge_vec(
+            names::BUFFER_EVENTS,
+            "Events waiting in the channel in front of a component.",
+            COMPONENT_LABELS,
+        ),
+    }
+});
+
+/// One component's engine series; its [`Telemetry`] implementation.
+pub struct ComponentMetrics {
+    labels: [String; 3],
+    received_events: IntCounter,
+    received_bytes: IntCounter,
+    sent_events: IntCounter,
+    sent_bytes: IntCounter,
+    buffer_events: IntGauge,
+}
+
+impl ComponentMetrics {
+    /// The series of one component, created at zero so that they show before traffic.
+    pub fn new(id: &str, kind: ComponentKind, component_type: &str) -> Arc<ComponentMetrics> {
+        let series = &*COMPONENT;
+        let labels = [id, kind.as_str(), component_type];
+        Arc::new(ComponentMetrics {
+            received_events: series.received_events.with_label_values(&labels),
+            received_bytes: series.received_bytes.with_label_values(&labels),
+            sent_events: series.sent_events.with_label_values(&labels),
+            sent_bytes: series.sent_bytes.with_label_values(&labels),
+            buffer_events: series.buffer_events.with_label_values(&labels),
+            labels: labels.map(str::to_owned),
+        })
+    }
+
+    fn with<'a>(&'a self, extra: &'a str) -> [&'a str; 4] {
+        [&self.labels[0], &self.labels[1], &self.labels[2], extra]
+    }
+}
+
+impl Telemetry for ComponentMetrics {
+    fn received(&self, events: usize, bytes: usize) {
+        self.received_events.inc_by(events as u64);
+        self.received_bytes.inc_by(bytes as u64);
+    }
+
+    fn sent(&self, events: usize, bytes: usize) {
+        self.sent_events.inc_by(events as u64);
+        self.sent_bytes.inc_by(bytes as u64);
+    }
+
+    fn discarded(&self, reason: &'static str, events: usize) {
+        COMPONENT
+            .discarded
+            .with_label_values(&self.with(reason))
+            .inc_by(events as u64);
+    }
+
+    fn errored(&self, error_type: &'static str, count: usize) {
+        COMPONENT
+            .errors
+            .with_label_values(&self.with(error_type))
+            .inc_by(count as u64);
+    }
+
+    fn buffer_changed(&self, delta_events: i64) {
+        self.buffer_events.add(delta_events);
+    }
+}
+
+macro_rules! series {
+    ($(#[$doc:meta])* $fn:ident: $kind:ident($name:expr, $help:expr, [$($label:expr),*] $(, $buckets:expr)?)) => {
+        $(#[$doc])*
+        pub fn $fn() -> &'static $kind {
+            static SERIES: LazyLock<$kind> =
+                LazyLock::new(|| series!(@make $kind, $name, $help, &[$($label),*] $(, $buckets)?));
+            &SERIES
+        }
+    };
+    (@make IntCounterVec, $name:expr, $help:expr, $labels:expr) => { counter_vec($name, $help, $labels) };
+    (@make IntGaugeVec, $name:expr, $help:expr, $labels:expr) => { gauge_vec($name, $help, $labels) };
+    (@make HistogramVec, $name:expr, $help:expr, $labels:expr, $buckets:expr) => { histogram_vec($name, $help, $labels, $buckets) };
+}
+
+/// Request latency buckets, 5 ms to 60 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+}
+
+series!(
+    /// `file` source: bytes written to its files that are not yet acknowledged.
+    file_checkpoint_lag_bytes: IntGaugeVec(names::FILE_CHECKPOINT_LAG_BYTES,
+        "File size minus acknowledged offset, summed over the files a file source follows.",
+        ["component_id"]));
+series!(
+    /// `file` source: files currently open.
+    file_open_files: IntGaugeVec(names::FILE_OPEN_FILES,
+        "Files a file source holds open.", ["component_id"]));
+series!(
+    /// `file` source: rotations noticed (rename, copy-truncate).
+    file_rotations_total: IntCounterVec(names::FILE_ROTATIONS_TOTAL,
+        "Rotations a file source noticed (rename or truncate).", ["component_id"]));
+series!(
+    /// `redact` transform: secrets replaced, by detector.
+    redactions_total: IntCounterVec(names::REDACTIONS_TOTAL,
+        "Secrets the redact transform replaced, by detector.", ["component_id", "detector"]));
+series!(
+    /// `rbac_denial` transform: denials tagged. `resource` is bounded by the transform.
+    rbac_denials_total: IntCounterVec(names::RBAC_DENIALS_TOTAL,
+        "Denied requests, by class (rbac, authentication, forbidden), verb and resource.",
+        ["component_id", "class", "verb", "resource"]));
+series!(
+    /// Sinks that make requests: request latency by status class (`2xx`, `5xx`, `error`).
+    sink_request_duration_seconds: HistogramVec(names::SINK_REQUEST_DURATION_SECONDS,
+        "Duration of a sink's requests, by status class.",
+        ["component_id", "status_class"], latency_buckets()));
+series!(
+    /// Sinks: retried requests.
+    sink_retries_total: IntCounterVec(names::SINK_RETRIES_TOTAL,
+        "Requests a sink retried.", ["component_id"]));
+series!(
+    /// Sinks: requests in flight.
+    sink_inflight_requests: IntGaugeVec(names::SINK_INFLIGHT_REQUESTS,
+        "Requests a sink has in flight.", ["component_id"]));
+series!(
+    /// `webhook` source: requests answered, by status code.
+    webhook_requests_total: IntCounterVec(names::WEBHOOK_REQUESTS_TOTAL,
+        "Requests the webhook source answered, by status code.", ["component_id", "code"]));
+series!(
+    /// `webhook` source: time from request to answer (including waiting for delivery).
+    webhook_request_duration_seconds: HistogramVec(names::WEBHOOK_REQUEST_DURATION_SECONDS,
+        "Time the webhook source took to answer a request.", ["component_id"], latency_buckets()));
+series!(
+    /// `kafka` source: messages behind the partition's high watermark.
+    kafka_consumer_lag: IntGaugeVec(names::KAFKA_CONSUMER_LAG,
+        "Messages between the committed position and the high watermark, per partition.",
+        ["component_id", "topic", "partition"]));

@@ -1,0 +1,25 @@
+//! Every metric name auditflow exports.
+
+pub const COMPONENT_RECEIVED_EVENTS_TOTAL: &str = "auditflow_component_received_events_total";
+pub const COMPONENT_RECEIVED_BYTES_TOTAL: &str = "auditflow_component_received_bytes_total";
+pub const COMPONENT_SENT_EVENTS_TOTAL: &str = "auditflow_component_sent_events_total";
+pub const COMPONENT_SENT_BYTES_TOTAL: &str = "auditflow_component_sent_bytes_total";
+pub const COMPONENT_ERRORS_TOTAL: &str = "auditflow_component_errors_total";
+pub const COMPONENT_DISCARDED_EVENTS_TOTAL: &str = "auditflow_component_discarded_events_total";
+pub const BUFFER_EVENTS: &str = "auditflow_buffer_events";
+
+pub const FILE_CHECKPOINT_LAG_BYTES: &str = "auditflow_file_checkpoint_lag_bytes";
+pub const FILE_OPEN_FILES: &str = "auditflow_file_open_files";
+pub const FILE_ROTATIONS_TOTAL: &str = "auditflow_file_rotations_total";
+
+pub const REDACTIONS_TOTAL: &str = "auditflow_redactions_total";
+pub const RBAC_DENIALS_TOTAL: &str = "auditflow_rbac_denials_total";
+
+pub const SINK_REQUEST_DURATION_SECONDS: &str = "auditflow_sink_request_duration_seconds";
+pub const SINK_RETRIES_TOTAL: &str = "auditflow_sink_retries_total";
+pub const SINK_INFLIGHT_REQUESTS: &str = "auditflow_sink_inflight_requests";
+
+pub const WEBHOOK_REQUESTS_TOTAL: &str = "auditflow_webhook_requests_total";
+pub const WEBHOOK_REQUEST_DURATION_SECONDS: &str = "auditflow_webhook_request_duration_seconds";
+
+pub const KAFKA_CONSUMER_LAG: &str = "auditflow_kafka_consumer_lag";

@@ -1,0 +1,282 @@
+//! Wires components into a running graph: one task per component, bounded channels
+//! between them, fan-out by sharing batches, and a draining shutdown.
+//!
+//! # Layout
+//! - [`TopologyBuilder`]: add built components by id and inputs; `start` spawns them.
+//! - [`build`]: builds every component of a loaded [`Pipeline`] into a builder, reporting
+//!   build failures as located config errors.
+//! - [`Running`]: the live pipeline; trigger shutdown, await the end.
+//!
+//! # The one design decision
+//! Shutdown is a cascade, not a kill: sources stop reading and return, which closes their
+//! outputs; each transform and sink drains its channel and returns when it is empty and
+//! closed. Nothing is dropped on the way unless the shutdown timeout runs out, and then
+//! only unacknowledged data, which sources offer again on restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use auditflow_config::{AnyConfig, ConfigError, Pipeline};
+use auditflow_core::channel::{self, Output, Receiver, Sender};
+use auditflow_core::{
+    BuildContext, ComponentError, ComponentKind, Shutdown, ShutdownTrigger, Sink, SinkContext,
+    Source, SourceContext, Telemetry, Transform,
+};
+use auditflow_metrics::ComponentMetrics;
+use tokio::task::JoinSet;
+
+/// Batches a channel holds in front of each transform and sink. With batches of at most
+/// 1,000 events or 1 MiB, this bounds what waits between two components.
+pub const CHANNEL_BATCHES: usize = 2;
+
+enum Built {
+    Source(Box<dyn Source>),
+    Transform(Box<dyn Transform>),
+    Sink(Box<dyn Sink>),
+}
+
+struct Node {
+    kind: ComponentKind,
+    inputs: Vec<String>,
+    component: Built,
+    telemetry: Arc<dyn Telemetry>,
+}
+
+/// Collects built components, then wires and spawns them.
+#[derive(Default)]
+pub struct TopologyBuilder {
+    nodes: BTreeMap<String, Node>,
+}
+
+impl TopologyBuilder {
+    pub fn new() -> TopologyBuilder {
+        TopologyBuilder::default()
+    }
+
+    pub fn source(&mut self, id: &str, source: Box<dyn Source>, telemetry: Arc<dyn Telemetry>) {
+        self.insert(id, ComponentKind::Source, &[], Built::Source(source), telemetry);
+    }
+
+    pub fn transform(
+        &mut self,
+        id: &str,
+        inputs: &[&str],
+        transform: Box<dyn Transform>,
+        telemetry: Arc<dyn Telemetry>,
+    ) {
+        let node = Built::Transform(transform);
+        self.insert(id, ComponentKind::Transform, inputs, node, telemetry);
+    }
+
+    pub fn sink(
+        &mut self,
+        id: &str,
+        inputs: &[&str],
+        sink: Box<dyn Sink>,
+        telemetry: Arc<dyn Telemetry>,
+    ) {
+        self.insert(id, ComponentKind::Sink, inputs, Built::Sink(sink), telemetry);
+    }
+
+    fn insert(
+        &mut self,
+        id: &str,
+        kind: ComponentKind,
+        inputs: &[&str],
+        component: Built,
+        telemetry: Arc<dyn Telemetry>,
+    ) {
+        let node = Node {
+            kind,
+            inputs: inputs.iter().map(|input| input.to_string()).collect(),
+            component,
+            telemetry,
+        };
+        assert!(
+            self.nodes.insert(id.to_owned(), node).is_none(),
+            "component id {id:?} added twice"
+        );
+    }
+
+    /// Spawns every component on the current runtime. Sinks start first so that nothing
+    /// a source sends waits on a component that is not there yet.
+    pub fn start(self) -> Running {
+        let (trigger, shutdown) = Shutdown::new();
+        let mut senders: BTreeMap<String, Sender> = BTreeMap::new();
+        let mut receivers: BTreeMap<String, Receiver> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            if node.kind != ComponentKind::Source {
+                let (tx, rx) = channel::channel(CHANNEL_BATCHES, Arc::clone(&node.telemetry));
+                senders.insert(id.clone(), tx);
+                receivers.insert(id.clone(), rx);
+            }
+        }
+        let output_of = |id: &str, telemetry: &Arc<dyn Telemetry>| {
+            let targets = self
+                .nodes
+                .iter()
+                .filter(|(_, node)| node.inputs.iter().any(|input| input == id))
+                .filter_map(|(target, _)| senders.get(target).cloned())
+                .collect();
+            Output::new(targets, Arc::clone(telemetry))
+        };
+        let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            if node.kind != ComponentKind::Sink {
+                outputs.insert(id.clone(), output_of(id, &node.telemetry));
+            }
+        }
+        drop(senders);
+
+        let mut tasks = JoinSet::new();
+        let mut order: Vec<(String, Node)> = self.nodes.into_iter().collect();
+        order.sort_by_key(|(_, node)| std::cmp::Reverse(node.kind));
+        for (id, node) in order {
+            let telemetry = node.telemetry;
+            match node.component {
+                Built::Sink(sink) => {
+                    let cx = SinkContext {
+                        id: id.clone(),
+                        input: receivers.remove(&id).expect("every sink has a channel"),
+                        telemetry,
+                    };
+                    tasks.spawn(async move { (id, sink.run(cx).await) });
+                }
+                Built::Transform(transform) => {
+                    let input = receivers.remove(&id).expect("every transform has a channel");
+                    let output = outputs.remove(&id).expect("every transform has an output");
+                    tasks.spawn(async move {
+                        let result = run_transform(transform, input, output).await;
+                        (id, result)
+                    });
+                }
+                Built::Source(source) => {
+                    let cx = SourceContext {
+                        id: id.clone(),
+                        out: outputs.remove(&id).expect("every source has an output"),
+                        shutdown: shutdown.clone(),
+                        telemetry,
+                    };
+                    tasks.spawn(async move { (id, source.run(cx).await) });
+                }
+            }
+        }
+        Running {
+            trigger,
+            tasks,
+            failures: Vec::new(),
+        }
+    }
+}
+
+async fn run_transform(
+    mut transform: Box<dyn Transform>,
+    mut input: Receiver,
+    output: Output,
+) -> Result<(), ComponentError> {
+    while let Some(mut batch) = input.recv().await {
+        transform.transform(&mut batch);
+        output.send(batch).await?;
+    }
+    Ok(())
+}
+
+/// A component that failed while running.
+#[derive(Debug, thiserror::Error)]
+#[error("component `{id}` failed: {error}")]
+pub struct ComponentFailure {
+    pub id: String,
+    pub error: ComponentError,
+}
+
+/// The live pipeline.
+pub struct Running {
+    trigger: ShutdownTrigger,
+    tasks: JoinSet<(String, Result<(), ComponentError>)>,
+    failures: Vec<ComponentFailure>,
+}
+
+impl Running {
+    /// Tells every source to stop; the rest of the pipeline drains behind them.
+    pub fn shutdown(&self) {
+        self.trigger.trigger();
+    }
+
+    /// Waits until every component has returned. A component that fails triggers the
+    /// shutdown of the rest; its failure (the first cause, not the components that then
+    /// found their neighbour gone) is returned.
+    pub async fn wait(&mut self) -> Result<(), Vec<ComponentFailure>> {
+        while let Some(joined) = self.tasks.join_next().await {
+            let (id, result) = match joined {
+                Ok(done) => done,
+                Err(error) => (
+                    "unknown".to_owned(),
+                    Err(ComponentError::Fatal(format!("task ended abnormally: {error}"))),
+                ),
+            };
+            match result {
+                Ok(()) => tracing::debug!(component_id = %id, "component finished"),
+                Err(ComponentError::Closed) if !self.failures.is_empty() => {
+                    tracing::debug!(component_id = %id, "component stopped after a neighbour failed")
+                }
+                Err(error) => {
+                    tracing::error!(component_id = %id, error = %error, "component failed; stopping the pipeline");
+                    self.trigger.trigger();
+                    self.failures.push(ComponentFailure { id, error });
+                }
+            }
+        }
+        if self.failures.is_empty() {
+            Ok(())
+        } else {
+            Err(std::mem::take(&mut self.failures))
+        }
+    }
+
+    /// Stops every component at once (the shutdown timeout ran out, or a second signal).
+    pub fn abort(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// Builds every component of `pipeline`. Build failures come back as config errors naming
+/// the file, component and option.
+pub fn build(pipeline: &Pipeline) -> Result<TopologyBuilder, Vec<ConfigError>> {
+    let mut builder = TopologyBuilder::new();
+    let mut errors = Vec::new();
+    for component in &pipeline.components {
+        let telemetry: Arc<dyn Telemetry> =
+            ComponentMetrics::new(&component.id, component.kind, &component.type_name);
+        let cx = BuildContext {
+            id: component.id.clone(),
+            data_dir: pipeline.data_dir.join(&component.id),
+            telemetry: Arc::clone(&telemetry),
+        };
+        let inputs: Vec<&str> = component.inputs.iter().map(String::as_str).collect();
+        let built = match &component.config {
+            AnyConfig::Source(config) => config
+                .build(cx)
+                .map(|source| builder.source(&component.id, source, telemetry)),
+            AnyConfig::Transform(config) => config
+                .build(cx)
+                .map(|transform| builder.transform(&component.id, &inputs, transform, telemetry)),
+            AnyConfig::Sink(config) => config
+                .build(cx)
+                .map(|sink| builder.sink(&component.id, &inputs, sink, telemetry)),
+        };
+        if let Err(error) = built {
+            let here = format!("{}.{}", component.kind.section(), component.id);
+            let location = match &error.field {
+                Some(field) => format!("{here}.{field}"),
+                None => here,
+            };
+            errors.push(ConfigError::new(&component.file, location, error.message));
+        }
+    }
+    if errors.is_empty() {
+        Ok(builder)
+    } else {
+        errors.sort();
+        Err(errors)
+    }
+}

@@ -1,0 +1,239 @@
+//! Helpers for the end-to-end tests in `tests/tests/`: they run the real `auditflow`
+//! binary as a process, against real files, HTTP(S) servers and a Kafka-protocol broker.
+//!
+//! The binary is `target/debug/auditflow` (or `$AUDITFLOW_BIN`); the project's test
+//! command (`scripts/test`) builds it before running the tests.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `auditflow` binary under test.
+pub fn auditflow_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("AUDITFLOW_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/auditflow");
+    assert!(
+        path.exists(),
+        "{} does not exist: build it first with `cargo build -p auditflow` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root (for `pipelines/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A pipeline file in a fresh temporary directory (which also serves as `data_dir`).
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `name` in the workspace and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write a workspace file");
+        path
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Workspace {
+        Workspace::new()
+    }
+}
+
+/// A running `auditflow` process.
+pub struct Auditflow {
+    pub child: Child,
+    stderr_log: PathBuf,
+}
+
+impl Auditflow {
+    /// Starts `auditflow run <pipeline>` with stdin and stdout piped; stderr goes to a file
+    /// in `workspace` (see [`Auditflow::stderr`]).
+    pub fn run(workspace: &Workspace, pipeline: &Path) -> Auditflow {
+        Auditflow::spawn(workspace, &["run".as_ref(), pipeline.as_os_str()], &[])
+    }
+
+    /// Starts the binary with any arguments and extra environment.
+    pub fn spawn(
+        workspace: &Workspace,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Auditflow {
+        let stderr_log = workspace
+            .path()
+            .join(format!("auditflow-{}.stderr", unique()));
+        let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
+        let child = Command::new(auditflow_bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .env("AUDITFLOW_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start auditflow");
+        Auditflow { child, stderr_log }
+    }
+
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.child.stdin.take().expect("stdin is piped")
+    }
+
+    /// Reads stdout on a thread, line by line, handing each line to the returned receiver.
+    pub fn stdout_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let stdout = self.child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::with_capacity(1 << 20, stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.stderr_log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        let status = send_signal(self.child.id(), signal);
+        assert!(status, "could not signal auditflow");
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for auditflow") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "auditflow did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Auditflow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill -SIGNAL pid` (std has no signal API, and the workspace forbids `unsafe`).
+fn send_signal(pid: u32, signal: libc::c_int) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed) * 1000 + u64::from(std::process::id() % 1000)
+}
+
+/// GETs `http://address/path` with a plain HTTP/1.1 request; returns (status, body).
+pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Waits until `GET /ready` on the metrics address answers 200.
+pub fn wait_ready(address: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = http_get(address, "/ready") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("auditflow at {address} was not ready within {timeout:?}");
+}
+
+/// The value of one series in Prometheus text: `name` followed by labels that contain
+/// every `key="value"` in `labels`. Sums over matching series.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let matches = labels
+            .iter()
+            .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")));
+        if !matches {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        found = Some(found.unwrap_or(0.0) + value);
+    }
+    found
+}
