@@ -203,7 +203,9 @@ fn describe_type(root: &Value, schema: &Value) -> String {
                     plain(constant)
                 } else if let Some(values) = variant.get("enum").and_then(Value::as_array) {
                     values.iter().map(plain).collect::<Vec<_>>().join(", ")
-                } else if let Some(properties) = variant.get("properties").and_then(Value::as_object) {
+                } else if let Some(properties) =
+                    variant.get("properties").and_then(Value::as_object)
+                {
                     properties.keys().cloned().collect::<Vec<_>>().join(" | ")
                 } else {
                     describe_type(root, variant)

@@ -75,8 +75,14 @@ mod tests {
         assert_eq!(
             error,
             vec![
-                MissingVariable { name: "ONE".into(), line: 2 },
-                MissingVariable { name: "TWO".into(), line: 3 },
+                MissingVariable {
+                    name: "ONE".into(),
+                    line: 2
+                },
+                MissingVariable {
+                    name: "TWO".into(),
+                    line: 3
+                },
             ]
         );
     }

@@ -120,7 +120,13 @@ pub fn load_with_env(
         figment = figment.merge(
             Env::prefixed("AUDITFLOW_")
                 .split("__")
-                .filter(|key| TOP_LEVEL.contains(&top_segment(key.as_str()))),
+                // figment lower-cases keys only after filtering: compare without case.
+                .filter(|key| {
+                    let top = top_segment(key.as_str());
+                    TOP_LEVEL
+                        .iter()
+                        .any(|known| known.eq_ignore_ascii_case(top))
+                }),
         );
     }
     let merged: Value = match figment.extract() {
@@ -160,7 +166,11 @@ fn parse_file(
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) => {
-            errors.push(ConfigError::new(name, "", format!("cannot read the file: {error}")));
+            errors.push(ConfigError::new(
+                name,
+                "",
+                format!("cannot read the file: {error}"),
+            ));
             return None;
         }
     };
@@ -218,10 +228,37 @@ fn parse_file(
             None
         }
         Err(error) => {
-            errors.push(ConfigError::new(name, "", format!("cannot parse: {error}")));
+            // The kind alone: figment's full message names its in-memory source
+            // ("in YAML source string"), which says nothing the file name does not.
+            let message = one_line(&error.kind.to_string());
+            errors.push(ConfigError::new(
+                name,
+                "",
+                format!("cannot parse: {message}"),
+            ));
             None
         }
     }
+}
+
+/// A parser's message on one line: the TOML parser draws the offending source line
+/// with a caret below it, which would break "one problem per line".
+fn one_line(message: &str) -> String {
+    let is_snippet = |line: &str| {
+        let line = line.trim();
+        line.is_empty()
+            || line.starts_with('|')
+            || line.starts_with('^')
+            || line
+                .split_once(" |")
+                .is_some_and(|(number, _)| number.chars().all(|c| c.is_ascii_digit()))
+    };
+    message
+        .lines()
+        .filter(|line| !is_snippet(line))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Says which file a location came from: the last file that has it, or the environment.
@@ -352,14 +389,21 @@ fn check_component(
     let mut fail = |location: String, message: String| {
         errors.push(ConfigError::new(file.clone(), location, message));
     };
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         fail(
             here.clone(),
             "a component id uses only letters, digits, `_` and `-`".into(),
         );
     }
     let Some(body) = body.as_object() else {
-        fail(here, "expected a mapping with `type` and the component's options".into());
+        fail(
+            here,
+            "expected a mapping with `type` and the component's options".into(),
+        );
         return None;
     };
     let mut options = body.clone();
@@ -377,10 +421,7 @@ fn check_component(
             return None;
         }
         None => {
-            fail(
-                here,
-                format!("missing `type`; known {kind} types: {known}"),
-            );
+            fail(here, format!("missing `type`; known {kind} types: {known}"));
             return None;
         }
     };
@@ -568,9 +609,7 @@ fn check_graph(top: &Map<String, Value>, origin: &Origin, errors: &mut Vec<Confi
             errors.push(ConfigError::new(
                 origin.of(&[kind.section(), id]),
                 format!("{}.{id}", kind.section()),
-                format!(
-                    "nothing reads this {kind}: name it in the inputs of a transform or sink"
-                ),
+                format!("nothing reads this {kind}: name it in the inputs of a transform or sink"),
             ));
         }
     }
@@ -578,7 +617,7 @@ fn check_graph(top: &Map<String, Value>, origin: &Origin, errors: &mut Vec<Confi
         let first = &cycle[0];
         errors.push(ConfigError::new(
             origin.of(&["transforms", first]),
-            "transforms",
+            format!("transforms.{first}.inputs"),
             format!("cycle: {}", cycle.join(" -> ")),
         ));
     }
@@ -634,14 +673,20 @@ mod tests {
     #[test]
     fn a_cycle_is_printed_in_data_flow_order() {
         let nodes = BTreeMap::from([
-            ("a".to_string(), node(ComponentKind::Transform, &["src", "c"])),
+            (
+                "a".to_string(),
+                node(ComponentKind::Transform, &["src", "c"]),
+            ),
             ("b".to_string(), node(ComponentKind::Transform, &["a"])),
             ("c".to_string(), node(ComponentKind::Transform, &["b"])),
             ("src".to_string(), node(ComponentKind::Source, &[])),
         ]);
         assert_eq!(
             cycles(&nodes),
-            vec![vec!["a", "b", "c", "a"].into_iter().map(String::from).collect::<Vec<_>>()]
+            vec![vec!["a", "b", "c", "a"]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()]
         );
     }
 
@@ -649,6 +694,15 @@ mod tests {
     fn a_self_loop_is_a_cycle() {
         let nodes = BTreeMap::from([("a".to_string(), node(ComponentKind::Transform, &["a"]))]);
         assert_eq!(cycles(&nodes), vec![vec!["a".to_string(), "a".to_string()]]);
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_one_line() {
+        let message = "TOML parse error at line 3, column 11\n  |\n3 | [sinks.out\n  |           ^\ninvalid table header\nexpected `.`, `]`\n";
+        assert_eq!(
+            one_line(message),
+            "TOML parse error at line 3, column 11; invalid table header; expected `.`, `]`"
+        );
     }
 
     #[test]

@@ -175,7 +175,10 @@ mod tests {
         let (finalizer, mut receiver) = BatchNotifier::new();
         let copy = finalizer.clone();
         finalizer.resolve(BatchStatus::Delivered);
-        assert!(futures_poll_once(&mut receiver).is_none(), "fired too early");
+        assert!(
+            futures_poll_once(&mut receiver).is_none(),
+            "fired too early"
+        );
         copy.resolve(BatchStatus::Delivered);
         assert_eq!(receiver.await, BatchStatus::Delivered);
     }

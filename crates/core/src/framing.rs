@@ -71,54 +71,52 @@ impl LineFramer {
 
     /// The next complete record, if the buffer holds one.
     pub fn next_frame(&mut self) -> Option<Frame> {
-        loop {
-            match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
-                Some(found) => {
-                    let newline = self.scanned + found;
-                    self.scanned = 0;
-                    if let Some((start, dropped)) = self.skipping.take() {
-                        let _ = self.buf.split_to(newline + 1);
-                        self.offset += newline as u64 + 1;
-                        return Some(Frame::Oversized {
-                            start,
-                            len: dropped + newline as u64,
-                            end: self.offset,
-                        });
-                    }
-                    if newline > self.max_line_bytes {
-                        let start = self.offset;
-                        let _ = self.buf.split_to(newline + 1);
-                        self.offset += newline as u64 + 1;
-                        return Some(Frame::Oversized {
-                            start,
-                            len: newline as u64,
-                            end: self.offset,
-                        });
-                    }
-                    let mut line = self.buf.split_to(newline + 1).freeze();
+        match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+            Some(found) => {
+                let newline = self.scanned + found;
+                self.scanned = 0;
+                if let Some((start, dropped)) = self.skipping.take() {
+                    let _ = self.buf.split_to(newline + 1);
                     self.offset += newline as u64 + 1;
-                    line.truncate(newline);
-                    if line.last() == Some(&b'\r') {
-                        line.truncate(newline - 1);
-                    }
-                    return Some(Frame::Line {
-                        line,
+                    return Some(Frame::Oversized {
+                        start,
+                        len: dropped + newline as u64,
                         end: self.offset,
                     });
                 }
-                None => {
-                    self.scanned = self.buf.len();
-                    let held = self.buf.len();
-                    if held > self.max_line_bytes || (self.skipping.is_some() && held > 0) {
-                        // Too long already: drop what we have and keep skipping.
-                        let (start, dropped) = self.skipping.unwrap_or((self.offset, 0));
-                        self.skipping = Some((start, dropped + held as u64));
-                        self.offset += held as u64;
-                        self.buf.clear();
-                        self.scanned = 0;
-                    }
-                    return None;
+                if newline > self.max_line_bytes {
+                    let start = self.offset;
+                    let _ = self.buf.split_to(newline + 1);
+                    self.offset += newline as u64 + 1;
+                    return Some(Frame::Oversized {
+                        start,
+                        len: newline as u64,
+                        end: self.offset,
+                    });
                 }
+                let mut line = self.buf.split_to(newline + 1).freeze();
+                self.offset += newline as u64 + 1;
+                line.truncate(newline);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(newline - 1);
+                }
+                Some(Frame::Line {
+                    line,
+                    end: self.offset,
+                })
+            }
+            None => {
+                self.scanned = self.buf.len();
+                let held = self.buf.len();
+                if held > self.max_line_bytes || (self.skipping.is_some() && held > 0) {
+                    // Too long already: drop what we have and keep skipping.
+                    let (start, dropped) = self.skipping.unwrap_or((self.offset, 0));
+                    self.skipping = Some((start, dropped + held as u64));
+                    self.offset += held as u64;
+                    self.buf.clear();
+                    self.scanned = 0;
+                }
+                None
             }
         }
     }

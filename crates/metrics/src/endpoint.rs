@@ -45,8 +45,8 @@ pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>) {
                 let readiness = Arc::clone(&readiness);
                 async move { Ok::<_, Infallible>(answer(&request, &readiness)) }
             });
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "metrics endpoint connection ended with an error");
             }
@@ -80,8 +80,9 @@ fn answer(request: &Request<Incoming>, readiness: &Readiness) -> Response<Full<B
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

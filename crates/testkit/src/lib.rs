@@ -72,7 +72,9 @@ impl Source for MemorySource {
         let mut pending = tokio::task::JoinSet::new();
         for (index, events) in self.batches.into_iter().enumerate() {
             let (finalizer, receiver) = BatchNotifier::new();
-            cx.out.send(Batch::with_finalizer(events, finalizer)).await?;
+            cx.out
+                .send(Batch::with_finalizer(events, finalizer))
+                .await?;
             self.sent.send_replace(index + 1);
             let statuses = Arc::clone(&self.statuses);
             pending.spawn(async move {

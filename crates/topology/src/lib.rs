@@ -54,7 +54,13 @@ impl TopologyBuilder {
     }
 
     pub fn source(&mut self, id: &str, source: Box<dyn Source>, telemetry: Arc<dyn Telemetry>) {
-        self.insert(id, ComponentKind::Source, &[], Built::Source(source), telemetry);
+        self.insert(
+            id,
+            ComponentKind::Source,
+            &[],
+            Built::Source(source),
+            telemetry,
+        );
     }
 
     pub fn transform(
@@ -75,7 +81,13 @@ impl TopologyBuilder {
         sink: Box<dyn Sink>,
         telemetry: Arc<dyn Telemetry>,
     ) {
-        self.insert(id, ComponentKind::Sink, inputs, Built::Sink(sink), telemetry);
+        self.insert(
+            id,
+            ComponentKind::Sink,
+            inputs,
+            Built::Sink(sink),
+            telemetry,
+        );
     }
 
     fn insert(
@@ -143,7 +155,9 @@ impl TopologyBuilder {
                     tasks.spawn(async move { (id, sink.run(cx).await) });
                 }
                 Built::Transform(transform) => {
-                    let input = receivers.remove(&id).expect("every transform has a channel");
+                    let input = receivers
+                        .remove(&id)
+                        .expect("every transform has a channel");
                     let output = outputs.remove(&id).expect("every transform has an output");
                     tasks.spawn(async move {
                         let result = run_transform(transform, input, output).await;
@@ -211,7 +225,9 @@ impl Running {
                 Ok(done) => done,
                 Err(error) => (
                     "unknown".to_owned(),
-                    Err(ComponentError::Fatal(format!("task ended abnormally: {error}"))),
+                    Err(ComponentError::Fatal(format!(
+                        "task ended abnormally: {error}"
+                    ))),
                 ),
             };
             match result {

@@ -93,6 +93,8 @@ struct Decoder {
     /// Lines and bytes read since the last flush, reported once per batch.
     read_lines: usize,
     read_bytes: usize,
+    /// Stream offset just past the last frame (the newline of the last line).
+    offset: u64,
     line: u64,
     id: String,
 }
@@ -104,6 +106,7 @@ impl Decoder {
             bytes: 0,
             read_lines: 0,
             read_bytes: 0,
+            offset: 0,
             line: 0,
             id: cx.id.clone(),
         }
@@ -111,13 +114,18 @@ impl Decoder {
 
     fn frame(&mut self, frame: Frame, cx: &SourceContext) {
         self.line += 1;
+        let end = match &frame {
+            Frame::Line { end, .. } | Frame::Oversized { end, .. } => *end,
+        };
+        self.read_bytes += (end - self.offset) as usize;
+        self.offset = end;
         match frame {
             Frame::Line { line, .. } => {
-                self.read_lines += 1;
-                self.read_bytes += line.len() + 1;
+                // A blank line is no event: not counted as one read, nor as discarded.
                 if line.iter().all(u8::is_ascii_whitespace) {
                     return;
                 }
+                self.read_lines += 1;
                 let len = line.len();
                 match Event::from_bytes(line) {
                     Ok(event) => {
@@ -137,7 +145,6 @@ impl Decoder {
             }
             Frame::Oversized { len, .. } => {
                 self.read_lines += 1;
-                self.read_bytes += len as usize + 1;
                 cx.telemetry.discarded("oversized", 1);
                 tracing::warn!(
                     component_id = %self.id,
@@ -154,7 +161,7 @@ impl Decoder {
     }
 
     async fn flush(&mut self, cx: &SourceContext) -> Result<(), ComponentError> {
-        if self.read_lines > 0 {
+        if self.read_lines > 0 || self.read_bytes > 0 {
             cx.telemetry.received(self.read_lines, self.read_bytes);
             (self.read_lines, self.read_bytes) = (0, 0);
         }
@@ -165,5 +172,122 @@ impl Decoder {
         let events = std::mem::take(&mut self.events);
         cx.out.send(Batch::new(events)).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use auditflow_core::channel;
+    use auditflow_core::{NoTelemetry, Output, Shutdown, Telemetry};
+
+    /// Counts what the source reports.
+    #[derive(Default)]
+    struct Counts {
+        received: Mutex<(usize, usize)>,
+        discarded: Mutex<Vec<(&'static str, usize)>>,
+    }
+
+    impl Telemetry for Counts {
+        fn received(&self, events: usize, bytes: usize) {
+            let mut received = self.received.lock().unwrap();
+            received.0 += events;
+            received.1 += bytes;
+        }
+        fn sent(&self, _: usize, _: usize) {}
+        fn discarded(&self, reason: &'static str, events: usize) {
+            self.discarded.lock().unwrap().push((reason, events));
+        }
+        fn errored(&self, _: &'static str, _: usize) {}
+        fn buffer_changed(&self, _: i64) {}
+    }
+
+    /// Runs a source over `reader` to its end (or until `stop` fires); returns the batches.
+    async fn run<R: AsyncRead + Send + Unpin + 'static>(
+        reader: R,
+        max_line_bytes: usize,
+        counts: Arc<Counts>,
+        stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Vec<Vec<Event>> {
+        let (tx, mut rx) = channel::channel(64, Arc::new(NoTelemetry));
+        let (trigger, shutdown) = Shutdown::new();
+        let cx = SourceContext {
+            id: "in".into(),
+            out: Output::new(vec![tx], Arc::new(NoTelemetry)),
+            shutdown,
+            telemetry: counts,
+        };
+        let source = Box::new(LineSource {
+            reader,
+            max_line_bytes,
+        });
+        let task = tokio::spawn(source.run(cx));
+        if let Some(stop) = stop {
+            let _ = stop.await;
+            trigger.trigger();
+        }
+        let mut batches = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            batches.push(batch.events.clone());
+        }
+        task.await.unwrap().expect("the source ends cleanly");
+        drop(trigger);
+        batches
+    }
+
+    fn text(events: &[Event]) -> Vec<String> {
+        events.iter().map(|event| format!("{event:?}")).collect()
+    }
+
+    #[tokio::test]
+    async fn bad_lines_are_counted_and_skipped_without_losing_their_neighbours() {
+        let long = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
+        let input = format!("{{\"n\":1}}\n  \nnot json\n{long}\n[1,2]\n{{\"n\":2}}\r\n{{\"n\":3}}");
+        let counts = Arc::new(Counts::default());
+        let reader = std::io::Cursor::new(input.clone().into_bytes());
+        let batches = run(reader, 100, Arc::clone(&counts), None).await;
+        let events: Vec<Event> = batches.concat();
+        assert_eq!(text(&events), [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
+        let mut discarded = counts.discarded.lock().unwrap().clone();
+        discarded.sort();
+        assert_eq!(
+            discarded,
+            [("malformed", 1), ("malformed", 1), ("oversized", 1)]
+        );
+        // Six lines that could be events (not the blank one); every byte read.
+        assert_eq!(*counts.received.lock().unwrap(), (6, input.len()));
+    }
+
+    #[tokio::test]
+    async fn batches_hold_at_most_max_batch_events() {
+        let input: String = (0..2500).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let counts = Arc::new(Counts::default());
+        let batches = run(std::io::Cursor::new(input.into_bytes()), 1024, counts, None).await;
+        assert!(batches.iter().all(|batch| batch.len() <= MAX_BATCH_EVENTS));
+        let events = batches.concat();
+        assert_eq!(events.len(), 2500);
+        assert_eq!(text(&events[2499..]), [r#"{"n":2499}"#]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_reading_an_open_input_and_keeps_what_was_read() {
+        let (mut writer, reader) = tokio::io::duplex(1024);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let counts = Arc::new(Counts::default());
+        let feed = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            writer
+                .write_all(b"{\"n\":1}\n{\"n\":2}\n{\"partial\"")
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            stop_tx.send(()).unwrap();
+            writer // kept open: the source must stop on shutdown, not on end of input
+        });
+        let batches = run(reader, 1024, Arc::clone(&counts), Some(stop_rx)).await;
+        assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
+        drop(feed.await.unwrap());
     }
 }

@@ -63,3 +63,62 @@ impl<W: AsyncWrite + Send + Unpin + 'static> Sink for LineSink<W> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use auditflow_testkit::compliance::check_sink;
+    use auditflow_testkit::events::{audit_log_events, audit_log_lines};
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn writes_each_event_as_the_line_it_arrived_as_and_acknowledges() {
+        let (writer, mut reader) = tokio::io::duplex(64 * 1024);
+        let collect = tokio::spawn(async move {
+            let mut out = String::new();
+            reader.read_to_string(&mut out).await.unwrap();
+            out
+        });
+        let sink = Box::new(LineSink {
+            writer,
+            what: "a test pipe",
+        });
+        let batches = audit_log_events().chunks(100).map(<[_]>::to_vec).collect();
+        let statuses = check_sink(sink, batches, Duration::from_secs(10)).await;
+        assert_eq!(statuses, vec![BatchStatus::Delivered; 3]);
+        let expected: String = audit_log_lines().map(|line| format!("{line}\n")).collect();
+        assert_eq!(collect.await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_an_error_and_never_acknowledged_delivered() {
+        let (writer, reader) = tokio::io::duplex(1024);
+        drop(reader);
+        let sink = Box::new(LineSink {
+            writer,
+            what: "a closed pipe",
+        });
+        let (tx, rx) =
+            auditflow_core::channel::channel(1, std::sync::Arc::new(auditflow_core::NoTelemetry));
+        let (finalizer, receiver) = auditflow_core::BatchNotifier::new();
+        let batch = auditflow_core::Batch::with_finalizer(audit_log_events(), finalizer);
+        tx.send(batch).await.unwrap();
+        drop(tx);
+        let cx = SinkContext {
+            id: "out".into(),
+            input: rx,
+            telemetry: std::sync::Arc::new(auditflow_core::NoTelemetry),
+        };
+        let error = sink
+            .run(cx)
+            .await
+            .expect_err("writing to a closed pipe fails");
+        assert!(
+            error.to_string().starts_with("writing to a closed pipe: "),
+            "{error}"
+        );
+        assert_eq!(receiver.await, BatchStatus::Errored);
+    }
+}

@@ -1,0 +1,329 @@
+//! Golden tests of `auditflow validate`: one bad pipeline per kind of problem, and one with
+//! many at once. The expected output lives in `tests/golden/validate/<case>.txt`;
+//! `UPDATE_GOLDEN=1 cargo nextest run -p auditflow-e2e --test validate` rewrites it.
+//!
+//! The list of known types in "unknown type" messages grows with every plugin, so it is
+//! checked to hold the types these pipelines use and then replaced by `<known types>`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use auditflow_e2e::{auditflow_bin, repo_root, Workspace};
+
+/// Runs the binary in `dir` (so that file names in messages are relative) with no
+/// `AUDITFLOW_*` overrides from the test's environment.
+fn auditflow(dir: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(auditflow_bin());
+    command.args(args).current_dir(dir);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AUDITFLOW_") {
+            command.env_remove(name);
+        }
+    }
+    command.output().expect("run auditflow")
+}
+
+/// Replaces the list after each "known <kind> types: " (up to `;` or the end of the line)
+/// with `<known types>`, after checking that it names `must_list`.
+fn normalise_known_types(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let Some(at) = line.find(" types: ") else {
+                return line.to_owned();
+            };
+            let start = at + " types: ".len();
+            let end = line[start..]
+                .find(';')
+                .map_or(line.len(), |end| start + end);
+            let kind = line[..at].rsplit(' ').next().unwrap_or_default();
+            let listed: Vec<&str> = line[start..end].split(", ").collect();
+            let must_list: &[&str] = match kind {
+                "source" => &["stdin"],
+                "sink" => &["blackhole", "stdout"],
+                _ => &[],
+            };
+            for name in must_list {
+                assert!(
+                    listed.contains(name),
+                    "{kind} types should list {name}: {line}"
+                );
+            }
+            let mut sorted = listed.clone();
+            sorted.sort_unstable();
+            assert_eq!(listed, sorted, "known types are listed sorted: {line}");
+            format!("{}<known types>{}", &line[..start], &line[end..])
+        })
+        .map(|line| line + "\n")
+        .collect()
+}
+
+fn golden_path(case: &str) -> PathBuf {
+    repo_root().join(format!("tests/golden/validate/{case}.txt"))
+}
+
+/// Writes `files` to a fresh directory, validates them (in order), and compares the
+/// output with the golden file. Invalid pipelines exit 1 and print nothing on stderr.
+fn check(case: &str, files: &[(&str, &str)]) {
+    let workspace = Workspace::new();
+    for (name, contents) in files {
+        workspace.write(name, contents);
+    }
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(|(name, _)| *name));
+    let output = auditflow(workspace.path(), &args);
+    let stdout = String::from_utf8(output.stdout).expect("validate prints text");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "validate of {case}:\n{stdout}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "",
+        "{case}: stderr"
+    );
+    let actual = normalise_known_types(&stdout);
+
+    let path = golden_path(case);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; this run printed:\n{actual}\n(UPDATE_GOLDEN=1 writes it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "{case}: output differs from {}",
+        path.display()
+    );
+}
+
+const SINK: &str = "sinks:\n  out:\n    type: stdout\n    inputs: [in]\n";
+
+#[test]
+fn unknown_type_lists_the_known_ones() {
+    check(
+        "unknown_type",
+        &[(
+            "pipeline.yaml",
+            &format!("sources:\n  in:\n    type: stdinn\n{SINK}"),
+        )],
+    );
+}
+
+#[test]
+fn a_type_of_the_wrong_kind_says_so() {
+    check(
+        "wrong_kind",
+        &[(
+            "pipeline.yaml",
+            "sources:\n  in:\n    type: stdout\nsinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
+        )],
+    );
+}
+
+#[test]
+fn unknown_option_suggests_the_closest_valid_name() {
+    check(
+        "unknown_option",
+        &[(
+            "pipeline.yaml",
+            &format!("sources:\n  in:\n    type: stdin\n    max_line_byte: 1000\n{SINK}"),
+        )],
+    );
+}
+
+#[test]
+fn wrong_value_type_names_the_option() {
+    check(
+        "wrong_value_type",
+        &[(
+            "pipeline.yaml",
+            &format!("sources:\n  in:\n    type: stdin\n    max_line_bytes: lots\n{SINK}"),
+        )],
+    );
+}
+
+#[test]
+fn inputs_naming_nothing_suggest_the_closest_id() {
+    check(
+        "dangling_input",
+        &[(
+            "pipeline.yaml",
+            "sources:\n  apiserver:\n    type: stdin\n\
+             sinks:\n  out:\n    type: stdout\n    inputs: [apiserver, apiservr]\n",
+        )],
+    );
+}
+
+#[test]
+fn a_cycle_is_printed_as_a_path() {
+    // No transform type is assumed to exist: the cycle is found in the graph the inputs
+    // draw, whatever the types.
+    check(
+        "cycle",
+        &[(
+            "pipeline.yaml",
+            "sources:\n  in:\n    type: stdin\n\
+             transforms:\n  a:\n    type: passthrough\n    inputs: [in, b]\n\
+             \x20 b:\n    type: passthrough\n    inputs: [a]\n\
+             sinks:\n  out:\n    type: stdout\n    inputs: [b]\n",
+        )],
+    );
+}
+
+#[test]
+fn duplicate_ids_across_sections() {
+    check(
+        "duplicate_id",
+        &[(
+            "pipeline.yaml",
+            "sources:\n  in:\n    type: stdin\n\
+             sinks:\n  out:\n    type: stdout\n    inputs: [in]\n\
+             \x20 in:\n    type: blackhole\n    inputs: [in]\n",
+        )],
+    );
+}
+
+#[test]
+fn a_sink_without_inputs() {
+    check(
+        "sink_without_inputs",
+        &[(
+            "pipeline.yaml",
+            &format!("sources:\n  in:\n    type: stdin\n{SINK}  idle:\n    type: blackhole\n"),
+        )],
+    );
+}
+
+#[test]
+fn a_source_nothing_reads() {
+    check(
+        "unread_source",
+        &[(
+            "pipeline.yaml",
+            &format!("sources:\n  in:\n    type: stdin\n  spare:\n    type: stdin\n{SINK}"),
+        )],
+    );
+}
+
+#[test]
+fn missing_environment_variables_are_named_with_their_line() {
+    check(
+        "missing_env_var",
+        &[(
+            "pipeline.yaml",
+            &format!(
+                "data_dir: ${{AUDITFLOW_GOLDEN_UNSET_DIR}}\nsources:\n  in:\n    type: stdin\n    \
+                 max_line_bytes: ${{AUDITFLOW_GOLDEN_UNSET_MAX}}\n{SINK}"
+            ),
+        )],
+    );
+}
+
+#[test]
+fn bad_yaml_syntax() {
+    check(
+        "bad_yaml",
+        &[(
+            "pipeline.yaml",
+            "sources:\n  in:\n    type: stdin\n  sinks:\n out: [\n",
+        )],
+    );
+}
+
+#[test]
+fn bad_toml_syntax() {
+    check(
+        "bad_toml",
+        &[(
+            "pipeline.toml",
+            "[sources.in]\ntype = \"stdin\"\n[sinks.out\ntype = \"stdout\"\n",
+        )],
+    );
+}
+
+#[test]
+fn bad_json_syntax() {
+    check(
+        "bad_json",
+        &[(
+            "pipeline.json",
+            "{\"sources\": {\"in\": {\"type\": \"stdin\"}},\n \"sinks\": {\"out\": {\"type\": \"stdout\", \"inputs\": [\"in\"]},}\n",
+        )],
+    );
+}
+
+#[test]
+fn every_problem_at_once_sorted_by_file_and_location() {
+    check(
+        "several",
+        &[
+            (
+                "base.yaml",
+                "data_dir: 42\nmetrcs:\n  address: 127.0.0.1:9598\n\
+                 sources:\n  in:\n    type: stdin\n    max_line_bytes: -1\n  spare:\n    type: stdin\n\
+                 transforms:\n  loop:\n    type: passthrough\n    inputs: [loop]\n",
+            ),
+            (
+                "sinks.toml",
+                "[sinks.out]\ntype = \"stdout\"\ninputs = [\"in\", \"nowhere\"]\npretty = true\n\
+                 [sinks.drop]\ntype = \"blackhole\"\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_valid_pipeline_exits_0() {
+    let workspace = Workspace::new();
+    workspace.write(
+        "pipeline.yaml",
+        &format!("sources:\n  in:\n    type: stdin\n{SINK}"),
+    );
+    let output = auditflow(workspace.path(), &["validate", "pipeline.yaml"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "valid: 1 source(s), 0 transform(s), 1 sink(s)\n"
+    );
+}
+
+#[test]
+fn run_of_a_bad_pipeline_exits_2_with_the_problem_on_stderr() {
+    let workspace = Workspace::new();
+    workspace.write(
+        "pipeline.yaml",
+        &format!("sources:\n  in:\n    type: stdin\n    max_line_bytes: lots\n{SINK}"),
+    );
+    let output = auditflow(workspace.path(), &["run", "pipeline.yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "",
+        "stdout carries only data"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "pipeline.yaml: sources.in.max_line_bytes: invalid type: string \"lots\", expected usize",
+            "auditflow: the pipeline has 1 problem; nothing was started",
+        ]
+    );
+
+    let missing = auditflow(workspace.path(), &["run", "missing.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.starts_with("missing.yaml: cannot read the file: "),
+        "{stderr}"
+    );
+}
