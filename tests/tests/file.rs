@@ -1,0 +1,589 @@
+//! The `file` source through the real binary, on real files: rename rotation,
+//! copy-truncate, gzip backups, deletion, oversized lines, `SIGKILL` and restart, and torn
+//! checkpoint files. Every event is a captured kube-apiserver event with its own
+//! `auditID`, and the test counts each one that arrives on standard output.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use auditflow_core::batch::MAX_BATCH_EVENTS;
+use auditflow_e2e::audit_lines::audit_line;
+use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+
+const ID_PREFIX: &str = "\"auditID\":\"00000000-0000-4000-8000-";
+/// `auditflow_file::tailer::MAX_BATCHES_IN_FLIGHT`: what one crash can replay, in batches.
+const MAX_BATCHES_IN_FLIGHT: usize = 16;
+
+/// The index in an [`audit_line`], from a line of output.
+fn index_of(line: &str) -> Option<usize> {
+    let start = line.find(ID_PREFIX)? + ID_PREFIX.len();
+    line.get(start..start + 12)?.parse().ok()
+}
+
+fn lines(range: std::ops::Range<usize>) -> String {
+    let mut text = String::new();
+    for i in range {
+        text.push_str(&audit_line(i));
+        text.push('\n');
+    }
+    text
+}
+
+/// How often each event arrived, over every run of the process.
+struct Tally {
+    counts: Vec<AtomicU32>,
+    distinct: AtomicUsize,
+    foreign: AtomicUsize,
+}
+
+impl Tally {
+    fn new(size: usize) -> Arc<Tally> {
+        Arc::new(Tally {
+            counts: (0..size).map(|_| AtomicU32::new(0)).collect(),
+            distinct: AtomicUsize::new(0),
+            foreign: AtomicUsize::new(0),
+        })
+    }
+
+    fn count(&self, line: &str) {
+        match index_of(line).and_then(|i| self.counts.get(i)) {
+            Some(count) => {
+                if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                    self.distinct.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            None => {
+                self.foreign.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn get(&self, i: usize) -> u32 {
+        self.counts[i].load(Ordering::SeqCst)
+    }
+
+    fn distinct(&self) -> usize {
+        self.distinct.load(Ordering::SeqCst)
+    }
+
+    /// Arrivals beyond the first, over `range`.
+    fn duplicates(&self, range: std::ops::Range<usize>) -> u64 {
+        range
+            .map(|i| u64::from(self.get(i).saturating_sub(1)))
+            .sum()
+    }
+
+    fn wait_distinct(&self, at_least: usize, timeout: Duration, what: &Process) {
+        let deadline = Instant::now() + timeout;
+        while self.distinct() < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {at_least} events arrived within {timeout:?}; stderr:\n{}",
+                self.distinct(),
+                what.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One run of `auditflow` with a `file` source `in` → `stdout` sink, its standard output
+/// counted into a [`Tally`].
+struct Process {
+    auditflow: Auditflow,
+    metrics: String,
+    counter: JoinHandle<()>,
+}
+
+impl Process {
+    fn start(workspace: &Workspace, source_options: &str, tally: &Arc<Tally>) -> Process {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let pipeline = workspace.write(
+            &format!("pipeline-{}.yaml", metrics.replace([':', '.'], "-")),
+            &format!(
+                "data_dir: {data}\n\
+                 metrics:\n  address: {metrics}\n\
+                 sources:\n  in:\n    type: file\n{options}\n\
+                 sinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
+                data = workspace.path().join("data").display(),
+                options = source_options
+                    .lines()
+                    .map(|line| format!("    {line}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        );
+        let mut auditflow = Auditflow::run(workspace, &pipeline);
+        let output = auditflow.stdout_lines();
+        let counter = {
+            let tally = Arc::clone(tally);
+            std::thread::spawn(move || {
+                for line in output {
+                    tally.count(&line);
+                }
+            })
+        };
+        wait_ready(&metrics, Duration::from_secs(20));
+        Process {
+            auditflow,
+            metrics,
+            counter,
+        }
+    }
+
+    fn scrape(&self) -> String {
+        http_get(&self.metrics, "/metrics").expect("GET /metrics").1
+    }
+
+    fn stderr_tail(&self) -> String {
+        let stderr = self.auditflow.stderr();
+        stderr
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `SIGKILL`, then wait until everything it wrote to stdout is counted.
+    fn kill(mut self) {
+        self.auditflow.signal(libc::SIGKILL);
+        self.auditflow.wait_timeout(Duration::from_secs(10));
+        self.counter.join().unwrap();
+    }
+
+    /// `SIGTERM`: must exit 0; returns its stderr.
+    fn stop(mut self) -> String {
+        self.auditflow.signal(libc::SIGTERM);
+        let status = self.auditflow.wait_timeout(Duration::from_secs(40));
+        let stderr = self.auditflow.stderr();
+        assert!(status.success(), "exit {status:?}; stderr:\n{stderr}");
+        self.counter.join().unwrap();
+        stderr
+    }
+}
+
+fn logs_dir(workspace: &Workspace) -> PathBuf {
+    let logs = workspace.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    logs
+}
+
+fn append(path: &Path, text: &str) {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+/// Writes `range` to `logs/audit.log` at about `per_second` lines a second, as
+/// kube-apiserver would, rename-rotating it every `rotate_every` lines, and once (at
+/// `copy_truncate_at`) copy-truncating it instead, while paused.
+struct Writer {
+    done: Arc<AtomicBool>,
+    thread: JoinHandle<(usize, usize)>,
+}
+
+impl Writer {
+    fn start(
+        logs: PathBuf,
+        range: std::ops::Range<usize>,
+        per_second: usize,
+        rotate_every: usize,
+        copy_truncate_at: usize,
+    ) -> Writer {
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let live = logs.join("audit.log");
+                let open = || {
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&live)
+                        .unwrap()
+                };
+                let mut file = open();
+                let (mut rotations, mut truncations) = (0, 0);
+                let begun = Instant::now();
+                let first = range.start;
+                let mut chunk = String::new();
+                for start in range.clone().step_by(100) {
+                    let end = (start + 100).min(range.end);
+                    chunk.clear();
+                    for i in start..end {
+                        chunk.push_str(&audit_line(i));
+                        chunk.push('\n');
+                    }
+                    file.write_all(chunk.as_bytes()).unwrap();
+                    if end % rotate_every == 0 && end != range.end {
+                        drop(file);
+                        rotations += 1;
+                        let backup = format!("audit-2024-01-01T00-00-{rotations:02}.000.log");
+                        fs::rename(&live, logs.join(backup)).unwrap();
+                        file = open();
+                    }
+                    if end == copy_truncate_at {
+                        // A copy the globs match, then the truncate, with the writer paused
+                        // (what is written between the two is lost to any tailer).
+                        fs::copy(&live, logs.join("audit-copytruncate.log")).unwrap();
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&live)
+                            .unwrap()
+                            .set_len(0)
+                            .unwrap();
+                        truncations += 1;
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    let due = Duration::from_secs_f64((end - first) as f64 / per_second as f64);
+                    if let Some(ahead) = due.checked_sub(begun.elapsed()) {
+                        std::thread::sleep(ahead);
+                    }
+                }
+                done.store(true, Ordering::SeqCst);
+                (rotations, truncations)
+            })
+        };
+        Writer { done, thread }
+    }
+}
+
+/// 200,000 events written while the file is rotated six times and copy-truncated once,
+/// and auditflow is killed twice: every event arrives, with bounded duplicates.
+fn rotation_and_crashes(read_from: &str) {
+    const TOTAL: usize = 200_000;
+    // Written before the first start: read with `beginning`, never with `end`.
+    const BEFORE: usize = 5_000;
+    let workspace = Workspace::new();
+    let logs = logs_dir(&workspace);
+    append(&logs.join("audit.log"), &lines(0..BEFORE));
+    let options = format!(
+        "include: [\"{}/*.log\"]\nread_from: {read_from}\nglob_interval_ms: 250\nrotate_wait_secs: 5",
+        logs.display()
+    );
+    let expected = if read_from == "end" {
+        BEFORE..TOTAL
+    } else {
+        0..TOTAL
+    };
+    let tally = Tally::new(TOTAL);
+
+    let first = Process::start(&workspace, &options, &tally);
+    // The first scan is checkpointed before anything else: then `end` is fixed.
+    let checkpoint = workspace.path().join("data/in/checkpoints.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint written at start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let writer = Writer::start(logs.clone(), BEFORE..TOTAL, 10_000, 30_000, 115_000);
+
+    tally.wait_distinct(expected.len() / 4, Duration::from_secs(60), &first);
+    first.kill();
+    std::thread::sleep(Duration::from_millis(700));
+    let second = Process::start(&workspace, &options, &tally);
+    tally.wait_distinct(expected.len() * 6 / 10, Duration::from_secs(60), &second);
+    second.kill();
+    std::thread::sleep(Duration::from_millis(700));
+    let third = Process::start(&workspace, &options, &tally);
+    let (rotations, truncations) = writer.thread.join().unwrap();
+    assert!(writer.done.load(Ordering::SeqCst));
+    assert!(
+        rotations >= 5 && truncations == 1,
+        "{rotations} rotations, {truncations} truncations"
+    );
+    tally.wait_distinct(expected.len(), Duration::from_secs(90), &third);
+    let metrics = third.scrape();
+    third.stop();
+
+    let missing: Vec<usize> = expected.clone().filter(|&i| tally.get(i) == 0).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events never arrived, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let early: Vec<usize> = (0..expected.start).filter(|&i| tally.get(i) > 0).collect();
+    assert!(
+        early.is_empty(),
+        "{} events written before the first start arrived with read_from: end",
+        early.len()
+    );
+    assert_eq!(
+        tally.foreign.load(Ordering::SeqCst),
+        0,
+        "lines that are no written event arrived"
+    );
+    let duplicates = tally.duplicates(expected.clone());
+    println!(
+        "read_from {read_from}: {} events, {rotations} rotations, 1 copy-truncate, 2 kills: {duplicates} duplicates",
+        expected.len()
+    );
+    // Each kill replays at most the batches in flight plus what was acknowledged since the
+    // last checkpoint write (500 ms); allow as much again for the latter.
+    let bound = 2 * 2 * MAX_BATCHES_IN_FLIGHT * MAX_BATCH_EVENTS;
+    assert!(
+        duplicates as usize <= bound,
+        "{duplicates} duplicates, more than {bound}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "auditflow_file_rotations_total",
+            &[("component_id", "in")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "rotations are counted:\n{metrics}"
+    );
+}
+
+#[test]
+fn every_event_arrives_across_rotation_copy_truncate_and_two_kills() {
+    rotation_and_crashes("beginning");
+}
+
+#[test]
+fn read_from_end_skips_what_was_written_before_the_first_start_and_nothing_after() {
+    rotation_and_crashes("end");
+}
+
+#[test]
+fn a_gzipped_backup_is_read_whole_once() {
+    let workspace = Workspace::new();
+    let logs = logs_dir(&workspace);
+    let mut gz = flate2::write::GzEncoder::new(
+        File::create(logs.join("audit-2024-01-01T00-00-00.000.log.gz")).unwrap(),
+        flate2::Compression::default(),
+    );
+    gz.write_all(lines(0..2_000).as_bytes()).unwrap();
+    gz.finish().unwrap();
+    append(&logs.join("audit.log"), &lines(2_000..2_100));
+    let options = format!(
+        "include: [\"{0}/*.log\", \"{0}/*.log.gz\"]\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let tally = Tally::new(2_100);
+    let run = Process::start(&workspace, &options, &tally);
+    tally.wait_distinct(2_100, Duration::from_secs(30), &run);
+    run.stop();
+    // Known by its fingerprint after a restart: nothing is read again.
+    let run = Process::start(&workspace, &options, &tally);
+    std::thread::sleep(Duration::from_millis(1500));
+    run.stop();
+    assert_eq!(tally.duplicates(0..2_100), 0);
+    assert_eq!(tally.foreign.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_file_deleted_while_being_read_is_drained() {
+    const TOTAL: usize = 30_000;
+    let workspace = Workspace::new();
+    let logs = logs_dir(&workspace);
+    let log = logs.join("audit.log");
+    append(&log, &lines(0..TOTAL));
+    let options = format!(
+        "include: [\"{}/*.log\"]\nglob_interval_ms: 100\nrotate_wait_secs: 10",
+        logs.display()
+    );
+    let tally = Tally::new(TOTAL);
+    // Standard output is read by hand here: stalling it holds the source mid-file.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &format!(
+            "data_dir: {data}\nmetrics:\n  address: {metrics}\n\
+             sources:\n  in:\n    type: file\n    {}\n\
+             sinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
+            options.replace('\n', "\n    "),
+            data = workspace.path().join("data").display(),
+        ),
+    );
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let mut stdout = BufReader::new(auditflow.child.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..100 {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        tally.count(&line);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    fs::remove_file(&log).unwrap();
+    let deleted = Instant::now();
+    let reader = {
+        let tally = Arc::clone(&tally);
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                tally.count(&line.unwrap());
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tally.distinct() < TOTAL {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {TOTAL} events arrived after the file was deleted",
+            tally.distinct()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "deleted file drained {:?} after the delete",
+        deleted.elapsed()
+    );
+    // Closed once rotate_wait_secs has passed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http_get(&metrics, "/metrics").unwrap().1;
+        if metric(
+            &text,
+            "auditflow_file_open_files",
+            &[("component_id", "in")],
+        ) == Some(0.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted file is still open:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(Duration::from_secs(20)).success());
+    reader.join().unwrap();
+    assert_eq!(tally.duplicates(0..TOTAL), 0);
+    assert!(
+        auditflow.stderr().contains("drained"),
+        "{}",
+        auditflow.stderr()
+    );
+}
+
+#[test]
+fn a_10_mib_line_is_skipped_and_the_next_line_arrives() {
+    let workspace = Workspace::new();
+    let logs = logs_dir(&workspace);
+    let log = logs.join("audit.log");
+    let huge = format!(
+        "{{\"auditID\":\"huge\",\"x\":\"{}\"}}\n",
+        "x".repeat(10 << 20)
+    );
+    append(&log, &format!("{}{huge}{}", lines(0..1), lines(1..2)));
+    let options = format!(
+        "include: [\"{}/*.log\"]\nmax_line_bytes: 1048576\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let tally = Tally::new(2);
+    let run = Process::start(&workspace, &options, &tally);
+    tally.wait_distinct(2, Duration::from_secs(20), &run);
+    let metrics = run.scrape();
+    let stderr = run.stop();
+    assert_eq!(
+        tally.foreign.load(Ordering::SeqCst),
+        0,
+        "the long line was not passed on"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "auditflow_component_discarded_events_total",
+            &[("component_id", "in"), ("reason", "oversized")]
+        ),
+        Some(1.0)
+    );
+    let location = format!("{}:2", log.display());
+    assert!(
+        stderr.contains(&location),
+        "the skip is logged at {location}:\n{stderr}"
+    );
+}
+
+#[test]
+fn torn_checkpoint_files_neither_restart_from_zero_nor_skip() {
+    let workspace = Workspace::new();
+    let logs = logs_dir(&workspace);
+    let log = logs.join("audit.log");
+    let options = format!(
+        "include: [\"{}/*.log\"]\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let state = workspace.path().join("data/in");
+    let tally = Tally::new(2_000);
+
+    append(&log, &lines(0..1_000));
+    let run = Process::start(&workspace, &options, &tally);
+    tally.wait_distinct(1_000, Duration::from_secs(20), &run);
+    run.stop();
+
+    // A crash while writing the temporary file left it torn: it is ignored.
+    let whole = fs::read(state.join("checkpoints.json")).unwrap();
+    fs::write(
+        state.join("checkpoints.json.tmp"),
+        &whole[..whole.len() / 2],
+    )
+    .unwrap();
+    append(&log, &lines(1_000..1_500));
+    let run = Process::start(&workspace, &options, &tally);
+    tally.wait_distinct(1_500, Duration::from_secs(20), &run);
+    std::thread::sleep(Duration::from_millis(800));
+    run.stop();
+    assert_eq!(
+        tally.duplicates(0..1_500),
+        0,
+        "resumed exactly at the checkpoint"
+    );
+
+    // The checkpoint file itself is torn: the previous one is used.
+    let whole = fs::read(state.join("checkpoints.json")).unwrap();
+    fs::write(state.join("checkpoints.json"), &whole[..whole.len() / 2]).unwrap();
+    append(&log, &lines(1_500..2_000));
+    let run = Process::start(&workspace, &options, &tally);
+    tally.wait_distinct(2_000, Duration::from_secs(20), &run);
+    let stderr = run.stop();
+    assert!(
+        stderr.contains("resuming from the previous one"),
+        "{stderr}"
+    );
+    let replayed_from_zero = (0..1_000).filter(|&i| tally.get(i) > 1).count();
+    assert_eq!(replayed_from_zero, 0, "the first run's events came again");
+    println!(
+        "torn checkpoint: {} duplicates",
+        tally.duplicates(1_000..2_000)
+    );
+
+    // Both unusable: refuse to start rather than start over.
+    fs::write(state.join("checkpoints.json"), b"\0\0\0").unwrap();
+    fs::write(state.join("checkpoints.json.bak"), b"{\"version\":1,").unwrap();
+    let pipeline = workspace.path().join("refused.yaml");
+    fs::write(
+        &pipeline,
+        format!(
+            "data_dir: {}\nsources:\n  in:\n    type: file\n    {}\nsinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
+            workspace.path().join("data").display(),
+            options.replace('\n', "\n    ")
+        ),
+    )
+    .unwrap();
+    let mut refused = Auditflow::run(&workspace, &pipeline);
+    let status = refused.wait_timeout(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(
+        refused.stderr().contains("checkpoints.json"),
+        "{}",
+        refused.stderr()
+    );
+}
