@@ -1,0 +1,214 @@
+use super::*;
+use auditflow_core::NoTelemetry;
+use auditflow_testkit::{event, run_transform};
+use serde_json::json;
+
+fn config(options: Value) -> Result<RedactConfig, String> {
+    serde_json::from_value(options).map_err(|error| error.to_string())
+}
+
+fn redact_with(options: Value, id: &str) -> Box<dyn Transform> {
+    config(options)
+        .unwrap()
+        .build(BuildContext {
+            id: id.into(),
+            data_dir: "/nonexistent".into(),
+            telemetry: Arc::new(NoTelemetry),
+        })
+        .unwrap()
+}
+
+/// Runs `redact` with `options` over one event; returns the output line.
+fn run(options: Value, input: &str) -> String {
+    let mut transform = redact_with(options, "test");
+    let out = run_transform(transform.as_mut(), vec![event(input)]);
+    String::from_utf8(out[0].to_json_bytes().to_vec()).unwrap()
+}
+
+const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJl";
+
+#[test]
+fn an_event_without_a_candidate_is_left_as_it_came() {
+    let mut transform = redact_with(json!({}), "untouched");
+    let events = auditflow_testkit::events::audit_log_events();
+    let out = run_transform(transform.as_mut(), events.clone());
+    for (before, after) in events.iter().zip(&out) {
+        assert!(!after.is_modified(), "{after:?}");
+        assert_eq!(before.raw(), after.raw());
+    }
+}
+
+#[test]
+fn a_candidate_field_without_a_secret_keeps_its_bytes() {
+    // `data` of a ConfigMap is a candidate, `\u0041` (A) is a risky escape: both parsed,
+    // neither changed.
+    let input = r#"{"verb":"create","requestObject":{"kind":"ConfigMap","data":{"a":"1.50 \u0041"}},"n":1.50}"#;
+    let out = run(json!({}), input);
+    assert_eq!(out, input);
+}
+
+#[test]
+fn only_the_field_with_a_secret_is_rewritten() {
+    let input = format!(
+        r#"{{"requestURI":"/a?b=1\u0026c=2","requestObject":{{"x":"Bearer {JWT}"}},"stageTimestamp":"2026-11-23T08:24:13.385958Z","annotations":{{"a":"b"}}}}"#
+    );
+    let out = run(json!({}), &input);
+    assert_eq!(
+        out,
+        r#"{"requestURI":"/a?b=1\u0026c=2","requestObject":{"x":"Bearer [REDACTED]"},"stageTimestamp":"2026-11-23T08:24:13.385958Z","annotations":{"a":"b","auditflow.io/redacted":"bearer"}}"#
+    );
+}
+
+#[test]
+fn escaped_secrets_are_found() {
+    // `\u0065yJ` is `eyJ`, `\/` is `/`: the raw bytes hold no marker as written.
+    let escaped = JWT.replacen('e', "\\u0065", 1);
+    let input = format!(r#"{{"userAgent":"{escaped}","requestURI":"https:\/\/u:pw@h\/x"}}"#);
+    let out = run(json!({}), &input);
+    assert_eq!(
+        out,
+        r#"{"userAgent":"[REDACTED]","requestURI":"https://u:[REDACTED]@h/x","annotations":{"auditflow.io/redacted":"jwt,url_credentials"}}"#
+    );
+}
+
+#[test]
+fn detectors_switch_off_by_name() {
+    let input = r#"{"msg":"join --token abcdef.0123456789abcdef"}"#;
+    assert_eq!(
+        run(json!({"detectors": {"bootstrap_token": false}}), input),
+        input
+    );
+    assert_ne!(run(json!({}), input), input);
+}
+
+#[test]
+fn unknown_detector_names_are_refused_with_the_valid_ones() {
+    let error = config(json!({"detectors": {"jtw": false}})).unwrap_err();
+    assert!(error.contains("unknown field `jtw`"), "{error}");
+    assert!(
+        error.contains("`jwt`") && error.contains("`url_credentials`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn hash_mode_needs_a_key() {
+    let errors = config(json!({"mode": "hash"})).unwrap().validate();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].field.as_deref(), Some("hash_key"));
+    let errors = config(json!({"hash_key": "k"})).unwrap().validate();
+    assert_eq!(errors[0].field.as_deref(), Some("hash_key"));
+    assert!(config(json!({"mode": "hash", "hash_key": "k"}))
+        .unwrap()
+        .validate()
+        .is_empty());
+    let debug = format!(
+        "{:?}",
+        config(json!({"mode": "hash", "hash_key": "s3cret"})).unwrap()
+    );
+    assert!(!debug.contains("s3cret"), "{debug}");
+}
+
+#[test]
+fn pattern_names_must_not_shadow_built_ins() {
+    let errors = config(json!({"patterns": {"jwt": "x", "a,b": "y", "ok_name": "z"}}))
+        .unwrap()
+        .validate();
+    let fields: Vec<_> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
+    assert_eq!(fields, ["patterns.a,b", "patterns.jwt"]);
+}
+
+#[test]
+fn custom_patterns_replace_the_match_or_its_secret_group() {
+    let options = json!({"patterns": {
+        "stripe": "sk_live_[0-9a-zA-Z]{8,}",
+        "query_password": "password=(?P<secret>[^&]+)",
+        "anchored": "^internal-[0-9]+$",
+    }});
+    let input = r#"{"requestURI":"/x?password=pw1\u0026a=b","msg":"key sk_live_abcdef123 used","id":"internal-42","other":"internal-42 x"}"#;
+    assert_eq!(
+        run(options, input),
+        r#"{"requestURI":"/x?password=[REDACTED]&a=b","msg":"key [REDACTED] used","id":"[REDACTED]","other":"internal-42 x","annotations":{"auditflow.io/redacted":"anchored,query_password,stripe"}}"#
+    );
+}
+
+#[test]
+fn fields_are_always_redacted() {
+    let options = json!({"fields": ["requestObject.spec.password", "responseObject.items.spec.pin", "user.extra"]});
+    let input = r#"{"user":{"username":"a","extra":{"k":["v1","v2"]}},"requestObject":{"spec":{"password":"p","other":"o"}},"responseObject":{"items":[{"spec":{"pin":1234}},{"spec":{}}]}}"#;
+    assert_eq!(
+        run(options, input),
+        r#"{"user":{"username":"a","extra":{"k":["[REDACTED]","[REDACTED]"]}},"requestObject":{"spec":{"password":"[REDACTED]","other":"o"}},"responseObject":{"items":[{"spec":{"pin":"[REDACTED]"}},{"spec":{}}]},"annotations":{"auditflow.io/redacted":"fields"}}"#
+    );
+}
+
+#[test]
+fn hash_mode_correlates_equal_secrets() {
+    let options = json!({"mode": "hash", "hash_key": "k"});
+    let input = format!(r#"{{"a":"{JWT}","b":{{"token":"{JWT}"}}}}"#);
+    let out: Value = serde_json::from_str(&run(options, &input)).unwrap();
+    let a = out["a"].as_str().unwrap();
+    assert!(a.starts_with("hmac-sha256:") && a.len() == 28, "{a}");
+    assert_eq!(out["b"]["token"], a);
+}
+
+#[test]
+fn an_earlier_redaction_annotation_is_merged() {
+    let input =
+        r#"{"annotations":{"auditflow.io/redacted":"secret_data"},"msg":"Bearer abc123def"}"#;
+    assert_eq!(
+        run(json!({}), input),
+        r#"{"annotations":{"auditflow.io/redacted":"bearer,secret_data"},"msg":"Bearer [REDACTED]"}"#
+    );
+}
+
+#[test]
+fn events_changed_upstream_are_checked_field_by_field() {
+    let mut transform = redact_with(json!({}), "modified");
+    let mut input = event(r#"{"verb":"get","requestURI":"/a\u0026b"}"#);
+    input.insert(
+        "responseObject",
+        json!({"status": {"token": "t0ken-value"}}),
+    );
+    let out = run_transform(transform.as_mut(), vec![input]);
+    assert_eq!(
+        String::from_utf8(out[0].to_json_bytes().to_vec()).unwrap(),
+        r#"{"verb":"get","requestURI":"/a\u0026b","responseObject":{"status":{"token":"[REDACTED]"}},"annotations":{"auditflow.io/redacted":"private_key"}}"#
+    );
+}
+
+#[test]
+fn a_repeated_key_leaves_no_copy_behind() {
+    let input = format!(r#"{{"x":"{JWT}","v":1,"x":"Bearer {JWT}"}}"#);
+    let out = run(json!({}), &input);
+    assert!(!out.contains("eyJ"), "{out}");
+    assert_eq!(
+        out,
+        r#"{"v":1,"x":"Bearer [REDACTED]","annotations":{"auditflow.io/redacted":"bearer"}}"#
+    );
+}
+
+#[test]
+fn a_field_that_cannot_be_parsed_is_replaced_whole() {
+    let input = format!(r#"{{"requestObject":{{"n":1e400,"token":"{JWT}"}},"verb":"get"}}"#);
+    assert_eq!(
+        run(json!({}), &input),
+        r#"{"verb":"get","requestObject":"[REDACTED]"}"#
+    );
+}
+
+#[test]
+fn redactions_are_counted_per_detector() {
+    let mut transform = redact_with(json!({}), "counted");
+    let input = format!(r#"{{"a":"{JWT} and Bearer x1y2z3w4","b":"{JWT}"}}"#);
+    run_transform(transform.as_mut(), vec![event(&input), event(&input)]);
+    let count = |detector: &str| {
+        auditflow_metrics::redactions_total()
+            .with_label_values(&["counted", detector])
+            .get()
+    };
+    assert_eq!(
+        (count("jwt"), count("bearer"), count("secret_data")),
+        (4, 2, 0)
+    );
+}
