@@ -1,0 +1,704 @@
+//! The sink against real HTTPS servers on 127.0.0.1:0, with certificates made here, and
+//! real audit events.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditflow_core::channel;
+use auditflow_core::{
+    BatchStatus, BuildContext, Output, Shutdown, Sink, SinkConfig, SinkContext, Source,
+    SourceContext, Telemetry, Validate,
+};
+use auditflow_testkit::events::{audit_log_events, audit_log_lines};
+use auditflow_testkit::{compliance, MemorySource, SourceProbe};
+use serde_json::{json, Value};
+use tls_server::{Pki, Recorded, Reply, ServerOptions, TestServer};
+
+use crate::HttpsConfig;
+
+/// The end-to-end tests' HTTPS server, shared as source so that this crate does not
+/// depend on the e2e crate.
+#[path = "../../../tests/src/tls.rs"]
+#[allow(dead_code)]
+mod tls_server;
+
+/// A private CA on disk and a server using it.
+struct Setup {
+    pki: Pki,
+    dir: tempfile::TempDir,
+    server: TestServer,
+}
+
+impl Setup {
+    fn new(options: ServerOptions) -> Setup {
+        let pki = Pki::new("collector");
+        let dir = tempfile::tempdir().unwrap();
+        pki.write_to(dir.path());
+        let server = TestServer::start(&pki, options);
+        Setup { pki, dir, server }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Options for a sink trusting the private CA, plus `extra` (merged at the top level).
+    fn options(&self, extra: Value) -> Value {
+        let mut options = json!({
+            "uri": self.server.url("/ingest"),
+            "tls": { "ca_file": self.file("ca.pem") },
+        });
+        merge(&mut options, extra);
+        options
+    }
+}
+
+fn merge(into: &mut Value, extra: Value) {
+    match (into, extra) {
+        (Value::Object(into), Value::Object(extra)) => {
+            for (key, value) in extra {
+                match into.get_mut(&key) {
+                    Some(existing) if existing.is_object() && value.is_object() => {
+                        merge(existing, value)
+                    }
+                    _ => {
+                        into.insert(key, value);
+                    }
+                }
+            }
+        }
+        (into, extra) => *into = extra,
+    }
+}
+
+fn config(options: Value) -> HttpsConfig {
+    serde_json::from_value(options).expect("valid https options")
+}
+
+fn build(id: &str, options: Value, telemetry: Arc<dyn Telemetry>) -> Box<dyn Sink> {
+    config(options)
+        .build(BuildContext {
+            id: id.into(),
+            data_dir: "/nonexistent".into(),
+            telemetry,
+        })
+        .expect("the sink builds")
+}
+
+/// Counts what the sink reports, by kind.
+#[derive(Default)]
+struct Counts {
+    sent_events: AtomicUsize,
+    errored: Mutex<Vec<(&'static str, usize)>>,
+    discarded: Mutex<Vec<(&'static str, usize)>>,
+}
+
+impl Telemetry for Counts {
+    fn received(&self, _: usize, _: usize) {}
+    fn sent(&self, events: usize, _: usize) {
+        self.sent_events.fetch_add(events, Ordering::SeqCst);
+    }
+    fn discarded(&self, reason: &'static str, events: usize) {
+        self.discarded.lock().unwrap().push((reason, events));
+    }
+    fn errored(&self, error_type: &'static str, count: usize) {
+        self.errored.lock().unwrap().push((error_type, count));
+    }
+    fn buffer_changed(&self, _: i64) {}
+}
+
+/// Everything logged while the guard lives (on this thread: `#[tokio::test]` runs every
+/// task on it).
+struct Logs {
+    text: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&text);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(Arc::clone(&writer)))
+            .finish();
+        Logs {
+            text,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The events in a request body, as the raw bytes of each, in order.
+fn events_in(request: &Recorded, encoding: &str) -> Vec<String> {
+    assert_eq!(request.decode_error, None, "request {}", request.index);
+    let body = request.body_str();
+    match encoding {
+        "ndjson" => {
+            assert!(body.ends_with('\n'), "an NDJSON body ends with a newline");
+            body.lines().map(str::to_owned).collect()
+        }
+        "json_array" => raw_items(body),
+        "event_list" => {
+            #[derive(serde::Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct EventList<'a> {
+                kind: &'a str,
+                api_version: &'a str,
+                #[serde(borrow)]
+                items: Vec<&'a serde_json::value::RawValue>,
+            }
+            let list: EventList = serde_json::from_str(body).expect("an EventList");
+            assert_eq!(
+                (list.kind, list.api_version),
+                ("EventList", "audit.k8s.io/v1")
+            );
+            list.items
+                .iter()
+                .map(|item| item.get().to_owned())
+                .collect()
+        }
+        other => panic!("unknown encoding {other}"),
+    }
+}
+
+fn raw_items(body: &str) -> Vec<String> {
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(body).expect("a JSON array");
+    items.iter().map(|item| item.get().to_owned()).collect()
+}
+
+fn fixture_lines() -> Vec<String> {
+    audit_log_lines().map(str::to_owned).collect()
+}
+
+fn batches_of(size: usize) -> Vec<Vec<auditflow_core::Event>> {
+    audit_log_events().chunks(size).map(<[_]>::to_vec).collect()
+}
+
+type Task = tokio::task::JoinHandle<Result<(), auditflow_core::ComponentError>>;
+
+/// Runs a MemorySource into `sink`; returns the probe and the two tasks.
+fn run_pipeline(
+    sink: Box<dyn Sink>,
+    batches: Vec<Vec<auditflow_core::Event>>,
+) -> (SourceProbe, Task, Task) {
+    let telemetry: Arc<dyn Telemetry> = Arc::new(auditflow_core::NoTelemetry);
+    let (source, probe) = MemorySource::new(batches);
+    let (tx, rx) = channel::channel(1, Arc::clone(&telemetry));
+    let (_trigger, shutdown) = Shutdown::new();
+    let source = tokio::spawn(Box::new(source).run(SourceContext {
+        id: "memory".into(),
+        out: Output::new(vec![tx], Arc::clone(&telemetry)),
+        shutdown,
+        telemetry: Arc::clone(&telemetry),
+    }));
+    let sink = tokio::spawn(sink.run(SinkContext {
+        id: "out".into(),
+        input: rx,
+        telemetry,
+    }));
+    (probe, source, sink)
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_encoding_and_compression_arrives_byte_for_byte() {
+    let expected = fixture_lines();
+    for encoding in ["ndjson", "json_array", "event_list"] {
+        for compression in ["none", "gzip", "zstd"] {
+            let setup = Setup::new(ServerOptions::default());
+            let sink = build(
+                "byte_for_byte",
+                setup.options(json!({
+                    "encoding": encoding,
+                    "compression": compression,
+                    "batch": { "max_events": 100 },
+                    "request": { "concurrency": 1 },
+                })),
+                Arc::new(auditflow_core::NoTelemetry),
+            );
+            let statuses =
+                compliance::check_sink(sink, batches_of(60), Duration::from_secs(10)).await;
+            assert_eq!(statuses, vec![BatchStatus::Delivered; 5]);
+
+            let requests = setup.server.requests();
+            let arrived: Vec<String> = requests
+                .iter()
+                .flat_map(|request| events_in(request, encoding))
+                .collect();
+            assert!(
+                arrived == expected,
+                "{encoding}/{compression}: the events that arrived differ from those sent"
+            );
+            // 245 events in requests of at most 100: 100, 100, 45.
+            let sizes: Vec<usize> = requests
+                .iter()
+                .map(|request| events_in(request, encoding).len())
+                .collect();
+            assert_eq!(sizes, [100, 100, 45], "{encoding}/{compression}");
+            for request in &requests {
+                assert_eq!(request.method, "POST");
+                assert_eq!(request.path, "/ingest");
+                assert_eq!(request.version, "HTTP/2.0", "ALPN picks HTTP/2");
+                let content_encoding = request.header("content-encoding");
+                match compression {
+                    "none" => assert_eq!(content_encoding, None),
+                    other => {
+                        assert_eq!(content_encoding, Some(other));
+                        assert!(request.wire_len * 3 < request.body.len(), "compressed");
+                    }
+                }
+                let content_type = if encoding == "ndjson" {
+                    "application/x-ndjson"
+                } else {
+                    "application/json"
+                };
+                assert_eq!(request.header("content-type"), Some(content_type));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn put_with_headers_and_basic_auth() {
+    let setup = Setup::new(ServerOptions::default());
+    let sink = build(
+        "put",
+        setup.options(json!({
+            "method": "PUT",
+            "headers": { "X-Tenant": "blue" },
+            "auth": { "basic": { "user": "audit", "password": "s3cret" } },
+        })),
+        Arc::new(auditflow_core::NoTelemetry),
+    );
+    let statuses = compliance::check_sink(sink, batches_of(245), Duration::from_secs(10)).await;
+    assert_eq!(statuses, [BatchStatus::Delivered]);
+    let requests = setup.server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].method, "PUT");
+    assert_eq!(requests[0].header("x-tenant"), Some("blue"));
+    // base64("audit:s3cret")
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some("Basic YXVkaXQ6czNjcmV0")
+    );
+}
+
+#[tokio::test]
+async fn a_client_certificate_gets_through_a_server_that_requires_one() {
+    let setup = Setup::new(ServerOptions::default().require_client_cert());
+    let sink = build(
+        "mtls",
+        setup.options(json!({
+            "tls": { "cert_file": setup.file("client.pem"), "key_file": setup.file("client.key") },
+        })),
+        Arc::new(auditflow_core::NoTelemetry),
+    );
+    let statuses = compliance::check_sink(sink, batches_of(100), Duration::from_secs(10)).await;
+    assert_eq!(statuses, vec![BatchStatus::Delivered; 3]);
+    let requests = setup.server.requests();
+    assert!(requests.iter().all(|request| request.client_cert));
+    let arrived: Vec<String> = requests
+        .iter()
+        .flat_map(|request| events_in(request, "ndjson"))
+        .collect();
+    assert_eq!(arrived.len(), 245);
+}
+
+#[tokio::test]
+async fn without_the_client_certificate_nothing_is_acknowledged_and_the_log_says_why() {
+    let logs = Logs::capture();
+    let setup = Setup::new(ServerOptions::default().require_client_cert());
+    let counts = Arc::new(Counts::default());
+    let sink = build(
+        "no_client_cert",
+        setup.options(json!({
+            "request": { "retry_initial_backoff_ms": 50, "retry_max_backoff_ms": 200, "retry_max_duration_secs": 1 },
+        })),
+        counts.clone(),
+    );
+    let statuses = compliance::check_sink(sink, batches_of(245), Duration::from_secs(10)).await;
+    assert_eq!(statuses, [BatchStatus::Rejected]);
+    assert!(setup.server.requests().is_empty());
+    assert!(!setup.server.handshake_errors().is_empty());
+    // The server's alert may be lost to the reset of its close, so the log names either.
+    let logs = logs.text();
+    assert!(
+        logs.contains("giving up a request of 245 events")
+            && (logs.contains("CertificateRequired") || logs.contains("reset")),
+        "logs:\n{logs}"
+    );
+    assert_eq!(
+        *counts.errored.lock().unwrap(),
+        [("retries_exhausted", 245)]
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_ca_fails_with_a_clear_error_and_acknowledges_nothing() {
+    let logs = Logs::capture();
+    let setup = Setup::new(ServerOptions::default());
+    let other = Pki::new("somebody else");
+    std::fs::write(setup.dir.path().join("other-ca.pem"), &other.ca_pem).unwrap();
+    let counts = Arc::new(Counts::default());
+    let sink = build(
+        "wrong_ca",
+        setup.options(json!({
+            "tls": { "ca_file": setup.file("other-ca.pem") },
+            "request": { "retry_initial_backoff_ms": 50, "retry_max_backoff_ms": 200, "retry_max_duration_secs": 1 },
+        })),
+        counts.clone(),
+    );
+    let statuses = compliance::check_sink(sink, batches_of(100), Duration::from_secs(10)).await;
+    assert_eq!(statuses, vec![BatchStatus::Rejected; 3]);
+    assert!(setup.server.requests().is_empty(), "nothing got through");
+    assert_eq!(counts.sent_events.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        *counts.discarded.lock().unwrap(),
+        [("retries_exhausted", 245)]
+    );
+    let logs = logs.text();
+    let expected = format!(
+        "sinks.wrong_ca: TLS handshake with {} failed: invalid peer certificate: UnknownIssuer; check tls.ca_file",
+        setup.server.address
+    );
+    assert!(
+        logs.contains(&expected),
+        "expected {expected:?} in:\n{logs}"
+    );
+    assert!(
+        logs.contains("giving up a request of 245 events"),
+        "logs:\n{logs}"
+    );
+    drop(setup.pki);
+}
+
+/// The outage, scaled down from 10 s: 503 for 3 s, then 429 with `Retry-After: 2`,
+/// then three connection resets, then recovery.
+#[tokio::test]
+async fn an_outage_loses_nothing_retries_as_configured_and_delays_the_acks() {
+    let logs = Logs::capture();
+    const OUTAGE: Duration = Duration::from_secs(3);
+    let first: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let resets = Arc::new(AtomicUsize::new(0));
+    let throttled = Arc::new(AtomicBool::new(false));
+    let responder = {
+        let (first, resets, throttled) = (first.clone(), resets.clone(), throttled.clone());
+        move |request: &Recorded| {
+            let started = *first.lock().unwrap().get_or_insert(request.at);
+            if request.at.duration_since(started) < OUTAGE {
+                Reply::status(503).body("collector warming up")
+            } else if !throttled.swap(true, Ordering::SeqCst) {
+                Reply::status(429).header("Retry-After", "2")
+            } else if resets.fetch_add(1, Ordering::SeqCst) < 3 {
+                Reply::Reset
+            } else {
+                Reply::ok()
+            }
+        }
+    };
+    let setup = Setup::new(ServerOptions::responder(responder));
+    let id = "outage";
+    let retries_before = auditflow_metrics::sink_retries_total()
+        .with_label_values(&[id])
+        .get();
+    let sink = build(
+        id,
+        setup.options(json!({
+            "batch": { "max_events": 100, "timeout_ms": 50 },
+            "request": { "concurrency": 1, "retry_initial_backoff_ms": 100, "retry_max_backoff_ms": 400, "timeout_ms": 2000 },
+        })),
+        Arc::new(auditflow_core::NoTelemetry),
+    );
+    let (probe, source, sink) = run_pipeline(sink, batches_of(25));
+
+    // In the middle of the outage nothing is acknowledged, and the source is held back:
+    // 4 batches in the request being retried, 4 in the next request, 1 in the channel.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        probe.statuses().is_empty(),
+        "acknowledged during the outage"
+    );
+    assert_eq!(probe.sent(), 9, "the source was not held back");
+
+    wait_for("every batch acknowledged", Duration::from_secs(20), || {
+        probe.statuses().len() == 10
+    })
+    .await;
+    assert!(probe
+        .statuses()
+        .iter()
+        .all(|(_, status)| *status == BatchStatus::Delivered));
+    source.await.unwrap().unwrap();
+    sink.await.unwrap().unwrap();
+
+    let requests = setup.server.requests();
+    let delivered: Vec<String> = requests
+        .iter()
+        .filter(|request| request.reply.code() == Some(200))
+        .flat_map(|request| events_in(request, "ndjson"))
+        .collect();
+    assert!(
+        delivered == fixture_lines(),
+        "events lost, duplicated or reordered"
+    );
+
+    // The first request is retried through the whole outage, each wait within the
+    // exponential bound (100, 200, 400, 400 ... ms) plus slack for a loaded machine.
+    let failed_503: Vec<&Recorded> = requests
+        .iter()
+        .filter(|request| request.reply.code() == Some(503))
+        .collect();
+    assert!(
+        failed_503.len() >= 6,
+        "only {} tries in 3 s",
+        failed_503.len()
+    );
+    for (n, pair) in failed_503.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        let bound = Duration::from_millis((100u64 << n.min(2)).min(400));
+        assert!(
+            gap <= bound + Duration::from_millis(400),
+            "retry {n} came after {gap:?}, above the {bound:?} bound"
+        );
+    }
+    // Retry-After: 2 is honoured.
+    let throttled_at = requests
+        .iter()
+        .position(|request| request.reply.code() == Some(429))
+        .expect("a 429");
+    let gap = requests[throttled_at + 1].at - requests[throttled_at].at;
+    assert!(
+        gap >= Duration::from_millis(1950) && gap <= Duration::from_millis(2800),
+        "Retry-After: 2 was followed after {gap:?}"
+    );
+    // Then the resets, each retried within the (by then maximal) bound.
+    let after: Vec<&Recorded> = requests[throttled_at + 1..].iter().collect();
+    assert!(matches!(after[0].reply, Reply::Reset));
+    assert!(matches!(after[1].reply, Reply::Reset));
+    assert!(matches!(after[2].reply, Reply::Reset));
+    for pair in after[..4].windows(2) {
+        assert!(pair[1].at - pair[0].at <= Duration::from_millis(800));
+    }
+    let failures = requests
+        .iter()
+        .filter(|request| request.reply.code() != Some(200))
+        .count() as u64;
+    let retries = auditflow_metrics::sink_retries_total()
+        .with_label_values(&[id])
+        .get()
+        - retries_before;
+    assert_eq!(
+        retries, failures,
+        "every failed try was retried and counted"
+    );
+    let logs = logs.text();
+    assert!(
+        logs.contains("answered 503 Service Unavailable; retrying"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("answered 429 Too Many Requests; retrying"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_400_rejects_its_batch_logs_the_body_and_the_next_batch_goes_through() {
+    let logs = Logs::capture();
+    let setup = Setup::new(ServerOptions::replies(vec![
+        Reply::status(400).body("event 17: requestReceivedTimestamp is not a timestamp")
+    ]));
+    let counts = Arc::new(Counts::default());
+    let sink = build(
+        "bad_request",
+        setup.options(json!({
+            "batch": { "max_events": 100 },
+            "request": { "concurrency": 1 },
+        })),
+        counts.clone(),
+    );
+    let statuses = compliance::check_sink(sink, batches_of(100), Duration::from_secs(10)).await;
+    assert_eq!(
+        statuses,
+        [
+            BatchStatus::Rejected,
+            BatchStatus::Delivered,
+            BatchStatus::Delivered
+        ]
+    );
+    assert_eq!(setup.server.requests().len(), 3, "the 400 was not retried");
+    assert_eq!(counts.sent_events.load(Ordering::SeqCst), 145);
+    assert_eq!(*counts.errored.lock().unwrap(), [("rejected", 100)]);
+    assert_eq!(*counts.discarded.lock().unwrap(), [("rejected", 100)]);
+    let logs = logs.text();
+    assert!(
+        logs.contains("refused a request of 100 events with 400 Bad Request")
+            && logs.contains("event 17: requestReceivedTimestamp is not a timestamp"),
+        "logs:\n{logs}"
+    );
+}
+
+/// An input batch split across two requests is acknowledged only once both are delivered,
+/// and rejected if either is refused.
+#[tokio::test]
+async fn a_batch_split_across_requests_waits_for_both() {
+    let setup = Setup::new(ServerOptions::replies(vec![
+        Reply::ok(),
+        Reply::status(422).body("no"),
+    ]));
+    let sink = build(
+        "split",
+        setup.options(json!({
+            "batch": { "max_events": 30 },
+            "request": { "concurrency": 1 },
+        })),
+        Arc::new(auditflow_core::NoTelemetry),
+    );
+    let events = audit_log_events();
+    let batches = vec![
+        events[..20].to_vec(),
+        events[20..40].to_vec(),
+        events[40..50].to_vec(),
+    ];
+    let statuses = compliance::check_sink(sink, batches, Duration::from_secs(10)).await;
+    // Requests: [0..30) delivered, [30..50) refused. Batch 1 spans both.
+    assert_eq!(
+        statuses,
+        [
+            BatchStatus::Delivered,
+            BatchStatus::Rejected,
+            BatchStatus::Rejected
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_busy_server_holds_the_source_back() {
+    let open = Arc::new(AtomicBool::new(false));
+    let setup = Setup::new(ServerOptions::responder({
+        let open = open.clone();
+        move |_: &Recorded| {
+            if open.load(Ordering::SeqCst) {
+                Reply::ok()
+            } else {
+                Reply::status(503)
+            }
+        }
+    }));
+    let sink = build(
+        "busy",
+        setup.options(json!({
+            "batch": { "max_events": 10, "timeout_ms": 10 },
+            "request": { "concurrency": 2, "retry_initial_backoff_ms": 20, "retry_max_backoff_ms": 50 },
+        })),
+        Arc::new(auditflow_core::NoTelemetry),
+    );
+    let (probe, source, sink) = run_pipeline(sink, batches_of(10));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two requests in flight, one sealed batch waiting, one batch in the channel, and
+    // the source waiting to send the next: nothing more is taken.
+    let sent = probe.sent();
+    assert!(
+        sent <= 5,
+        "the source sent {sent} batches into a blocked sink"
+    );
+    assert!(probe.statuses().is_empty());
+    open.store(true, Ordering::SeqCst);
+    wait_for("every batch acknowledged", Duration::from_secs(10), || {
+        probe.statuses().len() == 25
+    })
+    .await;
+    source.await.unwrap().unwrap();
+    sink.await.unwrap().unwrap();
+    let delivered = setup
+        .server
+        .requests()
+        .iter()
+        .filter(|request| request.reply.code() == Some(200))
+        .map(|request| events_in(request, "ndjson").len())
+        .sum::<usize>();
+    assert_eq!(delivered, 245);
+}
+
+#[test]
+fn plain_http_needs_allow_plaintext() {
+    let errors = config(json!({ "uri": "http://collector:8080/ingest" })).validate();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].field.as_deref(), Some("uri"));
+    assert!(errors[0].message.contains("allow_plaintext: true"));
+    let errors = config(json!({ "uri": "http://collector:8080/ingest", "allow_plaintext": true }))
+        .validate();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn validation_names_the_field_at_fault() {
+    let errors = config(json!({
+        "uri": "https://collector/ingest",
+        "headers": { "bad header": "x" },
+        "request": { "retry_initial_backoff_ms": 1000, "retry_max_backoff_ms": 10 },
+        "tls": { "cert_file": "/nonexistent/client.pem", "ca_file": "/nonexistent/ca.pem" },
+    }))
+    .validate();
+    let fields: Vec<_> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
+    assert_eq!(
+        fields,
+        [
+            "headers.bad header",
+            "request.retry_max_backoff_ms",
+            "tls.ca_file",
+            "tls.key_file"
+        ],
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn debug_output_masks_secrets() {
+    let config = config(json!({
+        "uri": "https://collector/ingest",
+        "headers": { "X-Api-Key": "header-secret" },
+        "auth": { "bearer_token": "token-secret" },
+    }));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("X-Api-Key"), "{shown}");
+    let config: HttpsConfig = serde_json::from_value(json!({
+        "uri": "https://collector/ingest",
+        "auth": { "basic": { "user": "audit", "password": "pw-secret" } },
+    }))
+    .unwrap();
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("pw-secret") && shown.contains("audit"),
+        "{shown}"
+    );
+}

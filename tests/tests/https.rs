@@ -1,0 +1,127 @@
+//! The real binary: standard input -> `https` sink -> an HTTPS server with a private CA.
+
+use std::io::Write;
+use std::time::Duration;
+
+use auditflow_e2e::tls::{Pki, ServerOptions, TestServer};
+use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+
+const FIXTURE: &str = include_str!("../../crates/testkit/fixtures/kube-apiserver-1.32-audit.log");
+
+#[test]
+fn every_event_from_stdin_reaches_the_https_server() {
+    let workspace = Workspace::new();
+    let pki = Pki::new("collector");
+    let files = pki.write_to(workspace.path());
+    let server = TestServer::start(&pki, ServerOptions::default().require_client_cert());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &format!(
+            r#"
+data_dir: {data_dir}
+metrics:
+  address: {metrics}
+sources:
+  apiserver:
+    type: stdin
+sinks:
+  collector:
+    type: https
+    inputs: [apiserver]
+    uri: {uri}
+    encoding: event_list
+    compression: zstd
+    batch: {{ max_events: 100, timeout_ms: 200 }}
+    auth: {{ bearer_token: "${{COLLECTOR_TOKEN}}" }}
+    tls:
+      ca_file: {ca}
+      cert_file: {cert}
+      key_file: {key}
+"#,
+            data_dir = workspace.path().display(),
+            uri = server.url("/audit"),
+            ca = files.ca.display(),
+            cert = files.client_cert.display(),
+            key = files.client_key.display(),
+        ),
+    );
+    let mut auditflow = Auditflow::spawn(
+        &workspace,
+        &["run".as_ref(), pipeline.as_os_str()],
+        &[("COLLECTOR_TOKEN", "t0ken-from-env")],
+    );
+    wait_ready(&metrics, Duration::from_secs(10));
+    let mut stdin = auditflow.take_stdin();
+    stdin.write_all(FIXTURE.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+
+    let expected: Vec<&str> = FIXTURE.lines().filter(|line| !line.is_empty()).collect();
+    server.wait_until(Duration::from_secs(20), |requests| {
+        requests
+            .iter()
+            .map(|r| items(r.body_str()).len())
+            .sum::<usize>()
+            >= expected.len()
+    });
+    let (_, text) = http_get(&metrics, "/metrics").unwrap();
+    let labels = [("component_id", "collector")];
+    assert_eq!(
+        metric(&text, "auditflow_component_sent_events_total", &labels),
+        Some(expected.len() as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "auditflow_sink_request_duration_seconds_count",
+            &[("component_id", "collector"), ("status_class", "2xx")]
+        ),
+        Some(server.requests().len() as f64)
+    );
+
+    drop(stdin);
+    let status = auditflow.wait_timeout(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr:\n{}",
+        auditflow.stderr()
+    );
+
+    // Requests run concurrently (4 by default), so they may arrive in any order; each
+    // holds a run of consecutive events, byte for byte.
+    let requests = server.requests();
+    let mut runs: Vec<Vec<String>> = requests.iter().map(|r| items(r.body_str())).collect();
+    runs.sort_by_key(|run| expected.iter().position(|line| *line == run[0]));
+    let arrived: Vec<String> = runs.concat();
+    assert!(
+        arrived == expected,
+        "the events that arrived differ from those sent ({} vs {})",
+        arrived.len(),
+        expected.len()
+    );
+    for request in &requests {
+        assert_eq!(request.path, "/audit");
+        assert!(request.client_cert);
+        assert_eq!(request.header("content-encoding"), Some("zstd"));
+        assert_eq!(
+            request.header("authorization"),
+            Some("Bearer t0ken-from-env")
+        );
+    }
+    assert!(
+        !auditflow.stderr().contains("t0ken-from-env"),
+        "the token leaked into the log"
+    );
+}
+
+/// The raw items of an `EventList` body.
+fn items(body: &str) -> Vec<String> {
+    use serde_json::value::RawValue;
+    let list: std::collections::HashMap<String, Box<RawValue>> =
+        serde_json::from_str(body).expect("an EventList body");
+    assert_eq!(list["kind"].get(), r#""EventList""#);
+    let items: Vec<Box<RawValue>> =
+        serde_json::from_str(list["items"].get()).expect("items is an array");
+    items.iter().map(|item| item.get().to_owned()).collect()
+}
