@@ -9,6 +9,7 @@
 //! standard error; standard output carries only data (`stdout` sink, `graph`, `plugins`).
 
 mod describe;
+mod kubeconfig;
 mod registry;
 mod run;
 
@@ -64,6 +65,9 @@ enum Command {
         /// Only this type.
         name: Option<String>,
     },
+    /// Print the kubeconfig kube-apiserver needs (`--audit-webhook-config-file`) to send
+    /// its audit events to a `webhook` source.
+    WebhookKubeconfig(kubeconfig::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Validate { files } => describe::validate(&files, &registry),
         Command::Graph { files } => describe::graph(&files, &registry),
         Command::Plugins { name } => describe::plugins(name.as_deref(), &registry),
+        Command::WebhookKubeconfig(args) => kubeconfig::print(&args),
     }
 }
 

@@ -1,0 +1,294 @@
+//! `webhook` source: the receiver for kube-apiserver's audit webhook backend
+//! (`--audit-webhook-config-file`), over HTTPS (optionally mTLS) with bearer tokens.
+//!
+//! The API server POSTs `audit.k8s.io/v1` `EventList` batches and retries every failure
+//! with backoff, so this source answers in the API server's terms: `200` once every event
+//! of the request is delivered (with `acknowledgements`), `503` + `Retry-After` when the
+//! pipeline cannot take the events in time, and a `4xx` only for requests that can never
+//! succeed.
+//!
+//! # Layout
+//! - this module: the options ([`WebhookConfig`]), their checks, and the build step, which
+//!   loads certificates and tokens and binds the listener (so a busy port is a config error).
+//! - [`server`]: the accept loop, TLS, and the request handler.
+//! - [`decode`]: a request body into events (`EventList`, one `Event`, an array, NDJSON).
+//! - `tls`: the rustls server configuration (ring; mTLS when `client_ca_file` is set).
+//!
+//! # The one design decision
+//! A body is read once into one buffer and parsed once into borrowed items; every event is
+//! a slice of that buffer (`Bytes::slice_ref`), so an event leaves exactly as the API
+//! server sent it and no event is copied or re-serialised. The buffer is what memory is
+//! bounded by: a byte budget (4 × `max_body_bytes`) shared by every request in flight.
+
+pub mod decode;
+pub mod server;
+mod tls;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Receives kube-apiserver's audit webhook batches (`EventList`) over HTTPS.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Address to listen on (`host:port`).
+    #[serde(default = "default_address")]
+    pub address: SocketAddr,
+    /// URL path the API server posts to (the path of `server:` in its kubeconfig). Other
+    /// paths get 404; the query (`?timeout=30s`) is ignored.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Server certificate and key, and optionally the CA that client certificates must be
+    /// signed by (mTLS). Required unless `allow_plaintext` is true.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Accept plain HTTP. Audit events carry secrets: only for a loopback address or a
+    /// mesh that encrypts for you.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Bearer tokens a request must carry (`Authorization: Bearer ...`); without `auth`
+    /// no token is asked for.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Largest request body accepted, in bytes, after gzip decompression; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Answer 200 only once the sinks have delivered every event of the request (the API
+    /// server resends what was not acknowledged). When false, 200 means "taken by the
+    /// pipeline".
+    #[serde(default = "default_acknowledgements")]
+    pub acknowledgements: bool,
+    /// How long a request waits for room in the pipeline before it is answered 503 with
+    /// `Retry-After`, in milliseconds.
+    #[serde(default = "default_accept_timeout_ms")]
+    pub accept_timeout_ms: u64,
+    /// How long a request waits for its events to be delivered (with `acknowledgements`)
+    /// before it is answered 503, in milliseconds. Keep it under the API server's own 30 s
+    /// request timeout.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+/// Certificate files, PEM.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain (the API server checks it against
+    /// `certificate-authority` in its kubeconfig).
+    pub cert_file: PathBuf,
+    /// The server certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, every client must present a certificate signed by one of these CAs
+    /// (the kubeconfig's `client-certificate`).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Where the accepted bearer tokens come from: one or the other.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// The tokens themselves (use `${VAR}` to keep them out of the file).
+    BearerTokens(Vec<Token>),
+    /// A file with one token per line; blank lines and lines starting with `#` are skipped.
+    BearerTokensFile(PathBuf),
+}
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Token(pub String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+fn default_address() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+
+fn default_path() -> String {
+    "/".to_owned()
+}
+
+fn default_max_body_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
+fn default_acknowledgements() -> bool {
+    true
+}
+
+fn default_accept_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    25_000
+}
+
+impl Validate for WebhookConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        let mut problems = Vec::new();
+        match (&self.tls, self.allow_plaintext) {
+            (None, false) => problems.push(BuildError::field(
+                "tls",
+                "no TLS configured: set tls.cert_file and tls.key_file (audit events carry \
+                 secrets), or allow_plaintext: true to accept plain HTTP",
+            )),
+            (Some(_), true) => problems.push(BuildError::field(
+                "allow_plaintext",
+                "tls is set, so plain HTTP is never accepted: remove allow_plaintext",
+            )),
+            _ => {}
+        }
+        if !self.path.starts_with('/') || self.path.contains('?') {
+            problems.push(BuildError::field(
+                "path",
+                format!(
+                    "{:?} is not a URL path: it starts with `/` and has no query",
+                    self.path
+                ),
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            problems.push(BuildError::field("max_body_bytes", "must be at least 1"));
+        }
+        if self.accept_timeout_ms == 0 {
+            problems.push(BuildError::field("accept_timeout_ms", "must be at least 1"));
+        }
+        if self.ack_timeout_ms == 0 {
+            problems.push(BuildError::field("ack_timeout_ms", "must be at least 1"));
+        }
+        if let Some(AuthConfig::BearerTokens(tokens)) = &self.auth {
+            if tokens.is_empty() {
+                problems.push(BuildError::field(
+                    "auth.bearer_tokens",
+                    "is empty: list at least one token, or remove auth",
+                ));
+            }
+            for (index, token) in tokens.iter().enumerate() {
+                if let Some(problem) = token_problem(&token.0) {
+                    problems.push(BuildError::field(
+                        format!("auth.bearer_tokens[{index}]"),
+                        problem,
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Why a token could never match an `Authorization` header, if it could not.
+fn token_problem(token: &str) -> Option<&'static str> {
+    if token.is_empty() {
+        Some("is empty")
+    } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains whitespace or control characters, which a bearer token cannot")
+    } else {
+        None
+    }
+}
+
+impl SourceConfig for WebhookConfig {
+    fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let tls = self.tls.as_ref().map(tls::server_config).transpose()?;
+        let tokens = match &self.auth {
+            None => None,
+            Some(AuthConfig::BearerTokens(tokens)) => {
+                Some(tokens.iter().map(|t| TokenDigest::of(&t.0)).collect())
+            }
+            Some(AuthConfig::BearerTokensFile(path)) => Some(read_tokens_file(path)?),
+        };
+        // Bound here, not in `run`, so that a busy port fails `auditflow run` at start
+        // with the option's name rather than later as a runtime failure.
+        let listener = std::net::TcpListener::bind(self.address)
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+            .map_err(|error| {
+                BuildError::field(
+                    "address",
+                    format!(
+                        "cannot listen on {}: {error} (another process holds the port, or \
+                         binding it needs privileges)",
+                        self.address
+                    ),
+                )
+            })?;
+        let settings = server::Settings {
+            path: self.path.clone(),
+            tokens,
+            max_body_bytes: self.max_body_bytes,
+            acknowledgements: self.acknowledgements,
+            accept_timeout: Duration::from_millis(self.accept_timeout_ms),
+            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+        };
+        Ok(Box::new(server::WebhookSource::new(
+            listener, tls, settings, &cx.id,
+        )))
+    }
+}
+
+/// A SHA-256 of a token: comparing digests of equal length in constant time hides both
+/// the token's bytes and its length from a timing attacker.
+#[derive(Clone, Copy)]
+pub(crate) struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub(crate) fn of(token: &str) -> TokenDigest {
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Constant time: every byte is compared, whatever differs first.
+    pub(crate) fn matches(&self, other: &TokenDigest) -> bool {
+        let difference = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+fn read_tokens_file(path: &std::path::Path) -> Result<Vec<TokenDigest>, BuildError> {
+    const FIELD: &str = "auth.bearer_tokens_file";
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        BuildError::field(FIELD, format!("cannot read {}: {error}", path.display()))
+    })?;
+    let mut tokens = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let token = line.trim();
+        if token.is_empty() || token.starts_with('#') {
+            continue;
+        }
+        if let Some(problem) = token_problem(token) {
+            return Err(BuildError::field(
+                FIELD,
+                format!("{} line {}: the token {problem}", path.display(), index + 1),
+            ));
+        }
+        tokens.push(TokenDigest::of(token));
+    }
+    if tokens.is_empty() {
+        return Err(BuildError::field(
+            FIELD,
+            format!(
+                "{} holds no token (one per line): every request would be refused",
+                path.display()
+            ),
+        ));
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,714 @@
+//! The HTTP(S) server: accept loop, TLS, and the request handler.
+//!
+//! A request is checked in order of cost (credentials, path, method, content type,
+//! declared length) before a byte of its body is read; the body is then read within a
+//! byte budget shared by every request in flight, decoded once, sent down the pipeline in
+//! batches, and answered when its batches are delivered.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use auditflow_core::{
+    Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, Event, Output, Source,
+    SourceContext, Telemetry,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::decode::{self, Format};
+use crate::TokenDigest;
+
+/// What a 503 asks the client to wait, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 5;
+/// Request bodies in flight may hold this many times `max_body_bytes` together.
+pub const BODY_BUDGET_FACTOR: usize = 4;
+/// A body must arrive within this (client-go's own request timeout is 30 s).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS handshake or request head must arrive within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bodies larger than this are decoded on a blocking thread, off the async workers.
+const INLINE_DECODE_BYTES: usize = 1024 * 1024;
+/// A refused request's unread body is read and discarded up to this much (within
+/// `DRAIN_TIMEOUT`) so that the client, still sending, reads the answer instead of a
+/// connection reset; past it the connection is closed.
+const DRAIN_BYTES: usize = 256 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Budget permits are KiB, so that any budget fits tokio's `u32` permit counts.
+const PERMIT_BYTES: usize = 1024;
+
+/// The request handler's options, resolved at build time.
+pub struct Settings {
+    pub path: String,
+    /// Digests of the accepted bearer tokens; `None` asks for no token.
+    pub(crate) tokens: Option<Vec<TokenDigest>>,
+    pub max_body_bytes: usize,
+    pub acknowledgements: bool,
+    pub accept_timeout: Duration,
+    pub ack_timeout: Duration,
+}
+
+/// The built source: a bound listener waiting to be served.
+pub struct WebhookSource {
+    listener: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    settings: Settings,
+    id: String,
+}
+
+impl WebhookSource {
+    pub(crate) fn new(
+        listener: std::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        settings: Settings,
+        id: &str,
+    ) -> WebhookSource {
+        WebhookSource {
+            listener,
+            tls: tls.map(TlsAcceptor::from),
+            settings,
+            id: id.to_owned(),
+        }
+    }
+}
+
+/// What every request handler shares.
+struct State {
+    settings: Settings,
+    id: String,
+    out: Output,
+    telemetry: Arc<dyn Telemetry>,
+    /// Permits are KiB of request body held in memory.
+    budget: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl Source for WebhookSource {
+    async fn run(self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
+        let WebhookSource {
+            listener,
+            tls,
+            settings,
+            id,
+        } = *self;
+        let address = listener.local_addr().map_err(|source| ComponentError::Io {
+            context: "reading the webhook listener's address".into(),
+            source,
+        })?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|source| ComponentError::Io {
+                context: format!("serving the webhook listener on {address}"),
+                source,
+            })?;
+        let drain_timeout = settings.accept_timeout + settings.ack_timeout + HANDSHAKE_TIMEOUT;
+        let budget_bytes = settings.max_body_bytes.saturating_mul(BODY_BUDGET_FACTOR);
+        let state = Arc::new(State {
+            budget: Arc::new(Semaphore::new(permits_for(budget_bytes) as usize)),
+            settings,
+            id: id.clone(),
+            out: cx.out.clone(),
+            telemetry: Arc::clone(&cx.telemetry),
+        });
+        drop(cx.out);
+        tracing::info!(
+            component_id = %id,
+            %address,
+            path = %state.settings.path,
+            tls = tls.is_some(),
+            "webhook source listening"
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = cx.shutdown.wait() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let state = Arc::clone(&state);
+                        let tls = tls.clone();
+                        let stop = stop_rx.clone();
+                        connections.spawn(async move {
+                            match tls {
+                                None => serve(stream, peer, state, stop).await,
+                                Some(tls) => {
+                                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                                        Ok(Ok(stream)) => serve(stream, peer, state, stop).await,
+                                        Ok(Err(error)) => tracing::warn!(
+                                            component_id = %state.id, %peer, %error,
+                                            "TLS handshake failed (a client certificate not signed by tls.client_ca_file, or a client that does not trust tls.cert_file?)"
+                                        ),
+                                        Err(_) => tracing::debug!(
+                                            component_id = %state.id, %peer, "TLS handshake timed out"
+                                        ),
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        // Out of file descriptors, usually: wait for connections to close.
+                        tracing::warn!(component_id = %id, %error, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            component_id = %id,
+            connections = connections.len(),
+            "webhook source stopped accepting; finishing requests in flight"
+        );
+        stop_tx.send_replace(true);
+        // The pipeline's output closes once every handler's copy of `state` is gone.
+        drop(state);
+        let drained = tokio::time::timeout(drain_timeout, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                component_id = %id,
+                connections = connections.len(),
+                "requests still in flight after {drain_timeout:?}: closing them unanswered (the API server resends them)"
+            );
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes or shutdown asks it to
+/// finish its requests and close.
+async fn serve<S>(stream: S, peer: SocketAddr, state: Arc<State>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let service = hyper::service::service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(state.handle(request, peer).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "webhook connection ended with an error");
+    }
+}
+
+/// An answer: status, message, and whether the client should retry later.
+struct Reply {
+    status: StatusCode,
+    body: serde_json::Value,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+        let mut reply = Reply {
+            status,
+            body: serde_json::json!({ "error": message.into() }),
+            headers: Vec::new(),
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            reply
+                .headers
+                .push((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
+        }
+        reply
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Reply {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.body.to_string())));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}
+
+impl State {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let (head, mut body) = request.into_parts();
+        let reply = match self.respond(&head, &mut body).await {
+            Ok(reply) => reply,
+            Err(reply) => {
+                drain(&mut body).await;
+                reply
+            }
+        };
+        let code = reply.status.as_str().to_owned();
+        auditflow_metrics::webhook_requests_total()
+            .with_label_values(&[self.id.as_str(), code.as_str()])
+            .inc();
+        auditflow_metrics::webhook_request_duration_seconds()
+            .with_label_values(&[self.id.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        if reply.status.is_client_error() {
+            let error = reply
+                .body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("");
+            tracing::warn!(component_id = %self.id, %peer, status = %code, error, "refused a webhook request");
+        } else if reply.status.is_server_error() {
+            let error = reply
+                .body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("");
+            tracing::debug!(component_id = %self.id, %peer, status = %code, error, "webhook request not accepted now");
+        }
+        reply.into_response()
+    }
+
+    /// The checks, cheapest first, then the body. `Err` is an early answer.
+    async fn respond(&self, request: &Parts, body: &mut Incoming) -> Result<Reply, Reply> {
+        self.authenticate(&request.headers)?;
+        if request.uri.path() != self.settings.path {
+            return Err(Reply::error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no webhook at {:?}: POST audit events to {:?}",
+                    request.uri.path(),
+                    self.settings.path
+                ),
+            ));
+        }
+        if request.method != Method::POST {
+            return Err(Reply::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method {} is not allowed: POST audit events",
+                    request.method
+                ),
+            )
+            .with_header(header::ALLOW, "POST"));
+        }
+        let format = content_type(&request.headers)?;
+        let gzip = content_encoding(&request.headers)?;
+        let declared = self.declared_length(&request.headers)?;
+
+        // Hold budget for the body before reading it; this is what bounds memory.
+        let initial = declared.unwrap_or(self.settings.max_body_bytes);
+        let mut permit = self.reserve(permits_for(initial), Instant::now()).await?;
+        let body = tokio::time::timeout(
+            BODY_READ_TIMEOUT,
+            self.read_body(body, declared, gzip, &mut permit),
+        )
+        .await
+        .map_err(|_| {
+            Reply::error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            )
+        })??;
+
+        let body_len = body.len();
+        let decoded = if body_len > INLINE_DECODE_BYTES {
+            tokio::task::spawn_blocking(move || decode::decode(&body, format))
+                .await
+                .map_err(|error| {
+                    Reply::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("decoding the body failed: {error}"),
+                    )
+                })?
+        } else {
+            decode::decode(&body, format)
+        };
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(refused) => {
+                self.telemetry.received(0, body_len);
+                return Err(Reply::error(StatusCode::BAD_REQUEST, refused.0));
+            }
+        };
+        let (events, malformed) = (decoded.events, decoded.malformed);
+        self.telemetry
+            .received(events.len() + malformed.len(), body_len);
+        if !malformed.is_empty() {
+            self.telemetry.discarded("malformed", malformed.len());
+            for item in malformed.iter().take(10) {
+                tracing::warn!(component_id = %self.id, item = %item.location, reason = %item.reason, "skipping an item that is not an audit event");
+            }
+            if malformed.len() > 10 {
+                tracing::warn!(component_id = %self.id, skipped = malformed.len(), "skipped more items that are not audit events");
+            }
+        }
+        let accepted = events.len();
+        self.deliver(events).await?;
+        drop(permit);
+        Ok(Reply {
+            status: StatusCode::OK,
+            body: serde_json::json!({ "accepted": accepted, "malformed": malformed.len() }),
+            headers: Vec::new(),
+        })
+    }
+
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(), Reply> {
+        let Some(tokens) = &self.settings.tokens else {
+            return Ok(());
+        };
+        let unauthorized = |message: &str| {
+            Reply::error(StatusCode::UNAUTHORIZED, message)
+                .with_header(header::WWW_AUTHENTICATE, "Bearer realm=\"auditflow\"")
+        };
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized(
+                "missing credentials: send `Authorization: Bearer <token>` (the kubeconfig's `token:`)",
+            ));
+        };
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
+        let presented = TokenDigest::of(presented);
+        // Every token is compared, so the time taken does not say which one nearly matched.
+        let matched = tokens
+            .iter()
+            .fold(false, |matched, token| token.matches(&presented) | matched);
+        if matched {
+            Ok(())
+        } else {
+            Err(unauthorized(
+                "the bearer token is not one this receiver accepts (auth)",
+            ))
+        }
+    }
+
+    fn declared_length(&self, headers: &HeaderMap) -> Result<Option<usize>, Reply> {
+        let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+            return Ok(None);
+        };
+        let length: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| {
+                Reply::error(StatusCode::BAD_REQUEST, "Content-Length is not a number")
+            })?;
+        if length > self.settings.max_body_bytes as u64 {
+            return Err(self.too_large(&format!("the body is {length} bytes")));
+        }
+        Ok(Some(length as usize))
+    }
+
+    fn too_large(&self, what: &str) -> Reply {
+        Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{what}, over max_body_bytes ({}): lower --audit-webhook-batch-max-size or raise max_body_bytes",
+                self.settings.max_body_bytes
+            ),
+        )
+    }
+
+    /// Waits (up to `accept_timeout` from `since`) for `permits` KiB of body budget.
+    async fn reserve(&self, permits: u32, since: Instant) -> Result<OwnedSemaphorePermit, Reply> {
+        let remaining = self.settings.accept_timeout.saturating_sub(since.elapsed());
+        let acquire = Arc::clone(&self.budget).acquire_many_owned(permits);
+        match tokio::time::timeout(remaining, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many request bodies in flight (budget {} × max_body_bytes): retry later",
+                    BODY_BUDGET_FACTOR
+                ),
+            )),
+        }
+    }
+
+    /// Reads the body, decompressing as it arrives, never past `max_body_bytes` and never
+    /// past the budget held in `permit` (grown as needed).
+    async fn read_body(
+        &self,
+        body: &mut Incoming,
+        declared: Option<usize>,
+        gzip: bool,
+        permit: &mut OwnedSemaphorePermit,
+    ) -> Result<Bytes, Reply> {
+        let max = self.settings.max_body_bytes;
+        let started = Instant::now();
+        let mut plain: Vec<u8> = Vec::with_capacity(if gzip { 0 } else { declared.unwrap_or(0) });
+        let mut inflater = gzip.then(|| {
+            flate2::write::MultiGzDecoder::new(Capped {
+                buf: Vec::with_capacity(declared.unwrap_or(0).saturating_mul(4).min(max)),
+                max,
+                exceeded: false,
+            })
+        });
+        let mut received = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
+                Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body failed: {error}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received += data.len();
+            if received > max {
+                return Err(self.too_large(&format!("the body is over {received} bytes")));
+            }
+            let held = match &mut inflater {
+                None => {
+                    plain.extend_from_slice(&data);
+                    plain.capacity()
+                }
+                Some(inflater) => {
+                    if let Err(error) = std::io::Write::write_all(inflater, &data) {
+                        return Err(self.inflate_error(inflater.get_ref(), error));
+                    }
+                    inflater.get_ref().buf.capacity()
+                }
+            };
+            let needed = permits_for(held);
+            if needed > permit.num_permits() as u32 {
+                let more = self
+                    .reserve(needed - permit.num_permits() as u32, started)
+                    .await?;
+                permit.merge(more);
+            }
+        }
+        match inflater {
+            None => Ok(Bytes::from(plain)),
+            Some(mut inflater) => {
+                if let Err(error) = inflater.try_finish() {
+                    return Err(self.inflate_error(inflater.get_ref(), error));
+                }
+                let capped = inflater.finish().map_err(|error| {
+                    Reply::error(
+                        StatusCode::BAD_REQUEST,
+                        format!("the body is not valid gzip: {error}"),
+                    )
+                })?;
+                Ok(Bytes::from(capped.buf))
+            }
+        }
+    }
+
+    fn inflate_error(&self, capped: &Capped, error: std::io::Error) -> Reply {
+        if capped.exceeded {
+            self.too_large("the body decompresses to more bytes than allowed")
+        } else {
+            Reply::error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid gzip: {error}"),
+            )
+        }
+    }
+
+    /// Sends the events in batches and, with acknowledgements, waits for their delivery.
+    async fn deliver(&self, mut events: Vec<Event>) -> Result<(), Reply> {
+        let mut receivers: Vec<BatchReceiver> = Vec::new();
+        while !events.is_empty() {
+            let chunk = take_chunk(&mut events);
+            let batch = if self.settings.acknowledgements {
+                let (finalizer, receiver) = BatchNotifier::new();
+                receivers.push(receiver);
+                Batch::with_finalizer(chunk, finalizer)
+            } else {
+                Batch::new(chunk)
+            };
+            match tokio::time::timeout(self.settings.accept_timeout, self.out.send(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_closed)) => {
+                    return Err(Reply::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the pipeline is shutting down: retry later",
+                    ))
+                }
+                Err(_) => {
+                    return Err(Reply::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the pipeline did not take the events within accept_timeout_ms ({} ms): retry later",
+                            self.settings.accept_timeout.as_millis()
+                        ),
+                    ))
+                }
+            }
+        }
+        let verdict = tokio::time::timeout(self.settings.ack_timeout, async {
+            let mut worst = BatchStatus::Delivered;
+            for receiver in receivers {
+                worst = worst.max(receiver.await);
+            }
+            worst
+        })
+        .await;
+        match verdict {
+            Ok(BatchStatus::Delivered) => Ok(()),
+            Ok(BatchStatus::Rejected) => Err(Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a sink rejected the events for good: they were not delivered",
+            )),
+            Ok(BatchStatus::Errored) => Err(Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the events were lost on the way to a sink: retry later",
+            )),
+            Err(_) => Err(Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the events were not delivered within ack_timeout_ms ({} ms): retry later",
+                    self.settings.ack_timeout.as_millis()
+                ),
+            )),
+        }
+    }
+}
+
+/// Discards what is left of a refused request's body, within `DRAIN_BYTES`/`DRAIN_TIMEOUT`.
+async fn drain(body: &mut Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut drained = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, Bytes::len);
+            if drained > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The next batch's worth of events off the front of `events`.
+fn take_chunk(events: &mut Vec<Event>) -> Vec<Event> {
+    let mut bytes = 0;
+    let mut count = 0;
+    for event in events.iter() {
+        if count == MAX_BATCH_EVENTS || (count > 0 && bytes + event.size_hint() > MAX_BATCH_BYTES) {
+            break;
+        }
+        bytes += event.size_hint();
+        count += 1;
+    }
+    if count == events.len() {
+        return std::mem::take(events);
+    }
+    let rest = events.split_off(count);
+    std::mem::replace(events, rest)
+}
+
+/// Budget permits (KiB, rounded up) for `bytes`.
+fn permits_for(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(PERMIT_BYTES)).unwrap_or(u32::MAX)
+}
+
+/// `Content-Type`: JSON (or none at all) or NDJSON; anything else can never succeed.
+fn content_type(headers: &HeaderMap) -> Result<Format, Reply> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(Format::Json);
+    };
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if media.eq_ignore_ascii_case("application/json") || media.is_empty() {
+        Ok(Format::Json)
+    } else if media.eq_ignore_ascii_case("application/x-ndjson") {
+        Ok(Format::Ndjson)
+    } else {
+        Err(Reply::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {media:?} is not supported: send application/json or application/x-ndjson"
+            ),
+        ))
+    }
+}
+
+/// `Content-Encoding`: none, `identity` or `gzip`.
+fn content_encoding(headers: &HeaderMap) -> Result<bool, Reply> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(false);
+    };
+    let encoding = value.to_str().unwrap_or("").trim();
+    if encoding.eq_ignore_ascii_case("gzip") || encoding.eq_ignore_ascii_case("x-gzip") {
+        Ok(true)
+    } else if encoding.eq_ignore_ascii_case("identity") || encoding.is_empty() {
+        Ok(false)
+    } else {
+        Err(Reply::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {encoding:?} is not supported: send gzip or no encoding"),
+        ))
+    }
+}
+
+/// The decompressed body, refusing to grow past `max`.
+struct Capped {
+    buf: Vec<u8>,
+    max: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            self.exceeded = true;
+            return Err(std::io::Error::other(
+                "decompressed body over max_body_bytes",
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use auditflow_core::channel;
+use auditflow_core::{BatchStatus, NoTelemetry, Output, Shutdown, SourceContext};
+use auditflow_testkit::events::WEBHOOK_EVENT_LIST;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::*;
+use crate::decode::{decode, Format, Malformed};
+
+fn config(yaml_like: serde_json::Value) -> WebhookConfig {
+    serde_json::from_value(yaml_like).expect("valid options")
+}
+
+/// The raw bytes of each item of an EventList, as a second, independent parse sees them.
+fn items_of(list: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct List<'a> {
+        #[serde(borrow)]
+        items: Vec<&'a RawValue>,
+    }
+    let list: List = serde_json::from_str(list).unwrap();
+    list.items
+        .iter()
+        .map(|item| item.get().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_event_list_from_kube_apiserver_becomes_its_items_byte_for_byte() {
+    let body = Bytes::from_static(WEBHOOK_EVENT_LIST.as_bytes());
+    let decoded = decode(&body, Format::Json).unwrap();
+    let expected = items_of(WEBHOOK_EVENT_LIST);
+    assert!(expected.len() > 10);
+    assert_eq!(decoded.events.len(), expected.len());
+    assert!(decoded.malformed.is_empty());
+    for (event, item) in decoded.events.iter().zip(&expected) {
+        assert_eq!(event.raw().as_ref(), item.as_bytes());
+        // Shares the body: no copy per event.
+        assert!(body.as_ptr_range().contains(&event.raw().as_ptr()));
+    }
+}
+
+#[test]
+fn v1beta1_lists_single_events_arrays_and_ndjson_are_accepted() {
+    let a = r#"{"auditID":"a","verb":"get"}"#;
+    let b = r#"{"auditID":"b","verb":"list"}"#;
+    let cases = [
+        (
+            format!(
+                r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1beta1","items":[{a},{b}]}}"#
+            ),
+            Format::Json,
+            2,
+        ),
+        (
+            r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"a","verb":"get"}"#
+                .to_owned(),
+            Format::Json,
+            1,
+        ),
+        (format!(" [{a}, {b}] \n"), Format::Json, 2),
+        (format!("{a}\n\n{b}\r\n"), Format::Ndjson, 2),
+        (format!("{a}\n{b}\n"), Format::Json, 2),
+    ];
+    for (body, format, count) in cases {
+        let decoded = decode(&Bytes::from(body.clone()), format).unwrap();
+        assert_eq!(decoded.events.len(), count, "{body}");
+        assert!(decoded.malformed.is_empty(), "{body}");
+    }
+}
+
+#[test]
+fn items_that_are_not_objects_are_skipped_with_their_index() {
+    let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a"},17,{"auditID":"b"},"x"]}"#;
+    let decoded = decode(&Bytes::from_static(body.as_bytes()), Format::Json).unwrap();
+    assert_eq!(decoded.events.len(), 2);
+    assert_eq!(
+        decoded.malformed,
+        vec![
+            Malformed {
+                location: "items[1]".into(),
+                reason: "expected an object, found a number".into()
+            },
+            Malformed {
+                location: "items[3]".into(),
+                reason: "expected an object, found a string".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn bodies_without_any_event_are_refused_saying_where() {
+    let refused = |body: &str, format| decode(&Bytes::from(body.to_owned()), format).unwrap_err().0;
+    assert_eq!(
+        refused(r#"{"kind":"EventList","items":[1]}"#, Format::Json),
+        "items[0]: expected an object, found a number"
+    );
+    assert_eq!(
+        refused(r#"{"kind":"EventList","items":[1,null,2]}"#, Format::Json),
+        "items[0]: expected an object, found a number (and 2 more items that are not events)"
+    );
+    assert_eq!(
+        refused(r#"{"kind":"Pod","apiVersion":"v1"}"#, Format::Json),
+        "apiVersion: expected audit.k8s.io/v1 or audit.k8s.io/v1beta1, found \"v1\""
+    );
+    assert_eq!(
+        refused(r#"{"kind":"Pod"}"#, Format::Json),
+        "kind: expected \"EventList\" or \"Event\", found \"Pod\""
+    );
+    assert!(refused(r#"{"kind":"EventList","items":{}}"#, Format::Json).starts_with("items: "));
+    let syntax = refused(r#"{"kind":"EventList","items":[{"a":}]}"#, Format::Json);
+    assert!(
+        syntax.contains("not JSON") && syntax.contains("column"),
+        "{syntax}"
+    );
+    assert!(refused("hello", Format::Json).starts_with("not JSON"));
+    assert!(refused("  \n", Format::Json).starts_with("the body is empty"));
+    assert!(refused("nope\n", Format::Ndjson).starts_with("line 1: "));
+    // One good line is enough for the others to go on.
+    let mixed = decode(&Bytes::from_static(b"{\"a\":1}\nnope\n"), Format::Ndjson).unwrap();
+    assert_eq!(mixed.events.len(), 1);
+    assert_eq!(mixed.malformed[0].location, "line 2");
+}
+
+#[test]
+fn options_that_cannot_work_are_reported_with_their_field() {
+    let fields = |options: serde_json::Value| -> Vec<String> {
+        config(options)
+            .validate()
+            .into_iter()
+            .filter_map(|problem| problem.field)
+            .collect()
+    };
+    assert_eq!(fields(serde_json::json!({})), ["tls"]);
+    assert!(fields(serde_json::json!({"allow_plaintext": true})).is_empty());
+    assert_eq!(
+        fields(serde_json::json!({
+            "allow_plaintext": true, "path": "audit",
+            "auth": {"bearer_tokens": ["ok", "has space"]}
+        })),
+        ["path", "auth.bearer_tokens[1]"]
+    );
+    // One of the two token sources, never both.
+    let both = serde_json::json!({
+        "allow_plaintext": true,
+        "auth": {"bearer_tokens": ["a"], "bearer_tokens_file": "/x"}
+    });
+    assert!(serde_json::from_value::<WebhookConfig>(both).is_err());
+    // Tokens never show in debug output.
+    let options = config(
+        serde_json::json!({"allow_plaintext": true, "auth": {"bearer_tokens": ["hunter2"]}}),
+    );
+    assert!(!format!("{options:?}").contains("hunter2"));
+}
+
+fn build_cx() -> BuildContext {
+    BuildContext {
+        id: "webhook".into(),
+        data_dir: std::env::temp_dir(),
+        telemetry: Arc::new(NoTelemetry),
+    }
+}
+
+#[test]
+fn a_busy_address_fails_the_build_naming_the_option() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let options = config(serde_json::json!({
+        "allow_plaintext": true,
+        "address": taken.local_addr().unwrap().to_string(),
+    }));
+    let error = options.build(build_cx()).err().expect("the port is taken");
+    assert_eq!(error.field.as_deref(), Some("address"));
+    assert!(
+        error.message.contains("cannot listen on 127.0.0.1:"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn missing_certificate_and_token_files_fail_the_build_naming_the_option() {
+    let options = config(serde_json::json!({
+        "tls": {"cert_file": "/nonexistent/tls.crt", "key_file": "/nonexistent/tls.key"},
+        "address": "127.0.0.1:0",
+    }));
+    let error = options.build(build_cx()).err().unwrap();
+    assert_eq!(error.field.as_deref(), Some("tls.cert_file"));
+
+    let dir = tempfile_dir();
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "# only a comment\n\n").unwrap();
+    let options = config(serde_json::json!({
+        "allow_plaintext": true,
+        "address": "127.0.0.1:0",
+        "auth": {"bearer_tokens_file": tokens},
+    }));
+    let error = options.build(build_cx()).err().unwrap();
+    assert_eq!(error.field.as_deref(), Some("auth.bearer_tokens_file"));
+    assert!(error.message.contains("holds no token"));
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("auditflow-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn token_digests_match_only_the_same_token() {
+    let token = TokenDigest::of("audit-sink-shared-secret-123");
+    assert!(token.matches(&TokenDigest::of("audit-sink-shared-secret-123")));
+    assert!(!token.matches(&TokenDigest::of("audit-sink-shared-secret-12")));
+    assert!(!token.matches(&TokenDigest::of("")));
+}
+
+/// Runs the source in-process on a plain-HTTP port, with a sink played by the test that
+/// resolves every batch with `verdict`; returns the raw HTTP response to one POST.
+async fn answer_when_the_sink_says(verdict: Option<BatchStatus>, ack_timeout_ms: u64) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let options = config(serde_json::json!({
+        "allow_plaintext": true,
+        "address": address.to_string(),
+        "path": "/audit",
+        "ack_timeout_ms": ack_timeout_ms,
+    }));
+    let source = options.build(build_cx()).unwrap();
+    let (tx, mut rx) = channel::channel(2, Arc::new(NoTelemetry));
+    let (trigger, shutdown) = Shutdown::new();
+    let cx = SourceContext {
+        id: "webhook".into(),
+        out: Output::new(vec![tx], Arc::new(NoTelemetry)),
+        shutdown,
+        telemetry: Arc::new(NoTelemetry),
+    };
+    let running = tokio::spawn(source.run(cx));
+    let sink = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            match verdict {
+                Some(status) => batch.resolve(status),
+                None => held.push(batch),
+            }
+        }
+    });
+    let response = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        let body = WEBHOOK_EVENT_LIST.as_bytes();
+        write!(
+            stream,
+            "POST /audit?timeout=30s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap();
+    trigger.trigger();
+    running.await.unwrap().unwrap();
+    sink.await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn the_answer_follows_the_sinks_verdict() {
+    let delivered = answer_when_the_sink_says(Some(BatchStatus::Delivered), 5000).await;
+    assert!(delivered.starts_with("HTTP/1.1 200"), "{delivered}");
+    let expected = items_of(WEBHOOK_EVENT_LIST).len();
+    assert!(
+        delivered.contains(&format!("\"accepted\":{expected}")),
+        "{delivered}"
+    );
+
+    let rejected = answer_when_the_sink_says(Some(BatchStatus::Rejected), 5000).await;
+    assert!(rejected.starts_with("HTTP/1.1 500"), "{rejected}");
+    assert!(
+        rejected.contains("a sink rejected the events"),
+        "{rejected}"
+    );
+
+    let errored = answer_when_the_sink_says(Some(BatchStatus::Errored), 5000).await;
+    assert!(errored.starts_with("HTTP/1.1 503"), "{errored}");
+    assert!(
+        errored.to_ascii_lowercase().contains("retry-after: 5"),
+        "{errored}"
+    );
+
+    let unanswered = answer_when_the_sink_says(None, 300).await;
+    assert!(unanswered.starts_with("HTTP/1.1 503"), "{unanswered}");
+    assert!(
+        unanswered.contains("ack_timeout_ms (300 ms)"),
+        "{unanswered}"
+    );
+}

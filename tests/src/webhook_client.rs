@@ -1,0 +1,284 @@
+//! An HTTPS client that talks to the `webhook` source the way kube-apiserver does: one
+//! kept-alive HTTP/1.1 connection per client, TLS with a private CA, optionally a client
+//! certificate, and the exact requests kube-apiserver 1.32 sent (`tests/fixtures/webhook`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+/// One request kube-apiserver sent: its request line target, headers and body.
+#[derive(Debug, Clone)]
+pub struct CapturedRequest {
+    /// `/audit?timeout=30s`.
+    pub target: String,
+    /// Every header but `Content-Length` (set from the body actually sent).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// The requests in `tests/fixtures/webhook`, in the order they were sent.
+pub fn captured_requests() -> Vec<CapturedRequest> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/webhook");
+    (1..)
+        .map(|n| dir.join(format!("webhook-{n:04}")))
+        .take_while(|stem| stem.with_extension("json").exists())
+        .map(|stem| {
+            let head = std::fs::read_to_string(stem.with_extension("headers")).expect("headers");
+            let mut lines = head.lines();
+            let request_line = lines.next().expect("a request line");
+            let target = request_line.split(' ').nth(1).expect("a target").to_owned();
+            let headers = lines
+                .filter_map(|line| line.split_once(": "))
+                .filter(|(name, _)| !name.eq_ignore_ascii_case("content-length"))
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect();
+            let body = Bytes::from(std::fs::read(stem.with_extension("json")).expect("body"));
+            CapturedRequest {
+                target,
+                headers,
+                body,
+            }
+        })
+        .collect()
+}
+
+/// `body` gzip-compressed, as a client sending `Content-Encoding: gzip` would.
+pub fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body).expect("gzip into memory");
+    Bytes::from(encoder.finish().expect("gzip into memory"))
+}
+
+/// What the server answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The `"error"` of a JSON error body.
+    pub fn error(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|body| body.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("not a JSON error body: {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+}
+
+/// How to reach a webhook source.
+#[derive(Clone)]
+pub struct WebhookClient {
+    address: SocketAddr,
+    tls: Option<TlsConnector>,
+}
+
+impl WebhookClient {
+    /// Over TLS, trusting `ca_pem`, presenting `identity` (certificate and key PEM) when given.
+    pub fn https(
+        address: SocketAddr,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> WebhookClient {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pem_certs(ca_pem) {
+            roots.add(cert).expect("a CA certificate");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(rustls_pem_certs(cert), rustls_pem_key(key))
+                .expect("a client identity"),
+        };
+        WebhookClient {
+            address,
+            tls: Some(TlsConnector::from(Arc::new(config))),
+        }
+    }
+
+    /// Plain HTTP.
+    pub fn plain(address: SocketAddr) -> WebhookClient {
+        WebhookClient { address, tls: None }
+    }
+
+    /// Opens one connection (TLS handshake included).
+    pub async fn connect(&self) -> std::io::Result<Connection> {
+        let tcp = tokio::net::TcpStream::connect(self.address).await?;
+        tcp.set_nodelay(true)?;
+        let sender = match &self.tls {
+            None => handshake(tcp).await?,
+            Some(tls) => {
+                let name = ServerName::try_from("localhost").expect("a DNS name");
+                let stream = tls.connect(name, tcp).await?;
+                handshake(stream).await?
+            }
+        };
+        Ok(Connection { sender })
+    }
+}
+
+async fn handshake<S>(stream: S) -> std::io::Result<http1::SendRequest<RequestBody>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// A request body: whole (with `Content-Length`) or chunked (length unknown up front).
+pub enum RequestBody {
+    Full(Full<Bytes>),
+    Chunked(Vec<Bytes>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            RequestBody::Full(full) => Pin::new(full).poll_frame(cx),
+            RequestBody::Chunked(chunks) => {
+                if chunks.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(Frame::data(chunks.remove(0)))))
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(full) => full.is_end_stream(),
+            RequestBody::Chunked(chunks) => chunks.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            RequestBody::Full(full) => full.size_hint(),
+            RequestBody::Chunked(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// One kept-alive connection; requests on it go one after another.
+pub struct Connection {
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl Connection {
+    /// Sends one request; `Host` defaults to `localhost`.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: RequestBody,
+    ) -> std::io::Result<Answer> {
+        let mut request = hyper::Request::builder().method(method).uri(target);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            request = request.header("Host", "localhost");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body).map_err(std::io::Error::other)?;
+        self.sender.ready().await.map_err(std::io::Error::other)?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// POSTs `body` whole to `target` with `headers`.
+    pub async fn post(
+        &mut self,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> std::io::Result<Answer> {
+        self.send("POST", target, headers, RequestBody::Full(Full::new(body)))
+            .await
+    }
+
+    /// Replays a captured request (optionally gzip-compressed, as `Content-Encoding: gzip`).
+    pub async fn replay(
+        &mut self,
+        request: &CapturedRequest,
+        compress: bool,
+    ) -> std::io::Result<Answer> {
+        let mut headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let body = if compress {
+            headers.push(("Content-Encoding", "gzip"));
+            gzip(&request.body)
+        } else {
+            request.body.clone()
+        };
+        self.post(&request.target, &headers, body).await
+    }
+}
+
+fn rustls_pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+fn rustls_pem_key(pem: &str) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("a PEM private key")
+}

@@ -1,0 +1,649 @@
+//! The `webhook` source through the real binary, with real HTTPS clients: kube-apiserver's
+//! own requests replayed over mTLS and with a bearer token, every refusal with its status
+//! and message, backpressure from a stalled sink, and 50 concurrent clients.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditflow_e2e::audit_lines::{audit_line, vm_rss_kib};
+use auditflow_e2e::tls::{Pki, PkiFiles};
+use auditflow_e2e::webhook_client::{captured_requests, gzip, Answer, RequestBody, WebhookClient};
+use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_topology::CHANNEL_BATCHES;
+use bytes::Bytes;
+
+const TOKEN: &str = "audit-sink-shared-secret-123";
+const REQUESTS: &str = "auditflow_webhook_requests_total";
+
+/// A pipeline of `sources` (YAML, indented under `sources:`) into one `stdout` sink `out`.
+fn start(workspace: &Workspace, sources: &str, inputs: &str) -> (Auditflow, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &format!(
+            "data_dir: {data}\n\
+             metrics:\n  address: {metrics}\n\
+             shutdown_timeout_secs: 30\n\
+             sources:\n{sources}\
+             sinks:\n  out:\n    type: stdout\n    inputs: [{inputs}]\n",
+            data = workspace.path().join("data").display(),
+        ),
+    );
+    let auditflow = Auditflow::run(workspace, &pipeline);
+    wait_ready(&metrics, Duration::from_secs(20));
+    (auditflow, metrics)
+}
+
+fn tls_files(workspace: &Workspace) -> (Pki, PkiFiles) {
+    let pki = Pki::new("webhook");
+    let files = pki.write_to(workspace.path());
+    (pki, files)
+}
+
+fn address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+fn scrape(metrics: &str) -> String {
+    let (status, body) = http_get(metrics, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    body
+}
+
+/// The items of an `EventList` as their own bytes, by a parse independent of auditflow.
+fn items_of(body: &[u8]) -> Vec<String> {
+    use serde_json::value::RawValue;
+    let list: std::collections::HashMap<&str, &RawValue> =
+        serde_json::from_slice(body).expect("an EventList");
+    let items: Vec<&RawValue> = serde_json::from_str(list["items"].get()).expect("items");
+    items.iter().map(|item| item.get().to_owned()).collect()
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_batches_arrive_unchanged_over_mtls_and_with_a_token() {
+    let workspace = Workspace::new();
+    let (pki, files) = tls_files(&workspace);
+    let (mtls_address, token_address) = (address(), address());
+    let sources = format!(
+        "  mtls:\n    type: webhook\n    address: {mtls_address}\n    path: /audit\n\
+         \x20   tls:\n      cert_file: {cert}\n      key_file: {key}\n      client_ca_file: {ca}\n\
+         \x20 token:\n    type: webhook\n    address: {token_address}\n    path: /audit\n\
+         \x20   tls:\n      cert_file: {cert}\n      key_file: {key}\n\
+         \x20   auth:\n      bearer_tokens: [\"{TOKEN}\"]\n",
+        cert = path_str(&files.server_cert),
+        key = path_str(&files.server_key),
+        ca = path_str(&files.ca),
+    );
+    let (mut auditflow, metrics) = start(&workspace, &sources, "mtls, token");
+    let lines = auditflow.stdout_lines();
+
+    let mtls = WebhookClient::https(
+        mtls_address,
+        &pki.ca_pem,
+        Some((&pki.client_cert_pem, &pki.client_key_pem)),
+    );
+    let token = WebhookClient::https(token_address, &pki.ca_pem, None);
+    let captured = captured_requests();
+    assert_eq!(
+        captured.len(),
+        3,
+        "tests/fixtures/webhook holds three requests"
+    );
+    assert!(captured.iter().all(|r| r.target == "/audit?timeout=30s"));
+
+    let mut expected = Vec::new();
+    for (client, name) in [(&mtls, "mtls"), (&token, "token")] {
+        let mut connection = client.connect().await.expect("connect");
+        for compress in [false, true] {
+            for request in &captured {
+                let items = items_of(&request.body);
+                let answer = connection.replay(request, compress).await.expect("POST");
+                assert_eq!(
+                    answer.status, 200,
+                    "{name}, gzip {compress}: {}",
+                    answer.body
+                );
+                let accepted: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+                assert_eq!(accepted["accepted"], items.len(), "{name}");
+                expected.extend(items);
+            }
+        }
+    }
+
+    // Every item, in order, byte for byte: each request was acknowledged (written to
+    // stdout) before the next one was sent.
+    let mut arrived = Vec::new();
+    while arrived.len() < expected.len() {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => arrived.push(line),
+            Err(error) => panic!(
+                "{} of {} lines, then {error:?}",
+                arrived.len(),
+                expected.len()
+            ),
+        }
+    }
+    for (index, (got, want)) in arrived.iter().zip(&expected).enumerate() {
+        assert!(
+            got == want,
+            "line {index} differs:\n got {got}\nwant {want}"
+        );
+    }
+    assert_eq!(expected.len(), 2 * 2 * (74 + 140 + 1));
+
+    // Without a client certificate the mTLS source does not serve.
+    let anonymous = WebhookClient::https(mtls_address, &pki.ca_pem, None);
+    let refused = async {
+        let mut connection = anonymous.connect().await?;
+        connection.replay(&captured[2], false).await
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "served without a client certificate: {refused:?}"
+    );
+
+    let text = scrape(&metrics);
+    for id in ["mtls", "token"] {
+        assert_eq!(
+            metric(&text, REQUESTS, &[("component_id", id), ("code", "200")]),
+            Some(6.0),
+            "{id}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "auditflow_component_received_events_total",
+                &[("component_id", id)]
+            ),
+            Some(2.0 * 215.0),
+            "{id}"
+        );
+    }
+    assert!(
+        text.contains("auditflow_webhook_request_duration_seconds_count{component_id=\"mtls\"} 6")
+    );
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(Duration::from_secs(20)).success());
+    assert!(matches!(
+        lines.recv_timeout(Duration::from_secs(1)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_request_gets_its_status_and_says_why() {
+    let workspace = Workspace::new();
+    let (pki, files) = tls_files(&workspace);
+    let address = address();
+    let sources = format!(
+        "  api:\n    type: webhook\n    address: {address}\n    path: /audit\n    max_body_bytes: 100000\n\
+         \x20   tls:\n      cert_file: {cert}\n      key_file: {key}\n\
+         \x20   auth:\n      bearer_tokens: [\"{TOKEN}\"]\n",
+        cert = path_str(&files.server_cert),
+        key = path_str(&files.server_key),
+    );
+    let (mut auditflow, metrics) = start(&workspace, &sources, "api");
+    let lines = auditflow.stdout_lines();
+    let client = WebhookClient::https(address, &pki.ca_pem, None);
+    let bearer = format!("Bearer {TOKEN}");
+    let json = ("Content-Type", "application/json");
+    let auth = ("Authorization", bearer.as_str());
+    let small = captured_requests()[2].body.clone();
+    let big = captured_requests()[1].body.clone();
+    assert!(big.len() > 100_000 && small.len() < 100_000);
+
+    // Each on a fresh connection: a refused request may leave its connection closed.
+    async fn ask(
+        client: &WebhookClient,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: RequestBody,
+    ) -> Answer {
+        let mut connection = client.connect().await.expect("connect");
+        connection
+            .send(method, target, headers, body)
+            .await
+            .expect("an answer")
+    }
+    let full = |bytes: &Bytes| RequestBody::Full(http_body_util::Full::new(bytes.clone()));
+    let target = "/audit?timeout=30s";
+
+    let cases: Vec<(u16, &str, Answer)> = vec![
+        (401, "missing credentials", ask(&client, "POST", target, &[json], full(&small)).await),
+        (
+            401,
+            "not one this receiver accepts",
+            ask(&client, "POST", target, &[json, ("Authorization", "Bearer nope")], full(&small)).await,
+        ),
+        (
+            404,
+            "no webhook at \"/other\": POST audit events to \"/audit\"",
+            ask(&client, "POST", "/other?timeout=30s", &[json, auth], full(&small)).await,
+        ),
+        (
+            405,
+            "method GET is not allowed",
+            ask(&client, "GET", target, &[auth], full(&Bytes::new())).await,
+        ),
+        (
+            413,
+            "the body is 120143 bytes, over max_body_bytes (100000)",
+            ask(&client, "POST", target, &[json, auth], full(&big)).await,
+        ),
+        (
+            413,
+            "over max_body_bytes (100000)",
+            ask(
+                &client,
+                "POST",
+                target,
+                &[json, auth],
+                RequestBody::Chunked(big.chunks(30_000).map(Bytes::copy_from_slice).collect()),
+            )
+            .await,
+        ),
+        (
+            413,
+            "decompresses to more bytes than allowed",
+            ask(
+                &client,
+                "POST",
+                target,
+                &[json, auth, ("Content-Encoding", "gzip")],
+                full(&gzip(&vec![b' '; 300_000])),
+            )
+            .await,
+        ),
+        (
+            415,
+            "Content-Type \"text/plain\" is not supported",
+            ask(&client, "POST", target, &[("Content-Type", "text/plain"), auth], full(&small)).await,
+        ),
+        (
+            415,
+            "Content-Encoding \"br\" is not supported",
+            ask(&client, "POST", target, &[json, auth, ("Content-Encoding", "br")], full(&small)).await,
+        ),
+        (
+            400,
+            "not valid gzip",
+            ask(&client, "POST", target, &[json, auth, ("Content-Encoding", "gzip")], full(&small)).await,
+        ),
+        (
+            400,
+            "not JSON",
+            ask(&client, "POST", target, &[json, auth], full(&Bytes::from_static(b"{\"kind\":\"EventList\",\"items\":[{\"a\":"))).await,
+        ),
+        (
+            400,
+            "items[0]: expected an object, found a string",
+            ask(&client, "POST", target, &[json, auth], full(&Bytes::from_static(b"{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[\"x\"]}"))).await,
+        ),
+        (
+            400,
+            "kind: expected \"EventList\" or \"Event\", found \"PodList\"",
+            ask(&client, "POST", target, &[json, auth], full(&Bytes::from_static(b"{\"kind\":\"PodList\",\"items\":[]}"))).await,
+        ),
+    ];
+    for (status, message, answer) in &cases {
+        assert_eq!(answer.status, *status, "{message}: {}", answer.body);
+        assert!(
+            answer.error().contains(message),
+            "{status}: {:?} does not say {message:?}",
+            answer.error()
+        );
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+    }
+    assert_eq!(
+        cases[0].2.header("www-authenticate"),
+        Some("Bearer realm=\"auditflow\"")
+    );
+    assert_eq!(cases[3].2.header("allow"), Some("POST"));
+
+    // One item that is not an event among good ones: counted, logged where, the rest go on.
+    let mut items: Vec<String> = (0..18).map(audit_line).collect();
+    items[17] = "17".into();
+    let body = format!(
+        "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{}]}}",
+        items.join(",")
+    );
+    let answer = ask(
+        &client,
+        "POST",
+        target,
+        &[json, auth],
+        full(&Bytes::from(body)),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body, "{\"accepted\":17,\"malformed\":1}");
+    for (i, want) in items.iter().take(17).enumerate() {
+        let got = lines.recv_timeout(Duration::from_secs(10)).expect("a line");
+        assert!(got == *want, "line {i}");
+    }
+
+    let text = scrape(&metrics);
+    let discarded = metric(
+        &text,
+        "auditflow_component_discarded_events_total",
+        &[("component_id", "api"), ("reason", "malformed")],
+    );
+    assert_eq!(discarded, Some(1.0));
+    for (code, count) in [
+        ("401", 2.0),
+        ("404", 1.0),
+        ("405", 1.0),
+        ("413", 3.0),
+        ("415", 2.0),
+        ("400", 4.0),
+        ("200", 1.0),
+    ] {
+        assert_eq!(
+            metric(&text, REQUESTS, &[("component_id", "api"), ("code", code)]),
+            Some(count),
+            "{code}"
+        );
+    }
+    let stderr = auditflow.stderr();
+    assert!(
+        stderr.contains("items[17]") && stderr.contains("expected an object, found a number"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_sink_gets_503_with_retry_after_and_memory_stays_bounded() {
+    const CLIENTS: usize = 16;
+    const REQUESTS_EACH: usize = 40;
+    const ACCEPT_TIMEOUT_MS: u64 = 200;
+    let workspace = Workspace::new();
+    let (pki, files) = tls_files(&workspace);
+    let address = address();
+    let sources = format!(
+        "  api:\n    type: webhook\n    address: {address}\n    path: /audit\n\
+         \x20   max_body_bytes: 1048576\n    accept_timeout_ms: {ACCEPT_TIMEOUT_MS}\n    ack_timeout_ms: 1000\n\
+         \x20   tls:\n      cert_file: {cert}\n      key_file: {key}\n\
+         \x20   auth:\n      bearer_tokens: [\"{TOKEN}\"]\n",
+        cert = path_str(&files.server_cert),
+        key = path_str(&files.server_key),
+    );
+    // Nobody reads the process's stdout: the sink blocks once the pipe is full.
+    let (mut auditflow, metrics) = start(&workspace, &sources, "api");
+    let pid = auditflow.child.id();
+    let client = WebhookClient::https(address, &pki.ca_pem, None);
+    let request = captured_requests()[1].clone();
+    let events_per_request = items_of(&request.body).len();
+    let baseline_kib = vm_rss_kib(pid);
+
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, request, answers) = (client.clone(), request.clone(), Arc::clone(&answers));
+        clients.push(tokio::spawn(async move {
+            let mut connection = client.connect().await.expect("connect");
+            for _ in 0..REQUESTS_EACH {
+                let sent = Instant::now();
+                let answer = match connection.replay(&request, false).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        connection = client.connect().await.expect("reconnect");
+                        connection.replay(&request, false).await.expect("an answer")
+                    }
+                };
+                answers.lock().unwrap().push((sent.elapsed(), answer));
+            }
+        }));
+    }
+    let mut peak_kib = baseline_kib;
+    let mut peak_buffer = 0.0f64;
+    while clients.iter().any(|c| !c.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak_kib = peak_kib.max(vm_rss_kib(pid));
+        let buffered = metric(
+            &scrape(&metrics),
+            "auditflow_buffer_events",
+            &[("component_id", "out")],
+        );
+        peak_buffer = peak_buffer.max(buffered.unwrap_or(0.0));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    assert_eq!(answers.len(), CLIENTS * REQUESTS_EACH);
+    let refused: Vec<_> = answers.iter().filter(|(_, a)| a.status == 503).collect();
+    let accepted = answers.iter().filter(|(_, a)| a.status == 200).count();
+    assert_eq!(refused.len() + accepted, answers.len(), "only 200 and 503");
+    assert!(
+        accepted <= 2,
+        "{accepted} requests accepted while stdout was never read"
+    );
+    let mut backpressure_latencies = Vec::new();
+    for (elapsed, answer) in &refused {
+        assert_eq!(answer.header("retry-after"), Some("5"));
+        let error = answer.error();
+        if error.contains("did not take the events within accept_timeout_ms (200 ms)")
+            || error.contains("too many request bodies in flight")
+        {
+            backpressure_latencies.push(*elapsed);
+        } else {
+            assert!(
+                error.contains("not delivered within ack_timeout_ms"),
+                "{error}"
+            );
+        }
+    }
+    let backpressured = backpressure_latencies.len();
+    assert!(
+        backpressured > answers.len() / 2,
+        "{backpressured} backpressure 503s"
+    );
+    // Answered after accept_timeout_ms, plus the time to upload and parse a 120 KB body
+    // (with a debug build on a busy machine, hence the median and a loose maximum).
+    backpressure_latencies.sort();
+    let median = backpressure_latencies[backpressured / 2];
+    let slowest = backpressure_latencies[backpressured - 1];
+    assert!(
+        median < Duration::from_millis(ACCEPT_TIMEOUT_MS + 500),
+        "median 503 after {median:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(ACCEPT_TIMEOUT_MS + 3000),
+        "slowest 503 after {slowest:?}"
+    );
+    let offered_mib = answers.len() * request.body.len() / (1024 * 1024);
+    let grown_mib = (peak_kib.saturating_sub(baseline_kib)) / 1024;
+    eprintln!(
+        "stalled sink: {} requests ({offered_mib} MiB offered), {backpressured} backpressure 503s (median {median:?}, slowest {slowest:?}), RSS {} -> {} MiB, peak buffer {peak_buffer} events",
+        answers.len(),
+        baseline_kib / 1024,
+        peak_kib / 1024
+    );
+    assert!(
+        offered_mib > 60,
+        "the test must offer far more than the bound"
+    );
+    assert!(
+        grown_mib < 40,
+        "RSS grew by {grown_mib} MiB with {offered_mib} MiB offered"
+    );
+    assert!(
+        peak_buffer <= (CHANNEL_BATCHES * events_per_request) as f64,
+        "{peak_buffer} events buffered in front of the sink"
+    );
+
+    // Once stdout is read again, the same request goes through.
+    let lines = auditflow.stdout_lines();
+    let drain =
+        std::thread::spawn(move || while lines.recv_timeout(Duration::from_secs(5)).is_ok() {});
+    let mut connection = client.connect().await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = connection.replay(&request, true).await.expect("an answer");
+        if answer.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {}: {}",
+            answer.status,
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(Duration::from_secs(30)).success());
+    drain.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_clients_send_a_thousand_batches_and_every_event_arrives_once() {
+    const CLIENTS: usize = 50;
+    const BATCHES_EACH: usize = 20;
+    const EVENTS_PER_BATCH: usize = 400;
+    const TOTAL: usize = CLIENTS * BATCHES_EACH * EVENTS_PER_BATCH;
+    let workspace = Workspace::new();
+    let (pki, files) = tls_files(&workspace);
+    let address = address();
+    let sources = format!(
+        "  api:\n    type: webhook\n    address: {address}\n    path: /audit\n\
+         \x20   tls:\n      cert_file: {cert}\n      key_file: {key}\n\
+         \x20   auth:\n      bearer_tokens: [\"{TOKEN}\"]\n",
+        cert = path_str(&files.server_cert),
+        key = path_str(&files.server_key),
+    );
+    let (mut auditflow, _metrics) = start(&workspace, &sources, "api");
+    let lines = auditflow.stdout_lines();
+    // Counts arrivals per event, checking each line against what was sent.
+    let counter = std::thread::spawn(move || {
+        let mut seen = vec![0u8; TOTAL];
+        let mut wrong = 0usize;
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(120)) {
+            let index = line
+                .find("00000000-0000-4000-8000-")
+                .and_then(|at| line.get(at + 24..at + 36))
+                .and_then(|digits| digits.parse::<usize>().ok())
+                .filter(|&i| i < TOTAL);
+            match index {
+                Some(i) if line == audit_line(i) => seen[i] = seen[i].saturating_add(1),
+                _ => wrong += 1,
+            }
+        }
+        (seen, wrong)
+    });
+
+    let client = WebhookClient::https(address, &pki.ca_pem, None);
+    let started = Instant::now();
+    let retried_batches = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, retried_batches) = (client.clone(), Arc::clone(&retried_batches));
+        tasks.push(tokio::spawn(async move {
+            let bearer = format!("Bearer {TOKEN}");
+            let headers = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+            let mut connection = client.connect().await.expect("connect");
+            for b in 0..BATCHES_EACH {
+                let batch = c * BATCHES_EACH + b;
+                let first = batch * EVENTS_PER_BATCH;
+                let items: Vec<String> = (first..first + EVENTS_PER_BATCH).map(audit_line).collect();
+                let body = Bytes::from(format!(
+                    "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"metadata\":{{}},\"items\":[{}]}}",
+                    items.join(",")
+                ));
+                // As the API server does: resend the same bytes until a 200.
+                loop {
+                    let answer = match connection.post("/audit?timeout=30s", &headers, body.clone()).await {
+                        Ok(answer) => Some(answer),
+                        Err(_) => {
+                            connection = client.connect().await.expect("reconnect");
+                            None
+                        }
+                    };
+                    if answer.as_ref().is_some_and(|a| a.status == 200) {
+                        break;
+                    }
+                    retried_batches.lock().unwrap().insert(batch);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(Duration::from_secs(60)).success());
+    let (seen, wrong) = counter.join().unwrap();
+    let retried = retried_batches.lock().unwrap().clone();
+    eprintln!(
+        "{TOTAL} events in {} batches from {CLIENTS} clients in {elapsed:?}; {} batches resent",
+        CLIENTS * BATCHES_EACH,
+        retried.len()
+    );
+    assert_eq!(wrong, 0, "lines that are not an event sent, byte for byte");
+    let missing = seen.iter().filter(|&&n| n == 0).count();
+    assert_eq!(missing, 0, "{missing} events never arrived");
+    for (i, &count) in seen.iter().enumerate() {
+        if count > 1 {
+            assert!(
+                retried.contains(&(i / EVENTS_PER_BATCH)),
+                "event {i} arrived {count} times, but its batch was answered 200 at once"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_answers_the_request_in_flight() {
+    let workspace = Workspace::new();
+    let (pki, files) = tls_files(&workspace);
+    let address = address();
+    let sources = format!(
+        "  api:\n    type: webhook\n    address: {address}\n    path: /audit\n    ack_timeout_ms: 20000\n\
+         \x20   tls:\n      cert_file: {cert}\n      key_file: {key}\n",
+        cert = path_str(&files.server_cert),
+        key = path_str(&files.server_key),
+    );
+    let (mut auditflow, _metrics) = start(&workspace, &sources, "api");
+    let client = WebhookClient::https(address, &pki.ca_pem, None);
+    let request = captured_requests()[1].clone();
+    let expected = items_of(&request.body);
+
+    // stdout is not read yet: the sink blocks and the request waits for its acknowledgement.
+    let mut connection = client.connect().await.expect("connect");
+    let in_flight = tokio::spawn(async move { connection.replay(&request, true).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "answered before the sink wrote anything"
+    );
+    auditflow.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        client.connect().await.is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    assert!(!in_flight.is_finished());
+
+    // The sink gets going again: the request is answered 200, then the process exits 0.
+    let lines = auditflow.stdout_lines();
+    let answer = in_flight.await.unwrap().expect("an answer");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let arrived: Vec<String> = (0..expected.len())
+        .map(|_| lines.recv_timeout(Duration::from_secs(10)).expect("a line"))
+        .collect();
+    assert!(arrived == expected, "the in-flight events arrived changed");
+    assert!(auditflow.wait_timeout(Duration::from_secs(20)).success());
+}
