@@ -4,6 +4,11 @@
 //! The binary is `target/debug/auditflow` (or `$AUDITFLOW_BIN`); the project's test
 //! command (`scripts/test`) builds it before running the tests.
 
+pub mod audit_lines;
+pub mod kafka;
+pub mod tls;
+pub mod webhook_client;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

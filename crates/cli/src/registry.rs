@@ -10,7 +10,39 @@ pub fn registry() -> Registry {
             "stdin",
             "One JSON event per line from standard input; ends at end of input.",
         ),
+        Plugin::source::<auditflow_file::FileConfig>(
+            "file",
+            "Tails audit log files across rotation, restarts and crashes; checkpoints what sinks acknowledged.",
+        ),
+        Plugin::source::<auditflow_webhook::WebhookConfig>(
+            "webhook",
+            "Receives kube-apiserver's audit webhook batches (EventList) over HTTPS.",
+        ),
+        Plugin::source::<auditflow_kafka::KafkaSourceConfig>(
+            "kafka",
+            "Reads Kafka topics as a consumer group member; commits offsets once delivered.",
+        ),
+        Plugin::source::<auditflow_generator::GeneratorConfig>(
+            "generator",
+            "Realistic synthetic audit events (benchmarks, load tests); deterministic per seed.",
+        ),
         // Transforms.
+        Plugin::transform::<auditflow_filter::FilterConfig>(
+            "filter",
+            "Keeps the events that match a condition; discards the rest (reason `filtered`).",
+        ),
+        Plugin::transform::<auditflow_rbac_denial::RbacDenialConfig>(
+            "rbac_denial",
+            "Tags refused requests (rbac, authentication, forbidden) with the permission they lacked.",
+        ),
+        Plugin::transform::<auditflow_sample::SampleConfig>(
+            "sample",
+            "Keeps about 1 in `rate` requests by a hash of auditID; never errors or denials.",
+        ),
+        Plugin::transform::<auditflow_redact::RedactConfig>(
+            "redact",
+            "Replaces secrets (tokens, Secret data, JWTs, keys, credentials) wherever they appear.",
+        ),
         // Sinks.
         Plugin::sink::<auditflow_stdout::StdoutConfig>(
             "stdout",
@@ -19,6 +51,14 @@ pub fn registry() -> Registry {
         Plugin::sink::<auditflow_blackhole::BlackholeConfig>(
             "blackhole",
             "Counts and drops events, acknowledging at once (benchmarks).",
+        ),
+        Plugin::sink::<auditflow_kafka::KafkaSinkConfig>(
+            "kafka",
+            "One JSON message per event to a Kafka topic; idempotent, acknowledged from delivery reports.",
+        ),
+        Plugin::sink::<auditflow_https::HttpsConfig>(
+            "https",
+            "Batched, compressed, retried HTTP(S) requests; acknowledges only what the server accepted (2xx).",
         ),
     ])
 }

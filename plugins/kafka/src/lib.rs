@@ -1,0 +1,80 @@
+//! `kafka` source and sink: the aggregation tier, scaled out through consumer groups,
+//! at-least-once from end to end.
+//!
+//! Both sides are librdkafka (the `rdkafka` crate, built from source without cmake).
+//! Kafka is the distributed engine: partitions, consumer groups and rebalancing are
+//! librdkafka's; this crate only ties them to auditflow's batches and acknowledgements.
+//!
+//! # Layout
+//! - [`source`]: the consumer group member, its rebalance hooks, backpressure by pausing.
+//! - [`offsets`]: which offsets may be committed, from out-of-order acknowledgements.
+//! - [`decoding`]: message payloads into events (`json`, `event_list`, `ndjson`).
+//! - [`sink`]: the idempotent producer, acknowledging batches from delivery reports.
+//!
+//! # The one design decision
+//! The source never lets librdkafka commit on its own (`enable.auto.commit=false`): an
+//! offset is committed only once every message up to it in its partition has been
+//! acknowledged `Delivered` by every sink, so a crash anywhere replays instead of losing.
+//! When the pipeline is full the source pauses its partitions and keeps polling, so it
+//! stays in the group instead of being evicted for not polling.
+
+pub mod decoding;
+pub mod offsets;
+pub mod sink;
+pub mod source;
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+
+pub use sink::{Compression, KafkaSinkConfig};
+pub use source::{AutoOffsetReset, KafkaSourceConfig};
+
+/// A librdkafka configuration from the options every kafka component shares; the
+/// `librdkafka_options` passthrough goes last so that it can override anything.
+fn client_config(
+    bootstrap_servers: &str,
+    defaults: &[(&str, &str)],
+    passthrough: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap_servers);
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
+    for (key, value) in passthrough {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Sends librdkafka's own log lines and client errors to `tracing`, with the component
+/// id (otherwise they would go nowhere).
+fn forward_log(id: &str, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    match level {
+        Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+            tracing::error!(component_id = %id, facility, "librdkafka: {message}")
+        }
+        Level::Warning => tracing::warn!(component_id = %id, facility, "librdkafka: {message}"),
+        Level::Notice | Level::Info => {
+            tracing::info!(component_id = %id, facility, "librdkafka: {message}")
+        }
+        Level::Debug => tracing::debug!(component_id = %id, facility, "librdkafka: {message}"),
+    }
+}
+
+/// The sink's librdkafka callbacks: logs and client errors.
+struct ProducerLogs {
+    id: String,
+}
+
+impl rdkafka::ClientContext for ProducerLogs {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        forward_log(&self.id, level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(component_id = %self.id, %error, reason, "kafka sink client error");
+    }
+}

@@ -1,0 +1,675 @@
+//! The `kafka` source: one member of a consumer group.
+//!
+//! Messages are cut into batches in the order the consumer hands them out; each batch's
+//! acknowledgement is awaited on its own small task, which updates the shared
+//! [`OffsetTracker`]. Offsets are committed every `commit_interval_ms`, before giving up
+//! revoked partitions, and at shutdown.
+//!
+//! Backpressure: when the pipeline cannot take the next batch, the source pauses every
+//! assigned partition and keeps polling. Polling keeps the member alive in the group
+//! (librdkafka leaves the group when the application stops polling for
+//! `max.poll.interval.ms`) and serves rebalances; pausing stops the fetches. Once the
+//! batch is taken the partitions resume from where the consumer stopped.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use auditflow_core::channel::Closed;
+use auditflow_core::{
+    Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, Event, Output,
+    Source, SourceConfig, SourceContext, Telemetry, Validate,
+};
+use rdkafka::client::ClientContext;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::decoding::Decoding;
+use crate::offsets::{BatchOffsets, OffsetTracker, Partition, Span};
+
+/// How long a revoked partition waits for its in-flight batches before it is given up.
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the acknowledgements of batches already sent.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+/// How often `auditflow_kafka_consumer_lag` is refreshed from the brokers' watermarks.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reads audit events from Kafka topics as one member of a consumer group.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Brokers to bootstrap from, comma-separated `host:port`.
+    pub bootstrap_servers: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Consumer group; every replica with the same group shares the partitions.
+    pub group_id: String,
+    /// Where a group without a committed offset starts in a partition.
+    #[serde(default)]
+    pub auto_offset_reset: AutoOffsetReset,
+    /// How a message holds events: `json` (one event), `event_list`, `ndjson`.
+    #[serde(default)]
+    pub decoding: Decoding,
+    /// How often delivered offsets are committed, in milliseconds.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// librdkafka properties passed through as they are (TLS, SASL, tuning), applied last.
+    #[serde(default)]
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoOffsetReset {
+    /// The oldest message still in the partition.
+    #[default]
+    Earliest,
+    /// Only messages produced after the group joined.
+    Latest,
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+
+/// Options that would let librdkafka commit on its own and break at-least-once.
+const OWNED_OPTIONS: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+
+impl KafkaSourceConfig {
+    fn client_config(&self, id: &str) -> ClientConfig {
+        let reset = match self.auto_offset_reset {
+            AutoOffsetReset::Earliest => "earliest",
+            AutoOffsetReset::Latest => "latest",
+        };
+        let client_id = format!("auditflow-{id}");
+        let mut config = crate::client_config(
+            &self.bootstrap_servers,
+            &[
+                ("client.id", &client_id),
+                ("auto.offset.reset", reset),
+                ("enable.partition.eof", "false"),
+            ],
+            &self.librdkafka_options,
+        );
+        config
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+    }
+}
+
+impl Validate for KafkaSourceConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        let mut errors = Vec::new();
+        if self.bootstrap_servers.trim().is_empty() {
+            errors.push(BuildError::field(
+                "bootstrap_servers",
+                "must name at least one broker (host:port)",
+            ));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
+            errors.push(BuildError::field(
+                "topics",
+                "must list at least one topic, none of them empty",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            errors.push(BuildError::field("group_id", "must not be empty"));
+        }
+        if self.commit_interval_ms == 0 {
+            errors.push(BuildError::field(
+                "commit_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        for key in OWNED_OPTIONS {
+            if self.librdkafka_options.contains_key(*key) {
+                errors.push(BuildError::field(
+                    format!("librdkafka_options.{key}"),
+                    "is set by the source itself (offsets are committed only once delivered); remove it",
+                ));
+            }
+        }
+        errors
+    }
+}
+
+impl SourceConfig for KafkaSourceConfig {
+    fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let config = self.client_config(&cx.id);
+        // Checks every librdkafka property now, so a typo fails at load, not at run.
+        config
+            .create_native_config()
+            .map_err(|error| BuildError::field("librdkafka_options", error.to_string()))?;
+        Ok(Box::new(KafkaSource {
+            config,
+            topics: self.topics.clone(),
+            decoding: self.decoding,
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
+        }))
+    }
+}
+
+/// A running consumer group member.
+pub struct KafkaSource {
+    config: ClientConfig,
+    topics: Vec<String>,
+    decoding: Decoding,
+    commit_interval: Duration,
+}
+
+type Consumer_ = rdkafka::consumer::StreamConsumer<GroupContext>;
+type SendFuture = Pin<Box<dyn Future<Output = Result<(), Closed>> + Send>>;
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
+        let SourceContext {
+            id,
+            out,
+            mut shutdown,
+            telemetry,
+        } = cx;
+        let shared = Arc::new(Shared::default());
+        let context = GroupContext {
+            id: id.clone(),
+            shared: Arc::clone(&shared),
+        };
+        let consumer: Arc<Consumer_> = Arc::new(
+            Consumer_::from_config_and_context(&self.config, context).map_err(|error| {
+                ComponentError::Fatal(format!(
+                    "kafka source {id}: cannot create the consumer: {error}; check bootstrap_servers and librdkafka_options"
+                ))
+            })?,
+        );
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|error| {
+            ComponentError::Fatal(format!(
+                "kafka source {id}: cannot subscribe to {topics:?}: {error}"
+            ))
+        })?;
+        tracing::info!(component_id = %id, topics = ?self.topics, "kafka source joining its consumer group");
+
+        let lag = tokio::spawn(report_lag(
+            id.clone(),
+            Arc::clone(&consumer),
+            Arc::clone(&shared),
+        ));
+        let mut reader = Reader::new(id.clone(), self.decoding, telemetry);
+        let mut pending: Option<SendFuture> = None;
+        let mut paused = false;
+        let mut commit_tick = tokio::time::interval(self.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => break Ok(()),
+                sent = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                    pending = None;
+                    if let Err(closed) = sent {
+                        break Err(closed.into());
+                    }
+                    if paused {
+                        set_paused(&consumer, &id, false);
+                        paused = false;
+                    }
+                    if !reader.is_empty() {
+                        pending = reader.flush(&out, &shared);
+                    }
+                }
+                _ = commit_tick.tick() => commit(&*consumer, &shared, None, CommitMode::Async, &id),
+                message = consumer.recv() => {
+                    reader.push(message);
+                    // Take everything already fetched, without waiting, up to a full batch.
+                    while !reader.is_full() {
+                        let next = std::future::poll_fn(|task| {
+                            Poll::Ready(std::pin::pin!(consumer.recv()).poll(task))
+                        })
+                        .await;
+                        match next {
+                            Poll::Ready(message) => reader.push(message),
+                            Poll::Pending => break,
+                        }
+                    }
+                    if pending.is_none() {
+                        pending = reader.flush(&out, &shared);
+                    }
+                    if pending.is_some() && (!paused || shared.rebalanced.swap(false, Ordering::AcqRel)) {
+                        // Partitions assigned while paused start unpaused: pause them too.
+                        set_paused(&consumer, &id, true);
+                        paused = true;
+                    }
+                }
+            }
+        };
+
+        // Shutdown: stop reading, let what was sent be delivered, commit, leave the group.
+        // A batch still waiting for room was never sent: its offsets stay uncommitted.
+        drop(pending);
+        drop(out);
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while shared.lock().in_flight(None) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let unacknowledged = shared.lock().in_flight(None);
+        if unacknowledged > 0 {
+            tracing::warn!(
+                component_id = %id,
+                batches = unacknowledged,
+                "kafka source stopping with batches not yet acknowledged; their messages will be read again"
+            );
+        }
+        commit(&*consumer, &shared, None, CommitMode::Sync, &id);
+        shared.closing.store(true, Ordering::Release);
+        lag.abort();
+        let _ = lag.await;
+        // Closing the consumer leaves the group (a blocking exchange with the broker).
+        let closed = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        if let Err(error) = closed {
+            tracing::warn!(component_id = %id, %error, "closing the kafka consumer failed");
+        }
+        tracing::info!(component_id = %id, "kafka source stopped");
+        result
+    }
+}
+
+/// State shared by the reading task, the acknowledgement tasks and the rebalance hooks.
+#[derive(Default)]
+struct Shared {
+    tracker: Mutex<OffsetTracker>,
+    /// Signalled whenever a batch is acknowledged (a revoke waits on it).
+    acknowledged: Condvar,
+    /// A rebalance happened since the reading task last looked.
+    rebalanced: AtomicBool,
+    /// The source is leaving: revokes commit what they can without waiting.
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, OffsetTracker> {
+        // A panic while holding the lock leaves offsets that are still consistent.
+        self.tracker
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// The librdkafka callbacks: logs, commit results and the rebalance hooks.
+struct GroupContext {
+    id: String,
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::forward_log(&self.id, level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(component_id = %self.id, %error, reason, "kafka source client error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let revoked = partitions(list);
+        if !self.shared.closing.load(Ordering::Acquire) {
+            // Give in-flight batches of these partitions a bounded chance to be delivered,
+            // so the next owner starts after them instead of reading them again.
+            let unacknowledged = blocking(|| {
+                let deadline = Instant::now() + REVOKE_WAIT;
+                let mut tracker = self.shared.lock();
+                while tracker.in_flight(Some(&revoked)) > 0 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    tracker = self
+                        .shared
+                        .acknowledged
+                        .wait_timeout(tracker, left)
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .0;
+                }
+                tracker.in_flight(Some(&revoked))
+            });
+            if unacknowledged > 0 {
+                tracing::warn!(
+                    component_id = %self.id,
+                    batches = unacknowledged,
+                    "partitions revoked with batches still unacknowledged after {REVOKE_WAIT:?}; their new owner reads them again"
+                );
+            }
+        }
+        commit(
+            consumer,
+            &self.shared,
+            Some(&revoked),
+            CommitMode::Sync,
+            &self.id,
+        );
+        self.shared.lock().revoke(&revoked);
+        for (topic, partition) in &revoked {
+            let _ = auditflow_metrics::kafka_consumer_lag().remove_label_values(&[
+                &self.id,
+                topic,
+                &partition.to_string(),
+            ]);
+        }
+        tracing::info!(component_id = %self.id, partitions = ?revoked, "kafka partitions revoked");
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                self.shared.rebalanced.store(true, Ordering::Release);
+                tracing::info!(component_id = %self.id, partitions = ?partitions(list), "kafka partitions assigned");
+            }
+            Rebalance::Revoke(_) => self.shared.rebalanced.store(true, Ordering::Release),
+            Rebalance::Error(error) => {
+                tracing::warn!(component_id = %self.id, %error, "kafka rebalance failed")
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(
+                component_id = %self.id,
+                %error,
+                partitions = ?partitions(offsets),
+                "committing kafka offsets failed; they are committed again with the next ones"
+            );
+        }
+    }
+}
+
+/// Runs a blocking wait without starving the runtime's other tasks.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
+    list.elements()
+        .iter()
+        .map(|element| (element.topic().to_owned(), element.partition()))
+        .collect()
+}
+
+fn commit<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    shared: &Shared,
+    only: Option<&[Partition]>,
+    mode: CommitMode,
+    id: &str,
+) {
+    let commits = shared.lock().take_commits(only);
+    if commits.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::with_capacity(commits.len());
+    for ((topic, partition), offset) in &commits {
+        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::warn!(component_id = %id, %error, "cannot list an offset to commit");
+        }
+    }
+    let committed = if matches!(mode, CommitMode::Sync) {
+        blocking(|| consumer.commit(&list, mode))
+    } else {
+        consumer.commit(&list, mode)
+    };
+    if let Err(error) = committed {
+        tracing::warn!(component_id = %id, %error, offsets = ?commits, "committing kafka offsets failed");
+    } else {
+        tracing::debug!(component_id = %id, offsets = ?commits, "kafka offsets committed");
+    }
+}
+
+fn set_paused(consumer: &Consumer_, id: &str, pause: bool) {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            tracing::warn!(component_id = %id, %error, "cannot read the kafka assignment");
+            return;
+        }
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => tracing::debug!(
+            component_id = %id,
+            partitions = assignment.count(),
+            "kafka partitions {}",
+            if pause { "paused: the pipeline is full" } else { "resumed" }
+        ),
+        Err(error) => {
+            tracing::warn!(component_id = %id, %error, pause, "cannot pause or resume kafka partitions")
+        }
+    }
+}
+
+/// Refreshes `auditflow_kafka_consumer_lag`: the high watermark minus the delivered
+/// position of every assigned partition. Watermarks come from the broker, so the lag keeps
+/// growing while the partitions are paused.
+async fn report_lag(id: String, consumer: Arc<Consumer_>, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let consumer = Arc::clone(&consumer);
+        let shared = Arc::clone(&shared);
+        let id = id.clone();
+        let measured = tokio::task::spawn_blocking(move || measure_lag(&id, &consumer, &shared));
+        if measured.await.is_err() {
+            return;
+        }
+    }
+}
+
+fn measure_lag(id: &str, consumer: &Consumer_, shared: &Shared) {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    // Where nothing was delivered yet in this assignment, the group's committed offset
+    // (or, for a new group, the start of the partition) is the delivered position.
+    let mut unknown = TopicPartitionList::new();
+    for element in assignment.elements() {
+        let key = (element.topic().to_owned(), element.partition());
+        if shared.lock().position(&key).is_none() {
+            unknown.add_partition(element.topic(), element.partition());
+        }
+    }
+    let committed = if unknown.count() > 0 {
+        consumer.committed_offsets(unknown, TIMEOUT).ok()
+    } else {
+        None
+    };
+    for element in assignment.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, TIMEOUT) else {
+            continue;
+        };
+        let key = (topic.to_owned(), partition);
+        let position = shared.lock().position(&key).unwrap_or_else(|| {
+            let committed = committed
+                .as_ref()
+                .and_then(|list| list.find_partition(topic, partition))
+                .map(|element| element.offset());
+            match committed {
+                Some(Offset::Offset(offset)) => offset,
+                _ => low,
+            }
+        });
+        auditflow_metrics::kafka_consumer_lag()
+            .with_label_values(&[id, topic, &partition.to_string()])
+            .set((high - position).max(0));
+    }
+}
+
+/// The batch being cut from the consumer's messages.
+struct Reader {
+    id: String,
+    decoding: Decoding,
+    telemetry: Arc<dyn Telemetry>,
+    events: Vec<Event>,
+    bytes: usize,
+    /// Messages of the batch per partition (malformed ones included: they are committed).
+    spans: Vec<Span>,
+    /// Events (and malformed records) and payload bytes read since the last flush.
+    read_events: usize,
+    read_bytes: usize,
+}
+
+impl Reader {
+    fn new(id: String, decoding: Decoding, telemetry: Arc<dyn Telemetry>) -> Reader {
+        Reader {
+            id,
+            decoding,
+            telemetry,
+            events: Vec::new(),
+            bytes: 0,
+            spans: Vec::new(),
+            read_events: 0,
+            read_bytes: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.events.len() >= MAX_BATCH_EVENTS || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    fn push(&mut self, message: KafkaResult<rdkafka::message::BorrowedMessage<'_>>) {
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                // librdkafka recovers from broker and network errors by itself.
+                tracing::warn!(component_id = %self.id, %error, "kafka consumer error");
+                return;
+            }
+        };
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let payload = message.payload();
+        let before = self.events.len();
+        let malformed = self.decoding.decode(payload, &mut self.events);
+        let decoded = self.events.len() - before;
+        let payload_len = payload.map_or(0, <[u8]>::len);
+        self.bytes += payload_len;
+        self.read_bytes += payload_len;
+        self.read_events += decoded;
+        if let Some(malformed) = malformed {
+            self.read_events += malformed.count;
+            self.telemetry.discarded("malformed", malformed.count);
+            tracing::warn!(
+                component_id = %self.id,
+                topic,
+                partition,
+                offset,
+                events = malformed.count,
+                error = %malformed.error,
+                "skipping malformed kafka message content"
+            );
+        }
+        match self
+            .spans
+            .iter_mut()
+            .find(|span| span.partition == partition && span.topic == topic)
+        {
+            Some(span) => span.next_offset = offset + 1,
+            None => self.spans.push(Span {
+                topic: topic.to_owned(),
+                partition,
+                next_offset: offset + 1,
+            }),
+        }
+    }
+
+    /// Sends the batch; returns the send when it has to wait for room.
+    fn flush(&mut self, out: &Output, shared: &Arc<Shared>) -> Option<SendFuture> {
+        if self.read_events > 0 || self.read_bytes > 0 {
+            self.telemetry.received(self.read_events, self.read_bytes);
+            (self.read_events, self.read_bytes) = (0, 0);
+        }
+        if self.spans.is_empty() {
+            return None;
+        }
+        let offsets = shared.lock().register(&self.spans);
+        self.spans.clear();
+        self.bytes = 0;
+        let events = std::mem::take(&mut self.events);
+        if events.is_empty() {
+            // Nothing but malformed messages: skipped, so their offsets are done.
+            acknowledge(shared, &offsets, BatchStatus::Delivered, &self.id);
+            return None;
+        }
+        let (finalizer, receiver) = BatchNotifier::new();
+        let shared_for_ack = Arc::clone(shared);
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            let status = receiver.await;
+            acknowledge(&shared_for_ack, &offsets, status, &id);
+        });
+        let out = out.clone();
+        let mut send: SendFuture =
+            Box::pin(async move { out.send(Batch::with_finalizer(events, finalizer)).await });
+        // Most sends find room at once; only a full pipeline leaves one pending.
+        let waker = std::task::Waker::noop();
+        match send
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            Poll::Ready(Ok(())) => None,
+            Poll::Ready(Err(closed)) => Some(Box::pin(std::future::ready(Err(closed)))),
+            Poll::Pending => Some(send),
+        }
+    }
+}
+
+fn acknowledge(shared: &Shared, offsets: &BatchOffsets, status: BatchStatus, id: &str) {
+    let mut tracker = shared.lock();
+    match status {
+        // A rejected batch was counted by the sink that gave up on it; reading it again
+        // would not change the verdict.
+        BatchStatus::Delivered | BatchStatus::Rejected => tracker.delivered(offsets),
+        BatchStatus::Errored => {
+            tracker.abandoned(offsets);
+            tracing::warn!(
+                component_id = %id,
+                "a kafka batch was lost without delivery; its partitions are not committed past it and are read again after a restart or rebalance"
+            );
+        }
+    }
+    drop(tracker);
+    shared.acknowledged.notify_all();
+}
