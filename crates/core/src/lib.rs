@@ -18,6 +18,7 @@
 pub mod batch;
 pub mod channel;
 pub mod component;
+pub mod condition;
 pub mod event;
 pub mod finalize;
 pub mod framing;
