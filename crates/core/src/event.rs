@@ -5,19 +5,49 @@
 //! that value. Writing an untouched event copies its original bytes; writing a changed one
 //! stitches the untouched spans around the re-serialised fields, so bytes a transform did
 //! not touch leave exactly as they came.
+//!
+//! The validation and the index come from [`crate::scan`], a scanner that never builds a
+//! value: decoding is paid on every event and must stay far cheaper than the I/O around it.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de;
 use serde_json::{Map, Value};
+
+use crate::scan::{self, SyntaxError};
 
 /// A JSON input that is not one JSON object.
 #[derive(Debug, thiserror::Error)]
 #[error("not a JSON object: {0}")]
-pub struct DecodeError(#[from] serde_json::Error);
+pub struct DecodeError(Reason);
+
+#[derive(Debug, thiserror::Error)]
+enum Reason {
+    /// From the scanner: "expected `:` after the key, found `{` at column 57".
+    #[error("{0}")]
+    Syntax(SyntaxError),
+    /// From serde_json, which reads objects spread over several lines.
+    #[error("{0}")]
+    Json(serde_json::Error),
+    /// A key whose escapes do not make a string (a lone surrogate such as `\ud800`).
+    #[error("invalid key: {message} at column {column}")]
+    Key { message: String, column: usize },
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(error: serde_json::Error) -> DecodeError {
+        DecodeError(Reason::Json(error))
+    }
+}
+
+impl From<SyntaxError> for DecodeError {
+    fn from(error: SyntaxError) -> DecodeError {
+        DecodeError(Reason::Syntax(error))
+    }
+}
 
 /// One event: a JSON object whose top-level fields are parsed on demand.
 #[derive(Clone)]
@@ -62,10 +92,9 @@ impl Event {
         if memchr::memchr2(b'\n', b'\r', &raw).is_some() {
             let value: Value = serde_json::from_slice(&raw)?;
             if !value.is_object() {
-                return Err(DecodeError(de::Error::custom(format!(
-                    "expected a JSON object, found {}",
-                    json_kind(&value)
-                ))));
+                return Err(DecodeError::from(<serde_json::Error as de::Error>::custom(
+                    format!("expected a JSON object, found {}", json_kind(&value)),
+                )));
             }
             let compact = serde_json::to_vec(&value)?;
             return Event::from_bytes(Bytes::from(compact));
@@ -74,12 +103,7 @@ impl Event {
             raw.len() < u32::MAX as usize,
             "an event over 4 GiB cannot be indexed"
         );
-        let fields = {
-            let mut de = serde_json::Deserializer::from_slice(&raw);
-            let fields = de.deserialize_map(IndexVisitor { base: &raw })?;
-            de.end()?;
-            fields
-        };
+        let fields = index(&raw)?;
         Ok(Event {
             raw,
             fields,
@@ -185,9 +209,10 @@ impl Event {
         let field = self.fields.remove(index);
         match field.value {
             Slot::Owned(value) => Some(value),
-            Slot::Span { start, end, parsed } => parsed.into_inner().flatten().or_else(|| {
-                serde_json::from_slice(&self.raw[start as usize..end as usize]).ok()
-            }),
+            Slot::Span { start, end, parsed } => parsed
+                .into_inner()
+                .flatten()
+                .or_else(|| serde_json::from_slice(&self.raw[start as usize..end as usize]).ok()),
         }
     }
 
@@ -334,76 +359,60 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// Walks the top-level object, recording where each key and value sits in `base`.
-struct IndexVisitor<'de> {
-    base: &'de [u8],
+/// Validates `raw` as one JSON object and indexes its top-level fields.
+fn index(raw: &[u8]) -> Result<Vec<Field>, DecodeError> {
+    // An audit event has 15 to 20 top-level fields.
+    let mut fields = Vec::with_capacity(20);
+    let mut bad_key = None;
+    scan::index_object(raw, |member| {
+        let key = if member.key_escaped {
+            match unescape_key(raw, member.key) {
+                Ok(key) => key,
+                Err(error) => {
+                    bad_key.get_or_insert(error);
+                    return;
+                }
+            }
+        } else {
+            Key::Span(member.key.start as u32, member.key.end as u32)
+        };
+        fields.push(Field {
+            key,
+            value: Slot::Span {
+                start: member.value.start as u32,
+                end: member.value.end as u32,
+                parsed: OnceLock::new(),
+            },
+        });
+    })?;
+    match bad_key {
+        Some(error) => Err(error),
+        None => Ok(fields),
+    }
 }
 
-impl<'de> Visitor<'de> for IndexVisitor<'de> {
-    type Value = Vec<Field>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Field>, A::Error> {
-        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(20));
-        while let Some(key) = map.next_key_seed(KeySeed { base: self.base })? {
-            let value: &'de RawValue = map.next_value()?;
-            let (start, end) = span_of(self.base, value.get().as_bytes());
-            fields.push(Field {
-                key,
-                value: Slot::Span {
-                    start,
-                    end,
-                    parsed: OnceLock::new(),
-                },
-            });
+/// A key with escapes, unescaped by serde_json (rare: Kubernetes keys need none).
+fn unescape_key(raw: &[u8], key: Range<usize>) -> Result<Key, DecodeError> {
+    // The scanner found the key between quotes, so the quotes are there to take along.
+    let quoted = &raw[key.start - 1..key.end + 1];
+    match serde_json::from_slice::<String>(quoted) {
+        Ok(key) => Ok(Key::Owned(key.into_boxed_str())),
+        Err(error) => {
+            // serde_json counts from the key's quote; count from the event's start.
+            let text = error.to_string();
+            let message = text.split(" at line ").next().unwrap_or_default();
+            Err(DecodeError(Reason::Key {
+                message: message.to_owned(),
+                column: key.start - 1 + error.column(),
+            }))
         }
-        Ok(fields)
     }
-}
-
-struct KeySeed<'de> {
-    base: &'de [u8],
-}
-
-impl<'de> DeserializeSeed<'de> for KeySeed<'de> {
-    type Value = Key;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeySeed<'de> {
-    type Value = Key;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string key")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Key, E> {
-        let (start, end) = span_of(self.base, key.as_bytes());
-        Ok(Key::Span(start, end))
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-        // The key had escapes and was unescaped into a scratch buffer.
-        Ok(Key::Owned(key.into()))
-    }
-}
-
-/// Where `part`, a sub-slice of `base`, sits inside it.
-fn span_of(base: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    debug_assert!(start + part.len() <= base.len());
-    (start as u32, (start + part.len()) as u32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn event(text: &str) -> Event {
@@ -490,5 +499,469 @@ mod tests {
         let mut event = event(r#"{"a":1,"b":{"c":2},"d":3}"#);
         assert_eq!(event.remove("b"), Some(json!({"c": 2})));
         assert_eq!(written(&event), r#"{"a":1,"d":3}"#);
+    }
+
+    #[test]
+    fn decode_errors_say_where() {
+        let error = |text: &[u8]| Event::from_bytes(Bytes::copy_from_slice(text)).unwrap_err();
+        assert_eq!(
+            error(br#"{"verb":"get","user" {}}"#).to_string(),
+            "not a JSON object: expected `:` after the key, found `{` at column 22"
+        );
+        assert_eq!(
+            error(br#"["get"]"#).to_string(),
+            "not a JSON object: expected a JSON object, found an array at column 1"
+        );
+        assert_eq!(
+            error(br#"{"a":1,"\ud800":2}"#).to_string(),
+            "not a JSON object: invalid key: unexpected end of hex escape at column 15"
+        );
+        // Objects over several lines still go through serde_json, with its positions.
+        assert_eq!(
+            error(b"{\n\"a\":\n}").to_string(),
+            "not a JSON object: expected value at line 3 column 1"
+        );
+    }
+
+    #[test]
+    fn nesting_128_levels_deep_is_decoded_and_read() {
+        let nested = |levels: usize| {
+            let inner = "[".repeat(levels - 1) + &"]".repeat(levels - 1);
+            format!(r#"{{"verb":"get","deep":{inner}}}"#)
+        };
+        let deepest = event(&nested(128));
+        assert!(deepest.get("deep").is_some(), "127 levels parse as a Value");
+        assert_eq!(deepest.get_str("verb"), Some("get"));
+        let error = Event::from_bytes(Bytes::from(nested(129))).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "not a JSON object: objects and arrays nested deeper than 128 at column 149"
+        );
+    }
+
+    /// The serde_json-based indexer that decoded events before [`crate::scan`], kept as the
+    /// reference the scanner must agree with.
+    mod oracle {
+        use std::fmt;
+
+        use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+        use serde_json::value::RawValue;
+
+        use crate::scan::MAX_DEPTH;
+
+        /// A key as its byte span, or unescaped when it has escapes; a value as its span.
+        pub type Index = Vec<(Result<(u32, u32), String>, (u32, u32))>;
+
+        /// The index serde_json makes of `raw`, or `None` where it refuses it. Nesting
+        /// deeper than `MAX_DEPTH` counts as refused: serde_json skips such values but
+        /// cannot parse them (see `crate::scan`).
+        pub fn index(raw: &[u8]) -> Option<Index> {
+            let mut de = serde_json::Deserializer::from_slice(raw);
+            let fields = de.deserialize_map(IndexVisitor { base: raw }).ok()?;
+            de.end().ok()?;
+            (depth(raw) <= MAX_DEPTH).then_some(fields)
+        }
+
+        /// How deep objects and arrays nest in valid JSON.
+        fn depth(raw: &[u8]) -> usize {
+            let (mut depth, mut deepest) = (0, 0);
+            let (mut in_string, mut escaped) = (false, false);
+            for &byte in raw {
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' if in_string => escaped = true,
+                    b'"' => in_string = !in_string,
+                    b'{' | b'[' if !in_string => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    b'}' | b']' if !in_string => depth -= 1,
+                    _ => {}
+                }
+            }
+            deepest
+        }
+
+        struct IndexVisitor<'de> {
+            base: &'de [u8],
+        }
+
+        impl<'de> Visitor<'de> for IndexVisitor<'de> {
+            type Value = Index;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Index, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key_seed(KeySeed { base: self.base })? {
+                    let value: &'de RawValue = map.next_value()?;
+                    fields.push((key, span_of(self.base, value.get().as_bytes())));
+                }
+                Ok(fields)
+            }
+        }
+
+        struct KeySeed<'de> {
+            base: &'de [u8],
+        }
+
+        impl<'de> DeserializeSeed<'de> for KeySeed<'de> {
+            type Value = Result<(u32, u32), String>;
+
+            fn deserialize<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Self::Value, D::Error> {
+                deserializer.deserialize_str(self)
+            }
+        }
+
+        impl<'de> Visitor<'de> for KeySeed<'de> {
+            type Value = Result<(u32, u32), String>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
+                Ok(Ok(span_of(self.base, key.as_bytes())))
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+                Ok(Err(key.to_owned()))
+            }
+        }
+
+        fn span_of(base: &[u8], part: &[u8]) -> (u32, u32) {
+            let start = part.as_ptr() as usize - base.as_ptr() as usize;
+            (start as u32, (start + part.len()) as u32)
+        }
+    }
+
+    /// What [`index`] made of `raw`, in the oracle's terms.
+    fn scanned(raw: &[u8]) -> Option<oracle::Index> {
+        let fields = index(raw).ok()?;
+        let project = |field: Field| {
+            let key = match field.key {
+                Key::Span(start, end) => Ok((start, end)),
+                Key::Owned(key) => Err(key.into_string()),
+            };
+            match field.value {
+                Slot::Span { start, end, .. } => (key, (start, end)),
+                Slot::Owned(_) => unreachable!("decoding makes spans"),
+            }
+        };
+        Some(fields.into_iter().map(project).collect())
+    }
+
+    fn agrees_with_serde_json(raw: &[u8]) -> Result<(), TestCaseError> {
+        let expected = oracle::index(raw);
+        prop_assert_eq!(
+            scanned(raw),
+            expected,
+            "input: {:?}",
+            String::from_utf8_lossy(raw)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn edge_cases_agree_with_serde_json() {
+        let deep = |levels: usize, open: &str, leaf: &str, close: &str| {
+            let (open, close) = (open.repeat(levels - 1), close.repeat(levels - 1));
+            format!("{{\"a\":{open}{leaf}{close}}}")
+        };
+        let accepted: Vec<Vec<u8>> = vec![
+            b"{}".to_vec(),
+            b"{\"a\":{}}".to_vec(),
+            b" \t{\"a\" : [ ] , \"b\":{ } }\r\n".to_vec(),
+            b"{\"\":\"\",\"a\":1,\"a\":2}".to_vec(),
+            br#"{"a":"\"\\\/\b\f\n\r\t\u00e9\uD83D\uDE00"}"#.to_vec(),
+            br#"{"a":"\ud800","b":"\udc00x"}"#.to_vec(),
+            br#"{"k\u00e9y":1,"\uD83D\uDE00":2,"a\"b":3}"#.to_vec(),
+            b"{\"a\":\"\x7f \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"}".to_vec(),
+            br#"{"a":-0,"b":0.5,"c":1E-7,"d":0e0,"e":-12.50e+3,"f":1e400}"#.to_vec(),
+            br#"{"a":true,"b":false,"c":null,"d":[true,false,null]}"#.to_vec(),
+            deep(128, "[", "", "]").into_bytes(),
+            deep(128, "{\"a\":", "1", "}").into_bytes(),
+            // Two levels a step: 1 + 63 * 2 + 1.
+            deep(64, "[{\"a\":", "[]", "}]").into_bytes(),
+        ];
+        let refused: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b" ".to_vec(),
+            b"[]".to_vec(),
+            b"\"x\"".to_vec(),
+            b"1".to_vec(),
+            b"null".to_vec(),
+            b"\xef\xbb\xbf{}".to_vec(),
+            b"{} x".to_vec(),
+            b"{}{}".to_vec(),
+            b"{}]".to_vec(),
+            b"{".to_vec(),
+            b"{\"a\"".to_vec(),
+            b"{\"a\":".to_vec(),
+            br#"{"a":"\"}"#.to_vec(),
+            br#"{"a":"\"#.to_vec(),
+            br#"{"a":"\q"}"#.to_vec(),
+            br#"{"a":"\u12"}"#.to_vec(),
+            br#"{"a":"\u12G4"}"#.to_vec(),
+            br#"{"a":"\U0041"}"#.to_vec(),
+            br#"{"\ud800":1}"#.to_vec(),
+            br#"{"\udc00\ud800":1}"#.to_vec(),
+            b"{\"a\":01}".to_vec(),
+            b"{\"a\":-01}".to_vec(),
+            b"{\"a\":00}".to_vec(),
+            b"{\"a\":-}".to_vec(),
+            b"{\"a\":1.}".to_vec(),
+            b"{\"a\":1.e5}".to_vec(),
+            b"{\"a\":1e}".to_vec(),
+            b"{\"a\":1e+}".to_vec(),
+            b"{\"a\":.5}".to_vec(),
+            b"{\"a\":+1}".to_vec(),
+            b"{\"a\":1x}".to_vec(),
+            b"{\"a\":0x10}".to_vec(),
+            b"{\"a\":\"\x00\"}".to_vec(),
+            b"{\"a\":\"\x01\"}".to_vec(),
+            b"{\"a\":\"\x1f\"}".to_vec(),
+            b"{\"a\":\"\t\"}".to_vec(),
+            b"{\"a\x0a\":1}".to_vec(),
+            b"{\"a\":\"\xff\"}".to_vec(),
+            b"{\"a\":\"\xc0\x80\"}".to_vec(),
+            b"{\"a\":\"\xed\xa0\x80\"}".to_vec(),
+            b"{\"a\":\"\xe2\x82\"}".to_vec(),
+            b"{\"a\":1}\xff".to_vec(),
+            b"{\"a\":1,}".to_vec(),
+            b"{\"a\":[1,]}".to_vec(),
+            b"{\"a\":{\"b\":1,}}".to_vec(),
+            b"{,}".to_vec(),
+            b"{\"a\" 1}".to_vec(),
+            b"{\"a\":}".to_vec(),
+            b"{\"a\":1 \"b\":2}".to_vec(),
+            b"{\"a\":[1 2]}".to_vec(),
+            b"{\"a\":[1}".to_vec(),
+            b"{\"a\":{\"b\":1]}".to_vec(),
+            b"{\"a\":[]]}".to_vec(),
+            b"{\"a\":1]".to_vec(),
+            b"{\"a\":{\"b\"]}".to_vec(),
+            b"{1:2}".to_vec(),
+            b"{'a':1}".to_vec(),
+            b"{\"a\":tru}".to_vec(),
+            b"{\"a\":nul}".to_vec(),
+            b"{\"a\":True}".to_vec(),
+            b"{\"a\":truee}".to_vec(),
+            b"{\"a\":1}\x0c".to_vec(),
+            b"\x0c{}".to_vec(),
+            deep(129, "[", "", "]").into_bytes(),
+            deep(129, "{\"a\":", "1", "}").into_bytes(),
+            deep(300, "[", "", "]").into_bytes(),
+            deep(64, "[{\"a\":", "[[]]", "}]").into_bytes(),
+        ];
+        for raw in &accepted {
+            assert!(
+                index(raw).is_ok(),
+                "refused {:?}",
+                String::from_utf8_lossy(raw)
+            );
+            agrees_with_serde_json(raw).unwrap();
+        }
+        for raw in &refused {
+            assert!(
+                index(raw).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(raw)
+            );
+            agrees_with_serde_json(raw).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_captured_event_agrees_with_serde_json() {
+        let lines: Vec<&str> = auditflow_testkit::events::audit_log_lines().collect();
+        assert_eq!(lines.len(), 245);
+        for line in lines {
+            assert!(index(line.as_bytes()).is_ok());
+            agrees_with_serde_json(line.as_bytes()).unwrap();
+        }
+    }
+
+    /// A JSON string's text, quotes included: serialised by serde_json, or written by hand
+    /// with every kind of escape (lone surrogates and bad escapes among them).
+    fn json_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>().prop_map(|text| serde_json::to_string(&text).unwrap()),
+            "[a-z]{0,12}".prop_map(|text| format!("\"{text}\"")),
+            r#"([a-zé€😀 ~]|\\[\\"/bfnrt]|\\u[0-9a-fA-F]{4}|\\u[dD][89abAB][0-9a-fA-F]{2}|\\[a-z])*"#
+                .prop_map(|text| format!("\"{text}\"")),
+        ]
+    }
+
+    /// A number's text, valid or nearly so.
+    fn json_number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| serde_json::to_string(&n).unwrap()),
+            r"[-+]?(0|[1-9][0-9]{0,3}|0[0-9]|\.)?(\.[0-9]{0,2})?([eE][-+]?[0-9]{0,2})?",
+        ]
+    }
+
+    /// A JSON value's text, with random whitespace between tokens.
+    fn json_text() -> impl Strategy<Value = String> {
+        let space = prop::sample::select(vec!["", "", "", " ", "\t", "\n  ", "\r\n"]);
+        let leaf = prop_oneof![
+            json_string(),
+            json_number(),
+            prop::sample::select(vec!["true", "false", "null"]).prop_map(str::to_owned),
+        ];
+        leaf.prop_recursive(8, 64, 6, move |inner| {
+            let member = (space.clone(), json_string(), space.clone(), inner.clone())
+                .prop_map(|(s1, key, s2, value)| format!("{s1}{key}{s2}:{s1}{value}{s2}"));
+            prop_oneof![
+                prop::collection::vec((space.clone(), inner), 0..6).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(s, v)| format!("{s}{v}{s}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+                prop::collection::vec(member, 0..6)
+                    .prop_map(|members| format!("{{{}}}", members.join(","))),
+            ]
+        })
+    }
+
+    /// An object's text: either hand-assembled (duplicate keys, odd escapes and numbers,
+    /// whitespace) or a random `serde_json::Value` serialised compactly and pretty.
+    fn json_object() -> impl Strategy<Value = String> {
+        let value = any::<u8>()
+            .prop_map(|_| ())
+            .prop_flat_map(|()| json_value());
+        prop_oneof![
+            prop::collection::vec((json_string(), json_text()), 0..8).prop_map(|members| {
+                let members: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }),
+            value
+                .clone()
+                .prop_map(|map| serde_json::to_string(&map).unwrap()),
+            value.prop_map(|map| serde_json::to_string_pretty(&map).unwrap()),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        let value = leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((any::<String>(), inner), 0..8)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        });
+        prop::collection::vec((any::<String>(), value), 0..8)
+            .prop_map(|members| Value::Object(members.into_iter().collect()))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Replace(prop::sample::Index, u8),
+        Insert(prop::sample::Index, u8),
+        Delete(prop::sample::Index),
+        Truncate(prop::sample::Index),
+        /// Replaces one of the bytes that give JSON its structure with another.
+        Restructure(prop::sample::Index, u8),
+    }
+
+    const STRUCTURE: &[u8] = b"{}[]:,\"\\";
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        // Bytes that matter to JSON more often than chance would pick them.
+        let byte = prop_oneof![
+            any::<u8>(),
+            prop::sample::select(
+                b"{}[]:,\"\\/ \t\n0123456789-+.eEtfnu\x00\x1f\x7f\x80\xc3\xff".to_vec()
+            ),
+        ];
+        prop_oneof![
+            (any::<prop::sample::Index>(), byte.clone())
+                .prop_map(|(at, b)| Mutation::Replace(at, b)),
+            (any::<prop::sample::Index>(), byte).prop_map(|(at, b)| Mutation::Insert(at, b)),
+            any::<prop::sample::Index>().prop_map(Mutation::Delete),
+            any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+            (
+                any::<prop::sample::Index>(),
+                prop::sample::select(STRUCTURE)
+            )
+                .prop_map(|(at, b)| Mutation::Restructure(at, b)),
+        ]
+    }
+
+    fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+        for mutation in mutations {
+            if bytes.is_empty() {
+                break;
+            }
+            match mutation {
+                Mutation::Replace(at, byte) => {
+                    let at = at.index(bytes.len());
+                    bytes[at] = *byte;
+                }
+                Mutation::Insert(at, byte) => bytes.insert(at.index(bytes.len() + 1), *byte),
+                Mutation::Delete(at) => {
+                    bytes.remove(at.index(bytes.len()));
+                }
+                Mutation::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+                Mutation::Restructure(at, byte) => {
+                    let structure: Vec<usize> = (0..bytes.len())
+                        .filter(|&i| STRUCTURE.contains(&bytes[i]))
+                        .collect();
+                    if !structure.is_empty() {
+                        bytes[structure[at.index(structure.len())]] = *byte;
+                    }
+                }
+            }
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn random_objects_agree_with_serde_json(text in json_object()) {
+            agrees_with_serde_json(text.as_bytes())?;
+        }
+
+        #[test]
+        fn random_values_are_refused_at_the_top_like_serde_json(text in json_text()) {
+            agrees_with_serde_json(text.as_bytes())?;
+        }
+
+        #[test]
+        fn mutated_objects_agree_with_serde_json(
+            text in json_object(),
+            mutations in prop::collection::vec(mutation(), 1..4),
+        ) {
+            agrees_with_serde_json(&mutate(text.into_bytes(), &mutations))?;
+        }
+
+        #[test]
+        fn mutated_captured_events_agree_with_serde_json(
+            line in prop::sample::select(auditflow_testkit::events::audit_log_lines().collect::<Vec<_>>()),
+            mutations in prop::collection::vec(mutation(), 1..4),
+        ) {
+            agrees_with_serde_json(&mutate(line.as_bytes().to_vec(), &mutations))?;
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! - [`batch`]: the unit that flows between components, with its finalizers.
 //! - [`finalize`]: end-to-end acknowledgements (`Delivered` / `Errored` / `Rejected`).
 //! - [`framing`]: splitting a byte stream into newline-delimited records.
+//! - [`decode`]: request bodies and message payloads (EventList, array, NDJSON) into
+//!   events that share the body's bytes; used by the webhook and kafka sources.
+//! - `scan`: the validating JSON scanner behind [`Event::from_bytes`](event::Event::from_bytes).
+//! - [`condition`]: the expression language of `filter`, `sample` and `redact`.
 //! - [`channel`]: the bounded channel between components, which is the backpressure.
 //! - [`component`]: the traits plugins implement and the contexts they run in.
 //!
@@ -19,16 +23,18 @@ pub mod batch;
 pub mod channel;
 pub mod component;
 pub mod condition;
+pub mod decode;
 pub mod event;
 pub mod finalize;
 pub mod framing;
+mod scan;
 
 pub use batch::Batch;
 pub use channel::Output;
 pub use component::{
     BuildContext, BuildError, ComponentError, ComponentKind, NoTelemetry, Shutdown,
-    ShutdownTrigger, Sink, SinkConfig, SinkContext, Source, SourceConfig, SourceContext,
-    Telemetry, Transform, TransformConfig, Validate,
+    ShutdownTrigger, Sink, SinkConfig, SinkContext, Source, SourceConfig, SourceContext, Telemetry,
+    Transform, TransformConfig, Validate,
 };
 pub use event::{DecodeError, Event};
 pub use finalize::{BatchNotifier, BatchReceiver, BatchStatus, Finalizer, Finalizers};

@@ -25,6 +25,9 @@ pub struct AuditGenerator {
     cast: Cast,
     library: Option<Library>,
     state: State,
+    detached: bool,
+    /// The reused write buffer of detached events.
+    scratch: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -158,6 +161,8 @@ impl AuditGenerator {
         AuditGenerator {
             cast,
             library,
+            detached: false,
+            scratch: Vec::new(),
             state: State {
                 rng,
                 profile,
@@ -183,7 +188,11 @@ impl AuditGenerator {
             Span(usize, usize),
             Ready(Bytes),
         }
-        let mut buffer = Vec::with_capacity(max_bytes.min(256 * 1024) + 64 * 1024);
+        let mut buffer = match self.detached {
+            true => std::mem::take(&mut self.scratch),
+            false => Vec::with_capacity(max_bytes.min(256 * 1024) + 64 * 1024),
+        };
+        buffer.clear();
         let mut slots = Vec::with_capacity(max_events.min(4096));
         // Bytes of released later stages, which live in their own buffers.
         let mut released = 0;
@@ -208,14 +217,37 @@ impl AuditGenerator {
             }
             left = left.map(|left| left - 1);
         }
-        let buffer = Bytes::from(buffer);
-        slots
-            .into_iter()
-            .map(|slot| match slot {
-                Slot::Span(start, end) => buffer.slice(start..end),
-                Slot::Ready(bytes) => bytes,
-            })
-            .collect()
+        if self.detached {
+            let events = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Slot::Span(start, end) => Bytes::copy_from_slice(&buffer[start..end]),
+                    Slot::Ready(bytes) => bytes,
+                })
+                .collect();
+            self.scratch = buffer;
+            events
+        } else {
+            let buffer = Bytes::from(buffer);
+            slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Slot::Span(start, end) => buffer.slice(start..end),
+                    Slot::Ready(bytes) => bytes,
+                })
+                .collect()
+        }
+    }
+
+    /// Gives every event its own allocation instead of a slice of its batch's buffer.
+    ///
+    /// Slices are cheaper (one allocation per batch) but any event kept downstream keeps
+    /// its whole batch alive: at a paced rate, where batches are small and a sampled
+    /// sidecar keeps one event in ten for a second or so, that would make the memory
+    /// figure the generator's rather than the pipeline's.
+    pub fn detach_events(mut self, detached: bool) -> AuditGenerator {
+        self.detached = detached;
+        self
     }
 }
 

@@ -13,8 +13,10 @@
 //! (a user object, a resource path) and templates with holes are copied into one buffer
 //! per batch, and each event is a slice of it handed to [`Event::from_bytes`]. The source
 //! has to outrun every pipeline it feeds, so it must cost far less per byte than the
-//! parsing it is there to measure. Randomness comes from one seeded [`StdRng`]
-//! (ChaCha12) and the clock is virtual, so a seed gives byte-identical output.
+//! parsing it is there to measure. (At a paced rate each event gets its own copy instead,
+//! so that the few events a sampled pipeline keeps do not hold whole batches in memory.)
+//! Randomness comes from one seeded [`StdRng`] (ChaCha12) and the clock is virtual, so a
+//! seed gives byte-identical output.
 //!
 //! [`StdRng`]: rand::rngs::StdRng
 
@@ -88,7 +90,9 @@ impl SourceConfig for GeneratorConfig {
         };
         tracing::info!(component_id = %cx.id, seed, profile = ?self.profile, "generator seeded");
         Ok(Box::new(GeneratorSource {
-            generator: AuditGenerator::new(self.profile, seed, start_us),
+            // Paced batches are small and long-lived downstream: see `detach_events`.
+            generator: AuditGenerator::new(self.profile, seed, start_us)
+                .detach_events(self.rate_per_sec.is_some()),
             count: self.count.map(NonZeroU64::get),
             rate_per_sec: self.rate_per_sec.map(NonZeroU64::get),
         }))

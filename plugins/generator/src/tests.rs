@@ -83,6 +83,19 @@ fn output_does_not_depend_on_batch_sizes() {
 }
 
 #[test]
+fn detached_events_are_the_same_bytes() {
+    let sliced = events(Profile::Metadata, 4, 3000);
+    let mut generator =
+        AuditGenerator::new(Profile::Metadata, 4, SEEDED_START_US).detach_events(true);
+    let mut detached = Vec::new();
+    while detached.len() < 3000 {
+        let left = 3000 - detached.len() as u64;
+        detached.extend(generator.next_events(50, MAX_BATCH_BYTES, Some(left)));
+    }
+    assert!(sliced == detached);
+}
+
+#[test]
 fn events_have_the_api_servers_shape() {
     for profile in [Profile::Metadata, Profile::RequestResponse] {
         for bytes in events(profile, 1, 4000) {

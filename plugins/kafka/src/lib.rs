@@ -6,9 +6,9 @@
 //! librdkafka's; this crate only ties them to auditflow's batches and acknowledgements.
 //!
 //! # Layout
-//! - [`source`]: the consumer group member, its rebalance hooks, backpressure by pausing.
+//! - [`source`]: the consumer group member, its rebalance hooks, backpressure by pausing;
+//!   payloads are split into events by [`auditflow_core::decode`], shared with `webhook`.
 //! - [`offsets`]: which offsets may be committed, from out-of-order acknowledgements.
-//! - [`decoding`]: message payloads into events (`json`, `event_list`, `ndjson`).
 //! - [`sink`]: the idempotent producer, acknowledging batches from delivery reports.
 //!
 //! # The one design decision
@@ -18,7 +18,6 @@
 //! When the pipeline is full the source pauses its partitions and keeps polling, so it
 //! stays in the group instead of being evicted for not polling.
 
-pub mod decoding;
 pub mod offsets;
 pub mod sink;
 pub mod source;
@@ -28,7 +27,7 @@ use std::collections::BTreeMap;
 use rdkafka::ClientConfig;
 
 pub use sink::{Compression, KafkaSinkConfig};
-pub use source::{AutoOffsetReset, KafkaSourceConfig};
+pub use source::{AutoOffsetReset, Decoding, KafkaSourceConfig};
 
 /// A librdkafka configuration from the options every kafka component shares; the
 /// `librdkafka_options` passthrough goes last so that it can override anything.

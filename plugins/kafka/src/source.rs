@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::channel::Closed;
+use auditflow_core::decode::{decode_into, Decoded, Shape};
 use auditflow_core::{
-    Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, Event, Output,
-    Source, SourceConfig, SourceContext, Telemetry, Validate,
+    Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, Output, Source,
+    SourceConfig, SourceContext, Telemetry, Validate,
 };
+use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -36,7 +38,6 @@ use rdkafka::ClientConfig;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::decoding::Decoding;
 use crate::offsets::{BatchOffsets, OffsetTracker, Partition, Span};
 
 /// How long a revoked partition waits for its in-flight batches before it is given up.
@@ -79,6 +80,29 @@ pub enum AutoOffsetReset {
     Earliest,
     /// Only messages produced after the group joined.
     Latest,
+}
+
+/// How a message's payload holds events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoding {
+    /// One JSON event per message (what the `kafka` sink writes).
+    #[default]
+    Json,
+    /// A Kubernetes `EventList` (`{"items":[...]}`), as the webhook backend sends it.
+    EventList,
+    /// Newline-delimited JSON events; blank lines are ignored.
+    Ndjson,
+}
+
+impl Decoding {
+    fn shape(self) -> Shape {
+        match self {
+            Decoding::Json => Shape::Event,
+            Decoding::EventList => Shape::EventList,
+            Decoding::Ndjson => Shape::Ndjson,
+        }
+    }
 }
 
 fn default_commit_interval_ms() -> u64 {
@@ -539,7 +563,8 @@ struct Reader {
     id: String,
     decoding: Decoding,
     telemetry: Arc<dyn Telemetry>,
-    events: Vec<Event>,
+    /// The batch's events (and the current message's malformed records).
+    decoded: Decoded,
     bytes: usize,
     /// Messages of the batch per partition (malformed ones included: they are committed).
     spans: Vec<Span>,
@@ -554,7 +579,7 @@ impl Reader {
             id,
             decoding,
             telemetry,
-            events: Vec::new(),
+            decoded: Decoded::default(),
             bytes: 0,
             spans: Vec::new(),
             read_events: 0,
@@ -567,7 +592,7 @@ impl Reader {
     }
 
     fn is_full(&self) -> bool {
-        self.events.len() >= MAX_BATCH_EVENTS || self.bytes >= MAX_BATCH_BYTES
+        self.decoded.events.len() >= MAX_BATCH_EVENTS || self.bytes >= MAX_BATCH_BYTES
     }
 
     fn push(&mut self, message: KafkaResult<rdkafka::message::BorrowedMessage<'_>>) {
@@ -581,23 +606,23 @@ impl Reader {
         };
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let payload = message.payload();
-        let before = self.events.len();
-        let malformed = self.decoding.decode(payload, &mut self.events);
-        let decoded = self.events.len() - before;
+        let before = self.decoded.events.len();
+        let malformed = self.decode(payload);
+        let decoded = self.decoded.events.len() - before;
         let payload_len = payload.map_or(0, <[u8]>::len);
         self.bytes += payload_len;
         self.read_bytes += payload_len;
         self.read_events += decoded;
-        if let Some(malformed) = malformed {
-            self.read_events += malformed.count;
-            self.telemetry.discarded("malformed", malformed.count);
+        if let Some((count, error)) = malformed {
+            self.read_events += count;
+            self.telemetry.discarded("malformed", count);
             tracing::warn!(
                 component_id = %self.id,
                 topic,
                 partition,
                 offset,
-                events = malformed.count,
-                error = %malformed.error,
+                events = count,
+                %error,
                 "skipping malformed kafka message content"
             );
         }
@@ -615,6 +640,23 @@ impl Reader {
         }
     }
 
+    /// Appends the payload's events to the batch; returns how many records (events, or the
+    /// whole message) were not events, and the first problem.
+    fn decode(&mut self, payload: Option<&[u8]>) -> Option<(usize, String)> {
+        let Some(payload) = payload.filter(|payload| !payload.is_empty()) else {
+            return Some((1, "the message has no payload".into()));
+        };
+        // The one copy out of librdkafka's buffer: every event is a slice of it.
+        let payload = Bytes::copy_from_slice(payload);
+        if let Err(refused) = decode_into(&payload, self.decoding.shape(), &mut self.decoded) {
+            return Some((1, refused.0));
+        }
+        let first = self.decoded.malformed.first()?.to_string();
+        let count = self.decoded.malformed.len();
+        self.decoded.malformed.clear();
+        Some((count, first))
+    }
+
     /// Sends the batch; returns the send when it has to wait for room.
     fn flush(&mut self, out: &Output, shared: &Arc<Shared>) -> Option<SendFuture> {
         if self.read_events > 0 || self.read_bytes > 0 {
@@ -627,7 +669,7 @@ impl Reader {
         let offsets = shared.lock().register(&self.spans);
         self.spans.clear();
         self.bytes = 0;
-        let events = std::mem::take(&mut self.events);
+        let events = std::mem::take(&mut self.decoded.events);
         if events.is_empty() {
             // Nothing but malformed messages: skipped, so their offsets are done.
             acknowledge(shared, &offsets, BatchStatus::Delivered, &self.id);
@@ -672,4 +714,61 @@ fn acknowledge(shared: &Shared, offsets: &BatchOffsets, status: BatchStatus, id:
     }
     drop(tracker);
     shared.acknowledged.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use auditflow_core::NoTelemetry;
+
+    use super::*;
+
+    fn reader(decoding: Decoding) -> Reader {
+        Reader::new("kafka".into(), decoding, Arc::new(NoTelemetry))
+    }
+
+    fn ids(reader: &Reader) -> Vec<&str> {
+        let events = &reader.decoded.events;
+        events.iter().filter_map(|e| e.get_str("auditID")).collect()
+    }
+
+    #[test]
+    fn a_message_without_payload_is_one_malformed_record() {
+        let mut reader = reader(Decoding::Json);
+        let expected = Some((1, "the message has no payload".to_owned()));
+        assert_eq!(reader.decode(None), expected);
+        assert_eq!(reader.decode(Some(b"")), expected);
+        assert!(reader.decoded.events.is_empty());
+    }
+
+    #[test]
+    fn each_bad_item_counts_and_the_first_is_named() {
+        let mut reader = reader(Decoding::EventList);
+        let payload = br#"{"kind":"EventList","items":[{"auditID":"a"},7,"x",{"auditID":"b"}]}"#;
+        let (count, error) = reader.decode(Some(payload)).unwrap();
+        assert_eq!(count, 2);
+        assert!(error.starts_with("items[1]: "), "{error}");
+        // Even when not one item is an event: every item is counted, nothing refused.
+        assert_eq!(reader.decode(Some(br#"{"items":[1,2,3]}"#)).unwrap().0, 3);
+
+        let mut lines = self::reader(Decoding::Ndjson);
+        let payload = b"{\"auditID\":\"c\"}\n\n{oops\n{\"auditID\":\"d\"}";
+        let (count, error) = lines.decode(Some(payload)).unwrap();
+        assert_eq!(count, 1);
+        assert!(error.starts_with("line 3: "), "{error}");
+        assert_eq!(ids(&reader), ["a", "b"]);
+        assert_eq!(ids(&lines), ["c", "d"]);
+    }
+
+    #[test]
+    fn messages_accumulate_into_one_batch() {
+        let mut reader = reader(Decoding::Json);
+        assert_eq!(reader.decode(Some(br#"{"auditID":"a"}"#)), None);
+        assert_eq!(
+            reader.decode(Some(b"[1,2]")).map(|(count, _)| count),
+            Some(1)
+        );
+        assert_eq!(reader.decode(Some(b"{\"auditID\":\"b\"}\n")), None);
+        assert_eq!(ids(&reader), ["a", "b"]);
+        assert!(reader.decoded.malformed.is_empty());
+    }
 }

@@ -10,8 +10,8 @@
 //! # Layout
 //! - this module: the options ([`WebhookConfig`]), their checks, and the build step, which
 //!   loads certificates and tokens and binds the listener (so a busy port is a config error).
-//! - [`server`]: the accept loop, TLS, and the request handler.
-//! - [`decode`]: a request body into events (`EventList`, one `Event`, an array, NDJSON).
+//! - [`server`]: the accept loop, TLS, and the request handler; bodies are split into
+//!   events by [`auditflow_core::decode`], which the `kafka` source shares.
 //! - `tls`: the rustls server configuration (ring; mTLS when `client_ca_file` is set).
 //!
 //! # The one design decision
@@ -20,7 +20,6 @@
 //! server sent it and no event is copied or re-serialised. The buffer is what memory is
 //! bounded by: a byte budget (4 × `max_body_bytes`) shared by every request in flight.
 
-pub mod decode;
 pub mod server;
 mod tls;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use auditflow_core::decode::{decode, Decoded, Shape};
 use auditflow_core::{
     Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, Event, Output, Source,
     SourceContext, Telemetry,
@@ -29,7 +30,6 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::decode::{self, Format};
 use crate::TokenDigest;
 
 /// What a 503 asks the client to wait, in seconds.
@@ -324,7 +324,7 @@ impl State {
             )
             .with_header(header::ALLOW, "POST"));
         }
-        let format = content_type(&request.headers)?;
+        let shape = content_type(&request.headers)?;
         let gzip = content_encoding(&request.headers)?;
         let declared = self.declared_length(&request.headers)?;
 
@@ -345,7 +345,7 @@ impl State {
 
         let body_len = body.len();
         let decoded = if body_len > INLINE_DECODE_BYTES {
-            tokio::task::spawn_blocking(move || decode::decode(&body, format))
+            tokio::task::spawn_blocking(move || decode(&body, shape))
                 .await
                 .map_err(|error| {
                     Reply::error(
@@ -354,9 +354,9 @@ impl State {
                     )
                 })?
         } else {
-            decode::decode(&body, format)
+            decode(&body, shape)
         };
-        let decoded = match decoded {
+        let decoded = match decoded.and_then(Decoded::require_events) {
             Ok(decoded) => decoded,
             Err(refused) => {
                 self.telemetry.received(0, body_len);
@@ -646,9 +646,9 @@ fn permits_for(bytes: usize) -> u32 {
 }
 
 /// `Content-Type`: JSON (or none at all) or NDJSON; anything else can never succeed.
-fn content_type(headers: &HeaderMap) -> Result<Format, Reply> {
+fn content_type(headers: &HeaderMap) -> Result<Shape, Reply> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(Format::Json);
+        return Ok(Shape::Json);
     };
     let media = value
         .to_str()
@@ -658,9 +658,9 @@ fn content_type(headers: &HeaderMap) -> Result<Format, Reply> {
         .unwrap_or("")
         .trim();
     if media.eq_ignore_ascii_case("application/json") || media.is_empty() {
-        Ok(Format::Json)
+        Ok(Shape::Json)
     } else if media.eq_ignore_ascii_case("application/x-ndjson") {
-        Ok(Format::Ndjson)
+        Ok(Shape::Ndjson)
     } else {
         Err(Reply::error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

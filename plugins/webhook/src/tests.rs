@@ -4,11 +4,9 @@ use std::sync::Arc;
 use auditflow_core::channel;
 use auditflow_core::{BatchStatus, NoTelemetry, Output, Shutdown, SourceContext};
 use auditflow_testkit::events::WEBHOOK_EVENT_LIST;
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::*;
-use crate::decode::{decode, Format, Malformed};
 
 fn config(yaml_like: serde_json::Value) -> WebhookConfig {
     serde_json::from_value(yaml_like).expect("valid options")
@@ -26,104 +24,6 @@ fn items_of(list: &str) -> Vec<String> {
         .iter()
         .map(|item| item.get().to_owned())
         .collect()
-}
-
-#[test]
-fn an_event_list_from_kube_apiserver_becomes_its_items_byte_for_byte() {
-    let body = Bytes::from_static(WEBHOOK_EVENT_LIST.as_bytes());
-    let decoded = decode(&body, Format::Json).unwrap();
-    let expected = items_of(WEBHOOK_EVENT_LIST);
-    assert!(expected.len() > 10);
-    assert_eq!(decoded.events.len(), expected.len());
-    assert!(decoded.malformed.is_empty());
-    for (event, item) in decoded.events.iter().zip(&expected) {
-        assert_eq!(event.raw().as_ref(), item.as_bytes());
-        // Shares the body: no copy per event.
-        assert!(body.as_ptr_range().contains(&event.raw().as_ptr()));
-    }
-}
-
-#[test]
-fn v1beta1_lists_single_events_arrays_and_ndjson_are_accepted() {
-    let a = r#"{"auditID":"a","verb":"get"}"#;
-    let b = r#"{"auditID":"b","verb":"list"}"#;
-    let cases = [
-        (
-            format!(
-                r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1beta1","items":[{a},{b}]}}"#
-            ),
-            Format::Json,
-            2,
-        ),
-        (
-            r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"a","verb":"get"}"#
-                .to_owned(),
-            Format::Json,
-            1,
-        ),
-        (format!(" [{a}, {b}] \n"), Format::Json, 2),
-        (format!("{a}\n\n{b}\r\n"), Format::Ndjson, 2),
-        (format!("{a}\n{b}\n"), Format::Json, 2),
-    ];
-    for (body, format, count) in cases {
-        let decoded = decode(&Bytes::from(body.clone()), format).unwrap();
-        assert_eq!(decoded.events.len(), count, "{body}");
-        assert!(decoded.malformed.is_empty(), "{body}");
-    }
-}
-
-#[test]
-fn items_that_are_not_objects_are_skipped_with_their_index() {
-    let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a"},17,{"auditID":"b"},"x"]}"#;
-    let decoded = decode(&Bytes::from_static(body.as_bytes()), Format::Json).unwrap();
-    assert_eq!(decoded.events.len(), 2);
-    assert_eq!(
-        decoded.malformed,
-        vec![
-            Malformed {
-                location: "items[1]".into(),
-                reason: "expected an object, found a number".into()
-            },
-            Malformed {
-                location: "items[3]".into(),
-                reason: "expected an object, found a string".into()
-            },
-        ]
-    );
-}
-
-#[test]
-fn bodies_without_any_event_are_refused_saying_where() {
-    let refused = |body: &str, format| decode(&Bytes::from(body.to_owned()), format).unwrap_err().0;
-    assert_eq!(
-        refused(r#"{"kind":"EventList","items":[1]}"#, Format::Json),
-        "items[0]: expected an object, found a number"
-    );
-    assert_eq!(
-        refused(r#"{"kind":"EventList","items":[1,null,2]}"#, Format::Json),
-        "items[0]: expected an object, found a number (and 2 more items that are not events)"
-    );
-    assert_eq!(
-        refused(r#"{"kind":"Pod","apiVersion":"v1"}"#, Format::Json),
-        "apiVersion: expected audit.k8s.io/v1 or audit.k8s.io/v1beta1, found \"v1\""
-    );
-    assert_eq!(
-        refused(r#"{"kind":"Pod"}"#, Format::Json),
-        "kind: expected \"EventList\" or \"Event\", found \"Pod\""
-    );
-    assert!(refused(r#"{"kind":"EventList","items":{}}"#, Format::Json).starts_with("items: "));
-    let syntax = refused(r#"{"kind":"EventList","items":[{"a":}]}"#, Format::Json);
-    assert!(
-        syntax.contains("not JSON") && syntax.contains("column"),
-        "{syntax}"
-    );
-    assert!(refused("hello", Format::Json).starts_with("not JSON"));
-    assert!(refused("  \n", Format::Json).starts_with("the body is empty"));
-    assert!(refused("nope\n", Format::Ndjson).starts_with("line 1: "));
-    // One good line is enough for the others to go on.
-    let mixed = decode(&Bytes::from_static(b"{\"a\":1}\nnope\n"), Format::Ndjson).unwrap();
-    assert_eq!(mixed.events.len(), 1);
-    assert_eq!(mixed.malformed[0].location, "line 2");
 }
 
 #[test]
