@@ -3,15 +3,13 @@
 //! The crypto provider is named explicitly (ring) rather than taken from the process
 //! default, so that another crate enabling a second provider cannot make this panic.
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::Path;
 use std::sync::Arc;
 
 use auditflow_core::BuildError;
+use auditflow_tls::{read_certs, read_key, root_store};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::TlsOptions;
@@ -30,7 +28,7 @@ pub fn check(options: &TlsOptions) -> Vec<BuildError> {
             if let Err(error) = read_certs(cert, "tls.cert_file") {
                 errors.push(error);
             }
-            if let Err(error) = read_key(key) {
+            if let Err(error) = read_key(key, "tls.key_file") {
                 errors.push(error);
             }
         }
@@ -72,7 +70,10 @@ pub fn client_config(options: &TlsOptions) -> Result<ClientConfig, BuildError> {
     };
     match (&options.cert_file, &options.key_file) {
         (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(read_certs(cert, "tls.cert_file")?, read_key(key)?)
+            .with_client_auth_cert(
+                read_certs(cert, "tls.cert_file")?,
+                read_key(key, "tls.key_file")?,
+            )
             .map_err(|error| {
                 BuildError::field(
                     "tls.key_file",
@@ -88,18 +89,10 @@ pub fn client_config(options: &TlsOptions) -> Result<ClientConfig, BuildError> {
 }
 
 fn roots(options: &TlsOptions) -> Result<RootCertStore, BuildError> {
-    let mut roots = RootCertStore::empty();
     if let Some(path) = &options.ca_file {
-        for cert in read_certs(path, "tls.ca_file")? {
-            roots.add(cert).map_err(|error| {
-                BuildError::field(
-                    "tls.ca_file",
-                    format!("{}: unusable certificate: {error}", path.display()),
-                )
-            })?;
-        }
-        return Ok(roots);
+        return root_store(path, "tls.ca_file");
     }
+    let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(native.certs);
     if added == 0 {
@@ -113,41 +106,6 @@ fn roots(options: &TlsOptions) -> Result<RootCertStore, BuildError> {
         ));
     }
     Ok(roots)
-}
-
-fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, BuildError> {
-    let file = File::open(path).map_err(|error| {
-        BuildError::field(field, format!("cannot read {}: {error}", path.display()))
-    })?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| {
-            BuildError::field(field, format!("{}: invalid PEM: {error}", path.display()))
-        })?;
-    if certs.is_empty() {
-        return Err(BuildError::field(
-            field,
-            format!("{}: no CERTIFICATE found in the PEM file", path.display()),
-        ));
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, BuildError> {
-    let field = "tls.key_file";
-    let file = File::open(path).map_err(|error| {
-        BuildError::field(field, format!("cannot read {}: {error}", path.display()))
-    })?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|error| {
-            BuildError::field(field, format!("{}: invalid PEM: {error}", path.display()))
-        })?
-        .ok_or_else(|| {
-            BuildError::field(
-                field,
-                format!("{}: no PRIVATE KEY found in the PEM file", path.display()),
-            )
-        })
 }
 
 /// `insecure_skip_verify`: any certificate is accepted, but the handshake signatures are
