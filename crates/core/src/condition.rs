@@ -26,7 +26,7 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Number, Value};
 
-use crate::event::Event;
+use crate::event::{Event, RawLookup};
 
 /// A condition that failed to parse: where (1-based column, in characters) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,31 +186,102 @@ impl Expr {
             Expr::Or(parts) => parts.iter().any(|part| part.eval(event)),
             Expr::And(parts) => parts.iter().all(|part| part.eval(event)),
             Expr::Not(inner) => !inner.eval(event),
-            Expr::Test(path, test) => match test {
-                Test::Compare(Op::Eq, literal) => path.any(event, |v| literal.equals(v)),
-                Test::Compare(Op::Ne, literal) => !path.any(event, |v| literal.equals(v)),
-                Test::Compare(op, literal) => path.any(event, |value| {
-                    literal.order(value).is_some_and(|ordering| match op {
-                        Op::Lt => ordering == Ordering::Less,
-                        Op::Le => ordering != Ordering::Greater,
-                        Op::Gt => ordering == Ordering::Greater,
-                        Op::Ge => ordering != Ordering::Less,
-                        Op::Eq | Op::Ne => unreachable!("handled above"),
-                    })
-                }),
-                Test::In(literals) => {
-                    path.any(event, |value| literals.iter().any(|l| l.equals(value)))
-                }
-                Test::Matches(regex) => path.any(event, |value| {
-                    value.as_str().is_some_and(|s| regex.is_match(s))
-                }),
-                Test::Exists => path.exists(event),
+            // A nested path in an unchanged field is found in the field's bytes and only
+            // the value at its end is read: `responseStatus.code` on every event must not
+            // build the whole `responseStatus`.
+            Expr::Test(path, test) => match event.raw_path(&path.segments) {
+                RawLookup::Found(raw) => test
+                    .eval_raw(raw)
+                    .unwrap_or_else(|| test.eval_parsed(path, event)),
+                RawLookup::Missing => test.eval_missing(),
+                RawLookup::Unavailable => test.eval_parsed(path, event),
             },
         }
     }
 }
 
+impl Test {
+    /// The test on the values `path` leads to, through the parsed top-level field.
+    fn eval_parsed(&self, path: &Path, event: &Event) -> bool {
+        match self {
+            Test::Exists => path.exists(event),
+            test => test.eval_any(&mut |f| path.any(event, f)),
+        }
+    }
+
+    /// The test when the path leads nowhere: only `!=` holds.
+    fn eval_missing(&self) -> bool {
+        matches!(self, Test::Compare(Op::Ne, _))
+    }
+
+    /// The test on the JSON bytes the path leads to; `None` when serde_json would not
+    /// read them (they are then read the parsed way, which decides).
+    fn eval_raw(&self, raw: &[u8]) -> Option<bool> {
+        if let Test::Exists = self {
+            // As in `Path::exists`: the value itself, an array not looked into.
+            return Some(raw != b"null");
+        }
+        if let [b'"', body @ .., b'"'] = raw {
+            if !body.contains(&b'\\') {
+                // No escapes: the bytes are the string, no need to build it.
+                return Some(self.eval_str(std::str::from_utf8(body).ok()?));
+            }
+        }
+        let value: Value = serde_json::from_slice(raw).ok()?;
+        Some(self.eval_any(&mut |f| walk(&value, &[], true, f)))
+    }
+
+    /// The test on one string value.
+    fn eval_str(&self, value: &str) -> bool {
+        match self {
+            Test::Compare(Op::Eq, literal) => literal.as_str() == Some(value),
+            Test::Compare(Op::Ne, literal) => literal.as_str() != Some(value),
+            Test::Compare(op, literal) => op.accepts(literal.as_str().map(|l| value.cmp(l))),
+            Test::In(literals) => literals.iter().any(|l| l.as_str() == Some(value)),
+            Test::Matches(regex) => regex.is_match(value),
+            Test::Exists => true,
+        }
+    }
+
+    /// The test given `any`, which says whether a predicate holds for any of the values
+    /// the path leads to. Not for `exists`, which does not look into arrays.
+    fn eval_any(&self, any: &mut AnyValue<'_>) -> bool {
+        match self {
+            Test::Compare(Op::Eq, literal) => any(&mut |v| literal.equals(v)),
+            Test::Compare(Op::Ne, literal) => !any(&mut |v| literal.equals(v)),
+            Test::Compare(op, literal) => any(&mut |v| op.accepts(literal.order(v))),
+            Test::In(literals) => any(&mut |v| literals.iter().any(|l| l.equals(v))),
+            Test::Matches(regex) => any(&mut |v| v.as_str().is_some_and(|s| regex.is_match(s))),
+            Test::Exists => unreachable!("`exists` is evaluated on its own"),
+        }
+    }
+}
+
+/// Whether a predicate holds for any of the values a path leads to.
+type AnyValue<'a> = dyn FnMut(&mut dyn FnMut(&Value) -> bool) -> bool + 'a;
+
+impl Op {
+    /// Whether an ordering test holds, given how the value orders against the literal.
+    fn accepts(self, ordering: Option<Ordering>) -> bool {
+        ordering.is_some_and(|ordering| match self {
+            Op::Lt => ordering == Ordering::Less,
+            Op::Le => ordering != Ordering::Greater,
+            Op::Gt => ordering == Ordering::Greater,
+            Op::Ge => ordering != Ordering::Less,
+            Op::Eq => ordering == Ordering::Equal,
+            Op::Ne => ordering != Ordering::Equal,
+        })
+    }
+}
+
 impl Literal {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Literal::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
     fn equals(&self, value: &Value) -> bool {
         match (self, value) {
             (Literal::Null, Value::Null) => true,
@@ -891,5 +962,232 @@ mod tests {
             Path::parse("user.groups").unwrap().first(&e),
             Some(&Value::String("qa-team".into()))
         );
+    }
+
+    /// The condition evaluated the way it was before the raw route: every test through
+    /// the parsed top-level field.
+    fn parsed_only(expr: &Expr, event: &Event) -> bool {
+        match expr {
+            Expr::Or(parts) => parts.iter().any(|part| parsed_only(part, event)),
+            Expr::And(parts) => parts.iter().all(|part| parsed_only(part, event)),
+            Expr::Not(inner) => !parsed_only(inner, event),
+            Expr::Test(path, test) => test.eval_parsed(path, event),
+        }
+    }
+
+    const PATHS: &[&str] = &[
+        "a.b",
+        "a.c",
+        "a.b.c",
+        "a.x",
+        r#"a."0""#,
+        r#"a."b""#,
+        "a.b.d.e",
+        "responseStatus.code",
+        "responseStatus.metadata",
+        "responseStatus.status",
+        r#"annotations."auditflow.io/denial""#,
+        r#"annotations."authorization.k8s.io/decision""#,
+        "user.username",
+        "user.groups",
+        "user.extra",
+        "objectRef.resource",
+        "objectRef.namespace",
+        "requestObject.metadata.name",
+        "requestObject.spec",
+        "responseObject.kind",
+        "verb.x",
+    ];
+
+    const TESTS: &[&str] = &[
+        "== 1",
+        "== 2",
+        "!= 1",
+        ">= 2",
+        "< 400",
+        ">= 400",
+        "== 403.0",
+        r#"== "x""#,
+        r#"!= "x""#,
+        r#"> "m""#,
+        r#"<= "m""#,
+        r#"== "x\"y""#,
+        r#"in [1, "x", null, true, "forbid"]"#,
+        r#"matches "^s""#,
+        r#"matches "o""#,
+        "exists",
+        "== null",
+        "!= null",
+        "== true",
+    ];
+
+    /// Asserts that the raw route and the parsed route agree on every path and test,
+    /// on `event` as it is and with its top-level fields already parsed.
+    fn assert_routes_agree(event: &Event) {
+        for path in PATHS {
+            for test in TESTS {
+                let text = format!("{path} {test}");
+                let condition = Condition::parse(&text).unwrap();
+                let fresh = event.clone();
+                let raw = condition.matches(&fresh);
+                let parsed = parsed_only(&condition.expr, &event.clone());
+                assert_eq!(raw, parsed, "`{text}` on {event:?}");
+                // Once parsed (the top-level field cached), the answer is the same.
+                assert_eq!(
+                    condition.matches(&fresh),
+                    raw,
+                    "`{text}` cached on {event:?}"
+                );
+            }
+        }
+    }
+
+    const TRICKY: &[&str] = &[
+        r#"{"a":{"b":1,"c":"x"}}"#,
+        r#"{"a":{"b":1,"b":2}}"#,
+        r#"{"a":{"b":2,"b":1}}"#,
+        r#"{"a":{"b":1},"a":{"c":"x"}}"#,
+        r#"{"a":{"\u0062":2}}"#,
+        r#"{"a":{"b":1,"\u0062":2}}"#,
+        r#"{"a":{"b\"":2,"b":1}}"#,
+        r#"{"a":{"b":1,"c":1e400}}"#,
+        r#"{"a":{"b":1,"c":{"d":[1e400]}}}"#,
+        r#"{"a":{"b":1,"c":2e2}}"#,
+        r#"{"a":{"b":1,"c":"\ud800"}}"#,
+        r#"{"a":{"b":1,"c":"\ud83d\ude00"}}"#,
+        r#"{"a":{"b":"x\"y"}}"#,
+        r#"{"a":{"b":"s\u00b5"}}"#,
+        r#"{"a":{"b":"sun"}}"#,
+        r#"{"a":{"b":"µs"}}"#,
+        r#"{"a":{"b":null,"c":true}}"#,
+        r#"{"a":{"b":[1,"x",null],"c":[]}}"#,
+        r#"{"a":{"b":[],"c":{}}}"#,
+        r#"{"a":{"b":{"c":"x","d":{"e":1}}}}"#,
+        r#"{"a":{"b":{"c":null}}}"#,
+        r#"{"a":[{"b":1},{"b":2}]}"#,
+        r#"{"a":{"0":"x"}}"#,
+        r#"{"a":["x"]}"#,
+        r#"{"a":5}"#,
+        r#"{"a":"str"}"#,
+        r#"{"a":null}"#,
+        r#"{"a":{}}"#,
+        r#"{"a":1e400}"#,
+        r#"{ "a" : { "b" : 1 , "c" : [ 1 , { "d" : "x" } ] } , "verb" : "get" }"#,
+        r#"{"a":{"b":-0.5,"c":12345678901234567890123}}"#,
+        r#"{"a":{"b":9007199254740993}}"#,
+        r#"{"\u0061":{"b":1}}"#,
+    ];
+
+    #[test]
+    fn raw_and_parsed_routes_agree_on_tricky_objects() {
+        for text in TRICKY {
+            assert_routes_agree(&event(text));
+        }
+    }
+
+    #[test]
+    fn raw_and_parsed_routes_agree_on_captured_and_edited_events() {
+        let mut found = 0;
+        // The testkit's events are of the other build of this crate: decode them here.
+        for captured in auditflow_testkit::events::audit_log_events() {
+            let event = Event::from_bytes(captured.raw().clone()).unwrap();
+            assert_routes_agree(&event);
+            if let RawLookup::Found(_) = event.raw_path(&["responseStatus", "code"]) {
+                found += 1;
+            }
+            let text = String::from_utf8(event.raw().to_vec()).unwrap();
+            let edits = [
+                // A duplicate wins over the original.
+                text.replace(r#""code":"#, r#""code":404,"code":"#),
+                text.replace(r#""code":"#, r#""code":"x","code":"#),
+                text.replace(r#""code":"#, r#""cod\u0065":1,"code":"#),
+                // An escaped key that means the sought one: the parsed route decides.
+                text.replace(
+                    r#""annotations":{"#,
+                    r#""annotations":{"auditflow.io\/denial":"x","#,
+                ),
+                text.replace(r#""annotations":{"#, r#""annotations":{"z":1e400,"#),
+                text.replace(
+                    r#""responseStatus":{"#,
+                    r#""responseStatus":{"s":"\udc00","#,
+                ),
+            ];
+            for edited in edits {
+                assert_routes_agree(&super::tests::event(&edited));
+            }
+            // A changed field takes the parsed route.
+            let mut changed = event.clone();
+            changed
+                .annotations_mut()
+                .insert("auditflow.io/denial".into(), "x".into());
+            assert_routes_agree(&changed);
+        }
+        // The raw route is the one taken on the captured events.
+        assert!(found > 200, "{found}");
+    }
+
+    #[test]
+    fn the_raw_route_finds_nested_members_without_parsing() {
+        let e = event(r#"{"a":{"b":{"c":"x"},"b":{"c":[1]}},"d":[{"e":1}]}"#);
+        assert_eq!(
+            e.raw_path(&["a", "b", "c"]),
+            RawLookup::Found(b"[1]".as_slice())
+        );
+        assert_eq!(e.raw_path(&["a", "x"]), RawLookup::Missing);
+        assert_eq!(e.raw_path(&["z", "x"]), RawLookup::Missing);
+        assert_eq!(e.raw_path(&["d", "e"]), RawLookup::Unavailable);
+        assert_eq!(e.raw_path(&["a"]), RawLookup::Unavailable);
+        let escaped = event(r#"{"a":{"\u0062":1}}"#);
+        assert_eq!(escaped.raw_path(&["a", "b"]), RawLookup::Unavailable);
+        // Reading the field caches it; the parsed value is then the cheaper route.
+        e.get("a");
+        assert_eq!(e.raw_path(&["a", "x"]), RawLookup::Unavailable);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn raw_and_parsed_routes_agree_on_random_objects(text in object(3)) {
+            assert_routes_agree(&event(&format!(r#"{{"a":{text},"verb":{text}}}"#)));
+        }
+    }
+
+    /// JSON objects over a few keys (escaped, duplicated) and awkward values.
+    fn object(depth: u32) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("1".to_owned()),
+            Just("2".to_owned()),
+            Just("403".to_owned()),
+            Just("1e400".to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just(r#""x""#.to_owned()),
+            Just(r#""x\"y""#.to_owned()),
+            Just(r#""sun""#.to_owned()),
+            Just(r#""\ud800""#.to_owned()),
+            Just(r#"[1,"x"]"#.to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+        ];
+        let key = prop_oneof![
+            Just("b"),
+            Just("c"),
+            Just("d"),
+            Just("0"),
+            Just(r#"\u0062"#),
+            Just(r#"b\""#),
+        ];
+        if depth == 0 {
+            return leaf.boxed();
+        }
+        let value = prop_oneof![leaf, object(depth - 1)];
+        let members = proptest::collection::vec((key, value), 0..5).prop_map(|members| {
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(k, v)| format!(r#""{k}":{v}"#))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        });
+        prop_oneof![members.clone(), members.prop_map(|m| format!("[{m}]"))].boxed()
     }
 }

@@ -83,6 +83,17 @@ enum Slot {
     Owned(Value),
 }
 
+/// What [`Event::raw_path`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawLookup<'a> {
+    /// The final value's JSON bytes.
+    Found(&'a [u8]),
+    /// Nothing at the path; [`Event::get_path`] finds nothing either.
+    Missing,
+    /// The bytes cannot answer cheaply: use the parsed value.
+    Unavailable,
+}
+
 impl Event {
     /// Decodes one JSON object. The bytes are kept and shared, not copied.
     ///
@@ -144,6 +155,52 @@ impl Event {
             Slot::Span { start, end, .. } => Some(&self.raw[*start as usize..*end as usize]),
             Slot::Owned(_) => None,
         }
+    }
+
+    /// The raw JSON bytes at a path of object keys (`["responseStatus", "code"]`) inside
+    /// an unchanged top-level field, found without parsing the field: only the final
+    /// value is left for the caller to read, however large the objects around it.
+    ///
+    /// Agrees with [`Event::get_path`]: duplicate keys read the last one, and a field that
+    /// `get` reads as absent (it holds a number out of range) reads as
+    /// [`RawLookup::Unavailable`]. Anything the bytes cannot settle cheaply (a path of one
+    /// key, a changed or already-parsed field, a key with escapes, an array on the way)
+    /// is `Unavailable` too, and the caller takes the parsed route.
+    pub fn raw_path<S: AsRef<str>>(&self, path: &[S]) -> RawLookup<'_> {
+        let Some((first, rest)) = path.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+            // A top-level field alone: `get` reads it as cheaply, and caches it.
+            return RawLookup::Unavailable;
+        };
+        let Some(field) = self.field(first.as_ref()) else {
+            return RawLookup::Missing;
+        };
+        let (mut value, parsed) = match &field.value {
+            Slot::Span { start, end, parsed } => {
+                (&self.raw[*start as usize..*end as usize], parsed)
+            }
+            Slot::Owned(_) => return RawLookup::Unavailable,
+        };
+        if parsed.get().is_some() {
+            // Already parsed: walking the value is cheaper than scanning the bytes.
+            return RawLookup::Unavailable;
+        }
+        for (i, key) in rest.iter().enumerate() {
+            match value.first() {
+                Some(b'{') => {}
+                Some(b'[') => return RawLookup::Unavailable,
+                // A scalar has no members; the parsed route finds nothing either, as
+                // long as the field parses at all, which the scan of the levels above
+                // settled for everything but the top-level value itself.
+                _ if i == 0 => return RawLookup::Unavailable,
+                _ => return RawLookup::Missing,
+            }
+            match scan::find_member(value, key.as_ref().as_bytes()) {
+                scan::Lookup::Found(range) => value = &value[range],
+                scan::Lookup::Missing => return RawLookup::Missing,
+                scan::Lookup::Unsure => return RawLookup::Unavailable,
+            }
+        }
+        RawLookup::Found(value)
     }
 
     /// A top-level field, parsed on first access.

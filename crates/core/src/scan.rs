@@ -458,6 +458,151 @@ impl fmt::Display for Found {
     }
 }
 
+/// What [`find_member`] found in an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// The value of the last member with the key (last wins, as in serde_json's `Map`).
+    Found(Range<usize>),
+    /// No member has the key.
+    Missing,
+    /// The bytes cannot answer for the parsed value: a key has escapes (it might unescape
+    /// to the one sought), or the object holds something serde_json refuses to parse as a
+    /// `Value` (a lone surrogate escape, a number out of range), which makes the whole
+    /// value unreadable. The caller parses instead.
+    Unsure,
+}
+
+/// Finds the member `key` (no escapes) of the object that starts at `object[0]` (leading
+/// whitespace allowed), input that [`index_object`] already validated. Nothing is
+/// re-validated; malformed input reads as [`Lookup::Unsure`] rather than panicking.
+///
+/// Every member is stepped over, so that a later duplicate wins and anything unparseable
+/// anywhere in the object is noticed, but nothing is built.
+pub(crate) fn find_member(object: &[u8], key: &[u8]) -> Lookup {
+    find_member_inner(object, key).unwrap_or(Lookup::Unsure)
+}
+
+fn find_member_inner(input: &[u8], key: &[u8]) -> Option<Lookup> {
+    let mut pos = skip_blank(input, 0);
+    if *input.get(pos)? != b'{' {
+        return None;
+    }
+    let mut found = Lookup::Missing;
+    pos = skip_blank(input, pos + 1);
+    if *input.get(pos)? == b'}' {
+        return Some(found);
+    }
+    loop {
+        if *input.get(pos)? != b'"' {
+            return None;
+        }
+        let key_start = pos + 1;
+        let (key_end, escaped) = skip_string(input, key_start)?;
+        if escaped {
+            return Some(Lookup::Unsure);
+        }
+        pos = skip_blank(input, key_end);
+        if *input.get(pos)? != b':' {
+            return None;
+        }
+        let value_start = skip_blank(input, pos + 1);
+        let value_end = skip_value(input, value_start)?;
+        if &input[key_start..key_end - 1] == key {
+            found = Lookup::Found(value_start..value_end);
+        }
+        pos = skip_blank(input, value_end);
+        match *input.get(pos)? {
+            b',' => pos = skip_blank(input, pos + 1),
+            b'}' => return Some(found),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_blank(input: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Steps over a validated string whose opening quote is just before `pos`: the position
+/// after its closing quote and whether it has escapes. `None` for a lone surrogate escape
+/// (serde_json refuses to parse it) or a missing closing quote.
+fn skip_string(input: &[u8], mut pos: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        pos = skip_ordinary(input, pos);
+        match *input.get(pos)? {
+            b'"' => return Some((pos + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                if input.get(pos + 1) == Some(&b'u')
+                    && matches!(input.get(pos + 2), Some(b'd' | b'D'))
+                    && matches!(
+                        input.get(pos + 3),
+                        Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+                    )
+                {
+                    // A surrogate: serde_json accepts only a well-formed pair; leave
+                    // the call to it.
+                    return None;
+                }
+                pos += 2;
+            }
+            _ => pos += 1,
+        }
+    }
+}
+
+/// Steps over a validated value starting at `pos`, returning where it ends. `None` for
+/// what serde_json may refuse as a `Value` (see [`skip_string`], [`skip_number`]).
+fn skip_value(input: &[u8], mut pos: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    loop {
+        match *input.get(pos)? {
+            b'"' => pos = skip_string(input, pos + 1)?.0,
+            b'{' | b'[' => {
+                depth += 1;
+                pos += 1;
+                continue;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                pos += 1;
+            }
+            b'-' | b'0'..=b'9' => pos = skip_number(input, pos)?,
+            b't' | b'n' => pos += 4,
+            b'f' => pos += 5,
+            _ => {
+                // Separators and whitespace inside a container.
+                if depth == 0 {
+                    return None;
+                }
+                pos += 1;
+                continue;
+            }
+        }
+        if depth == 0 {
+            return Some(pos);
+        }
+    }
+}
+
+/// Steps over a validated number. `None` for one with an exponent or over 100 characters:
+/// those may be out of `f64`'s range, which serde_json refuses; the caller parses.
+fn skip_number(input: &[u8], pos: usize) -> Option<usize> {
+    let len = input[pos..]
+        .iter()
+        .take_while(|b| matches!(b, b'-' | b'+' | b'.' | b'0'..=b'9' | b'e' | b'E'))
+        .count();
+    let number = &input[pos..pos + len];
+    if len > 100 || number.iter().any(|b| matches!(b, b'e' | b'E')) {
+        return None;
+    }
+    Some(pos + len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
