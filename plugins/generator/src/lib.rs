@@ -40,6 +40,23 @@ use tokio::time::Instant;
 
 pub use audit::AuditGenerator;
 
+/// `count` events of `profile` made from `seed`, for benchmarks and tests of other
+/// components that want realistic volume (a RequestResponse mix with large objects).
+pub fn generated_events(profile: Profile, seed: u64, count: usize) -> Vec<auditflow_core::Event> {
+    let mut generator = AuditGenerator::new(profile, seed, SEEDED_START_US);
+    let mut events = Vec::with_capacity(count);
+    while events.len() < count {
+        let left = (count - events.len()) as u64;
+        for bytes in generator.next_events(count - events.len(), 4 << 20, Some(left)) {
+            events.push(
+                auditflow_core::Event::from_bytes(bytes)
+                    .expect("the generator writes JSON objects"),
+            );
+        }
+    }
+    events
+}
+
 /// Generates realistic Kubernetes audit events.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -1,17 +1,28 @@
-//! `sample` over the real capture (a Metadata-level mix), in batches of its 245 events.
+//! `sample` over the real capture (a Metadata-level mix, 245 events) and over 245 generated
+//! RequestResponse-level events with large objects.
 //! One iteration is the whole capture: events/s = 245 / time per iteration.
 
 use std::sync::Arc;
 
 use auditflow_core::{Batch, NoTelemetry, Transform};
+use auditflow_generator::{generated_events, Profile};
 use auditflow_sample::{Sample, SampleConfig};
 use auditflow_testkit::events::audit_log_events;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn bench(c: &mut Criterion) {
-    let events = audit_log_events();
+    let request_response = generated_events(Profile::RequestResponse, 1, 245);
+    for (mix, events) in [
+        ("metadata", audit_log_events()),
+        ("request_response", request_response),
+    ] {
+        bench_mix(c, mix, events);
+    }
+}
+
+fn bench_mix(c: &mut Criterion, mix: &str, events: Vec<auditflow_core::Event>) {
     let bytes: usize = events.iter().map(|e| e.raw().len()).sum();
-    let mut group = c.benchmark_group("sample");
+    let mut group = c.benchmark_group(format!("sample/{mix}"));
     group.throughput(Throughput::Bytes(bytes as u64));
     for rate in [10u64, 100] {
         let config: SampleConfig =
