@@ -81,6 +81,12 @@ enum Slot {
         parsed: OnceLock<Option<Value>>,
     },
     Owned(Value),
+    /// New JSON bytes given by a transform that edited part of the value
+    /// ([`Event::set_raw_field`]): written verbatim, parsed on first read.
+    Raw {
+        bytes: Bytes,
+        parsed: OnceLock<Option<Value>>,
+    },
 }
 
 /// What [`Event::raw_path`] found.
@@ -153,6 +159,7 @@ impl Event {
     pub fn raw_field(&self, key: &str) -> Option<&[u8]> {
         match &self.field(key)?.value {
             Slot::Span { start, end, .. } => Some(&self.raw[*start as usize..*end as usize]),
+            Slot::Raw { bytes, .. } => Some(bytes),
             Slot::Owned(_) => None,
         }
     }
@@ -178,6 +185,7 @@ impl Event {
             Slot::Span { start, end, parsed } => {
                 (&self.raw[*start as usize..*end as usize], parsed)
             }
+            Slot::Raw { bytes, parsed } => (&bytes[..], parsed),
             Slot::Owned(_) => return RawLookup::Unavailable,
         };
         if parsed.get().is_some() {
@@ -234,16 +242,23 @@ impl Event {
         self.modified = true;
         let raw = &self.raw;
         let slot = &mut self.fields[index].value;
-        if let Slot::Span { start, end, parsed } = slot {
-            let value = match parsed.take() {
+        let value = match slot {
+            Slot::Span { start, end, parsed } => Some(match parsed.take() {
                 Some(cached) => cached,
                 None => serde_json::from_slice(&raw[*start as usize..*end as usize]).ok(),
-            };
+            }),
+            Slot::Raw { bytes, parsed } => Some(match parsed.take() {
+                Some(cached) => cached,
+                None => serde_json::from_slice(bytes).ok(),
+            }),
+            Slot::Owned(_) => None,
+        };
+        if let Some(value) = value {
             *slot = Slot::Owned(value?);
         }
         match slot {
             Slot::Owned(value) => Some(value),
-            Slot::Span { .. } => None,
+            Slot::Span { .. } | Slot::Raw { .. } => None,
         }
     }
 
@@ -270,6 +285,78 @@ impl Event {
                 .into_inner()
                 .flatten()
                 .or_else(|| serde_json::from_slice(&self.raw[start as usize..end as usize]).ok()),
+            Slot::Raw { bytes, parsed } => parsed
+                .into_inner()
+                .flatten()
+                .or_else(|| serde_json::from_slice(&bytes).ok()),
+        }
+    }
+
+    /// Sets a top-level field to `raw`, JSON bytes written out verbatim (replacing the
+    /// field in place, or appending it). This is how a transform that edits part of a
+    /// value (a secret inside a string) keeps every other byte of it as it came: it
+    /// splices the value's [`Event::raw_field`] bytes and gives them back here.
+    ///
+    /// `raw` must be one valid JSON value: it is not checked (a debug build asserts it),
+    /// and invalid bytes would make the event invalid JSON downstream.
+    pub fn set_raw_field(&mut self, key: &str, raw: Bytes) {
+        debug_assert!(
+            serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok(),
+            "set_raw_field({key}) given invalid JSON"
+        );
+        let slot = Slot::Raw {
+            bytes: raw,
+            parsed: OnceLock::new(),
+        };
+        self.modified = true;
+        match self.position(key) {
+            Some(index) => self.fields[index].value = slot,
+            None => self.fields.push(Field {
+                key: Key::Owned(key.into()),
+                value: slot,
+            }),
+        }
+    }
+
+    /// Adds (or replaces) one annotation, `annotations[key] = value`, without touching
+    /// the bytes of the other annotations: the new member is spliced into the object as
+    /// it came. `annotations` is created when absent, and replaced by an object holding
+    /// only this annotation when it is not an object (kube-apiserver always writes an
+    /// object or nothing).
+    pub fn add_annotation(&mut self, key: &str, value: &str) {
+        let member_value = Value::String(value.to_owned());
+        let current = self
+            .position("annotations")
+            .map(|index| &self.fields[index].value);
+        let raw_object = match current {
+            Some(Slot::Span { start, end, .. }) => Some(&self.raw[*start as usize..*end as usize]),
+            Some(Slot::Raw { bytes, .. }) => Some(&bytes[..]),
+            Some(Slot::Owned(Value::Object(_))) => None,
+            Some(Slot::Owned(_)) | None => {
+                let mut map = Map::new();
+                map.insert(key.to_owned(), member_value);
+                self.insert("annotations", Value::Object(map));
+                return;
+            }
+        };
+        let Some(object) = raw_object else {
+            if let Some(Value::Object(map)) = self.get_mut("annotations") {
+                map.insert(key.to_owned(), member_value);
+            }
+            return;
+        };
+        match splice_member(object, key, &member_value) {
+            Some(spliced) => self.set_raw_field("annotations", Bytes::from(spliced)),
+            None => {
+                // Not an object, or a key whose escapes the byte search cannot settle:
+                // go through the parsed value (which reformats the annotations).
+                let mut map = match self.get("annotations") {
+                    Some(Value::Object(map)) => map.clone(),
+                    _ => Map::new(),
+                };
+                map.insert(key.to_owned(), member_value);
+                self.insert("annotations", Value::Object(map));
+            }
         }
     }
 
@@ -325,6 +412,7 @@ impl Event {
                 Slot::Span { start, end, .. } => {
                     out.extend_from_slice(&self.raw[*start as usize..*end as usize])
                 }
+                Slot::Raw { bytes, .. } => out.extend_from_slice(bytes),
                 Slot::Owned(value) => write_value(out, value),
             }
         }
@@ -380,9 +468,52 @@ impl Event {
                     serde_json::from_slice(&self.raw[*start as usize..*end as usize]).ok()
                 })
                 .as_ref(),
+            Slot::Raw { bytes, parsed } => parsed
+                .get_or_init(|| serde_json::from_slice(bytes).ok())
+                .as_ref(),
             Slot::Owned(value) => Some(value),
         }
     }
+}
+
+/// `object` (a valid JSON object's bytes) with the member `key` set to `value`: the
+/// existing member's value replaced in place, or the member appended before the closing
+/// brace. `None` when `object` is not an object or holds escaped keys the byte search
+/// cannot compare.
+fn splice_member(object: &[u8], key: &str, value: &Value) -> Option<Vec<u8>> {
+    let mut encoded = Vec::with_capacity(value.as_str().map_or(16, |s| s.len() + 2));
+    write_value(&mut encoded, value);
+    if !key.contains(['"', '\\']) && !key.chars().any(char::is_control) {
+        match scan::find_member(object, key.as_bytes()) {
+            scan::Lookup::Found(range) => {
+                let mut out = Vec::with_capacity(object.len() + encoded.len());
+                out.extend_from_slice(&object[..range.start]);
+                out.extend_from_slice(&encoded);
+                out.extend_from_slice(&object[range.end..]);
+                return Some(out);
+            }
+            scan::Lookup::Missing => {}
+            scan::Lookup::Unsure => return None,
+        }
+    } else {
+        return None;
+    }
+    let close = object.iter().rposition(|&b| b == b'}')?;
+    let has_members = object[..close]
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b != b'{');
+    let mut out = Vec::with_capacity(object.len() + key.len() + encoded.len() + 4);
+    out.extend_from_slice(&object[..close]);
+    if has_members {
+        out.push(b',');
+    }
+    write_value(&mut out, &Value::String(key.to_owned()));
+    out.push(b':');
+    out.extend_from_slice(&encoded);
+    out.extend_from_slice(&object[close..]);
+    Some(out)
 }
 
 impl fmt::Debug for Event {
@@ -501,6 +632,65 @@ mod tests {
             written(&event),
             r#"{"verb":"get","requestURI":"/x?a\u0026b","annotations":{"a":"b","auditflow.io/denial":"rbac"},"responseObject":{"big": [1, 2]}}"#
         );
+    }
+
+    #[test]
+    fn adding_an_annotation_keeps_the_other_annotations_bytes() {
+        let text = r#"{"verb":"get","annotations":{"a":"x\u0026y","n":"12µs" },"z":1.50}"#;
+        let mut event = event(text);
+        event.add_annotation("auditflow.io/denial", "rbac");
+        assert_eq!(
+            written(&event),
+            r#"{"verb":"get","annotations":{"a":"x\u0026y","n":"12µs" ,"auditflow.io/denial":"rbac"},"z":1.50}"#
+        );
+        // Replacing one keeps its neighbours too, and reads back parsed.
+        event.add_annotation("a", "new\"quote");
+        assert_eq!(
+            written(&event),
+            r#"{"verb":"get","annotations":{"a":"new\"quote","n":"12µs" ,"auditflow.io/denial":"rbac"},"z":1.50}"#
+        );
+        assert_eq!(
+            event.get_path(["annotations", "a"]),
+            Some(&json!("new\"quote"))
+        );
+    }
+
+    #[test]
+    fn annotations_are_added_to_empty_absent_and_odd_objects() {
+        for (text, expected) in [
+            (r#"{"annotations":{}}"#, r#"{"annotations":{"k":"v"}}"#),
+            (r#"{"annotations":{ }}"#, r#"{"annotations":{ "k":"v"}}"#),
+            (
+                r#"{"verb":"get"}"#,
+                r#"{"verb":"get","annotations":{"k":"v"}}"#,
+            ),
+            (r#"{"annotations":null}"#, r#"{"annotations":{"k":"v"}}"#),
+            (r#"{"annotations":"x"}"#, r#"{"annotations":{"k":"v"}}"#),
+        ] {
+            let mut event = event(text);
+            event.add_annotation("k", "v");
+            assert_eq!(written(&event), expected, "from {text}");
+        }
+    }
+
+    #[test]
+    fn raw_fields_are_written_verbatim_and_read_parsed() {
+        let mut event = event(r#"{"verb":"get","requestObject":{"n":1}}"#);
+        event.set_raw_field(
+            "requestObject",
+            Bytes::from_static(br#"{"n":123456789012345678901234567890,"m":1.50,"u":"a\u0026b"}"#),
+        );
+        assert_eq!(
+            written(&event),
+            r#"{"verb":"get","requestObject":{"n":123456789012345678901234567890,"m":1.50,"u":"a\u0026b"}}"#
+        );
+        assert_eq!(
+            event.raw_path(&["requestObject", "m"]),
+            RawLookup::Found(b"1.50")
+        );
+        assert_eq!(event.get_path(["requestObject", "u"]), Some(&json!("a&b")));
+        event.set_raw_field("extra", Bytes::from_static(b"[1]"));
+        assert_eq!(event.raw_field("extra"), Some(&b"[1]"[..]));
     }
 
     #[test]
@@ -707,7 +897,7 @@ mod tests {
             };
             match field.value {
                 Slot::Span { start, end, .. } => (key, (start, end)),
-                Slot::Owned(_) => unreachable!("decoding makes spans"),
+                Slot::Owned(_) | Slot::Raw { .. } => unreachable!("decoding makes spans"),
             }
         };
         Some(fields.into_iter().map(project).collect())

@@ -236,21 +236,17 @@ impl RbacDenial {
 
     fn tag(&mut self, event: &mut Event, denial: Denial) {
         self.count(&denial);
-        let annotations = event.annotations_mut();
-        annotations.insert(
-            self.denial_key.clone(),
-            Value::String(denial.class.as_str().to_owned()),
-        );
+        event.add_annotation(&self.denial_key, denial.class.as_str());
         if let Some(reason) = denial.reason {
-            annotations.insert(self.reason_key.clone(), Value::String(reason));
+            event.add_annotation(&self.reason_key, &reason);
         }
         if let Some(rule) = denial.rule {
             // Annotations are map[string]string: the rule travels as compact JSON text.
             let rule = Value::Object(rule).to_string();
-            annotations.insert(self.missing_key.clone(), Value::String(rule));
+            event.add_annotation(&self.missing_key, &rule);
         }
         if let Some(user) = denial.user {
-            annotations.insert(self.user_key.clone(), Value::String(user));
+            event.add_annotation(&self.user_key, &user);
         }
     }
 

@@ -119,10 +119,7 @@ impl Transform for Sample {
             if hash % self.rate != 0 {
                 return false;
             }
-            event.annotations_mut().insert(
-                SAMPLE_RATE_ANNOTATION.to_owned(),
-                Value::String(self.rate_text.clone()),
-            );
+            event.add_annotation(SAMPLE_RATE_ANNOTATION, &self.rate_text);
             true
         });
         let dropped = before - batch.events.len();
