@@ -15,21 +15,72 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `auditflow` binary under test.
+/// The `auditflow` binary under test: `$AUDITFLOW_BIN`, or `target/debug/auditflow`.
+///
+/// # Panics
+/// When `target/debug/auditflow` is missing or older than any source file of the
+/// workspace (`crates/`, `plugins/`, `Cargo.toml`, `Cargo.lock`): the tests would
+/// otherwise pass or fail on code that is no longer there. `scripts/test` builds it
+/// first. A binary named by `$AUDITFLOW_BIN` is taken as it is.
 pub fn auditflow_bin() -> PathBuf {
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(path) = std::env::var_os("AUDITFLOW_BIN") {
         return PathBuf::from(path);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug/auditflow");
-    assert!(
-        path.exists(),
-        "{} does not exist: build it first with `cargo build -p auditflow` (scripts/test does)",
-        path.display()
-    );
-    path
+    CHECKED
+        .get_or_init(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"));
+            let path = target.join("debug/auditflow");
+            let built = std::fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "{}: {error}: build it first with `cargo build -p auditflow` (scripts/test does)",
+                        path.display()
+                    )
+                });
+            let root = repo_root();
+            let mut newest = None;
+            for source in ["crates", "plugins", "Cargo.toml", "Cargo.lock"] {
+                newest_source(&root.join(source), &mut newest);
+            }
+            if let Some((changed, file)) = newest {
+                assert!(
+                    changed <= built,
+                    "{} is older than {}: rebuild it with `cargo build -p auditflow` (scripts/test does) so that the tests run the code as it is",
+                    path.display(),
+                    file.display()
+                );
+            }
+            path
+        })
+        .clone()
+}
+
+/// The most recently modified source file (`.rs`, `.toml`, `.lock`) under `path`.
+fn newest_source(path: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        if path.file_name().is_some_and(|name| name == "target") {
+            return;
+        }
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            newest_source(&entry.path(), newest);
+        }
+        return;
+    }
+    let is_source = path
+        .extension()
+        .is_some_and(|ext| ext == "rs" || ext == "toml" || ext == "lock");
+    if let (true, Ok(modified)) = (is_source, meta.modified()) {
+        if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
+            *newest = Some((modified, path.to_owned()));
+        }
+    }
 }
 
 /// The repository root (for `pipelines/`).
@@ -241,4 +292,47 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         found = Some(found.unwrap_or(0.0) + value);
     }
     found
+}
+
+/// Compares `actual` with the golden file `tests/golden/<name>`, failing the test with a
+/// diff-friendly message when they differ or the file is missing.
+///
+/// A test never rewrites a golden file: the output of a failing comparison is saved to
+/// `target/golden-actual/<name>`, and `scripts/update-goldens` (the one way to accept new
+/// output) copies those over the goldens after showing the diff.
+///
+/// # Panics
+/// When the output differs from the golden file, the golden file is missing, or
+/// `UPDATE_GOLDEN` is set (it rewrote goldens once; a run with it set must not pass).
+pub fn assert_golden(name: &str, actual: &str) {
+    assert!(
+        std::env::var_os("UPDATE_GOLDEN").is_none(),
+        "UPDATE_GOLDEN is set, but tests never rewrite golden files: unset it, run the tests, and accept new output with scripts/update-goldens"
+    );
+    let path = repo_root().join("tests/golden").join(name);
+    let expected = std::fs::read_to_string(&path).ok();
+    if expected.as_deref() == Some(actual) {
+        return;
+    }
+    let saved = repo_root().join("target/golden-actual").join(name);
+    if let Some(parent) = saved.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = std::fs::write(&saved, actual);
+    match expected {
+        None => panic!(
+            "{} is missing; this run printed (saved to {}; scripts/update-goldens accepts it):\n{actual}",
+            path.display(),
+            saved.display()
+        ),
+        Some(expected) => {
+            assert_eq!(
+                actual,
+                expected,
+                "output differs from {} (saved to {}; scripts/update-goldens accepts it)",
+                path.display(),
+                saved.display()
+            );
+        }
+    }
 }

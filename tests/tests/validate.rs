@@ -1,14 +1,15 @@
 //! Golden tests of `auditflow validate`: one bad pipeline per kind of problem, and one with
-//! many at once. The expected output lives in `tests/golden/validate/<case>.txt`;
-//! `UPDATE_GOLDEN=1 cargo nextest run -p auditflow-e2e --test validate` rewrites it.
+//! many at once. The expected output lives in `tests/golden/validate/<case>.txt`.
+//! A differing output fails the test and is saved under `target/golden-actual/`;
+//! `scripts/update-goldens` accepts it.
 //!
 //! The list of known types in "unknown type" messages grows with every plugin, so it is
 //! checked to hold the types these pipelines use and then replaced by `<known types>`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use auditflow_e2e::{auditflow_bin, repo_root, Workspace};
+use auditflow_e2e::{assert_golden, auditflow_bin, Workspace};
 
 /// Runs the binary in `dir` (so that file names in messages are relative) with no
 /// `AUDITFLOW_*` overrides from the test's environment.
@@ -57,10 +58,6 @@ fn normalise_known_types(text: &str) -> String {
         .collect()
 }
 
-fn golden_path(case: &str) -> PathBuf {
-    repo_root().join(format!("tests/golden/validate/{case}.txt"))
-}
-
 /// Writes `files` to a fresh directory, validates them (in order), and compares the
 /// output with the golden file. Invalid pipelines exit 1 and print nothing on stderr.
 fn check(case: &str, files: &[(&str, &str)]) {
@@ -84,24 +81,7 @@ fn check(case: &str, files: &[(&str, &str)]) {
     );
     let actual = normalise_known_types(&stdout);
 
-    let path = golden_path(case);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; this run printed:\n{actual}\n(UPDATE_GOLDEN=1 writes it)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        expected,
-        "{case}: output differs from {}",
-        path.display()
-    );
+    assert_golden(&format!("validate/{case}.txt"), &actual);
 }
 
 const SINK: &str = "sinks:\n  out:\n    type: stdout\n    inputs: [in]\n";
