@@ -1,6 +1,8 @@
-//! `rbac_denial`, `sample` and `filter` in the real binary: the quickstart chain over the
-//! sample log, deterministic across processes, with its metrics; a bad condition refused
-//! with its file, component, option and column.
+//! The transforms in the real binary: `rbac_denial` -> `sample` over the sample log,
+//! keeping exactly the requests the documented hash picks, the same in a second process,
+//! with its metrics; `pipelines/quickstart.yaml` (redact, rbac_denial, filter, sample) doing
+//! what README says it does; a bad condition refused with its file, component, option and
+//! column.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -111,12 +113,23 @@ fn the_quickstart_chain_tags_denials_and_samples_the_rest_the_same_way_twice() {
             e["auditID"].as_str().unwrap().to_owned()
         })
         .collect();
+    // Exactly the requests docs/transforms.md's hash picks (64-bit FNV-1a over the
+    // auditID's bytes, then murmur3's fmix64, kept when it is a multiple of the rate),
+    // computed here independently of the plugin.
+    let expected: BTreeSet<String> = input
+        .iter()
+        .filter(|e| e["responseStatus"]["code"].as_u64() < Some(400))
+        .filter_map(|e| e["auditID"].as_str())
+        .filter(|id| documented_sample_hash(id.as_bytes()) % 10 == 0)
+        .map(str::to_owned)
+        .collect();
     let candidates = input.len() - errors;
     assert!(
-        sampled.len() < candidates / 3,
-        "{} of {candidates}",
+        !sampled.is_empty() && sampled.len() < candidates / 3,
+        "{} of {candidates} kept",
         sampled.len()
     );
+    assert_eq!(sampled, expected, "kept auditIDs");
     let discarded = metric(
         &metrics,
         "auditflow_component_discarded_events_total",
@@ -145,6 +158,136 @@ fn the_quickstart_chain_tags_denials_and_samples_the_rest_the_same_way_twice() {
         .map(|e| e["auditID"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(sampled, sampled_again);
+}
+
+/// The sampling hash as docs/transforms.md documents it.
+fn documented_sample_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for &byte in bytes {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3);
+    }
+    for multiplier in [0xff51afd7ed558ccd_u64, 0xc4ceb9fe1a85ec53] {
+        hash = (hash ^ (hash >> 33)).wrapping_mul(multiplier);
+    }
+    hash ^ (hash >> 33)
+}
+
+/// README's first command, checked against what README says comes out.
+#[test]
+fn the_quickstart_pipeline_does_what_the_readme_says() {
+    let workspace = Workspace::new();
+    let data_dir = workspace.path().join("data");
+    let mut auditflow = Auditflow::spawn(
+        &workspace,
+        &[
+            "run".as_ref(),
+            repo_root().join("pipelines/quickstart.yaml").as_os_str(),
+        ],
+        &[("AUDITFLOW_DATA_DIR", data_dir.to_str().unwrap())],
+    );
+    let lines = auditflow.stdout_lines();
+    let input_text = sample_log();
+    let mut stdin = auditflow.take_stdin();
+    stdin.write_all(input_text.as_bytes()).unwrap();
+    drop(stdin);
+    let status = auditflow.wait_timeout(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", auditflow.stderr());
+    let stderr = auditflow.stderr();
+    assert!(
+        stderr.contains("pipeline started components=6") && stderr.contains("pipeline finished"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("ERROR") && !stderr.contains("WARN"),
+        "{stderr}"
+    );
+    let output: Vec<String> = lines.iter().collect();
+
+    // "Of the 57 sample events, 42 come out."
+    let input: Vec<&str> = input_text.lines().collect();
+    assert_eq!((input.len(), output.len()), (57, 42));
+    let events: Vec<Value> = output
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+
+    // Probes are dropped by the filter.
+    assert!(events.iter().all(|e| !e["requestURI"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("/healthz")));
+
+    // No token or Secret value of the input comes out; [REDACTED] stands where they were.
+    let secrets: Vec<&str> = input_text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .filter(|word| word.starts_with("eyJ") && word.matches('.').count() == 2)
+        .collect();
+    assert!(
+        !secrets.is_empty(),
+        "the sample holds service-account tokens"
+    );
+    for secret in &secrets {
+        assert!(
+            output.iter().all(|line| !line.contains(secret)),
+            "a token leaked"
+        );
+    }
+    for kind in ["TokenReview", "TokenRequest", "Secret"] {
+        let redacted = events.iter().any(|e| {
+            let text = e.to_string();
+            text.contains(&format!("\"kind\":\"{kind}\"")) && text.contains("[REDACTED]")
+        });
+        assert!(redacted, "no {kind} body carries [REDACTED]");
+    }
+
+    // README's denial example, annotations exactly.
+    let bob = events
+        .iter()
+        .find(|e| {
+            e["user"]["username"] == "bob"
+                && e["verb"] == "list"
+                && e["objectRef"]["resource"] == "secrets"
+                && e["objectRef"]["namespace"] == "kube-system"
+                && e["responseStatus"]["code"] == 403
+        })
+        .expect("bob's denied list of secrets comes out");
+    assert_eq!(
+        bob["annotations"],
+        serde_json::json!({
+            "authorization.k8s.io/decision": "forbid",
+            "authorization.k8s.io/reason": "",
+            "auditflow.io/denial": "rbac",
+            "auditflow.io/missing-permission": "{\"verb\":\"list\",\"apiGroup\":\"\",\"resource\":\"secrets\",\"namespace\":\"kube-system\"}",
+            "auditflow.io/denied-user": "bob"
+        })
+    );
+
+    // "Fields nobody changed leave byte for byte as they came": an event no transform
+    // annotated is its input line exactly, and an annotated one keeps every other field.
+    for (line, event) in output.iter().zip(&events) {
+        let original = input
+            .iter()
+            .find(|candidate| {
+                let candidate: Value = serde_json::from_str(candidate).unwrap();
+                candidate["auditID"] == event["auditID"] && candidate["stage"] == event["stage"]
+            })
+            .expect("every output event has its input");
+        if event.get("annotations").is_none_or(|a| {
+            a.as_object()
+                .unwrap()
+                .keys()
+                .all(|key| !key.starts_with("auditflow.io/"))
+        }) {
+            assert_eq!(line, original);
+        } else {
+            let original: Value = serde_json::from_str(original).unwrap();
+            for (key, value) in original.as_object().unwrap() {
+                if key != "annotations" && !line.contains("[REDACTED]") {
+                    assert_eq!(&event[key], value, "{key} changed");
+                }
+            }
+        }
+    }
 }
 
 #[test]
