@@ -993,6 +993,15 @@ impl Source for Tailer {
                         continue;
                     }
                     let (finalizer, receiver) = BatchNotifier::new();
+                    let batch = Batch::with_finalizer(fill.events, finalizer);
+                    // Registered once sent: a batch that shutdown stops before it is sent
+                    // was never in the pipeline, so it is not lost, just not read yet
+                    // (the checkpoint stays before it).
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.wait() => break 'running,
+                        sent = out.send(batch) => sent?,
+                    }
                     let seq = self.push_pending(key, fill.end, None);
                     self.acks.spawn(async move {
                         Ack {
@@ -1001,12 +1010,6 @@ impl Source for Tailer {
                             status: receiver.await,
                         }
                     });
-                    let batch = Batch::with_finalizer(fill.events, finalizer);
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.wait() => break 'running,
-                        sent = out.send(batch) => sent?,
-                    }
                 }
             }
             self.update_lag();
