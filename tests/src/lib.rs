@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 /// The `auditflow` binary under test: `$AUDITFLOW_BIN`, or `target/debug/auditflow`.
 ///
 /// # Panics
-/// When `target/debug/auditflow` is missing or older than any source file of the
-/// workspace (`crates/`, `plugins/`, `Cargo.toml`, `Cargo.lock`): the tests would
-/// otherwise pass or fail on code that is no longer there. `scripts/test` builds it
-/// first. A binary named by `$AUDITFLOW_BIN` is taken as it is.
+/// When `target/debug/auditflow` is missing or older than any source file it was built
+/// from (as listed in cargo's `target/debug/auditflow.d`): the tests would otherwise pass
+/// or fail on code that is no longer there. `scripts/test` builds it first. A binary named
+/// by `$AUDITFLOW_BIN` is taken as it is.
 pub fn auditflow_bin() -> PathBuf {
     static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(path) = std::env::var_os("AUDITFLOW_BIN") {
@@ -41,17 +41,11 @@ pub fn auditflow_bin() -> PathBuf {
                         path.display()
                     )
                 });
-            let root = repo_root();
-            let mut newest = None;
-            for source in ["crates", "plugins", "Cargo.toml", "Cargo.lock"] {
-                newest_source(&root.join(source), &mut newest);
-            }
-            if let Some((changed, file)) = newest {
-                assert!(
-                    changed <= built,
+            if let Some(source) = newer_source(&target.join("debug/auditflow.d"), built) {
+                panic!(
                     "{} is older than {}: rebuild it with `cargo build -p auditflow` (scripts/test does) so that the tests run the code as it is",
                     path.display(),
-                    file.display()
+                    source.display()
                 );
             }
             path
@@ -59,28 +53,31 @@ pub fn auditflow_bin() -> PathBuf {
         .clone()
 }
 
-/// The most recently modified source file (`.rs`, `.toml`, `.lock`) under `path`.
-fn newest_source(path: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return;
-    };
-    if meta.is_dir() {
-        if path.file_name().is_some_and(|name| name == "target") {
-            return;
-        }
-        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
-            newest_source(&entry.path(), newest);
-        }
-        return;
-    }
-    let is_source = path
-        .extension()
-        .is_some_and(|ext| ext == "rs" || ext == "toml" || ext == "lock");
-    if let (true, Ok(modified)) = (is_source, meta.modified()) {
-        if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
-            *newest = Some((modified, path.to_owned()));
+/// A source file named in cargo's dep-info file `dep_info` that changed after `built`.
+fn newer_source(dep_info: &Path, built: std::time::SystemTime) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(dep_info).ok()?;
+    // `target: dep dep ...`, with spaces in paths escaped by a backslash.
+    let (_, deps) = text.lines().next()?.split_once(": ")?;
+    let mut sources = Vec::new();
+    let mut current = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => sources.push(std::mem::take(&mut current)),
+            c => current.push(c),
         }
     }
+    sources.push(current);
+    sources
+        .into_iter()
+        .filter(|source| !source.is_empty())
+        .map(PathBuf::from)
+        .find(|source| {
+            std::fs::metadata(source)
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified > built)
+        })
 }
 
 /// The repository root (for `pipelines/`).

@@ -369,7 +369,10 @@ fn a_clean_shutdown_mid_file_logs_no_error_and_resumes_without_duplicates() {
         tally.wait_distinct(reached + 1, Duration::from_secs(30), &process);
         let stderr = process.stop();
         for level in ["ERROR", "WARN"] {
-            assert!(!stderr.contains(level), "stop {stop} logged {level}:\n{stderr}");
+            assert!(
+                !stderr.contains(level),
+                "stop {stop} logged {level}:\n{stderr}"
+            );
         }
         if tally.distinct() == TOTAL {
             break;

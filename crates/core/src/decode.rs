@@ -25,6 +25,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde_json::value::RawValue;
 
 use crate::event::Event;
+use crate::framing::Frame;
 
 /// What a body is expected to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,9 @@ pub struct Malformed {
     /// `items[17]`, `[3]`, `line 5` or `the body`.
     pub location: String,
     pub reason: String,
+    /// The bounded reason it is counted under: `malformed` or `too_deep`
+    /// ([`crate::DecodeError::reason`]).
+    pub kind: &'static str,
 }
 
 impl fmt::Display for Malformed {
@@ -96,6 +100,13 @@ pub struct Refused(pub String);
 
 const API_VERSIONS: [&str; 2] = ["audit.k8s.io/v1", "audit.k8s.io/v1beta1"];
 
+/// Whether a decoded object is an `EventList` rather than an event: it has `items`, and a
+/// `kind` of `EventList` or none. Audit events never have a top-level `items`.
+pub fn is_event_list(event: &Event) -> bool {
+    event.raw_field("items").is_some()
+        && matches!(event.raw_field("kind"), None | Some(b"\"EventList\""))
+}
+
 /// Splits `body` into events sharing its bytes.
 pub fn decode(body: &Bytes, shape: Shape) -> Result<Decoded, Refused> {
     let mut decoded = Decoded::default();
@@ -106,6 +117,11 @@ pub fn decode(body: &Bytes, shape: Shape) -> Result<Decoded, Refused> {
 /// [`decode`], appending to `decoded` (a batch being filled from many small bodies, say,
 /// without a vector per body). A refused body appends nothing.
 pub fn decode_into(body: &Bytes, shape: Shape, decoded: &mut Decoded) -> Result<(), Refused> {
+    // A UTF-8 byte-order mark (some Windows tools write one) is no part of the JSON.
+    let body = &match body.strip_prefix(b"\xef\xbb\xbf") {
+        Some(rest) => body.slice_ref(rest),
+        None => body.clone(),
+    };
     let Some(first) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
         return Err(Refused(format!(
             "the body is empty: expected {}",
@@ -142,6 +158,8 @@ pub fn decode_into(body: &Bytes, shape: Shape, decoded: &mut Decoded) -> Result<
 fn object(body: &Bytes, shape: Shape, decoded: &mut Decoded) -> Result<(), Refused> {
     let path = Path::default();
     let mut de = serde_json::Deserializer::from_slice(body);
+    // Items may nest as deep as events do (10,000 levels); the scanner checks each one.
+    de.disable_recursion_limit();
     let envelope = match de::Deserializer::deserialize_map(&mut de, EnvelopeVisitor { path: &path })
     {
         Ok(envelope) => envelope,
@@ -149,9 +167,10 @@ fn object(body: &Bytes, shape: Shape, decoded: &mut Decoded) -> Result<(), Refus
     };
     if let Err(error) = de.end() {
         return match shape {
-            // More than one document: objects one after another, as NDJSON.
+            // More than one document: values one after another (NDJSON, or pretty
+            // objects as `jq .` writes them).
             Shape::Json => {
-                lines(body, decoded);
+                stream(body, decoded);
                 Ok(())
             }
             _ => Err(Refused(format!("not JSON after the EventList: {error}"))),
@@ -193,6 +212,7 @@ fn object(body: &Bytes, shape: Shape, decoded: &mut Decoded) -> Result<(), Refus
 fn array(body: &Bytes, decoded: &mut Decoded) -> Result<(), Refused> {
     let path = Path::default();
     let mut de = serde_json::Deserializer::from_slice(body);
+    de.disable_recursion_limit();
     let items = de::Deserializer::deserialize_seq(
         &mut de,
         ItemsVisitor {
@@ -216,6 +236,7 @@ fn items_of(body: &Bytes, items: &[&RawValue], field: &str, decoded: &mut Decode
             decoded.malformed.push(Malformed {
                 location: location(),
                 reason: format!("expected an object, found {}", json_kind(raw)),
+                kind: "malformed",
             });
             continue;
         }
@@ -234,7 +255,61 @@ fn lines(body: &Bytes, decoded: &mut Decoded) {
         if line.is_empty() {
             continue;
         }
-        push_event(decoded, body.slice_ref(line), || format!("line {number}"));
+        push_record(decoded, body.slice_ref(line), || format!("line {number}"));
+    }
+}
+
+/// Values one after another, in any layout.
+fn stream(body: &Bytes, decoded: &mut Decoded) {
+    let mut number = 0;
+    for frame in crate::framing::json_values(body) {
+        number += 1;
+        match frame {
+            Frame::Line { line, .. } => {
+                push_record(decoded, line, || format!("document {number}"));
+            }
+            Frame::Padding { len, .. } => decoded.malformed.push(Malformed {
+                location: format!("document {number}"),
+                reason: format!("{len} NUL bytes"),
+                kind: "malformed",
+            }),
+            Frame::Oversized { .. } => unreachable!("json_values has no size limit"),
+        }
+    }
+}
+
+/// One record of a stream: an event, or an EventList or array whose items are unrolled
+/// (their locations prefixed with the record's).
+fn push_record(decoded: &mut Decoded, raw: Bytes, location: impl Fn() -> String) {
+    if raw.first() != Some(&b'[') {
+        match Event::from_bytes(raw.clone()) {
+            Ok(event) if !is_event_list(&event) => {
+                decoded.events.push(event);
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                decoded.malformed.push(Malformed {
+                    location: location(),
+                    reason: error.to_string(),
+                    kind: error.reason(),
+                });
+                return;
+            }
+        }
+    }
+    let before = decoded.malformed.len();
+    match decode_into(&raw, Shape::Json, decoded) {
+        Ok(()) => {
+            for malformed in &mut decoded.malformed[before..] {
+                malformed.location = format!("{}: {}", location(), malformed.location);
+            }
+        }
+        Err(refused) => decoded.malformed.push(Malformed {
+            location: location(),
+            reason: refused.0,
+            kind: "malformed",
+        }),
     }
 }
 
@@ -244,6 +319,7 @@ fn push_event(decoded: &mut Decoded, raw: Bytes, location: impl FnOnce() -> Stri
         Err(error) => decoded.malformed.push(Malformed {
             location: location(),
             reason: error.to_string(),
+            kind: error.reason(),
         }),
     }
 }
@@ -563,6 +639,76 @@ mod tests {
     }
 
     #[test]
+    fn ndjson_lines_holding_a_list_or_an_array_are_unrolled() {
+        let body = "{\"auditID\":\"a\"}\n\
+            {\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{\"auditID\":\"b\"},3]}\n\
+            [{\"auditID\":\"c\"},{\"auditID\":\"d\"}]\n";
+        for shape in [Shape::Ndjson, Shape::Json] {
+            let (ids, malformed) = audit_ids(body, shape);
+            assert_eq!(ids, ["a", "b", "c", "d"], "{shape:?}");
+            assert_eq!(malformed.len(), 1);
+            assert!(
+                malformed[0].location.ends_with(": items[1]"),
+                "{malformed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pretty_printed_events_one_after_another_are_a_stream() {
+        let body = "{\n  \"auditID\": \"a\",\n  \"n\": 1.50\n}\n{\n  \"auditID\": \"b\"\n}{\"auditID\":\"c\"}";
+        let decoded = decode(&Bytes::from(body), Shape::Json).unwrap();
+        let written: Vec<String> = decoded
+            .events
+            .iter()
+            .map(|e| String::from_utf8(e.to_json_bytes().to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            written,
+            [
+                r#"{"auditID":"a","n":1.50}"#,
+                r#"{"auditID":"b"}"#,
+                r#"{"auditID":"c"}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        for shape in [Shape::Json, Shape::Event, Shape::Ndjson, Shape::EventList] {
+            let body = if shape == Shape::EventList {
+                "\u{feff}{\"items\":[{\"auditID\":\"a\"}]}"
+            } else {
+                "\u{feff}{\"auditID\":\"a\"}"
+            };
+            assert_eq!(audit_ids(body, shape).0, ["a"], "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn items_nested_10_000_levels_deep_are_events_and_deeper_are_too_deep() {
+        let item = |levels: usize| {
+            format!(
+                r#"{{"auditID":"x","o":{}{}}}"#,
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        let body = format!(r#"{{"items":[{},{}]}}"#, item(10_000), item(10_001));
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || {
+                let decoded = decode(&Bytes::from(body), Shape::EventList).unwrap();
+                assert_eq!(decoded.events.len(), 1);
+                assert_eq!(decoded.malformed.len(), 1);
+                assert_eq!(decoded.malformed[0].kind, "too_deep");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
     fn items_that_are_not_objects_are_skipped_with_their_index() {
         let body = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a"},17,{"auditID":"b"},"x"]}"#;
         for shape in [Shape::Json, Shape::EventList] {
@@ -573,11 +719,13 @@ mod tests {
                 vec![
                     Malformed {
                         location: "items[1]".into(),
-                        reason: "expected an object, found a number".into()
+                        reason: "expected an object, found a number".into(),
+                        kind: "malformed",
                     },
                     Malformed {
                         location: "items[3]".into(),
-                        reason: "expected an object, found a string".into()
+                        reason: "expected an object, found a string".into(),
+                        kind: "malformed",
                     },
                 ]
             );
@@ -653,7 +801,7 @@ mod tests {
             ["p"]
         );
         assert!(refused("[1,2]", Shape::Event).contains("object"));
-        assert!(refused("{\"a\":1}\n{\"b\":2}", Shape::Event).contains("trailing"));
+        assert!(refused("{\"a\":1}\n{\"b\":2}", Shape::Event).contains("after the object"));
         assert_eq!(
             refused(" \n", Shape::Event),
             "the body is empty: expected an Event"

@@ -14,7 +14,6 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use serde::de;
 use serde_json::{Map, Value};
 
 use crate::scan::{self, SyntaxError};
@@ -35,6 +34,18 @@ enum Reason {
     /// A key whose escapes do not make a string (a lone surrogate such as `\ud800`).
     #[error("invalid key: {message} at column {column}")]
     Key { message: String, column: usize },
+}
+
+impl DecodeError {
+    /// The bounded reason this input is counted under in
+    /// `auditflow_component_discarded_events_total`: `too_deep` for objects and arrays
+    /// nested deeper than kube-apiserver accepts (10,000 levels), `malformed` otherwise.
+    pub fn reason(&self) -> &'static str {
+        match &self.0 {
+            Reason::Syntax(error) if error.is_too_deep() => "too_deep",
+            _ => "malformed",
+        }
+    }
 }
 
 impl From<serde_json::Error> for DecodeError {
@@ -103,23 +114,26 @@ pub enum RawLookup<'a> {
 impl Event {
     /// Decodes one JSON object. The bytes are kept and shared, not copied.
     ///
-    /// An object spread over several lines is re-serialised compactly once, so that every
-    /// event can be written as one line.
+    /// An object spread over several lines (pretty-printed) is made compact once, so that
+    /// every event can be written as one line: the whitespace between tokens is removed
+    /// and nothing else changes (numbers and escapes keep their spelling).
+    ///
+    /// # Errors
+    /// Anything but one JSON object (RFC 8259), with the position of the problem; see
+    /// [`DecodeError::reason`] for the reason it is counted under.
+    ///
+    /// # Panics
+    /// On an input of 4 GiB or more (sources cut lines and bodies far below that).
     pub fn from_bytes(raw: Bytes) -> Result<Event, DecodeError> {
-        if memchr::memchr2(b'\n', b'\r', &raw).is_some() {
-            let value: Value = serde_json::from_slice(&raw)?;
-            if !value.is_object() {
-                return Err(DecodeError::from(<serde_json::Error as de::Error>::custom(
-                    format!("expected a JSON object, found {}", json_kind(&value)),
-                )));
-            }
-            let compact = serde_json::to_vec(&value)?;
-            return Event::from_bytes(Bytes::from(compact));
-        }
         assert!(
             raw.len() < u32::MAX as usize,
             "an event over 4 GiB cannot be indexed"
         );
+        if memchr::memchr2(b'\n', b'\r', &raw).is_some() {
+            // Validated where it stands, so that errors point into the input as given.
+            index(&raw)?;
+            return Event::from_bytes(Bytes::from(minify(&raw)));
+        }
         let fields = index(&raw)?;
         Ok(Event {
             raw,
@@ -245,11 +259,11 @@ impl Event {
         let value = match slot {
             Slot::Span { start, end, parsed } => Some(match parsed.take() {
                 Some(cached) => cached,
-                None => serde_json::from_slice(&raw[*start as usize..*end as usize]).ok(),
+                None => parse_value(&raw[*start as usize..*end as usize]).ok(),
             }),
             Slot::Raw { bytes, parsed } => Some(match parsed.take() {
                 Some(cached) => cached,
-                None => serde_json::from_slice(bytes).ok(),
+                None => parse_value(bytes).ok(),
             }),
             Slot::Owned(_) => None,
         };
@@ -284,11 +298,11 @@ impl Event {
             Slot::Span { start, end, parsed } => parsed
                 .into_inner()
                 .flatten()
-                .or_else(|| serde_json::from_slice(&self.raw[start as usize..end as usize]).ok()),
+                .or_else(|| parse_value(&self.raw[start as usize..end as usize]).ok()),
             Slot::Raw { bytes, parsed } => parsed
                 .into_inner()
                 .flatten()
-                .or_else(|| serde_json::from_slice(&bytes).ok()),
+                .or_else(|| parse_value(&bytes).ok()),
         }
     }
 
@@ -464,13 +478,9 @@ impl Event {
     fn slot_value<'a>(&'a self, slot: &'a Slot) -> Option<&'a Value> {
         match slot {
             Slot::Span { start, end, parsed } => parsed
-                .get_or_init(|| {
-                    serde_json::from_slice(&self.raw[*start as usize..*end as usize]).ok()
-                })
+                .get_or_init(|| parse_value(&self.raw[*start as usize..*end as usize]).ok())
                 .as_ref(),
-            Slot::Raw { bytes, parsed } => parsed
-                .get_or_init(|| serde_json::from_slice(bytes).ok())
-                .as_ref(),
+            Slot::Raw { bytes, parsed } => parsed.get_or_init(|| parse_value(bytes).ok()).as_ref(),
             Slot::Owned(value) => Some(value),
         }
     }
@@ -531,20 +541,48 @@ impl PartialEq for Event {
     }
 }
 
+/// Parses one JSON value of any depth the decoder accepts (up to 10,000 levels):
+/// serde_json's recursion limit of 128 is lifted, and its stack grown on the heap as it
+/// goes (serde_stacker), so no input can overflow the calling thread's stack while parsing.
+///
+/// # Errors
+/// What serde_json refuses: invalid JSON, trailing characters, a lone surrogate escape, a
+/// number out of `f64` range.
+pub fn parse_value(bytes: &[u8]) -> serde_json::Result<Value> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let value = Value::deserialize(serde_stacker::Deserializer::new(&mut de))?;
+    de.end()?;
+    Ok(value)
+}
+
+/// `raw` (valid JSON) without the whitespace between its tokens. Strings are copied as
+/// they are, escapes and all.
+fn minify(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in raw {
+        if in_string {
+            out.push(byte);
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            in_string = byte == b'"';
+            out.push(byte);
+        }
+    }
+    out
+}
+
 fn write_value(out: &mut Vec<u8>, value: &Value) {
     // Writing a `Value` into a Vec cannot fail: its keys are strings and its numbers finite.
     serde_json::to_writer(out, value).expect("a serde_json::Value always serialises");
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Validates `raw` as one JSON object and indexes its top-level fields.
@@ -763,26 +801,56 @@ mod tests {
             error(br#"{"a":1,"\ud800":2}"#).to_string(),
             "not a JSON object: invalid key: unexpected end of hex escape at column 15"
         );
-        // Objects over several lines still go through serde_json, with its positions.
+        // Objects over several lines: the position as a line and a column.
         assert_eq!(
             error(b"{\n\"a\":\n}").to_string(),
-            "not a JSON object: expected value at line 3 column 1"
+            "not a JSON object: expected a value, found `}` at line 3 column 1"
         );
     }
 
     #[test]
-    fn nesting_128_levels_deep_is_decoded_and_read() {
+    fn nesting_10_000_levels_deep_is_decoded_read_and_written_and_deeper_is_too_deep() {
         let nested = |levels: usize| {
-            let inner = "[".repeat(levels - 1) + &"]".repeat(levels - 1);
+            let inner = "[".repeat(levels - 1) + "\"secret\"" + &"]".repeat(levels - 1);
             format!(r#"{{"verb":"get","deep":{inner}}}"#)
         };
-        let deepest = event(&nested(128));
-        assert!(deepest.get("deep").is_some(), "127 levels parse as a Value");
-        assert_eq!(deepest.get_str("verb"), Some("get"));
-        let error = Event::from_bytes(Bytes::from(nested(129))).unwrap_err();
+        // On a thread with a small stack, as a guard: parsing grows its stack itself.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let text = nested(10_000);
+                let mut deepest = event(&text);
+                let mut value = deepest.get("deep").expect("9,999 levels parse as a Value");
+                let mut levels = 0;
+                while let Value::Array(items) = value {
+                    value = &items[0];
+                    levels += 1;
+                }
+                assert_eq!((levels, value), (9_999, &json!("secret")));
+                deepest.add_annotation("k", "v");
+                assert!(written(&deepest).contains(&"]".repeat(9_999)));
+                std::mem::forget(deepest); // dropping the parsed value recurses
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let error = Event::from_bytes(Bytes::from(nested(10_001))).unwrap_err();
+        assert_eq!(error.reason(), "too_deep");
         assert_eq!(
             error.to_string(),
-            "not a JSON object: objects and arrays nested deeper than 128 at column 149"
+            "not a JSON object: objects and arrays nested deeper than 10000 at column 10021"
+        );
+        let malformed = Event::from_bytes(Bytes::from_static(b"{\"a\":}")).unwrap_err();
+        assert_eq!(malformed.reason(), "malformed");
+    }
+
+    #[test]
+    fn pretty_printed_objects_keep_their_numbers_and_escapes() {
+        let event =
+            event("{\n  \"n\": 1.50,\n  \"u\": \"a\\u0026 b\\\"\",\r\n  \"l\": [ 1 , {} ]\n}\n");
+        assert_eq!(
+            written(&event),
+            r#"{"n":1.50,"u":"a\u0026 b\"","l":[1,{}]}"#
         );
     }
 
@@ -804,6 +872,7 @@ mod tests {
         /// cannot parse them (see `crate::scan`).
         pub fn index(raw: &[u8]) -> Option<Index> {
             let mut de = serde_json::Deserializer::from_slice(raw);
+            de.disable_recursion_limit();
             let fields = de.deserialize_map(IndexVisitor { base: raw }).ok()?;
             de.end().ok()?;
             (depth(raw) <= MAX_DEPTH).then_some(fields)
@@ -1001,11 +1070,25 @@ mod tests {
             b"{\"a\":truee}".to_vec(),
             b"{\"a\":1}\x0c".to_vec(),
             b"\x0c{}".to_vec(),
+        ];
+        // Deeper than serde_json's default limit: accepted up to kube-apiserver's 10,000.
+        let deep_accepted = [
             deep(129, "[", "", "]").into_bytes(),
             deep(129, "{\"a\":", "1", "}").into_bytes(),
             deep(300, "[", "", "]").into_bytes(),
             deep(64, "[{\"a\":", "[[]]", "}]").into_bytes(),
         ];
+        for raw in &deep_accepted {
+            assert!(index(raw).is_ok());
+            agrees_with_serde_json(raw).unwrap();
+        }
+        for raw in [
+            deep(10_001, "[", "", "]").into_bytes(),
+            deep(5_001, "[{\"a\":", "[[]]", "}]").into_bytes(),
+        ] {
+            let error = Event::from_bytes(Bytes::from(raw)).unwrap_err();
+            assert_eq!(error.reason(), "too_deep");
+        }
         for raw in &accepted {
             assert!(
                 index(raw).is_ok(),

@@ -5,7 +5,10 @@
 //! - [`event`]: one audit event, parsed once into an index of its top-level fields.
 //! - [`batch`]: the unit that flows between components, with its finalizers.
 //! - [`finalize`]: end-to-end acknowledgements (`Delivered` / `Errored` / `Rejected`).
-//! - [`framing`]: splitting a byte stream into newline-delimited records.
+//! - [`framing`]: splitting a byte stream into records: lines, or JSON values in any
+//!   layout; NUL padding and byte-order marks skipped.
+//! - [`records`]: from records to events for the stream sources, refusals counted by
+//!   reason and warned about at a bounded rate.
 //! - [`decode`]: request bodies and message payloads (EventList, array, NDJSON) into
 //!   events that share the body's bytes; used by the webhook and kafka sources.
 //! - `scan`: the validating JSON scanner behind [`Event::from_bytes`](event::Event::from_bytes).
@@ -27,6 +30,7 @@ pub mod decode;
 pub mod event;
 pub mod finalize;
 pub mod framing;
+pub mod records;
 mod scan;
 
 pub use batch::Batch;

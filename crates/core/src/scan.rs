@@ -21,16 +21,17 @@
 //! surrogates in `\u` escapes of values (serde_json skips them too; its `Value` parser
 //! later turns them into errors or U+FFFD; keys are unescaped by serde_json, which refuses
 //! them there as before), with one deliberate difference: nesting is limited to
-//! [`MAX_DEPTH`] levels. serde_json's skipping has no limit, but its `Value` parser has,
-//! so a deeper event could be copied but never read.
+//! [`MAX_DEPTH`] levels, kube-apiserver's own limit, so that every event it can log is
+//! accepted and anything deeper is refused as `too_deep` before anything parses it.
 
 use std::fmt;
 use std::ops::Range;
 
-/// How deep objects and arrays may nest, the top-level object included. A top-level
-/// value then nests at most 127 levels, which is as deep as serde_json parses a `Value`
-/// (what [`crate::Event::get`] does with it).
-pub(crate) const MAX_DEPTH: usize = 128;
+/// How deep objects and arrays may nest, the top-level object included: 10,000, as deep
+/// as kube-apiserver's JSON decoder goes (`k8s.io/apimachinery`'s limit), so every event
+/// it logs is accepted. Values are parsed with serde_json's recursion limit lifted and
+/// its stack grown on demand (see `crate::event::parse_value`).
+pub const MAX_DEPTH: usize = 10_000;
 
 /// One member of the top-level object, as byte ranges of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub(crate) struct SyntaxError {
     problem: Problem,
     /// The character at `offset`, `None` at the end of the input.
     found: Option<char>,
+    /// For input over several lines: the 1-based line and column of `offset`.
+    line_and_column: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,13 @@ enum Problem {
     TrailingCharacters,
 }
 
+impl SyntaxError {
+    /// Whether the input nests deeper than [`MAX_DEPTH`] (and is otherwise unread).
+    pub(crate) fn is_too_deep(&self) -> bool {
+        self.problem == Problem::TooDeep
+    }
+}
+
 /// Checks that `input` is one JSON object and calls `member` for each of its top-level
 /// members, in order (duplicate keys included).
 pub(crate) fn index_object(
@@ -86,6 +96,7 @@ pub(crate) fn index_object(
             offset: error.valid_up_to(),
             problem: Problem::InvalidUtf8,
             found: None,
+            line_and_column: None,
         });
     }
     let mut scan = Scanner { input, pos: 0 };
@@ -96,10 +107,16 @@ pub(crate) fn index_object(
         let found = String::from_utf8_lossy(&rest[..rest.len().min(4)])
             .chars()
             .next();
+        let before = &input[..scan.pos.min(input.len())];
+        let line_and_column = memchr::memrchr(b'\n', before).map(|newline| {
+            let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+            (line, scan.pos - newline)
+        });
         SyntaxError {
             offset: scan.pos,
             problem,
             found,
+            line_and_column,
         }
     })
 }
@@ -156,9 +173,10 @@ impl Scanner<'_> {
     #[inline(never)]
     fn value(&mut self) -> Result<(), Problem> {
         // The containers open inside this value: `depth` of them, the innermost in bit 0
-        // of `objects` (1 for an object, 0 for an array). With the top-level object that
-        // makes at most MAX_DEPTH levels, so the bits suffice.
+        // of `objects` (1 for an object, 0 for an array). Past 128 levels the full word is
+        // pushed on `spill` (which allocates only then) and a fresh one started.
         let mut objects: u128 = 0;
+        let mut spill: Vec<u128> = Vec::new();
         let mut depth = 0usize;
         loop {
             // A value starts at `pos`.
@@ -179,6 +197,10 @@ impl Scanner<'_> {
                         // Empty: a complete value, handled below like any other.
                         self.pos += 1;
                     } else {
+                        if depth > 0 && depth.is_multiple_of(128) {
+                            spill.push(objects);
+                            objects = 0;
+                        }
                         depth += 1;
                         objects = objects << 1 | u128::from(is_object);
                         if is_object {
@@ -216,6 +238,9 @@ impl Scanner<'_> {
                 }
                 depth -= 1;
                 objects >>= 1;
+                if depth > 0 && depth.is_multiple_of(128) {
+                    objects = spill.pop().unwrap_or_default();
+                }
             }
         }
     }
@@ -440,7 +465,10 @@ impl fmt::Display for SyntaxError {
             Problem::TooDeep => write!(f, "objects and arrays nested deeper than {MAX_DEPTH}")?,
             Problem::TrailingCharacters => write!(f, "unexpected {found} after the object")?,
         }
-        write!(f, " at column {}", self.offset + 1)
+        match self.line_and_column {
+            Some((line, column)) => write!(f, " at line {line} column {column}"),
+            None => write!(f, " at column {}", self.offset + 1),
+        }
     }
 }
 
@@ -697,7 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn nesting_is_limited_to_128_levels_counting_the_top_object() {
+    fn nesting_is_limited_to_10_000_levels_counting_the_top_object() {
         let nested = |levels: usize| {
             format!(
                 "{{\"a\":{}{}}}",
@@ -708,8 +736,30 @@ mod tests {
         assert!(index_object(nested(MAX_DEPTH).as_bytes(), |_| {}).is_ok());
         assert_eq!(
             error(nested(MAX_DEPTH + 1).as_bytes()),
-            "objects and arrays nested deeper than 128 at column 133"
+            "objects and arrays nested deeper than 10000 at column 10005"
         );
+    }
+
+    #[test]
+    fn mixed_nesting_past_the_first_word_of_the_bit_stack_is_tracked() {
+        // 300 levels of alternating objects and arrays: the bit stack spills twice.
+        let mut text = String::from("{\"a\":");
+        for level in 0..300 {
+            text.push_str(if level % 2 == 0 { "{\"k\":" } else { "[1," });
+        }
+        text.push_str("true");
+        for level in (0..300).rev() {
+            text.push(if level % 2 == 0 { '}' } else { ']' });
+        }
+        text.push('}');
+        assert!(index_object(text.as_bytes(), |_| {}).is_ok());
+        // The wrong closer at any level, the spilled ones included, is an error.
+        for wrong in [1, 150, 299] {
+            let mut bad = text.clone().into_bytes();
+            let position = bad.len() - 1 - (300 - wrong);
+            bad[position] = if bad[position] == b'}' { b']' } else { b'}' };
+            assert!(index_object(&bad, |_| {}).is_err(), "level {wrong}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use auditflow_core::framing::{Frame, LineFramer};
+use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::{Batch, Event, NoTelemetry, Transform};
 use auditflow_testkit::MemorySource;
 use auditflow_topology::TopologyBuilder;
@@ -50,22 +50,27 @@ fn decode_encode(c: &mut Criterion) {
     let input = corpus(10_000);
     let mut group = c.benchmark_group("passthrough");
     group.throughput(Throughput::Bytes(input.len() as u64));
-    group.bench_function("decode_encode", |b| {
-        let mut out = Vec::with_capacity(input.len() + 1024);
-        b.iter(|| {
-            out.clear();
-            let mut framer = LineFramer::new(4 << 20, 0);
-            for chunk in input.chunks(256 * 1024) {
-                framer.extend(chunk);
-                while let Some(Frame::Line { line, .. }) = framer.next_frame() {
-                    let event = Event::from_bytes(line).unwrap();
-                    event.write_json(&mut out);
-                    out.push(b'\n');
+    for (name, framing) in [
+        ("decode_encode", Framing::Lines),
+        ("decode_encode_json_stream", Framing::JsonStream),
+    ] {
+        group.bench_function(name, |b| {
+            let mut out = Vec::with_capacity(input.len() + 1024);
+            b.iter(|| {
+                out.clear();
+                let mut framer = Framer::new(framing, 4 << 20, 0);
+                for chunk in input.chunks(256 * 1024) {
+                    framer.extend(chunk);
+                    while let Some(Frame::Line { line, .. }) = framer.next_frame() {
+                        let event = Event::from_bytes(line).unwrap();
+                        event.write_json(&mut out);
+                        out.push(b'\n');
+                    }
                 }
-            }
-            assert_eq!(out.len(), input.len());
-        })
-    });
+                assert_eq!(out.len(), input.len());
+            })
+        });
+    }
     group.finish();
 }
 

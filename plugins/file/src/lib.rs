@@ -23,6 +23,7 @@ pub mod tailer;
 
 use std::time::Duration;
 
+use auditflow_core::framing::Framing;
 use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use schemars::JsonSchema;
@@ -55,6 +56,11 @@ pub struct FileConfig {
     /// `oversized`.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// How a file is split into events: `lines` (default: one event per line, as
+    /// kube-apiserver writes its log) or `json_stream` (JSON values in any layout: events
+    /// back to back, or pretty-printed over several lines, as `jq .` writes them).
+    #[serde(default)]
+    pub framing: Framing,
     /// How long to keep reading a file after it was renamed away or deleted (or has not
     /// grown), in seconds, before closing it.
     #[serde(default = "default_rotate_wait_secs")]
@@ -149,6 +155,7 @@ impl SourceConfig for FileConfig {
             read_from: self.read_from,
             fingerprint: self.fingerprint,
             max_line_bytes: self.max_line_bytes,
+            framing: self.framing,
             rotate_wait: Duration::from_secs(self.rotate_wait_secs),
         };
         let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings).map_err(|message| {

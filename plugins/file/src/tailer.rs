@@ -29,7 +29,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
-use auditflow_core::framing::{Frame, LineFramer};
+use auditflow_core::framing::{Frame, Framer, Framing};
+use auditflow_core::records::RecordDecoder;
 use auditflow_core::{
     Batch, BatchNotifier, BatchStatus, ComponentError, Event, Source, SourceContext, Telemetry,
 };
@@ -69,6 +70,7 @@ pub struct Settings {
     pub read_from: ReadFrom,
     pub fingerprint: FingerprintMode,
     pub max_line_bytes: usize,
+    pub framing: Framing,
     pub rotate_wait: Duration,
 }
 
@@ -98,7 +100,7 @@ enum Input {
 struct Reader {
     inode: Inode,
     input: Input,
-    framer: LineFramer,
+    framer: Framer,
 }
 
 impl Reader {
@@ -207,6 +209,30 @@ struct FileMetrics {
     rotations: IntCounter,
 }
 
+/// One frame of `entry`'s file into `fill`: the read position moves past it, and
+/// `records` turns it into events (or counts it as refused).
+fn take_frame(
+    records: &mut RecordDecoder,
+    (read, path): (&mut Position, &Path),
+    fill: &mut Fill,
+    frame: Frame,
+    telemetry: &dyn Telemetry,
+) {
+    let end = match &frame {
+        Frame::Line { end, .. } | Frame::Oversized { end, .. } | Frame::Padding { end, .. } => *end,
+    };
+    if !matches!(frame, Frame::Padding { .. }) {
+        read.line += 1;
+        fill.lines += 1;
+    }
+    fill.bytes += (end - read.offset) as usize;
+    read.offset = end;
+    let line = read.line;
+    records.decode(frame, telemetry, &mut fill.events, || {
+        format!("{}:{line}", path.display())
+    });
+}
+
 /// The `file` source.
 pub struct Tailer {
     id: String,
@@ -223,6 +249,8 @@ pub struct Tailer {
     acks: JoinSet<Ack>,
     dirty: bool,
     metrics: FileMetrics,
+    /// Frames into events; counts and warns (rate-limited) about what it refuses.
+    records: RecordDecoder,
 }
 
 impl Tailer {
@@ -245,6 +273,7 @@ impl Tailer {
             settled: HashMap::new(),
             acks: JoinSet::new(),
             dirty: false,
+            records: RecordDecoder::new(id),
             metrics: FileMetrics {
                 lag_bytes: auditflow_metrics::file_checkpoint_lag_bytes()
                     .with_label_values(&labels),
@@ -456,7 +485,7 @@ impl Tailer {
             FingerprintMode::DeviceInode => Fingerprint::of_file(mode, file).ok().flatten(),
             FingerprintMode::Checksum => None,
         };
-        reader.framer = LineFramer::new(self.settings.max_line_bytes, 0);
+        reader.framer = Framer::new(self.settings.framing, self.settings.max_line_bytes, 0);
         let inode = reader.inode;
         let mut fresh = Entry::new(path, fingerprint, Position::default());
         fresh.reader = Some(reader);
@@ -609,7 +638,7 @@ impl Tailer {
         entry.reader = Some(Reader {
             inode,
             input,
-            framer: LineFramer::new(max_line_bytes, start),
+            framer: Framer::new(self.settings.framing, max_line_bytes, start),
         });
         entry.size = len;
         entry.gone_since = None;
@@ -733,35 +762,13 @@ impl Tailer {
         let mut read_any = false;
         'reading: loop {
             while let Some(frame) = reader.framer.next_frame() {
-                entry.read.line += 1;
-                fill.lines += 1;
-                match frame {
-                    Frame::Line { line, end } => {
-                        entry.read.offset = end;
-                        fill.bytes += line.len() + 1;
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        match Event::from_bytes(line) {
-                            Ok(event) => fill.events.push(event),
-                            Err(error) => {
-                                telemetry.discarded("malformed", 1);
-                                tracing::warn!(component_id = %self.id,
-                                    location = %format_args!("{}:{}", entry.path.display(), entry.read.line),
-                                    %error, "skipping malformed line");
-                            }
-                        }
-                    }
-                    Frame::Oversized { start, len, end } => {
-                        entry.read.offset = end;
-                        fill.bytes += len as usize + 1;
-                        telemetry.discarded("oversized", 1);
-                        tracing::warn!(component_id = %self.id,
-                            location = %format_args!("{}:{}", entry.path.display(), entry.read.line),
-                            offset = start, bytes = len, max_line_bytes = self.settings.max_line_bytes,
-                            "skipping a line longer than max_line_bytes");
-                    }
-                }
+                take_frame(
+                    &mut self.records,
+                    (&mut entry.read, &entry.path),
+                    &mut fill,
+                    frame,
+                    telemetry,
+                );
                 // Counting lines, not events, also bounds a run of malformed lines.
                 if fill.lines >= MAX_BATCH_EVENTS || fill.bytes >= MAX_BATCH_BYTES {
                     break 'reading;
@@ -780,28 +787,14 @@ impl Tailer {
                         }
                         Input::Gzip(_) => {
                             // A compressed file is complete: its last line needs no newline.
-                            if let Some(frame) = reader.framer.finish() {
-                                entry.read.line += 1;
-                                fill.lines += 1;
-                                match frame {
-                                    Frame::Line { line, end } => {
-                                        entry.read.offset = end;
-                                        fill.bytes += line.len();
-                                        match Event::from_bytes(line) {
-                                            Ok(event) => fill.events.push(event),
-                                            Err(error) => {
-                                                telemetry.discarded("malformed", 1);
-                                                tracing::warn!(component_id = %self.id,
-                                                    location = %format_args!("{}:{}", entry.path.display(), entry.read.line),
-                                                    %error, "skipping malformed line");
-                                            }
-                                        }
-                                    }
-                                    Frame::Oversized { end, .. } => {
-                                        entry.read.offset = end;
-                                        telemetry.discarded("oversized", 1);
-                                    }
-                                }
+                            while let Some(frame) = reader.framer.finish() {
+                                take_frame(
+                                    &mut self.records,
+                                    (&mut entry.read, &entry.path),
+                                    &mut fill,
+                                    frame,
+                                    telemetry,
+                                );
                             }
                             entry.size = entry.read.offset;
                             after = AfterRead::Close;
@@ -838,7 +831,7 @@ impl Tailer {
         (fill.lines > 0).then_some(fill)
     }
 
-    /// Records a batch about to be sent; returns its sequence number.
+    /// Records a batch that was sent; returns its sequence number.
     fn push_pending(&mut self, key: u64, end: Position, status: Option<BatchStatus>) -> u64 {
         let entry = self.entries.get_mut(&key).expect("reading entries exist");
         let seq = entry.next_seq;

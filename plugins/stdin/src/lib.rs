@@ -1,12 +1,18 @@
-//! `stdin` source: one JSON event per line from standard input, until end of input.
+//! `stdin` source: audit events from standard input, until end of input.
 //!
-//! A line that is not a JSON object is counted (`discarded`, reason `malformed`), logged
-//! with its line number, and skipped. A line over `max_line_bytes` is skipped the same way
-//! (reason `oversized`) without being held in memory.
+//! By default the input is a JSON stream (`framing: json_stream`): NDJSON, events back to
+//! back, or pretty-printed events as `jq .` writes them; a record holding an `EventList`
+//! or an array is unrolled into its items. `framing: lines` reads strictly one record per
+//! line. A record that is not an event is counted (`discarded`, reason `malformed`, or
+//! `too_deep` past 10,000 levels), logged with its record number at a bounded rate, and
+//! skipped; one over `max_line_bytes` is skipped the same way (reason `oversized`) without
+//! being held in memory. A leading UTF-8 byte-order mark and NUL padding are skipped
+//! (the latter counted as `nul_padding`). See `auditflow_core::records`.
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
-use auditflow_core::framing::{Frame, LineFramer};
+use auditflow_core::framing::{Frame, Framer, Framing};
+use auditflow_core::records::RecordDecoder;
 use auditflow_core::{
     Batch, BuildContext, BuildError, ComponentError, Event, Source, SourceConfig, SourceContext,
     Validate,
@@ -15,13 +21,21 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Reads one JSON event per line from standard input; ends at end of input.
+/// Reads audit events from standard input; ends at end of input.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinConfig {
-    /// Longest line accepted, in bytes; a longer line is skipped and counted as `oversized`.
+    /// Longest record accepted, in bytes; a longer one is skipped and counted as `oversized`.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// How the input is split into events: `json_stream` (default: NDJSON, events back to
+    /// back, or pretty-printed events) or `lines` (strictly one event per line).
+    #[serde(default = "default_framing")]
+    pub framing: Framing,
+}
+
+fn default_framing() -> Framing {
+    Framing::JsonStream
 }
 
 fn default_max_line_bytes() -> usize {
@@ -42,20 +56,22 @@ impl SourceConfig for StdinConfig {
         Ok(Box::new(LineSource {
             reader: tokio::io::stdin(),
             max_line_bytes: self.max_line_bytes,
+            framing: self.framing,
         }))
     }
 }
 
-/// Newline-delimited JSON from any reader (standard input in production).
+/// JSON events from any reader (standard input in production).
 pub struct LineSource<R> {
     pub reader: R,
     pub max_line_bytes: usize,
+    pub framing: Framing,
 }
 
 #[async_trait]
 impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
     async fn run(mut self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
-        let mut framer = LineFramer::new(self.max_line_bytes, 0);
+        let mut framer = Framer::new(self.framing, self.max_line_bytes, 0);
         let mut decoder = Decoder::new(&cx);
         loop {
             let read = tokio::select! {
@@ -68,7 +84,7 @@ impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
                 source,
             })?;
             if read == 0 {
-                if let Some(frame) = framer.finish() {
+                while let Some(frame) = framer.finish() {
                     decoder.frame(frame, &cx);
                 }
                 decoder.flush(&cx).await?;
@@ -82,21 +98,22 @@ impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
             }
             decoder.flush(&cx).await?;
         }
+        decoder.records.finish();
         Ok(())
     }
 }
 
-/// Turns frames into batches, counting what it refuses.
+/// Turns frames into batches; [`RecordDecoder`] counts what it refuses.
 struct Decoder {
     events: Vec<Event>,
     bytes: usize,
-    /// Lines and bytes read since the last flush, reported once per batch.
-    read_lines: usize,
+    /// Records and bytes read since the last flush, reported once per batch.
+    read_records: usize,
     read_bytes: usize,
-    /// Stream offset just past the last frame (the newline of the last line).
+    /// Stream offset just past the last frame.
     offset: u64,
-    line: u64,
-    id: String,
+    record: u64,
+    records: RecordDecoder,
 }
 
 impl Decoder {
@@ -104,56 +121,33 @@ impl Decoder {
         Decoder {
             events: Vec::new(),
             bytes: 0,
-            read_lines: 0,
+            read_records: 0,
             read_bytes: 0,
             offset: 0,
-            line: 0,
-            id: cx.id.clone(),
+            record: 0,
+            records: RecordDecoder::new(cx.id.clone()),
         }
     }
 
     fn frame(&mut self, frame: Frame, cx: &SourceContext) {
-        self.line += 1;
         let end = match &frame {
-            Frame::Line { end, .. } | Frame::Oversized { end, .. } => *end,
+            Frame::Line { end, .. } | Frame::Oversized { end, .. } | Frame::Padding { end, .. } => {
+                *end
+            }
         };
         self.read_bytes += (end - self.offset) as usize;
+        self.bytes += (end - self.offset) as usize;
         self.offset = end;
-        match frame {
-            Frame::Line { line, .. } => {
-                // A blank line is no event: not counted as one read, nor as discarded.
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    return;
-                }
-                self.read_lines += 1;
-                let len = line.len();
-                match Event::from_bytes(line) {
-                    Ok(event) => {
-                        self.bytes += len;
-                        self.events.push(event);
-                    }
-                    Err(error) => {
-                        cx.telemetry.discarded("malformed", 1);
-                        tracing::warn!(
-                            component_id = %self.id,
-                            line = self.line,
-                            %error,
-                            "skipping malformed line on standard input"
-                        );
-                    }
-                }
-            }
-            Frame::Oversized { len, .. } => {
-                self.read_lines += 1;
-                cx.telemetry.discarded("oversized", 1);
-                tracing::warn!(
-                    component_id = %self.id,
-                    line = self.line,
-                    bytes = len,
-                    "skipping a line longer than max_line_bytes on standard input"
-                );
-            }
+        if !matches!(frame, Frame::Padding { .. }) {
+            self.record += 1;
         }
+        let record = self.record;
+        let read = self
+            .records
+            .decode(frame, cx.telemetry.as_ref(), &mut self.events, || {
+                format!("standard input, record {record}")
+            });
+        self.read_records += read.records;
     }
 
     fn is_full(&self) -> bool {
@@ -161,9 +155,9 @@ impl Decoder {
     }
 
     async fn flush(&mut self, cx: &SourceContext) -> Result<(), ComponentError> {
-        if self.read_lines > 0 || self.read_bytes > 0 {
-            cx.telemetry.received(self.read_lines, self.read_bytes);
-            (self.read_lines, self.read_bytes) = (0, 0);
+        if self.read_records > 0 || self.read_bytes > 0 {
+            cx.telemetry.received(self.read_records, self.read_bytes);
+            (self.read_records, self.read_bytes) = (0, 0);
         }
         if self.events.is_empty() {
             return Ok(());
@@ -204,12 +198,14 @@ mod tests {
         fn buffer_changed(&self, _: i64) {}
     }
 
-    /// Runs a source over `reader` to its end (or until `stop` fires); returns the batches.
+    /// Runs a source over `reader` to its end (or, with `stop_after`, until that many
+    /// events came out, then shuts it down); returns the batches.
     async fn run<R: AsyncRead + Send + Unpin + 'static>(
         reader: R,
         max_line_bytes: usize,
+        framing: Framing,
         counts: Arc<Counts>,
-        stop: Option<tokio::sync::oneshot::Receiver<()>>,
+        stop_after: Option<usize>,
     ) -> Vec<Vec<Event>> {
         let (tx, mut rx) = channel::channel(64, Arc::new(NoTelemetry));
         let (trigger, shutdown) = Shutdown::new();
@@ -222,15 +218,17 @@ mod tests {
         let source = Box::new(LineSource {
             reader,
             max_line_bytes,
+            framing,
         });
         let task = tokio::spawn(source.run(cx));
-        if let Some(stop) = stop {
-            let _ = stop.await;
-            trigger.trigger();
-        }
         let mut batches = Vec::new();
+        let mut events = 0;
         while let Some(batch) = rx.recv().await {
+            events += batch.events.len();
             batches.push(batch.events.clone());
+            if stop_after.is_some_and(|stop| events >= stop) {
+                trigger.trigger();
+            }
         }
         task.await.unwrap().expect("the source ends cleanly");
         drop(trigger);
@@ -242,29 +240,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_lines_are_counted_and_skipped_without_losing_their_neighbours() {
+    async fn bad_records_are_counted_and_skipped_without_losing_their_neighbours() {
         let long = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
-        let input = format!("{{\"n\":1}}\n  \nnot json\n{long}\n[1,2]\n{{\"n\":2}}\r\n{{\"n\":3}}");
-        let counts = Arc::new(Counts::default());
-        let reader = std::io::Cursor::new(input.clone().into_bytes());
-        let batches = run(reader, 100, Arc::clone(&counts), None).await;
-        let events: Vec<Event> = batches.concat();
-        assert_eq!(text(&events), [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
-        let mut discarded = counts.discarded.lock().unwrap().clone();
-        discarded.sort();
-        assert_eq!(
-            discarded,
-            [("malformed", 1), ("malformed", 1), ("oversized", 1)]
+        let input = format!(
+            "\u{feff}{{\"n\":1}}\n  \nnot json\n{long}\n[1,2]\n{{\"n\":2}}\r\n\0\0\0{{\"n\":3}}"
         );
-        // Six lines that could be events (not the blank one); every byte read.
-        assert_eq!(*counts.received.lock().unwrap(), (6, input.len()));
+        for framing in [Framing::JsonStream, Framing::Lines] {
+            let counts = Arc::new(Counts::default());
+            let reader = std::io::Cursor::new(input.clone().into_bytes());
+            let batches = run(reader, 100, framing, Arc::clone(&counts), None).await;
+            let events: Vec<Event> = batches.concat();
+            assert_eq!(text(&events), [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
+            let mut discarded = counts.discarded.lock().unwrap().clone();
+            discarded.sort();
+            assert_eq!(
+                discarded,
+                [
+                    ("malformed", 1),
+                    ("malformed", 1),
+                    ("malformed", 1),
+                    ("nul_padding", 1),
+                    ("oversized", 1)
+                ],
+                "{framing:?}"
+            );
+            // Seven records that could be events (not the blank line, not the padding:
+            // the array holds two); every byte read.
+            assert_eq!(*counts.received.lock().unwrap(), (7, input.len()));
+        }
+    }
+
+    #[tokio::test]
+    async fn pretty_printed_events_one_after_another_are_read_as_they_are() {
+        let input = "{\n  \"n\": 1.50,\n  \"u\": \"a\\u0026b\"\n}\n{\n  \"n\": 2\n}{\"n\":3}";
+        let counts = Arc::new(Counts::default());
+        let reader = std::io::Cursor::new(input.as_bytes().to_vec());
+        let batches = run(reader, 1024, Framing::JsonStream, counts, None).await;
+        assert_eq!(
+            text(&batches.concat()),
+            [r#"{"n":1.50,"u":"a\u0026b"}"#, r#"{"n":2}"#, r#"{"n":3}"#]
+        );
     }
 
     #[tokio::test]
     async fn batches_hold_at_most_max_batch_events() {
         let input: String = (0..2500).map(|i| format!("{{\"n\":{i}}}\n")).collect();
         let counts = Arc::new(Counts::default());
-        let batches = run(std::io::Cursor::new(input.into_bytes()), 1024, counts, None).await;
+        let batches = run(
+            std::io::Cursor::new(input.into_bytes()),
+            1024,
+            Framing::Lines,
+            counts,
+            None,
+        )
+        .await;
         assert!(batches.iter().all(|batch| batch.len() <= MAX_BATCH_EVENTS));
         let events = batches.concat();
         assert_eq!(events.len(), 2500);
@@ -274,20 +303,16 @@ mod tests {
     #[tokio::test]
     async fn shutdown_stops_reading_an_open_input_and_keeps_what_was_read() {
         let (mut writer, reader) = tokio::io::duplex(1024);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        use tokio::io::AsyncWriteExt;
+        writer
+            .write_all(b"{\"n\":1}\n{\"n\":2}\n{\"partial\"")
+            .await
+            .unwrap();
+        // The writer stays open: the source must stop on shutdown (triggered once both
+        // events came out), not on end of input.
         let counts = Arc::new(Counts::default());
-        let feed = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            writer
-                .write_all(b"{\"n\":1}\n{\"n\":2}\n{\"partial\"")
-                .await
-                .unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            stop_tx.send(()).unwrap();
-            writer // kept open: the source must stop on shutdown, not on end of input
-        });
-        let batches = run(reader, 1024, Arc::clone(&counts), Some(stop_rx)).await;
+        let batches = run(reader, 1024, Framing::JsonStream, counts, Some(2)).await;
         assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
-        drop(feed.await.unwrap());
+        drop(writer);
     }
 }
