@@ -120,7 +120,7 @@ fn the_quickstart_chain_tags_denials_and_samples_the_rest_the_same_way_twice() {
         .iter()
         .filter(|e| e["responseStatus"]["code"].as_u64() < Some(400))
         .filter_map(|e| e["auditID"].as_str())
-        .filter(|id| documented_sample_hash(id.as_bytes()) % 10 == 0)
+        .filter(|id| documented_sample_hash(id.as_bytes()).is_multiple_of(10))
         .map(str::to_owned)
         .collect();
     let candidates = input.len() - errors;
