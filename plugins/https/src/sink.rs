@@ -152,6 +152,10 @@ impl HttpsSink {
                 }
             ),
         };
+        // The sink's own series exist from the start, at zero, so that a dashboard (or a
+        // check) sees `0`, not nothing, before the first request.
+        auditflow_metrics::sink_inflight_requests().with_label_values(&[&id]);
+        auditflow_metrics::sink_retries_total().with_label_values(&[&id]);
         Ok(HttpsSink {
             shared: Arc::new(Shared {
                 name: format!("sinks.{id}"),
