@@ -139,8 +139,14 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
     let late = broker.create_topic("latest", 1);
     let lists = broker.create_topic("event-list", 1);
     let ndjson = broker.create_topic("ndjson", 1);
-    // Already in the topic when the `latest` source joins: never read.
+    // Already in the topic when the `latest` source joins: never read. Then one message
+    // alone in a batch of its own: Tansu answers `ListOffsets` for the end of a partition
+    // with the base offset of its last batch, not the high watermark (librdkafka's debug
+    // log shows `Offset END request ... returned offset 0` for a partition of two), so a
+    // source starting at "the end" reads that last batch again. A real broker would not;
+    // the fence keeps the check on 0..100 honest either way.
     broker.produce(&late, (0..100).map(|i| (Some(audit_id(i)), audit_line(i))));
+    broker.produce(&late, [(Some(audit_id(100)), audit_line(100))]);
 
     let workspace = Workspace::new();
     let source = |id: &str, topic: &str, extra: &str| {
@@ -187,7 +193,7 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
     // `latest` starts at the end it finds once assigned, which may be a moment after the
     // assignment is logged: produce until something arrives from it, then a last 10.
     let mut seen: Vec<String> = Vec::new();
-    let mut next = 100;
+    let mut next = 101;
     let from_late = |line: &String| line_index(line) < 1000;
     while !seen.iter().any(from_late) {
         assert!(next < 900, "the `latest` source read nothing; {}", process.stderr());
@@ -230,6 +236,7 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
     assert_eq!(of(1000..1010), (1000..1010).collect::<Vec<_>>(), "EventList items");
     assert_eq!(of(2000..2010), (2000..2010).collect::<Vec<_>>(), "NDJSON lines");
     let late_read = of(100..1000);
+    assert!(!late_read.is_empty());
     let first = late_read[0];
     assert_eq!(
         late_read,
