@@ -296,14 +296,17 @@ fn a_stalled_sink_pauses_the_partitions_and_keeps_the_group_membership() {
         "the source kept sending: {sent_while_stalled}"
     );
 
-    // More events while stalled: the lag grows by all of them (it is refreshed every 2 s,
-    // so wait for it). And the member stays stalled for longer than max.poll.interval.ms
-    // (10 s): one that stopped polling would be evicted; a paused one stays.
+    // More events while stalled: the lag grows by them (it is refreshed every 2 s, so
+    // wait for it). Tansu answers the end of a partition with the base offset of its last
+    // batch rather than the high watermark (see kafka_options.rs), so the lag it allows
+    // us to see leaves out the last batch of each partition: expect most of the 10,000,
+    // not all. And the member stays stalled for longer than max.poll.interval.ms (10 s):
+    // one that stopped polling would be evicted; a paused one stays.
     produce_lines(&broker, &topic, 20_000..30_000);
     let deadline = Instant::now() + Duration::from_secs(60);
     let grown_lag = loop {
         let lag = lag_of(&address).expect("lag while stalled");
-        if lag >= stalled_lag + 10_000.0 {
+        if lag >= stalled_lag + 5_000.0 {
             break lag;
         }
         assert!(
