@@ -199,10 +199,13 @@ impl Auditflow {
         let deadline = Instant::now() + timeout;
         loop {
             let stderr = self.stderr();
-            let found = stderr.lines().find(|line| line.contains(LINE)).and_then(|line| {
-                let (_, rest) = line.split_once("address=")?;
-                Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
-            });
+            let found = stderr
+                .lines()
+                .find(|line| line.contains(LINE))
+                .and_then(|line| {
+                    let (_, rest) = line.split_once("address=")?;
+                    Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
+                });
             if let Some(address) = found {
                 return address;
             }

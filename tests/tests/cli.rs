@@ -32,11 +32,20 @@ fn plugins_lists_every_type_and_plugins_type_only_that_one() {
         assert!(all.lines().any(|line| line == section), "{section}:\n{all}");
     }
     for name in [
-        "file", "webhook", "kafka", "stdin", "redact", "filter", "sample", "https", "stdout",
+        "file",
+        "webhook",
+        "kafka",
+        "stdin",
+        "redact",
+        "filter",
+        "sample",
+        "https",
+        "stdout",
         "blackhole",
     ] {
         assert!(
-            all.lines().any(|line| line.starts_with(&format!("  {name} — "))),
+            all.lines()
+                .any(|line| line.starts_with(&format!("  {name} — "))),
             "{name} is not listed:\n{all}"
         );
     }
@@ -67,7 +76,11 @@ fn plugins_lists_every_type_and_plugins_type_only_that_one() {
     let unknown = auditflow(workspace.path(), &["plugins", "nosuchtype"], &[]);
     assert_eq!(unknown.status.code(), Some(2));
     assert_eq!(text(&unknown.stdout), "");
-    assert!(text(&unknown.stderr).contains("nosuchtype"), "{}", text(&unknown.stderr));
+    assert!(
+        text(&unknown.stderr).contains("nosuchtype"),
+        "{}",
+        text(&unknown.stderr)
+    );
 }
 
 #[test]
@@ -145,9 +158,11 @@ fn log_format_json_writes_one_json_object_per_stderr_line() {
     assert!(lines.len() >= 2, "too few log lines:\n{stderr}");
     let mut messages = Vec::new();
     for line in lines {
-        let event: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
-        let level = event["level"].as_str().unwrap_or_else(|| panic!("no level: {line}"));
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+        let level = event["level"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no level: {line}"));
         assert!(
             ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
             "{line}"

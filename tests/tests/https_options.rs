@@ -247,8 +247,14 @@ fn client_keys_in_sec1_and_pkcs1_form_are_accepted() {
     std::fs::write(&rsa_cert, &setup.pki.client_rsa_cert_pem).unwrap();
     let pkcs1 = dir.join("client-rsa.key");
     std::fs::write(&pkcs1, &setup.pki.client_rsa_key_pkcs1_pem).unwrap();
-    assert!(setup.pki.client_key_sec1_pem.starts_with("-----BEGIN EC PRIVATE KEY-----"));
-    assert!(setup.pki.client_rsa_key_pkcs1_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    assert!(setup
+        .pki
+        .client_key_sec1_pem
+        .starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    assert!(setup
+        .pki
+        .client_rsa_key_pkcs1_pem
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
 
     let mut sent = 0;
     for (cert, key) in [(&setup.files.client_cert, &sec1), (&rsa_cert, &pkcs1)] {
@@ -268,7 +274,12 @@ fn client_keys_in_sec1_and_pkcs1_form_are_accepted() {
     }
     let requests = server.requests();
     assert!(requests.iter().all(|request| request.client_cert));
-    assert_eq!(delivered(&server).len(), 4, "{:?}", server.handshake_errors());
+    assert_eq!(
+        delivered(&server).len(),
+        4,
+        "{:?}",
+        server.handshake_errors()
+    );
 }
 
 /// A redirect is a refusal: not followed, not retried, the events counted as rejected;

@@ -35,16 +35,18 @@ fn write_through_the_sink(broker: &Broker, topic: &str, options: &str, lines: &[
     let feeder = {
         let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
         std::thread::spawn(move || {
-            stdin.write_all(text.as_bytes()).expect("write to auditflow");
+            stdin
+                .write_all(text.as_bytes())
+                .expect("write to auditflow");
+            stdin
         })
     };
-    feeder.join().expect("feed stdin");
-    // Before it exits: every event has a delivery report, none was refused.
+    let stdin = feeder.join().expect("feed stdin");
+    // Input still open, so the process is still there: every event gets a successful
+    // delivery report, and none is refused.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let Ok((_, text)) = http_get(&address, "/metrics") else {
-            break; // already gone; the exit status says how
-        };
+        let (_, text) = http_get(&address, "/metrics").expect("GET /metrics");
         let sent = metric(
             &text,
             "auditflow_component_sent_events_total",
@@ -66,6 +68,7 @@ fn write_through_the_sink(broker: &Broker, topic: &str, options: &str, lines: &[
         assert!(Instant::now() < deadline, "{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(stdin);
     let status = process.wait_timeout(Duration::from_secs(120));
     assert_eq!(status.code(), Some(0), "writer: {}", process.stderr());
 }
@@ -98,7 +101,11 @@ fn key_field_and_every_compression_round_trip() {
         for (record, line) in records.iter().zip(&lines) {
             let event: serde_json::Value = serde_json::from_str(line).unwrap();
             let key = event["verb"].as_str().map(str::as_bytes);
-            assert_eq!(record.key.as_deref(), key, "{compression}: the key of {line}");
+            assert_eq!(
+                record.key.as_deref(),
+                key,
+                "{compression}: the key of {line}"
+            );
         }
         assert_eq!(records.last().unwrap().key, None, "{compression}");
     }
@@ -169,7 +176,12 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
     let mut process = Auditflow::run(&workspace, &pipeline);
     let output = process.stdout_lines();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while process.stderr().matches("kafka partitions assigned").count() < 3 {
+    while process
+        .stderr()
+        .matches("kafka partitions assigned")
+        .count()
+        < 3
+    {
         assert!(Instant::now() < deadline, "{}", process.stderr());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -182,13 +194,18 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
             items.join(",")
         )
     };
-    broker.produce(&lists, [(None::<&str>, list(1000..1005)), (None, list(1005..1010))]);
-    let lines_of = |range: std::ops::Range<usize>| {
-        range.map(audit_line).collect::<Vec<_>>().join("\n") + "\n"
-    };
+    broker.produce(
+        &lists,
+        [(None::<&str>, list(1000..1005)), (None, list(1005..1010))],
+    );
+    let lines_of =
+        |range: std::ops::Range<usize>| range.map(audit_line).collect::<Vec<_>>().join("\n") + "\n";
     broker.produce(
         &ndjson,
-        [(None::<&str>, lines_of(2000..2005)), (None, lines_of(2005..2010))],
+        [
+            (None::<&str>, lines_of(2000..2005)),
+            (None, lines_of(2005..2010)),
+        ],
     );
     // `latest` starts at the end it finds once assigned, which may be a moment after the
     // assignment is logged: produce until something arrives from it, then a last 10.
@@ -196,14 +213,24 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
     let mut next = 101;
     let from_late = |line: &String| line_index(line) < 1000;
     while !seen.iter().any(from_late) {
-        assert!(next < 900, "the `latest` source read nothing; {}", process.stderr());
-        broker.produce(&late, (next..next + 10).map(|i| (Some(audit_id(i)), audit_line(i))));
+        assert!(
+            next < 900,
+            "the `latest` source read nothing; {}",
+            process.stderr()
+        );
+        broker.produce(
+            &late,
+            (next..next + 10).map(|i| (Some(audit_id(i)), audit_line(i))),
+        );
         next += 10;
         if let Ok(line) = output.recv_timeout(Duration::from_secs(2)) {
             seen.push(line);
         }
     }
-    broker.produce(&late, (900..910).map(|i| (Some(audit_id(i)), audit_line(i))));
+    broker.produce(
+        &late,
+        (900..910).map(|i| (Some(audit_id(i)), audit_line(i))),
+    );
     let wanted: HashSet<usize> = (1000..1010).chain(2000..2010).chain(900..910).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !wanted
@@ -223,7 +250,10 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
     for line in &seen {
         let i = line_index(line);
         assert_eq!(line, &audit_line(i), "event {i} changed");
-        assert!(i >= 100, "`latest` read event {i}, produced before it joined");
+        assert!(
+            i >= 100,
+            "`latest` read event {i}, produced before it joined"
+        );
     }
     let indexes: Vec<usize> = seen.iter().map(|line| line_index(line)).collect();
     let of = |range: std::ops::Range<usize>| -> Vec<usize> {
@@ -233,8 +263,16 @@ fn auto_offset_reset_latest_and_decoding_event_list_and_ndjson() {
             .filter(|i| range.contains(i))
             .collect()
     };
-    assert_eq!(of(1000..1010), (1000..1010).collect::<Vec<_>>(), "EventList items");
-    assert_eq!(of(2000..2010), (2000..2010).collect::<Vec<_>>(), "NDJSON lines");
+    assert_eq!(
+        of(1000..1010),
+        (1000..1010).collect::<Vec<_>>(),
+        "EventList items"
+    );
+    assert_eq!(
+        of(2000..2010),
+        (2000..2010).collect::<Vec<_>>(),
+        "NDJSON lines"
+    );
     let late_read = of(100..1000);
     assert!(!late_read.is_empty());
     let first = late_read[0];
@@ -274,7 +312,11 @@ fn a_member_joining_rebalances_without_loss_or_duplicates() {
     let mut first = Auditflow::run(&workspace, &first_file);
     let first_lines = first.stdout_lines();
     let assigned = |process: &Auditflow, times: usize| {
-        process.stderr().matches("kafka partitions assigned").count() >= times
+        process
+            .stderr()
+            .matches("kafka partitions assigned")
+            .count()
+            >= times
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while !assigned(&first, 1) {
@@ -335,7 +377,9 @@ fn a_member_joining_rebalances_without_loss_or_duplicates() {
                     && first.stderr().contains("kafka partitions revoked") =>
             {
                 stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                total = producer.take().map(|thread| thread.join().expect("produce"));
+                total = producer
+                    .take()
+                    .map(|thread| thread.join().expect("produce"));
             }
             _ => {}
         }
@@ -345,7 +389,10 @@ fn a_member_joining_rebalances_without_loss_or_duplicates() {
     }
     let (mut second, _second_lines) = second.expect("the second member started");
     let duplicates = counts.iter().filter(|count| **count > 1).count();
-    assert!(counts.iter().all(|count| *count <= 2), "an event came 3 times");
+    assert!(
+        counts.iter().all(|count| *count <= 2),
+        "an event came 3 times"
+    );
     let late = first
         .stderr()
         .contains("partitions revoked with batches still unacknowledged");

@@ -61,7 +61,10 @@ fn ready_answers_503_until_every_component_is_built_and_started() {
     let checkpoint_dir = data_dir.join("logs");
     std::fs::create_dir_all(&checkpoint_dir).unwrap();
     let fifo = checkpoint_dir.join("checkpoints.json");
-    let made = Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
     assert!(made.success(), "mkfifo {}", fifo.display());
     let address = "127.0.0.1:0";
     let pipeline = workspace.write(
@@ -76,9 +79,11 @@ fn ready_answers_503_until_every_component_is_built_and_started() {
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let address = auditflow.metrics_address(Duration::from_secs(20));
-    wait_until("the endpoint to answer /health", Duration::from_secs(20), || {
-        matches!(http_get(&address, "/health"), Ok((200, _)))
-    });
+    wait_until(
+        "the endpoint to answer /health",
+        Duration::from_secs(20),
+        || matches!(http_get(&address, "/health"), Ok((200, _))),
+    );
     let (status, body) = http_get(&address, "/ready").unwrap();
     assert_eq!((status, body.as_str()), (503, "starting\n"));
     assert!(auditflow.child.try_wait().unwrap().is_none());
@@ -86,7 +91,10 @@ fn ready_answers_503_until_every_component_is_built_and_started() {
     // The checkpoint answers: an empty one (no file read yet).
     std::fs::write(&fifo, "{\"version\":1,\"files\":[]}\n").expect("write the checkpoint pipe");
     wait_ready(&address, Duration::from_secs(20));
-    assert_eq!(http_get(&address, "/ready").unwrap(), (200, "ready\n".to_owned()));
+    assert_eq!(
+        http_get(&address, "/ready").unwrap(),
+        (200, "ready\n".to_owned())
+    );
 
     auditflow.signal(libc::SIGTERM);
     let status = auditflow.wait_timeout(Duration::from_secs(20));
@@ -200,7 +208,11 @@ fn sink_inflight_requests_counts_the_requests_holding_a_slot() {
     wait_ready(&address, Duration::from_secs(20));
     let labels = [("component_id", "collector")];
     assert_eq!(
-        value(&scrape(&address), "auditflow_sink_inflight_requests", &labels),
+        value(
+            &scrape(&address),
+            "auditflow_sink_inflight_requests",
+            &labels
+        ),
         0.0
     );
     for i in 0..30 {
@@ -215,7 +227,11 @@ fn sink_inflight_requests_counts_the_requests_holding_a_slot() {
         bodies.len() >= 2
     });
     assert_eq!(
-        value(&scrape(&address), "auditflow_sink_inflight_requests", &labels),
+        value(
+            &scrape(&address),
+            "auditflow_sink_inflight_requests",
+            &labels
+        ),
         2.0
     );
 
@@ -228,7 +244,11 @@ fn sink_inflight_requests_counts_the_requests_holding_a_slot() {
         ) == Some(30.0)
     });
     wait_until("no request in flight", Duration::from_secs(20), || {
-        value(&scrape(&address), "auditflow_sink_inflight_requests", &labels) == 0.0
+        value(
+            &scrape(&address),
+            "auditflow_sink_inflight_requests",
+            &labels,
+        ) == 0.0
     });
     drop(stdin);
     let status = auditflow.wait_timeout(Duration::from_secs(20));
@@ -270,7 +290,11 @@ fn component_errors_total_counts_rejected_events_by_error_type() {
     server.wait_until(Duration::from_secs(20), |requests| requests.len() >= 2);
     let labels = [("component_id", "collector")];
     wait_until("the delivery counted", Duration::from_secs(20), || {
-        metric(&scrape(&address), "auditflow_component_sent_events_total", &labels) == Some(3.0)
+        metric(
+            &scrape(&address),
+            "auditflow_component_sent_events_total",
+            &labels,
+        ) == Some(3.0)
     });
     let text = scrape(&address);
     assert_eq!(
@@ -327,8 +351,12 @@ fn redact_counts_an_unparseable_candidate_field() {
     wait_ready(&address, Duration::from_secs(20));
     writeln!(stdin, "{plain}\n{broken}").unwrap();
     stdin.flush().unwrap();
-    let first = lines.recv_timeout(Duration::from_secs(20)).expect("event 1");
-    let second = lines.recv_timeout(Duration::from_secs(20)).expect("event 2");
+    let first = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("event 1");
+    let second = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("event 2");
     assert_eq!(first, plain, "an event without secrets keeps its bytes");
     assert!(!second.contains("abc123def456ghi789"), "{second}");
     assert!(!second.contains("1e400"), "{second}");
@@ -339,7 +367,10 @@ fn redact_counts_an_unparseable_candidate_field() {
         value(
             &text,
             "auditflow_component_errors_total",
-            &[("component_id", "scrub"), ("error_type", "unparseable_field")]
+            &[
+                ("component_id", "scrub"),
+                ("error_type", "unparseable_field")
+            ]
         ),
         1.0
     );

@@ -70,7 +70,11 @@ fn an_unsupported_extension_is_refused_naming_the_file() {
     }
     let run = auditflow(workspace.path(), &["run", "pipeline.ini"], &[], "");
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
-    assert!(stderr(&run).starts_with("pipeline.ini: "), "{}", stderr(&run));
+    assert!(
+        stderr(&run).starts_with("pipeline.ini: "),
+        "{}",
+        stderr(&run)
+    );
 }
 
 /// An empty YAML file is an empty pipeline: merged with others it changes nothing.
@@ -211,7 +215,11 @@ fn overrides_reach_nested_options_and_replace_lists() {
     let graph = auditflow(
         workspace.path(),
         &["graph", "pipeline.yaml"],
-        &[("AUDITFLOW_SINKS__OUT__INPUTS", "[x]"), ("AUDITFLOW_SINKS__OTHER__TYPE", "blackhole"), ("AUDITFLOW_SINKS__OTHER__INPUTS", "[y]")],
+        &[
+            ("AUDITFLOW_SINKS__OUT__INPUTS", "[x]"),
+            ("AUDITFLOW_SINKS__OTHER__TYPE", "blackhole"),
+            ("AUDITFLOW_SINKS__OTHER__INPUTS", "[y]"),
+        ],
         "",
     );
     assert_eq!(graph.status.code(), Some(0), "{}", stderr(&graph));

@@ -120,7 +120,10 @@ fn an_unopenable_checkpoint_directory_is_a_start_failure_exit_1() {
         stderr.contains("sources.logs: cannot use the checkpoint directory"),
         "{stderr}"
     );
-    assert!(stderr.contains(&data_dir.join("logs").display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&data_dir.join("logs").display().to_string()),
+        "{stderr}"
+    );
 }
 
 /// stdin -> https, against a server that refuses (503) until the test opens it.
@@ -202,7 +205,13 @@ fn sigint_drains_the_events_in_flight_and_exits_0() {
         .requests()
         .iter()
         .filter(|request| request.reply.code() == Some(200))
-        .flat_map(|request| request.body_str().lines().map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|request| {
+            request
+                .body_str()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(delivered, lines);
     drop(stdin);
@@ -230,7 +239,10 @@ fn a_drain_longer_than_shutdown_timeout_secs_exits_1() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("shutdown timed out"), "{stderr}");
     assert!(
-        server.requests().iter().all(|r| r.reply.code() == Some(503)),
+        server
+            .requests()
+            .iter()
+            .all(|r| r.reply.code() == Some(503)),
         "nothing was accepted"
     );
     drop(stdin);

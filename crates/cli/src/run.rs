@@ -57,10 +57,7 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
         };
         let running = builder.start();
         readiness.set_ready(true);
-        tracing::info!(
-            components = pipeline.components.len(),
-            "pipeline started"
-        );
+        tracing::info!(components = pipeline.components.len(), "pipeline started");
         supervise(running, pipeline.shutdown_timeout).await
     });
     // Standard input may still be blocked in a read that cannot be cancelled; the pipeline

@@ -231,9 +231,7 @@ impl Sink for HttpsSink {
             // A sealed batch waiting for a slot means every slot is busy: take no input
             // (that is the backpressure) and let the open batch wait too.
             let taking = !input_done && sealed.is_empty();
-            let deadline = open
-                .deadline
-                .unwrap_or_else(|| far_or(None));
+            let deadline = open.deadline.unwrap_or_else(|| far_or(None));
             tokio::select! {
                 joined = requests.join_next(), if !requests.is_empty() => {
                     if let Some(joined) = joined {
@@ -278,7 +276,8 @@ impl HttpsSink {
             if open.events.is_empty() {
                 // Checked: `timeout_ms` comes from the config and may be huge.
                 open.deadline = Some(far_or(
-                    tokio::time::Instant::now().checked_add(Duration::from_millis(limits.timeout_ms)),
+                    tokio::time::Instant::now()
+                        .checked_add(Duration::from_millis(limits.timeout_ms)),
                 ));
             }
             open.bytes += size;

@@ -442,9 +442,11 @@ async fn an_outage_loses_nothing_retries_as_configured_and_delays_the_acks() {
     // acknowledged, and the source is held back: 4 batches in the request being retried,
     // 4 in the next request, 1 in the channel.
     let server = &setup.server;
-    wait_for("four refused tries and a held-back source", Duration::from_secs(30), || {
-        server.requests().len() >= 4 && probe.sent() >= 9
-    })
+    wait_for(
+        "four refused tries and a held-back source",
+        Duration::from_secs(30),
+        || server.requests().len() >= 4 && probe.sent() >= 9,
+    )
     .await;
     assert!(
         probe.statuses().is_empty(),
@@ -487,7 +489,9 @@ async fn an_outage_loses_nothing_retries_as_configured_and_delays_the_acks() {
     );
     assert!(codes[refused + 5..].iter().all(|code| *code == Some(200)));
     let first_body = &requests[0].body;
-    assert!(requests[..refused + 5].iter().all(|r| &r.body == first_body));
+    assert!(requests[..refused + 5]
+        .iter()
+        .all(|r| &r.body == first_body));
     // Retry-After: 1 is honoured (below retry_max_backoff_ms): the next try came no sooner.
     let gap = requests[refused + 1].at - requests[refused].at;
     assert!(
@@ -612,12 +616,16 @@ async fn a_busy_server_holds_the_source_back() {
     // Both slots refused twice: two requests in flight, one sealed batch waiting, one
     // batch in the channel, and the source waiting to send the next: nothing more is taken.
     let server = &setup.server;
-    wait_for("two refusals of each request", Duration::from_secs(30), || {
-        let requests = server.requests();
-        let mut bodies: Vec<&Vec<u8>> = requests.iter().map(|r| &r.body).collect();
-        bodies.sort();
-        bodies.windows(2).filter(|pair| pair[0] == pair[1]).count() >= 2
-    })
+    wait_for(
+        "two refusals of each request",
+        Duration::from_secs(30),
+        || {
+            let requests = server.requests();
+            let mut bodies: Vec<&Vec<u8>> = requests.iter().map(|r| &r.body).collect();
+            bodies.sort();
+            bodies.windows(2).filter(|pair| pair[0] == pair[1]).count() >= 2
+        },
+    )
     .await;
     let sent = probe.sent();
     assert!(
