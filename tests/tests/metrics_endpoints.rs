@@ -88,8 +88,11 @@ fn ready_answers_503_until_every_component_is_built_and_started() {
     assert_eq!((status, body.as_str()), (503, "starting\n"));
     assert!(auditflow.child.try_wait().unwrap().is_none());
 
-    // The checkpoint answers: an empty one (no file read yet).
-    std::fs::write(&fifo, "{\"version\":1,\"files\":[]}\n").expect("write the checkpoint pipe");
+    // The checkpoint answers: an empty one (no file read yet). Written from a thread, so
+    // that a process that never opens the pipe fails the wait below instead of hanging.
+    std::thread::spawn(move || {
+        std::fs::write(&fifo, "{\"version\":1,\"files\":[]}\n").expect("write the checkpoint pipe");
+    });
     wait_ready(&address, Duration::from_secs(20));
     assert_eq!(
         http_get(&address, "/ready").unwrap(),
