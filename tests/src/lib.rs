@@ -186,6 +186,34 @@ impl Auditflow {
         text
     }
 
+    /// The metrics endpoint's address, read from the line `run` logs once it listens, so
+    /// that a pipeline can say `metrics.address: 127.0.0.1:0` and no port is guessed.
+    ///
+    /// # Panics
+    /// When no such line is logged within `timeout`.
+    pub fn metrics_address(&self, timeout: Duration) -> String {
+        const LINE: &str = "serving /metrics, /health and /ready";
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            let found = stderr
+                .lines()
+                .find(|line| line.contains(LINE))
+                .and_then(|line| {
+                    let (_, rest) = line.split_once("address=")?;
+                    Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
+                });
+            if let Some(address) = found {
+                return address;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "auditflow logged no metrics address within {timeout:?}; stderr:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, signal: libc::c_int) {
         let status = send_signal(self.child.id(), signal);
         assert!(status, "could not signal auditflow");

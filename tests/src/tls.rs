@@ -34,9 +34,69 @@ pub struct Pki {
     pub server_key_pem: String,
     pub client_cert_pem: String,
     pub client_key_pem: String,
+    /// The client key in SEC1 form (`BEGIN EC PRIVATE KEY`) instead of PKCS#8.
+    pub client_key_sec1_pem: String,
+    /// A second client certificate, for an RSA key.
+    pub client_rsa_cert_pem: String,
+    /// That certificate's key in PKCS#1 form (`BEGIN RSA PRIVATE KEY`).
+    pub client_rsa_key_pkcs1_pem: String,
     ca_der: CertificateDer<'static>,
     server_cert_der: CertificateDer<'static>,
     server_key_der: Vec<u8>,
+}
+
+/// A throw-away RSA key in two forms (see `tests/fixtures/tls/README.md`): rcgen cannot
+/// make RSA keys with ring.
+const RSA_PKCS8_PEM: &str = include_str!("../fixtures/tls/rsa-pkcs8.key");
+const RSA_PKCS1_PEM: &str = include_str!("../fixtures/tls/rsa-pkcs1.key");
+
+/// The SEC1 `ECPrivateKey` inside a PKCS#8 EC key (its `privateKey` OCTET STRING), as
+/// `EC PRIVATE KEY` PEM.
+fn sec1_pem(pkcs8: &[u8]) -> String {
+    // PrivateKeyInfo ::= SEQUENCE { version INTEGER, algorithm SEQUENCE, privateKey OCTET STRING, ... }
+    let (_, info) = der_item(pkcs8, 0x30);
+    let (rest, _) = der_item(info, 0x02);
+    let (rest, _) = der_item(rest, 0x30);
+    let (_, key) = der_item(rest, 0x04);
+    let mut pem = String::from("-----BEGIN EC PRIVATE KEY-----\n");
+    let text = base64(key);
+    for chunk in text.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END EC PRIVATE KEY-----\n");
+    pem
+}
+
+/// Splits one DER item with `tag` off the front of `der`: (what follows, its contents).
+fn der_item(der: &[u8], tag: u8) -> (&[u8], &[u8]) {
+    assert_eq!(der[0], tag, "unexpected DER tag");
+    let (len, header) = match der[1] {
+        short if short < 0x80 => (usize::from(short), 2),
+        0x81 => (usize::from(der[2]), 3),
+        0x82 => ((usize::from(der[2]) << 8) | usize::from(der[3]), 4),
+        other => panic!("unexpected DER length {other:#x}"),
+    };
+    (&der[header + len..], &der[header..header + len])
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Where [`Pki::write_to`] put the PEM files.
@@ -65,15 +125,25 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
             .expect("self-sign the CA");
 
-        let leaf = |names: Vec<String>, common_name: &str, usage: ExtendedKeyUsagePurpose| {
+        let leaf_for = |key: KeyPair,
+                        names: Vec<String>,
+                        common_name: &str,
+                        usage: ExtendedKeyUsagePurpose| {
             let mut params = CertificateParams::new(names).expect("leaf params");
             params
                 .distinguished_name
                 .push(DnType::CommonName, common_name);
             params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("leaf key");
             let cert = params.signed_by(&key, &ca).expect("sign a leaf");
             (cert, key)
+        };
+        let leaf = |names: Vec<String>, common_name: &str, usage: ExtendedKeyUsagePurpose| {
+            leaf_for(
+                KeyPair::generate().expect("leaf key"),
+                names,
+                common_name,
+                usage,
+            )
         };
         let (server_cert, server_key) = leaf(
             vec!["localhost".into(), "127.0.0.1".into()],
@@ -85,7 +155,16 @@ impl Pki {
             "auditflow-client",
             ExtendedKeyUsagePurpose::ClientAuth,
         );
+        let (client_rsa_cert, _) = leaf_for(
+            KeyPair::from_pem(RSA_PKCS8_PEM).expect("the RSA fixture key"),
+            vec!["auditflow-rsa-client".into()],
+            "auditflow-rsa-client",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         Pki {
+            client_key_sec1_pem: sec1_pem(&client_key.serialize_der()),
+            client_rsa_cert_pem: client_rsa_cert.pem(),
+            client_rsa_key_pkcs1_pem: RSA_PKCS1_PEM.to_owned(),
             ca_pem: ca.pem(),
             ca_der: ca.der().clone(),
             server_cert_pem: server_cert.pem(),
@@ -167,6 +246,8 @@ pub enum Reply {
     },
     /// Drop the connection without answering (TCP reset: `SO_LINGER` 0).
     Reset,
+    /// Never answer, keeping the connection open (a server that hangs).
+    Hang,
 }
 
 impl Reply {
@@ -174,7 +255,7 @@ impl Reply {
     pub fn code(&self) -> Option<u16> {
         match self {
             Reply::Status { code, .. } => Some(*code),
-            Reply::Reset => None,
+            Reply::Reset | Reply::Hang => None,
         }
     }
 
@@ -215,6 +296,8 @@ pub struct ServerOptions {
     pub require_client_cert: bool,
     /// Answers; `200` to everything when `None`.
     pub responder: Option<Responder>,
+    /// Offer only `http/1.1` by ALPN (no `h2`).
+    pub http1_only: bool,
 }
 
 impl ServerOptions {
@@ -236,6 +319,11 @@ impl ServerOptions {
 
     pub fn require_client_cert(mut self) -> ServerOptions {
         self.require_client_cert = true;
+        self
+    }
+
+    pub fn http1_only(mut self) -> ServerOptions {
+        self.http1_only = true;
         self
     }
 }
@@ -277,7 +365,11 @@ impl TestServer {
         let mut config = builder
             .with_single_cert(vec![pki.server_cert_der.clone()], key)
             .expect("server certificate");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = if options.http1_only {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
         let state = Arc::new(State {
@@ -496,6 +588,7 @@ async fn answer(
             reset.notify_one();
             std::future::pending().await
         }
+        Reply::Hang => std::future::pending().await,
     }
 }
 

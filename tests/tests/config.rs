@@ -179,7 +179,7 @@ fn upper_case_environment_overrides_reach_lower_case_options() {
         &[("AUDITFLOW_SINKS__OUT__PRETTY", "true")],
         "",
     );
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("sinks.out.pretty: unknown option `pretty`"),

@@ -14,7 +14,7 @@ fn every_event_from_stdin_reaches_the_https_server() {
     let pki = Pki::new("collector");
     let files = pki.write_to(workspace.path());
     let server = TestServer::start(&pki, ServerOptions::default().require_client_cert());
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = "127.0.0.1:0";
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
@@ -51,7 +51,8 @@ sinks:
         &["run".as_ref(), pipeline.as_os_str()],
         &[("COLLECTOR_TOKEN", "t0ken-from-env")],
     );
-    wait_ready(&metrics, Duration::from_secs(10));
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
+    wait_ready(&metrics, Duration::from_secs(20));
     let mut stdin = auditflow.take_stdin();
     stdin.write_all(FIXTURE.as_bytes()).unwrap();
     stdin.flush().unwrap();
@@ -139,7 +140,7 @@ fn an_event_list_round_trip_through_the_webhook_source_delivers_every_event_in_o
 
     // B: webhook source -> stdout.
     let receiver_address = format!("127.0.0.1:{}", free_port());
-    let receiver_metrics = format!("127.0.0.1:{}", free_port());
+    let receiver_metrics = "127.0.0.1:0";
     let receiver_pipeline = workspace.write(
         "receiver.yaml",
         &format!(
@@ -173,10 +174,11 @@ sinks:
         &[("RECEIVER_TOKEN", TOKEN)],
     );
     let received = receiver.stdout_lines();
+    let receiver_metrics = receiver.metrics_address(Duration::from_secs(20));
     wait_ready(&receiver_metrics, Duration::from_secs(20));
 
     // A: stdin -> https sink, one request at a time so that the order is kept.
-    let sender_metrics = format!("127.0.0.1:{}", free_port());
+    let sender_metrics = "127.0.0.1:0";
     let sender_pipeline = workspace.write(
         "sender.yaml",
         &format!(
@@ -209,6 +211,7 @@ sinks:
         &["run".as_ref(), sender_pipeline.as_os_str()],
         &[("SENDER_TOKEN", TOKEN)],
     );
+    let sender_metrics = sender.metrics_address(Duration::from_secs(20));
     wait_ready(&sender_metrics, Duration::from_secs(20));
     let mut stdin = sender.take_stdin();
     stdin.write_all(FIXTURE.as_bytes()).unwrap();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::audit_line;
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
 const ENGINE_SERIES: [&str; 5] = [
     "auditflow_component_received_events_total",
@@ -36,7 +36,7 @@ fn value(text: &str, name: &str, id: &str) -> f64 {
 #[test]
 fn every_component_reports_the_engine_series_and_counts_what_went_through() {
     let workspace = Workspace::new();
-    let address = format!("127.0.0.1:{}", free_port());
+    let address = "127.0.0.1:0";
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
@@ -50,7 +50,8 @@ fn every_component_reports_the_engine_series_and_counts_what_went_through() {
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let lines = auditflow.stdout_lines();
     let mut stdin = auditflow.take_stdin();
-    wait_ready(&address, Duration::from_secs(10));
+    let address = auditflow.metrics_address(Duration::from_secs(20));
+    wait_ready(&address, Duration::from_secs(20));
 
     assert_eq!(http_get(&address, "/health").unwrap().0, 200);
     assert_eq!(http_get(&address, "/ready").unwrap().0, 200);

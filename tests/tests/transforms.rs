@@ -304,7 +304,7 @@ fn a_bad_condition_is_refused_with_file_component_option_and_column() {
         .current_dir(workspace.path())
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "an invalid pipeline");
     let text = String::from_utf8_lossy(&output.stderr).into_owned()
         + &String::from_utf8_lossy(&output.stdout);
     assert!(

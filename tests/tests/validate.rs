@@ -59,7 +59,7 @@ fn normalise_known_types(text: &str) -> String {
 }
 
 /// Writes `files` to a fresh directory, validates them (in order), and compares the
-/// output with the golden file. Invalid pipelines exit 1 and print nothing on stderr.
+/// output with the golden file. Invalid pipelines exit 2 (as `run` does) and print nothing on stderr.
 fn check(case: &str, files: &[(&str, &str)]) {
     let workspace = Workspace::new();
     for (name, contents) in files {
@@ -71,7 +71,7 @@ fn check(case: &str, files: &[(&str, &str)]) {
     let stdout = String::from_utf8(output.stdout).expect("validate prints text");
     assert_eq!(
         output.status.code(),
-        Some(1),
+        Some(2),
         "validate of {case}:\n{stdout}"
     );
     assert_eq!(

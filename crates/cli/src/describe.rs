@@ -8,7 +8,8 @@ use auditflow_config::{Pipeline, Registry};
 use auditflow_core::ComponentKind;
 use serde_json::Value;
 
-/// `auditflow validate`: every problem, sorted, one per line; exit 1 when there are any.
+/// `auditflow validate`: every problem, sorted, one per line; exit 2 when there are any
+/// (the code `run` exits with for the same pipeline).
 pub fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
     let pipeline = match auditflow_config::load(files, registry) {
         Ok(pipeline) => pipeline,
@@ -21,7 +22,7 @@ pub fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
                 errors.len(),
                 if errors.len() == 1 { "" } else { "s" }
             );
-            return ExitCode::from(1);
+            return ExitCode::from(2);
         }
     };
     let count = |kind| {

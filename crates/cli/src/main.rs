@@ -5,8 +5,10 @@
 //! - [`run`]: runs a pipeline until signalled or until every source ended.
 //! - [`describe`]: `validate`, `graph` and `plugins`, which only read pipelines.
 //!
-//! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Logs go to
-//! standard error; standard output carries only data (`stdout` sink, `graph`, `plugins`).
+//! Exit codes: 0 ok; 1 the pipeline could not start or did not stop cleanly (a port in
+//! use, a drain timeout, a second signal); 2 the command line or the pipeline is invalid
+//! (`run` and `validate` alike). Logs go to standard error; standard output carries only
+//! data (`stdout` sink, `graph`, `plugins`).
 
 mod describe;
 mod kubeconfig;
@@ -50,7 +52,7 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Check pipeline files and list every problem; exit 0 when valid, 1 when not.
+    /// Check pipeline files and list every problem; exit 0 when valid, 2 when not.
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,

@@ -27,15 +27,13 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
         }
     };
     let code = runtime.block_on(async move {
-        let builder = match auditflow_topology::build(&pipeline) {
-            Ok(builder) => builder,
-            Err(errors) => return config_failure(&errors),
-        };
         let readiness = Arc::new(Readiness::default());
         if let Some(metrics) = &pipeline.metrics {
             match tokio::net::TcpListener::bind(metrics.address).await {
                 Ok(listener) => {
-                    tracing::info!(address = %metrics.address, "serving /metrics, /health and /ready");
+                    // The bound address, so that `127.0.0.1:0` tells where it listens.
+                    let address = listener.local_addr().unwrap_or(metrics.address);
+                    tracing::info!(%address, "serving /metrics, /health and /ready");
                     tokio::spawn(endpoint::serve(listener, Arc::clone(&readiness)));
                 }
                 Err(error) => {
@@ -47,12 +45,19 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
                 }
             }
         }
+        // The endpoint answers before the components are built, so `/ready` says `503
+        // starting` while a build waits (a checkpoint on a slow disk, certificates).
+        // `load` already ran every check that needs nothing but the files, so what fails
+        // here needs the machine: a port in use, a directory that cannot be opened. That
+        // is a start-up failure (exit 1), not an invalid pipeline (exit 2).
+        // (This thread is not a runtime worker, so the endpoint answers meanwhile.)
+        let builder = match auditflow_topology::build(&pipeline) {
+            Ok(builder) => builder,
+            Err(errors) => return start_failure(&errors),
+        };
         let running = builder.start();
         readiness.set_ready(true);
-        tracing::info!(
-            components = pipeline.components.len(),
-            "pipeline started"
-        );
+        tracing::info!(components = pipeline.components.len(), "pipeline started");
         supervise(running, pipeline.shutdown_timeout).await
     });
     // Standard input may still be blocked in a read that cannot be cancelled; the pipeline
@@ -130,6 +135,20 @@ async fn next_signal(terminate: &mut Signal, interrupt: &mut Signal) {
     }
 }
 
+/// The pipeline is valid but a component could not start: exit 1.
+fn start_failure(errors: &[ConfigError]) -> ExitCode {
+    for error in errors {
+        eprintln!("{error}");
+    }
+    eprintln!(
+        "auditflow: {} component{} could not start; nothing was started",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::from(1)
+}
+
+/// The pipeline is invalid: exit 2.
 pub fn config_failure(errors: &[ConfigError]) -> ExitCode {
     for error in errors {
         eprintln!("{error}");

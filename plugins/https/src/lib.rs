@@ -158,7 +158,8 @@ pub struct RequestOptions {
     /// retry doubles the bound.
     #[serde(default = "default_initial_backoff_ms")]
     pub retry_initial_backoff_ms: u64,
-    /// The bound on one retry's wait, in milliseconds.
+    /// The bound on one retry's wait, in milliseconds; a server's `Retry-After` is honoured
+    /// up to this long.
     #[serde(default = "default_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// Give a request up (its events are rejected and counted) after retrying this long,

@@ -152,6 +152,10 @@ impl HttpsSink {
                 }
             ),
         };
+        // The sink's own series exist from the start, at zero, so that a dashboard (or a
+        // check) sees `0`, not nothing, before the first request.
+        auditflow_metrics::sink_inflight_requests().with_label_values(&[&id]);
+        auditflow_metrics::sink_retries_total().with_label_values(&[&id]);
         Ok(HttpsSink {
             shared: Arc::new(Shared {
                 name: format!("sinks.{id}"),
@@ -227,9 +231,7 @@ impl Sink for HttpsSink {
             // A sealed batch waiting for a slot means every slot is busy: take no input
             // (that is the backpressure) and let the open batch wait too.
             let taking = !input_done && sealed.is_empty();
-            let deadline = open
-                .deadline
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let deadline = open.deadline.unwrap_or_else(|| far_or(None));
             tokio::select! {
                 joined = requests.join_next(), if !requests.is_empty() => {
                     if let Some(joined) = joined {
@@ -272,8 +274,11 @@ impl HttpsSink {
                 sealed.push_back(std::mem::take(open));
             }
             if open.events.is_empty() {
-                open.deadline =
-                    Some(tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms));
+                // Checked: `timeout_ms` comes from the config and may be huge.
+                open.deadline = Some(far_or(
+                    tokio::time::Instant::now()
+                        .checked_add(Duration::from_millis(limits.timeout_ms)),
+                ));
             }
             open.bytes += size;
             open.events.push(event);
@@ -374,9 +379,13 @@ impl Shared {
                     tls,
                 } => (problem, retry_after, tls),
             };
-            let wait = retry_after.unwrap_or_else(|| self.backoff(retries));
+            // A server's `Retry-After` can say anything (`18446744073709551615`); it is
+            // honoured only up to `retry_max_backoff_ms`, so no answer can park the sink.
+            let wait = retry_after
+                .map(|asked| asked.min(self.max_backoff))
+                .unwrap_or_else(|| self.backoff(retries));
             if let Some(limit) = self.max_retry_duration {
-                if started.elapsed() + wait > limit {
+                if started.elapsed().saturating_add(wait) > limit {
                     tracing::error!(
                         component_id = %self.id,
                         events = count,
@@ -545,7 +554,13 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
+/// `at`, or an hour from now when there is none (an addition that overflowed): a deadline
+/// that is never reached while anything else can happen.
+fn far_or(at: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))
+}
+
+/// `Retry-After` as seconds or as an HTTP date, unbounded (the caller bounds it).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
