@@ -614,7 +614,11 @@ fn torn_checkpoint_files_neither_restart_from_zero_nor_skip() {
     .unwrap();
     let mut refused = Auditflow::run(&workspace, &pipeline);
     let status = refused.wait_timeout(Duration::from_secs(10));
-    assert!(!status.success());
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an unusable checkpoint is a start failure"
+    );
     assert!(
         refused.stderr().contains("checkpoints.json"),
         "{}",

@@ -9,13 +9,22 @@ use auditflow_metrics::endpoint::{self, Readiness};
 use auditflow_topology::Running;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// Stack reserved for each runtime thread (workers and blocking threads).
+const WORKER_STACK_BYTES: usize = 64 << 20;
+
 pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> ExitCode {
     let pipeline = match auditflow_config::load(files, registry) {
         Ok(pipeline) => pipeline,
         Err(errors) => return config_failure(&errors),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("auditflow");
+    // Events nest up to 10,000 levels (kube-apiserver's limit). Parsing grows its own stack,
+    // but dropping, cloning, writing and walking a parsed value recurse: a worker's stack
+    // is reserved large enough for that (address space; only touched pages cost memory).
+    runtime
+        .enable_all()
+        .thread_name("auditflow")
+        .thread_stack_size(WORKER_STACK_BYTES);
     if let Some(threads) = threads {
         runtime.worker_threads(threads.max(1));
     }

@@ -615,7 +615,6 @@ impl Reader {
         self.read_events += decoded;
         if let Some((count, error)) = malformed {
             self.read_events += count;
-            self.telemetry.discarded("malformed", count);
             tracing::warn!(
                 component_id = %self.id,
                 topic,
@@ -642,16 +641,23 @@ impl Reader {
 
     /// Appends the payload's events to the batch; returns how many records (events, or the
     /// whole message) were not events, and the first problem.
+    /// Decodes a message into `self.decoded.events`; counts what is not an event (by
+    /// reason: `malformed`, `too_deep`) and returns how many, with the first problem.
     fn decode(&mut self, payload: Option<&[u8]>) -> Option<(usize, String)> {
         let Some(payload) = payload.filter(|payload| !payload.is_empty()) else {
+            self.telemetry.discarded("malformed", 1);
             return Some((1, "the message has no payload".into()));
         };
         // The one copy out of librdkafka's buffer: every event is a slice of it.
         let payload = Bytes::copy_from_slice(payload);
         if let Err(refused) = decode_into(&payload, self.decoding.shape(), &mut self.decoded) {
+            self.telemetry.discarded("malformed", 1);
             return Some((1, refused.0));
         }
         let first = self.decoded.malformed.first()?.to_string();
+        for malformed in &self.decoded.malformed {
+            self.telemetry.discarded(malformed.kind, 1);
+        }
         let count = self.decoded.malformed.len();
         self.decoded.malformed.clear();
         Some((count, first))

@@ -367,7 +367,9 @@ impl State {
         self.telemetry
             .received(events.len() + malformed.len(), body_len);
         if !malformed.is_empty() {
-            self.telemetry.discarded("malformed", malformed.len());
+            for item in &malformed {
+                self.telemetry.discarded(item.kind, 1);
+            }
             for item in malformed.iter().take(10) {
                 tracing::warn!(component_id = %self.id, item = %item.location, reason = %item.reason, "skipping an item that is not an audit event");
             }

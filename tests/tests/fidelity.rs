@@ -1,0 +1,367 @@
+//! Input fidelity through the real binary: every audit input a real cluster produces is
+//! accepted by stdin, file and webhook alike, and nothing changes that nobody asked to
+//! change. Each test is named after what it pins.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+
+/// `{"auditID":id,"verb":"patch","requestObject":{"x":` + `levels` arrays deep holding
+/// `leaf` + `}}`.
+fn nested(id: &str, levels: usize, leaf: &str) -> String {
+    format!(
+        r#"{{"auditID":"{id}","verb":"patch","requestObject":{{"x":{}{leaf}{}}}}}"#,
+        "[".repeat(levels),
+        "]".repeat(levels)
+    )
+}
+
+/// The sidecar's transforms, so that every one of them sees the input.
+const TRANSFORMS: &str = "transforms:\n  scrub: { type: redact, inputs: [in] }\n  \
+     tag: { type: rbac_denial, inputs: [scrub] }\n  \
+     quiet: { type: filter, inputs: [tag], condition: 'verb != \"watch\"' }\n  \
+     thin: { type: sample, inputs: [quiet], rate: 10, exclude: 'auditID exists' }\n";
+
+/// Runs `source` (YAML under `in:`) → the sidecar transforms → stdout, feeding `stdin`;
+/// returns the output lines and the metrics text scraped before stdin closed.
+fn run_pipeline(workspace: &Workspace, source: &str, stdin: &[u8], expect: usize) -> Run {
+    let pipeline = workspace.write(
+        &format!("p-{}.yaml", free_port()),
+        &format!(
+            "data_dir: {}\nmetrics: {{ address: 127.0.0.1:0 }}\nsources:\n  in: {source}\n{TRANSFORMS}\
+             sinks:\n  out: {{ type: stdout, inputs: [thin] }}\n",
+            workspace.path().join("data").display()
+        ),
+    );
+    let mut auditflow = Auditflow::run(workspace, &pipeline);
+    let lines = auditflow.stdout_lines();
+    let address = auditflow.metrics_address(Duration::from_secs(20));
+    let mut input = auditflow.take_stdin();
+    input.write_all(stdin).unwrap();
+    input.flush().unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expect {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => out.push(line),
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "{} of {expect} events arrived; stderr:\n{}",
+                out.len(),
+                auditflow.stderr()
+            ),
+        }
+    }
+    let metrics = scrape_settled(&address);
+    drop(input);
+    auditflow.signal(libc::SIGTERM);
+    let status = auditflow.wait_timeout(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", auditflow.stderr());
+    out.extend(lines.try_iter());
+    Run {
+        out,
+        metrics,
+        stderr: auditflow.stderr(),
+    }
+}
+
+struct Run {
+    out: Vec<String>,
+    metrics: String,
+    stderr: String,
+}
+
+impl Run {
+    fn discarded(&self, reason: &str) -> f64 {
+        metric(
+            &self.metrics,
+            "auditflow_component_discarded_events_total",
+            &[("component_id", "in"), ("reason", reason)],
+        )
+        .unwrap_or_else(|| panic!("no discarded{{reason={reason}}} series:\n{}", self.metrics))
+    }
+}
+
+/// Metrics once two scrapes a moment apart agree (the source has counted what it read).
+fn scrape_settled(address: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (_, text) = http_get(address, "/metrics").unwrap();
+        let counts: String = text
+            .lines()
+            .filter(|l| l.starts_with("auditflow_component_"))
+            .collect();
+        if counts == last {
+            return text;
+        }
+        last = counts;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    http_get(address, "/metrics").unwrap().1
+}
+
+/// One HTTP/1.1 POST on a fresh connection: (status, body).
+fn post(address: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /audit?timeout=30s HTTP/1.1\r\nHost: {address}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A webhook source → the sidecar transforms → stdout; posts each body, expecting 200.
+fn through_webhook(workspace: &Workspace, bodies: &[(&str, Vec<u8>)], expect: usize) -> Run {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let metrics_port = free_port();
+    let pipeline = workspace.write(
+        &format!("w-{port}.yaml"),
+        &format!(
+            "data_dir: {}\nmetrics: {{ address: 127.0.0.1:{metrics_port} }}\n\
+             sources:\n  in: {{ type: webhook, address: \"{address}\", path: /audit, allow_plaintext: true }}\n\
+             {TRANSFORMS}sinks:\n  out: {{ type: stdout, inputs: [thin] }}\n",
+            workspace.path().join("data").display()
+        ),
+    );
+    let mut auditflow = Auditflow::run(workspace, &pipeline);
+    let lines = auditflow.stdout_lines();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    wait_ready(&metrics, Duration::from_secs(20));
+    for (content_type, body) in bodies {
+        let (status, reply) = post(&address, content_type, body);
+        assert_eq!(status, 200, "{content_type}: {reply}");
+    }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expect {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => out.push(line),
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "{} of {expect} arrived",
+                out.len()
+            ),
+        }
+    }
+    let text = scrape_settled(&metrics);
+    auditflow.signal(libc::SIGTERM);
+    assert_eq!(
+        auditflow.wait_timeout(Duration::from_secs(30)).code(),
+        Some(0)
+    );
+    out.extend(lines.try_iter());
+    Run {
+        out,
+        metrics: text,
+        stderr: auditflow.stderr(),
+    }
+}
+
+#[test]
+fn events_nested_up_to_10_000_levels_pass_every_transform_unchanged_and_deeper_is_too_deep() {
+    let workspace = Workspace::new();
+    let shallow = nested("a", 150, "");
+    // The top object, requestObject and 9,998 arrays: 10,000 levels, the most accepted.
+    let deepest = nested("b", 9_998, "\"x\"");
+    let secret = nested("s", 2_000, "\"Bearer abcdef0123456789abcdef\"");
+    let too_deep = nested("c", 9_999, "");
+    let input = format!("{shallow}\n{deepest}\n{secret}\n{too_deep}\n");
+    for (name, source) in [
+        (
+            "stdin",
+            "{ type: stdin, max_line_bytes: 1048576 }".to_owned(),
+        ),
+        ("file", {
+            let logs = workspace.path().join("logs");
+            fs::create_dir_all(&logs).unwrap();
+            fs::write(logs.join("audit.log"), &input).unwrap();
+            format!("{{ type: file, include: [\"{}/*.log\"] }}", logs.display())
+        }),
+    ] {
+        let stdin = if name == "stdin" {
+            input.as_bytes()
+        } else {
+            b""
+        };
+        let run = run_pipeline(&workspace, &source, stdin, 3);
+        assert_eq!(run.out.len(), 3, "{name}");
+        assert_eq!(run.out[0], shallow, "{name}: 150 levels, byte for byte");
+        assert_eq!(run.out[1], deepest, "{name}: 10,000 levels, byte for byte");
+        assert!(
+            run.out[2].contains("[REDACTED]") && !run.out[2].contains("abcdef0123456789abcdef"),
+            "{name}: the token 2,000 levels down is redacted"
+        );
+        assert_eq!(run.discarded("too_deep"), 1.0, "{name}");
+        assert!(!run.stderr.contains("overflow"), "{}", run.stderr);
+    }
+    let run = through_webhook(
+        &workspace,
+        &[(
+            "application/json",
+            format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{shallow},{deepest},{too_deep}]}}"#)
+                .into_bytes(),
+        )],
+        2,
+    );
+    assert_eq!(run.out, [shallow, deepest], "webhook");
+    assert_eq!(run.discarded("too_deep"), 1.0, "webhook");
+}
+
+#[test]
+fn ndjson_lines_holding_an_event_list_or_an_array_are_unrolled_and_tagged() {
+    let workspace = Workspace::new();
+    let denied = r#"{"auditID":"d1","stage":"ResponseComplete","verb":"list","user":{"username":"bob"},"objectRef":{"resource":"secrets","namespace":"ns","apiVersion":"v1"},"responseStatus":{"code":403},"annotations":{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/reason":""}}"#;
+    let body = format!(
+        "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{denied}]}}\n[{{\"auditID\":\"a1\",\"verb\":\"get\"}},{{\"auditID\":\"a2\",\"verb\":\"get\"}}]\n"
+    );
+    let run = through_webhook(
+        &workspace,
+        &[("application/x-ndjson", body.into_bytes())],
+        3,
+    );
+    let ids: Vec<serde_json::Value> = run
+        .out
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["auditID"].clone())
+        .collect();
+    assert_eq!(ids, ["d1", "a1", "a2"]);
+    assert!(
+        run.out[0].contains(r#""auditflow.io/denial":"rbac""#),
+        "{}",
+        run.out[0]
+    );
+}
+
+#[test]
+fn pretty_printed_events_one_after_another_are_a_stream_for_stdin_webhook_and_file() {
+    let workspace = Workspace::new();
+    let pretty = "{\n  \"auditID\": \"p1\",\n  \"verb\": \"get\",\n  \"n\": 1.50\n}\n{\n  \"auditID\": \"p2\",\n  \"verb\": \"get\"\n}{\"auditID\":\"p3\",\"verb\":\"get\"}\n";
+    let expected = [
+        r#"{"auditID":"p1","verb":"get","n":1.50}"#,
+        r#"{"auditID":"p2","verb":"get"}"#,
+        r#"{"auditID":"p3","verb":"get"}"#,
+    ];
+    let run = run_pipeline(&workspace, "{ type: stdin }", pretty.as_bytes(), 3);
+    assert_eq!(run.out, expected, "stdin");
+    let run = through_webhook(
+        &workspace,
+        &[("application/json", pretty.as_bytes().to_vec())],
+        3,
+    );
+    assert_eq!(run.out, expected, "webhook");
+    let logs = workspace.path().join("pretty");
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("audit.json"), pretty).unwrap();
+    let source = format!(
+        "{{ type: file, include: [\"{}/*.json\"], framing: json_stream }}",
+        logs.display()
+    );
+    let run = run_pipeline(&workspace, &source, b"", 3);
+    assert_eq!(run.out, expected, "file with framing: json_stream");
+}
+
+#[test]
+fn a_utf8_byte_order_mark_is_skipped_by_stdin_file_and_webhook() {
+    let workspace = Workspace::new();
+    let event = r#"{"auditID":"bom","verb":"get"}"#;
+    let with_bom = format!("\u{feff}{event}\n");
+    let run = run_pipeline(&workspace, "{ type: stdin }", with_bom.as_bytes(), 1);
+    assert_eq!(run.out, [event], "stdin");
+    let logs = workspace.path().join("bom");
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("audit.log"), &with_bom).unwrap();
+    let source = format!("{{ type: file, include: [\"{}/*.log\"] }}", logs.display());
+    let run = run_pipeline(&workspace, &source, b"", 1);
+    assert_eq!(run.out, [event], "file");
+    let run = through_webhook(
+        &workspace,
+        &[("application/json", with_bom.into_bytes())],
+        1,
+    );
+    assert_eq!(run.out, [event], "webhook");
+}
+
+fn nul_padding(padding: usize) {
+    let workspace = Workspace::new();
+    let logs = workspace.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let line = |i: usize| format!(r#"{{"auditID":"n{i}","verb":"get"}}"#);
+    let mut content = Vec::new();
+    for i in 0..10 {
+        content.extend(line(i).bytes());
+        content.push(b'\n');
+    }
+    content.extend(std::iter::repeat_n(0u8, padding));
+    for i in 10..20 {
+        content.extend(line(i).bytes());
+        content.push(b'\n');
+    }
+    fs::write(logs.join("audit.log"), &content).unwrap();
+    let source = format!("{{ type: file, include: [\"{}/*.log\"] }}", logs.display());
+    let run = run_pipeline(&workspace, &source, b"", 20);
+    let expected: Vec<String> = (0..20).map(line).collect();
+    assert_eq!(run.out, expected, "{padding} NUL bytes");
+    assert!(run.discarded("nul_padding") >= 1.0);
+    assert_eq!(
+        metric(
+            &run.metrics,
+            "auditflow_component_discarded_events_total",
+            &[("component_id", "in"), ("reason", "malformed")],
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+}
+
+#[test]
+fn nul_padding_of_8_kib_after_a_crash_loses_no_event() {
+    nul_padding(8 * 1024);
+}
+
+#[test]
+fn nul_padding_of_5_mib_after_a_crash_loses_no_event() {
+    nul_padding(5 * 1024 * 1024);
+}
+
+#[test]
+fn a_flood_of_malformed_input_is_counted_whole_and_logged_at_a_bounded_rate() {
+    let workspace = Workspace::new();
+    let mut input = String::new();
+    for i in 0..1_000 {
+        input.push_str(&format!("not json {i}\n"));
+    }
+    input.push_str(r#"{"auditID":"last","verb":"get"}"#);
+    input.push('\n');
+    let run = run_pipeline(&workspace, "{ type: stdin }", input.as_bytes(), 1);
+    assert_eq!(run.discarded("malformed"), 1_000.0);
+    let warnings = run
+        .stderr
+        .lines()
+        .filter(|line| line.contains("skipping a record that is not an audit event"))
+        .count();
+    assert_eq!(warnings, 10, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("suppressed 990 similar warnings"),
+        "{}",
+        run.stderr
+    );
+}
