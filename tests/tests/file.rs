@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -624,4 +625,82 @@ fn torn_checkpoint_files_neither_restart_from_zero_nor_skip() {
         "{}",
         refused.stderr()
     );
+}
+
+/// The sidecar's worst case: the destination is down, so nothing is ever acknowledged and
+/// back-pressure stops the source with most of the file unread; the log file is deleted
+/// (rotation with a small `--audit-log-maxbackup`) and auditflow is killed. While it ran, the
+/// open file kept its bytes readable; after the restart they are gone, and
+/// `auditflow_file_lost_bytes_total` says exactly how many, with an error line naming the file.
+#[test]
+fn a_deleted_file_with_unacknowledged_events_is_counted_exactly_as_lost_bytes() {
+    const TOTAL: usize = 40_000;
+    let workspace = Workspace::new();
+    let logs = logs_dir(&workspace);
+    let log = logs.join("audit.log");
+    fs::write(&log, lines(0..TOTAL)).unwrap();
+    let size = fs::metadata(&log).unwrap().len();
+    // Nothing listens here: the sink retries and never acknowledges.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = closed.local_addr().unwrap();
+    drop(closed);
+    let pipeline = workspace.write(
+        "down.yaml",
+        &format!(
+            "data_dir: {}\nmetrics: {{ address: 127.0.0.1:0 }}\n\
+             sources:\n  in: {{ type: file, include: [\"{}/*.log\"], rotate_wait_secs: 1, glob_interval_ms: 100 }}\n\
+             sinks:\n  out: {{ type: https, inputs: [in], uri: \"http://{down}/\", allow_plaintext: true }}\n",
+            workspace.path().join("data").display(),
+            logs.display()
+        ),
+    );
+    let lost = |process: &Auditflow, at_least: f64| -> f64 {
+        let address = process.metrics_address(Duration::from_secs(20));
+        wait_ready(&address, Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = http_get(&address, "/metrics").unwrap().1;
+            let value = metric(
+                &text,
+                "auditflow_file_lost_bytes_total",
+                &[("component_id", "in")],
+            )
+            .expect("the lost-bytes series exists from the start");
+            if value >= at_least {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lost bytes stayed at {value}:\n{}",
+                process.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let mut first = Auditflow::run(&workspace, &pipeline);
+    assert_eq!(lost(&first, 0.0), 0.0);
+    // Wait for the checkpoint that names the file, then delete it under the blocked source.
+    let checkpoint = workspace.path().join("data/in/checkpoints.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(&checkpoint).is_ok_and(|text| text.contains("audit.log")) {
+        assert!(Instant::now() < deadline, "no checkpoint naming the file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::remove_file(&log).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    first.signal(libc::SIGKILL);
+    first.wait_timeout(Duration::from_secs(10));
+
+    let mut second = Auditflow::run(&workspace, &pipeline);
+    assert_eq!(lost(&second, 1.0), size as f64, "every byte of the file");
+    assert!(
+        second
+            .stderr()
+            .contains("is gone with bytes never acknowledged"),
+        "{}",
+        second.stderr()
+    );
+    second.signal(libc::SIGKILL);
+    second.wait_timeout(Duration::from_secs(10));
 }

@@ -213,6 +213,12 @@ series!(
     file_rotations_total: IntCounterVec(names::FILE_ROTATIONS_TOTAL,
         "Rotations a file source noticed (rename or truncate).", ["component_id"]));
 series!(
+    /// `file` source: bytes of files that were gone (deleted, or rotated out of reach)
+    /// before they were read or acknowledged.
+    file_lost_bytes_total: IntCounterVec(names::FILE_LOST_BYTES_TOTAL,
+        "Bytes a file source lost: files gone with bytes unread or unacknowledged.",
+        ["component_id"]));
+series!(
     /// `redact` transform: secrets replaced, by detector.
     redactions_total: IntCounterVec(names::REDACTIONS_TOTAL,
         "Secrets the redact transform replaced, by detector.", ["component_id", "detector"]));

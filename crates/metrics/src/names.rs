@@ -11,6 +11,7 @@ pub const BUFFER_EVENTS: &str = "auditflow_buffer_events";
 pub const FILE_CHECKPOINT_LAG_BYTES: &str = "auditflow_file_checkpoint_lag_bytes";
 pub const FILE_OPEN_FILES: &str = "auditflow_file_open_files";
 pub const FILE_ROTATIONS_TOTAL: &str = "auditflow_file_rotations_total";
+pub const FILE_LOST_BYTES_TOTAL: &str = "auditflow_file_lost_bytes_total";
 
 pub const REDACTIONS_TOTAL: &str = "auditflow_redactions_total";
 pub const RBAC_DENIALS_TOTAL: &str = "auditflow_rbac_denials_total";

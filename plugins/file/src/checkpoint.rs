@@ -33,6 +33,10 @@ pub struct Record {
     pub offset: u64,
     /// Lines acknowledged (for `file:line` in logs after a restart).
     pub line: u64,
+    /// The file's size when the checkpoint was written: what is lost if the file is gone
+    /// at the next start (`size - offset` bytes). Absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

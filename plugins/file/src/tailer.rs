@@ -149,6 +149,8 @@ struct Entry {
     retired: bool,
     /// A batch was lost unacknowledged: the checkpoint stays before it until a restart.
     frozen: bool,
+    /// Loaded from the checkpoint and not found by the first scan yet.
+    unseen_since_start: bool,
 }
 
 impl Entry {
@@ -168,6 +170,7 @@ impl Entry {
             last_seen: Instant::now(),
             retired: false,
             frozen: false,
+            unseen_since_start: false,
         }
     }
 }
@@ -207,6 +210,7 @@ struct FileMetrics {
     lag_bytes: IntGauge,
     open_files: IntGauge,
     rotations: IntCounter,
+    lost_bytes: IntCounter,
 }
 
 /// One frame of `entry`'s file into `fill`: the read position moves past it, and
@@ -279,6 +283,7 @@ impl Tailer {
                     .with_label_values(&labels),
                 open_files: auditflow_metrics::file_open_files().with_label_values(&labels),
                 rotations: auditflow_metrics::file_rotations_total().with_label_values(&labels),
+                lost_bytes: auditflow_metrics::file_lost_bytes_total().with_label_values(&labels),
             },
         };
         for record in records.unwrap_or_default() {
@@ -291,7 +296,10 @@ impl Tailer {
                 offset: record.offset,
                 line: record.line,
             };
-            tailer.insert(Entry::new(record.path, Some(fingerprint), start));
+            let mut entry = Entry::new(record.path, Some(fingerprint), start);
+            entry.size = record.size.unwrap_or(record.offset).max(record.offset);
+            entry.unseen_since_start = true;
+            tailer.insert(entry);
         }
         Ok(tailer)
     }
@@ -556,6 +564,7 @@ impl Tailer {
             Some(&key) => {
                 let entry = self.entries.get_mut(&key).expect("indexed entries exist");
                 entry.last_seen = now;
+                entry.unseen_since_start = false;
                 if entry.reader.is_some() {
                     // A copy (or hard link) of a file being read: read only one of them.
                     return;
@@ -694,6 +703,7 @@ impl Tailer {
     fn close_finished(&mut self, now: Instant) {
         let wait = self.settings.rotate_wait;
         let mut closing = Vec::new();
+        let mut lost = Vec::new();
         for (&key, entry) in &self.entries {
             let Some(reader) = &entry.reader else {
                 continue;
@@ -702,8 +712,10 @@ impl Tailer {
                 if now.duration_since(since) >= wait {
                     let unread = entry.size.saturating_sub(reader.framer.offset());
                     if unread > 0 {
-                        tracing::warn!(component_id = %self.id, file = %entry.path.display(),
-                            unread_bytes = unread, "closing a renamed or deleted file after rotate_wait_secs with bytes unread (a partial last line, or reading fell behind)");
+                        self.metrics.lost_bytes.inc_by(unread);
+                        tracing::error!(component_id = %self.id, file = %entry.path.display(),
+                            lost_bytes = unread, "closing a renamed or deleted file after rotate_wait_secs with bytes unread: they are lost (reading fell behind, or its last line had no newline); a disk buffer on the sinks, a longer rotate_wait_secs or more --audit-log-maxbackup keep them");
+                        lost.push((key, reader.framer.offset()));
                     } else {
                         tracing::info!(component_id = %self.id, file = %entry.path.display(),
                             "closing a renamed or deleted file: drained");
@@ -718,8 +730,31 @@ impl Tailer {
                 closing.push(key);
             }
         }
+        for (key, read) in lost {
+            // Counted once: a restart counts only what stays unacknowledged of what was read.
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.size = read;
+            }
+        }
         for key in closing {
             self.close(key, true);
+        }
+    }
+
+    /// After the first scan: files the checkpoint names that are gone, with bytes that
+    /// were never acknowledged. They cannot be read any more: count and report them.
+    fn account_missing_at_start(&mut self) {
+        for entry in self.entries.values_mut() {
+            if !std::mem::take(&mut entry.unseen_since_start) || entry.retired {
+                continue;
+            }
+            let lost = entry.size.saturating_sub(entry.committed.offset);
+            if lost > 0 {
+                self.metrics.lost_bytes.inc_by(lost);
+                tracing::error!(component_id = %self.id, file = %entry.path.display(),
+                    checkpoint = entry.committed.offset, size = entry.size, lost_bytes = lost,
+                    "a file the checkpoint names is gone with bytes never acknowledged: they are lost (deleted or rotated away while auditflow was stopped or blocked); a disk buffer on the sinks, or more --audit-log-maxbackup, keeps them");
+            }
         }
     }
 
@@ -901,6 +936,7 @@ impl Tailer {
                     path: entry.path.clone(),
                     offset: entry.committed.offset,
                     line: entry.committed.line,
+                    size: Some(entry.size.max(entry.committed.offset)),
                 })
             })
             .collect();
@@ -964,6 +1000,7 @@ impl Source for Tailer {
                 self.scan();
                 next_scan = now + self.settings.glob_interval;
                 if self.scans == 1 {
+                    self.account_missing_at_start();
                     // Remember where reading starts (read_from: end) before anything else.
                     self.write_checkpoint(telemetry);
                     next_checkpoint = now + CHECKPOINT_INTERVAL;
