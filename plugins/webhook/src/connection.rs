@@ -1,0 +1,209 @@
+//! One connection's life: how long it may stay without a request, and how it ends.
+//!
+//! - [`Lingering`] wraps the TCP stream. When the HTTP layer closes the connection it
+//!   sends its FIN and then keeps reading and discarding what the client still sends
+//!   (bounded in bytes and time), so that a client still writing a refused body reads the
+//!   answer instead of a reset (a close with unread data makes the kernel send RST).
+//! - [`Activity`] counts the requests in progress on a connection and remembers when the
+//!   last one ended; the server closes a connection that carries no request for
+//!   `header_read_timeout_ms` (an idle keep-alive connection, or a request head that
+//!   trickles in).
+//! - [`AnswerBody`] is the response body. It keeps the request's body alive until the
+//!   answer is sent, so that HTTP/2 ends an unread request stream with `NO_ERROR` (RFC
+//!   9113 §8.1) rather than `CANCEL`, and HTTP/1.1 never sends `100 Continue` for a body
+//!   nobody will read.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// After closing, a connection discards up to this much of what the client still sends...
+pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+/// ...for at most this long.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A stream that lingers on close (see the module docs) and counts the bytes it read.
+pub struct Lingering<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+    linger: Option<Linger>,
+}
+
+struct Linger {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    discarded: u64,
+}
+
+impl<S> Lingering<S> {
+    pub fn new(inner: S) -> Lingering<S> {
+        Lingering {
+            inner,
+            read: Arc::new(AtomicU64::new(0)),
+            linger: None,
+        }
+    }
+
+    /// Bytes read so far, shared with whoever watches the connection.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.read)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Lingering<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        this.read.fetch_add(read as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some(Linger {
+                deadline: Box::pin(tokio::time::sleep(LINGER_TIMEOUT)),
+                discarded: 0,
+            });
+        }
+        let linger = this.linger.as_mut().expect("set above");
+        let mut scratch = [0u8; 8192];
+        loop {
+            if linger.deadline.as_mut().poll(cx).is_ready() || linger.discarded > LINGER_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => linger.discarded += buf.filled().len() as u64,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Requests in progress on one connection, and when the last one ended.
+pub struct Activity {
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            active: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Marks a request in progress until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> ActiveRequest {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(Arc::clone(self))
+    }
+
+    /// `None` while a request is in progress, else when the connection became idle.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let idle_since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        (self.active.load(Ordering::Acquire) == 0).then_some(idle_since)
+    }
+}
+
+/// A request in progress (see [`Activity::begin`]).
+pub struct ActiveRequest(Arc<Activity>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body holding the request's body (and the request's place on its
+/// connection) until the answer has been sent.
+pub struct AnswerBody {
+    data: Option<Bytes>,
+    request: Option<Incoming>,
+    active: Option<ActiveRequest>,
+}
+
+impl AnswerBody {
+    pub fn new(data: Bytes, request: Incoming, active: ActiveRequest) -> AnswerBody {
+        AnswerBody {
+            data: Some(data),
+            request: Some(request),
+            active: Some(active),
+        }
+    }
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        match this.data.take() {
+            Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            None => {
+                // Sent: the request's body and place may go now.
+                this.request = None;
+                this.active = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |data| data.len() as u64))
+    }
+}
