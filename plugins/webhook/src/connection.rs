@@ -8,10 +8,13 @@
 //!   last one ended; the server closes a connection that carries no request for
 //!   `header_read_timeout_ms` (an idle keep-alive connection, or a request head that
 //!   trickles in).
-//! - [`AnswerBody`] is the response body. It keeps the request's body alive until the
-//!   answer is sent, so that HTTP/2 ends an unread request stream with `NO_ERROR` (RFC
-//!   9113 §8.1) rather than `CANCEL`, and HTTP/1.1 never sends `100 Continue` for a body
-//!   nobody will read.
+//! - [`AnswerBody`] is the response body. It keeps the request's body unread until the
+//!   answer is sent (so HTTP/1.1 never sends `100 Continue` for a body nobody will read),
+//!   then discards what the client still sends, bounded like the linger, so that the
+//!   request ends cleanly: an HTTP/2 stream half-closed by the client (no `RST_STREAM`,
+//!   which curl before 8.x reports as a framing error even with `NO_ERROR`), an HTTP/1.1
+//!   connection that stays usable. Past the bounds the body is dropped, and HTTP/2 resets
+//!   the stream with `NO_ERROR` (RFC 9113 §8.1).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -179,6 +182,38 @@ impl AnswerBody {
     }
 }
 
+impl Drop for AnswerBody {
+    /// The answer is sent (or the connection is gone): what is left of the request's body
+    /// is discarded, and the request keeps its place on the connection until then.
+    fn drop(&mut self) {
+        let active = self.active.take();
+        if let Some(request) = self.request.take() {
+            if !request.is_end_stream() {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(discard(request, active));
+                }
+            }
+        }
+    }
+}
+
+/// Reads and drops what is left of a request's body, within the linger's bounds.
+async fn discard(mut body: Incoming, active: Option<ActiveRequest>) {
+    use http_body_util::BodyExt as _;
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+        let mut discarded = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if discarded > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(body);
+    drop(active);
+}
+
 impl Body for AnswerBody {
     type Data = Bytes;
     type Error = Infallible;
@@ -190,12 +225,7 @@ impl Body for AnswerBody {
         let this = self.get_mut();
         match this.data.take() {
             Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            None => {
-                // Sent: the request's body and place may go now.
-                this.request = None;
-                this.active = None;
-                Poll::Ready(None)
-            }
+            None => Poll::Ready(None),
         }
     }
 
