@@ -110,9 +110,9 @@ impl WebhookClient {
         .with_root_certificates(roots);
         let config = match identity {
             None => builder.with_no_client_auth(),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(rustls_pem_certs(cert), rustls_pem_key(key))
-                .expect("a client identity"),
+            Some((cert, key)) => {
+                builder.with_client_cert_resolver(Arc::new(Presented::new(cert, key)))
+            }
         };
         WebhookClient {
             address,
@@ -270,6 +270,38 @@ impl Connection {
             request.body.clone()
         };
         self.post(&request.target, &headers, body).await
+    }
+}
+
+/// A client certificate presented as it is, whatever it holds (an X.509 v1 one too),
+/// the way Go's client presents the kubeconfig's `client-certificate` without checking it.
+#[derive(Debug)]
+struct Presented(Arc<rustls::sign::CertifiedKey>);
+
+impl Presented {
+    fn new(cert_pem: &str, key_pem: &str) -> Presented {
+        let key = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(rustls_pem_key(key_pem))
+            .expect("a usable private key");
+        Presented(Arc::new(rustls::sign::CertifiedKey::new(
+            rustls_pem_certs(cert_pem),
+            key,
+        )))
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Presented {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
