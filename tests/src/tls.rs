@@ -119,7 +119,9 @@ impl Pki {
     pub fn server_identity(&self, names: &[&str], fault: CertFault) -> (String, String) {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, "localhost");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         fault.apply(&mut params);
         self.sign(params, fault)

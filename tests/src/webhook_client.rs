@@ -355,7 +355,11 @@ impl KubeconfigClient {
         };
         let current = config["current-context"].as_str().expect("current-context");
         let context = named("contexts", current, "context");
-        let cluster = named("clusters", context["cluster"].as_str().expect("cluster"), "cluster");
+        let cluster = named(
+            "clusters",
+            context["cluster"].as_str().expect("cluster"),
+            "cluster",
+        );
         let user = context["user"]
             .as_str()
             .map(|name| named("users", name, "user"))
@@ -376,7 +380,11 @@ impl KubeconfigClient {
             .expect("server")
             .parse()
             .expect("a URL");
-        assert_eq!(server.scheme_str(), Some("https"), "this client speaks HTTPS");
+        assert_eq!(
+            server.scheme_str(),
+            Some("https"),
+            "this client speaks HTTPS"
+        );
         let host = server.host().expect("a host").to_owned();
         let port = server.port_u16().unwrap_or(443);
         let address = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))

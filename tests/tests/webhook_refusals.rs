@@ -201,21 +201,24 @@ fn every_refusal_reaches_the_client_over_http2_and_http1_with_and_without_expect
 
     for case in CASES {
         let reads = [
-            ("curl HTTP/2", curl(case, port, &files.ca, &body, &out, true)),
+            (
+                "curl HTTP/2",
+                curl(case, port, &files.ca, &body, &out, true),
+            ),
             (
                 "curl HTTP/1.1 + Expect",
                 curl(case, port, &files.ca, &body, &out, false),
             ),
-            (
-                "python http.client",
-                python(case, port, &files.ca, &body),
-            ),
+            ("python http.client", python(case, port, &files.ca, &body)),
         ];
         for (client, read) in &reads {
             assert_eq!(
-                read.status, case.status,
+                read.status,
+                case.status,
                 "{client} {} {}: {read:?}\nauditflow:\n{}",
-                case.method, case.path, auditflow.stderr()
+                case.method,
+                case.path,
+                auditflow.stderr()
             );
             let reason = serde_json::from_str::<serde_json::Value>(&read.body)
                 .ok()
@@ -228,7 +231,10 @@ fn every_refusal_reaches_the_client_over_http2_and_http1_with_and_without_expect
                 case.reason
             );
         }
-        assert_eq!(reads[0].1.version, "2", "curl negotiated HTTP/2 through ALPN");
+        assert_eq!(
+            reads[0].1.version, "2",
+            "curl negotiated HTTP/2 through ALPN"
+        );
         assert_eq!(reads[1].1.version, "1.1");
         // The answer came before the body was read: no `100 Continue` invited it.
         assert!(
@@ -287,7 +293,10 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 /// Latency of `count` one-event requests on one kept-alive connection.
-async fn latencies(connection: &mut auditflow_e2e::webhook_client::Connection, count: usize) -> Vec<Duration> {
+async fn latencies(
+    connection: &mut auditflow_e2e::webhook_client::Connection,
+    count: usize,
+) -> Vec<Duration> {
     let request = &captured_requests()[2];
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
@@ -381,7 +390,12 @@ async fn heavy_three_thousand_slow_clients_are_refused_or_timed_out_and_memory_s
         let refused =
             metric(&text, "auditflow_webhook_connections_refused_total", &[]).unwrap_or(0.0);
         let timeouts = |phase| {
-            metric(&text, "auditflow_webhook_timeouts_total", &[("phase", phase)]).unwrap_or(0.0)
+            metric(
+                &text,
+                "auditflow_webhook_timeouts_total",
+                &[("phase", phase)],
+            )
+            .unwrap_or(0.0)
         };
         let (header, body) = (timeouts("header"), timeouts("body"));
         rss_peak = rss_peak.max(vm_rss_kib(pid));
@@ -404,7 +418,11 @@ async fn heavy_three_thousand_slow_clients_are_refused_or_timed_out_and_memory_s
     assert!(header > 0.0 && body > 0.0, "{header} {body}");
     let text = scrape(&metrics);
     assert_eq!(
-        metric(&text, "auditflow_webhook_requests_total", &[("code", "408")]),
+        metric(
+            &text,
+            "auditflow_webhook_requests_total",
+            &[("code", "408")]
+        ),
         Some(body),
         "every slow body was answered 408"
     );

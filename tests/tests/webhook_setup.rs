@@ -82,16 +82,23 @@ fn inline(workspace: &Workspace, file: &Path, name: &str) -> PathBuf {
     let mut config: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let inline_in = |node: &mut serde_yaml::Value, key: &str| {
-        let Some(map) = node.as_mapping_mut() else { return };
+        let Some(map) = node.as_mapping_mut() else {
+            return;
+        };
         if let Some(path) = map.remove(key) {
             let bytes = std::fs::read(path.as_str().unwrap()).unwrap();
             map.insert(
                 format!("{key}-data").into(),
-                base64::engine::general_purpose::STANDARD.encode(bytes).into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
             );
         }
     };
-    inline_in(&mut config["clusters"][0]["cluster"], "certificate-authority");
+    inline_in(
+        &mut config["clusters"][0]["cluster"],
+        "certificate-authority",
+    );
     inline_in(&mut config["users"][0]["user"], "client-certificate");
     inline_in(&mut config["users"][0]["user"], "client-key");
     let text = serde_yaml::to_string(&config).unwrap();
@@ -101,7 +108,11 @@ fn inline(workspace: &Workspace, file: &Path, name: &str) -> PathBuf {
 
 fn check(kubeconfig: &Path) -> (bool, String) {
     let output = auditflow(
-        &["webhook-check", "--kubeconfig", kubeconfig.to_str().unwrap()],
+        &[
+            "webhook-check",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
         &[],
     );
     (output.status.success(), text(&output))
@@ -111,7 +122,11 @@ fn check(kubeconfig: &Path) -> (bool, String) {
 fn steps(report: &str) -> Vec<&str> {
     report
         .lines()
-        .filter(|line| ["DNS:", "TCP:", "TLS:", "HTTP:"].iter().any(|step| line.starts_with(step)))
+        .filter(|line| {
+            ["DNS:", "TCP:", "TLS:", "HTTP:"]
+                .iter()
+                .any(|step| line.starts_with(step))
+        })
         .collect()
 }
 
@@ -153,11 +168,21 @@ async fn every_credential_combination_passes_webhook_check_and_delivers() {
 
     let combinations: [(&str, u16, Vec<&str>); 3] = [
         ("token", ports[0], vec![]),
-        ("mtls", ports[1], vec!["--client-cert", cert, "--client-key", key]),
+        (
+            "mtls",
+            ports[1],
+            vec!["--client-cert", cert, "--client-key", key],
+        ),
         (
             "both",
             ports[2],
-            vec!["--client-cert", cert, "--client-key", key, "--token-from-env"],
+            vec![
+                "--client-cert",
+                cert,
+                "--client-key",
+                key,
+                "--token-from-env",
+            ],
         ),
     ];
     for (id, port, extra) in &combinations {
@@ -167,7 +192,11 @@ async fn every_credential_combination_passes_webhook_check_and_delivers() {
         let (file, said) = kubeconfig(&workspace, &format!("{id}.yaml"), &args);
         let written = std::fs::read_to_string(&file).unwrap();
         assert_eq!(written.contains("token:"), *id != "mtls", "{id}: {written}");
-        assert_eq!(written.contains("client-certificate:"), *id != "token", "{id}");
+        assert_eq!(
+            written.contains("client-certificate:"),
+            *id != "token",
+            "{id}"
+        );
         if *id == "mtls" {
             // The variable was set, and was left out, saying how to put it in.
             assert!(said.contains("--token-from-env"), "{said}");
@@ -180,7 +209,10 @@ async fn every_credential_combination_passes_webhook_check_and_delivers() {
             assert_eq!(steps.len(), 4, "{report}");
             assert!(steps[0].starts_with("DNS: ok: localhost -> "), "{report}");
             assert!(steps[1].starts_with("TCP: ok: connected to "), "{report}");
-            assert!(steps[2].starts_with("TLS: ok: TLSv1_3, ALPN h2"), "{report}");
+            assert!(
+                steps[2].starts_with("TLS: ok: TLSv1_3, ALPN h2"),
+                "{report}"
+            );
             assert!(
                 steps[3].starts_with("HTTP: ok: 200 over HTTP/2")
                     && steps[3].contains("the source recognised the test event"),
@@ -207,7 +239,11 @@ async fn every_credential_combination_passes_webhook_check_and_delivers() {
     };
     for (id, _, _) in &combinations {
         assert_eq!(
-            metric(&text, "auditflow_webhook_checks_total", &[("component_id", id)]),
+            metric(
+                &text,
+                "auditflow_webhook_checks_total",
+                &[("component_id", id)]
+            ),
             Some(2.0),
             "{id}"
         );
@@ -231,7 +267,11 @@ fn pass_check_events_lets_the_test_event_through() {
     let (mut auditflow, _metrics) = start(&workspace, &source, "api");
     let lines = auditflow.stdout_lines();
     let server = format!("https://localhost:{port}/audit");
-    let (file, _) = kubeconfig(&workspace, "k.yaml", &["--server", &server, "--ca-file", files.ca.to_str().unwrap()]);
+    let (file, _) = kubeconfig(
+        &workspace,
+        "k.yaml",
+        &["--server", &server, "--ca-file", files.ca.to_str().unwrap()],
+    );
     let (passed, report) = check(&file);
     assert!(passed, "{report}");
     let line = next_line(&lines);
@@ -292,17 +332,33 @@ fn webhook_check_names_each_failure_and_exits_non_zero() {
     ];
     for (what, args, token, expected) in cases {
         let file = workspace.path().join("case.yaml");
-        let env: &[(&str, &str)] = if token { &[("AUDITFLOW_WEBHOOK_TOKEN", TOKEN)] } else { &[] };
+        let env: &[(&str, &str)] = if token {
+            &[("AUDITFLOW_WEBHOOK_TOKEN", TOKEN)]
+        } else {
+            &[]
+        };
         let output = auditflow(
-            &["webhook-kubeconfig", "--server", &args[0], "--ca-file", &args[1]],
+            &[
+                "webhook-kubeconfig",
+                "--server",
+                &args[0],
+                "--ca-file",
+                &args[1],
+            ],
             env,
         );
         assert!(output.status.success(), "{}", text(&output));
         std::fs::write(&file, &output.stdout).unwrap();
-        let output = auditflow(&["webhook-check", "--kubeconfig", file.to_str().unwrap()], &[]);
+        let output = auditflow(
+            &["webhook-check", "--kubeconfig", file.to_str().unwrap()],
+            &[],
+        );
         let report = text(&output);
         assert_eq!(output.status.code(), Some(1), "{what}:\n{report}");
-        assert!(report.contains(expected), "{what}: no {expected:?} in\n{report}");
+        assert!(
+            report.contains(expected),
+            "{what}: no {expected:?} in\n{report}"
+        );
         assert!(
             report.contains("kube-apiserver with this kubeconfig would not deliver"),
             "{report}"
@@ -363,7 +419,11 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
         let attempt = async {
             let mut connection = client.connect().await?;
             connection
-                .post("/audit", &[("Content-Type", "application/json")], event_list("x").0)
+                .post(
+                    "/audit",
+                    &[("Content-Type", "application/json")],
+                    event_list("x").0,
+                )
                 .await
         }
         .await;
@@ -371,9 +431,16 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
         wait_for_log(&auditflow, message);
     }
     // A client that does not trust the source's certificate.
-    let distrustful = WebhookClient::https(address, &stranger.ca_pem, Some((&pki.client_cert_pem, &pki.client_key_pem)));
+    let distrustful = WebhookClient::https(
+        address,
+        &stranger.ca_pem,
+        Some((&pki.client_cert_pem, &pki.client_key_pem)),
+    );
     assert!(distrustful.connect().await.is_err());
-    wait_for_log(&auditflow, "the client does not trust tls.cert_file (alert unknown_ca, wrong CA)");
+    wait_for_log(
+        &auditflow,
+        "the client does not trust tls.cert_file (alert unknown_ca, wrong CA)",
+    );
     let (status, body) = http_get(&metrics, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert_eq!(
@@ -406,14 +473,33 @@ fn validate_checks_the_sources_own_certificate_files() {
     assert!(valid, "{report}");
 
     let write = |name: &str, (cert, key): (String, String)| {
-        (workspace.write(&format!("{name}.pem"), &cert), workspace.write(&format!("{name}.key"), &key))
+        (
+            workspace.write(&format!("{name}.pem"), &cert),
+            workspace.write(&format!("{name}.key"), &key),
+        )
     };
-    let (expired, expired_key) = write("expired", pki.server_identity(&["localhost", "127.0.0.1"], CertFault::Expired));
+    let (expired, expired_key) = write(
+        "expired",
+        pki.server_identity(&["localhost", "127.0.0.1"], CertFault::Expired),
+    );
     let (v1, v1_key) = write("v1", pki.server_identity(&["localhost"], CertFault::V1));
-    let (elsewhere, elsewhere_key) = write("elsewhere", pki.server_identity(&["10.0.0.5"], CertFault::None));
+    let (elsewhere, elsewhere_key) = write(
+        "elsewhere",
+        pki.server_identity(&["10.0.0.5"], CertFault::None),
+    );
     let cases = [
-        (&expired, &expired_key, "sources.api.tls.cert_file: ", "the certificate expired at "),
-        (&v1, &v1_key, "sources.api.tls.cert_file: ", "the certificate is X.509 v1"),
+        (
+            &expired,
+            &expired_key,
+            "sources.api.tls.cert_file: ",
+            "the certificate expired at ",
+        ),
+        (
+            &v1,
+            &v1_key,
+            "sources.api.tls.cert_file: ",
+            "the certificate is X.509 v1",
+        ),
         (
             &files.server_cert,
             &files.client_key,
@@ -431,7 +517,9 @@ fn validate_checks_the_sources_own_certificate_files() {
         let (valid, report) = validate(cert, key);
         assert!(!valid, "{message}: {report}");
         assert!(
-            report.lines().any(|line| line.contains(field) && line.contains(message)),
+            report
+                .lines()
+                .any(|line| line.contains(field) && line.contains(message)),
             "no {field}...{message} in\n{report}"
         );
     }

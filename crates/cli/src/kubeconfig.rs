@@ -73,9 +73,10 @@ fn choose_token<'a>(
     let env_token = env_token.filter(|token| !token.is_empty());
     let token = match (&args.token, args.token_from_env, args.client_cert.is_some()) {
         (Some(token), _, _) => Some(token.as_str()),
-        (None, true, _) => Some(env_token.ok_or_else(|| {
-            format!("--token-from-env: ${TOKEN_ENV} is not set or empty")
-        })?),
+        (None, true, _) => Some(
+            env_token
+                .ok_or_else(|| format!("--token-from-env: ${TOKEN_ENV} is not set or empty"))?,
+        ),
         (None, false, false) => env_token,
         (None, false, true) => {
             if env_token.is_some() {
@@ -136,8 +137,9 @@ fn render(args: &Args, env_token: Option<&str>) -> Result<(String, Vec<String>),
     } else {
         format!("  user:\n{user}")
     };
-    Ok((format!(
-        "# kube-apiserver --audit-webhook-config-file=<this file>
+    Ok((
+        format!(
+            "# kube-apiserver --audit-webhook-config-file=<this file>
 apiVersion: v1
 kind: Config
 clusters:
@@ -152,7 +154,9 @@ current-context: default
 users:
 - name: kube-apiserver
 {user}"
-    ), notes))
+        ),
+        notes,
+    ))
 }
 
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
@@ -208,7 +212,9 @@ mod tests {
         both.token_from_env = true;
         let (from_env, _) = render(&both, Some("s3cret")).unwrap();
         assert_eq!(from_env, text);
-        assert!(render(&both, None).unwrap_err().contains("AUDITFLOW_WEBHOOK_TOKEN is not set"));
+        assert!(render(&both, None)
+            .unwrap_err()
+            .contains("AUDITFLOW_WEBHOOK_TOKEN is not set"));
     }
 
     #[test]

@@ -147,10 +147,20 @@ fn resolve(path: &Path) -> Result<Target, String> {
             in_file("current-context")
         ));
     }
-    let context = find(&config.contexts, &config.current_context)
-        .ok_or_else(|| format!("{}: no context named {:?}", in_file("contexts"), config.current_context))?;
-    let cluster = find(&config.clusters, &context.cluster)
-        .ok_or_else(|| format!("{}: no cluster named {:?}", in_file("clusters"), context.cluster))?;
+    let context = find(&config.contexts, &config.current_context).ok_or_else(|| {
+        format!(
+            "{}: no context named {:?}",
+            in_file("contexts"),
+            config.current_context
+        )
+    })?;
+    let cluster = find(&config.clusters, &context.cluster).ok_or_else(|| {
+        format!(
+            "{}: no cluster named {:?}",
+            in_file("clusters"),
+            context.cluster
+        )
+    })?;
     let default_user = User::default();
     let user = if context.user.is_empty() {
         &default_user
@@ -166,9 +176,11 @@ fn resolve(path: &Path) -> Result<Target, String> {
         context.user
     );
     if cluster.insecure_skip_tls_verify {
-        return Err("insecure-skip-tls-verify is set: webhook-check does not check a server it \
+        return Err(
+            "insecure-skip-tls-verify is set: webhook-check does not check a server it \
                     would not verify; give certificate-authority instead"
-            .into());
+                .into(),
+        );
     }
     if let Some(proxy) = &cluster.proxy_url {
         println!("kubeconfig: note: proxy-url {proxy:?} is not used by this check");
@@ -187,7 +199,11 @@ fn resolve(path: &Path) -> Result<Target, String> {
     let https = match url.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err(format!("server {server:?}: expected https://HOST:PORT/PATH")),
+        _ => {
+            return Err(format!(
+                "server {server:?}: expected https://HOST:PORT/PATH"
+            ))
+        }
     };
     let host = url
         .host()
@@ -196,11 +212,15 @@ fn resolve(path: &Path) -> Result<Target, String> {
         .trim_end_matches(']')
         .to_owned();
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let server_name = cluster.tls_server_name.clone().unwrap_or_else(|| host.clone());
+    let server_name = cluster
+        .tls_server_name
+        .clone()
+        .unwrap_or_else(|| host.clone());
 
     let read = |file: &Path, what: &str| -> Result<Vec<u8>, String> {
         let file = dir.join(file);
-        std::fs::read(&file).map_err(|error| format!("{what} {}: cannot read: {error}", file.display()))
+        std::fs::read(&file)
+            .map_err(|error| format!("{what} {}: cannot read: {error}", file.display()))
     };
     let data = |text: &str, what: &str| -> Result<Vec<u8>, String> {
         base64::engine::general_purpose::STANDARD
@@ -209,9 +229,18 @@ fn resolve(path: &Path) -> Result<Target, String> {
     };
 
     // The CA: inline data wins over a file, as in client-go; none means the host's roots.
-    let (ca_pem, ca_source) = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
-        (Some(inline), _) => (Some(data(inline, "certificate-authority-data")?), "certificate-authority-data".to_owned()),
-        (None, Some(file)) => (Some(read(file, "certificate-authority")?), format!("certificate-authority {}", dir.join(file).display())),
+    let (ca_pem, ca_source) = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(inline), _) => (
+            Some(data(inline, "certificate-authority-data")?),
+            "certificate-authority-data".to_owned(),
+        ),
+        (None, Some(file)) => (
+            Some(read(file, "certificate-authority")?),
+            format!("certificate-authority {}", dir.join(file).display()),
+        ),
         (None, None) => (None, "the host's trusted roots".to_owned()),
     };
     let roots = match ca_pem {
@@ -225,9 +254,9 @@ fn resolve(path: &Path) -> Result<Target, String> {
                 return Err(format!("{ca_source}: holds no certificate"));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|error| format!("{ca_source}: not a usable CA certificate: {error}"))?;
+                roots.add(cert).map_err(|error| {
+                    format!("{ca_source}: not a usable CA certificate: {error}")
+                })?;
             }
             Some(roots)
         }
@@ -235,20 +264,33 @@ fn resolve(path: &Path) -> Result<Target, String> {
 
     let mut credentials = Vec::new();
     let cert_pem = match (&user.client_certificate_data, &user.client_certificate) {
-        (Some(inline), _) => Some((data(inline, "client-certificate-data")?, "client-certificate-data".to_owned())),
-        (None, Some(file)) => Some((read(file, "client-certificate")?, format!("client-certificate {}", dir.join(file).display()))),
+        (Some(inline), _) => Some((
+            data(inline, "client-certificate-data")?,
+            "client-certificate-data".to_owned(),
+        )),
+        (None, Some(file)) => Some((
+            read(file, "client-certificate")?,
+            format!("client-certificate {}", dir.join(file).display()),
+        )),
         (None, None) => None,
     };
     let key_pem = match (&user.client_key_data, &user.client_key) {
-        (Some(inline), _) => Some((data(inline, "client-key-data")?, "client-key-data".to_owned())),
-        (None, Some(file)) => Some((read(file, "client-key")?, format!("client-key {}", dir.join(file).display()))),
+        (Some(inline), _) => Some((
+            data(inline, "client-key-data")?,
+            "client-key-data".to_owned(),
+        )),
+        (None, Some(file)) => Some((
+            read(file, "client-key")?,
+            format!("client-key {}", dir.join(file).display()),
+        )),
         (None, None) => None,
     };
     let identity = match (cert_pem, key_pem) {
         (None, None) => None,
-        (Some(_), None) | (None, Some(_)) => {
-            return Err("a client certificate needs both client-certificate and client-key (or their -data)".into())
-        }
+        (Some(_), None) | (None, Some(_)) => return Err(
+            "a client certificate needs both client-certificate and client-key (or their -data)"
+                .into(),
+        ),
         (Some((cert, cert_source)), Some((key, key_source))) => {
             let certs = CertificateDer::pem_slice_iter(&cert)
                 .collect::<Result<Vec<_>, _>>()
@@ -267,17 +309,25 @@ fn resolve(path: &Path) -> Result<Target, String> {
         (_, Some(file)) => {
             let text = String::from_utf8(read(file, "tokenFile")?)
                 .map_err(|_| "tokenFile: not UTF-8".to_owned())?;
-            Some((text.trim().to_owned(), format!("tokenFile {}", dir.join(file).display())))
+            Some((
+                text.trim().to_owned(),
+                format!("tokenFile {}", dir.join(file).display()),
+            ))
         }
         _ => None,
     };
     let basic = match (&user.username, &user.password) {
-        (Some(name), password) if !name.is_empty() => Some(format!("{name}:{}", password.as_deref().unwrap_or(""))),
+        (Some(name), password) if !name.is_empty() => {
+            Some(format!("{name}:{}", password.as_deref().unwrap_or("")))
+        }
         _ => None,
     };
     let authorization = match (token, basic) {
         (Some(_), Some(_)) => {
-            return Err("username/password and a bearer token are both set; client-go allows only one".into())
+            return Err(
+                "username/password and a bearer token are both set; client-go allows only one"
+                    .into(),
+            )
         }
         (Some((token, source)), None) => {
             credentials.push(format!("bearer token from {source}"));
@@ -285,7 +335,10 @@ fn resolve(path: &Path) -> Result<Target, String> {
         }
         (None, Some(pair)) => {
             credentials.push("basic auth (username/password)".to_owned());
-            Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
         }
         (None, None) => None,
     };
@@ -319,8 +372,16 @@ async fn send(target: &Target) -> Result<(), ()> {
     println!(
         "request: POST {} ({}; {})",
         target.url,
-        if target.credentials.is_empty() { "no credentials".to_owned() } else { target.credentials.join(" and ") },
-        if target.https { format!("trusting {}", target.ca_source) } else { "plain HTTP".to_owned() }
+        if target.credentials.is_empty() {
+            "no credentials".to_owned()
+        } else {
+            target.credentials.join(" and ")
+        },
+        if target.https {
+            format!("trusting {}", target.ca_source)
+        } else {
+            "plain HTTP".to_owned()
+        }
     );
 
     // DNS
@@ -333,13 +394,26 @@ async fn send(target: &Target) -> Result<(), ()> {
     {
         Ok(Ok(addresses)) => addresses.collect(),
         Ok(Err(error)) => return fail("DNS", format!("cannot resolve {:?}: {error}", target.host)),
-        Err(_) => return fail("DNS", format!("resolving {:?} took over {CONNECT_TIMEOUT:?}", target.host)),
+        Err(_) => {
+            return fail(
+                "DNS",
+                format!("resolving {:?} took over {CONNECT_TIMEOUT:?}", target.host),
+            )
+        }
     };
     if addresses.is_empty() {
         return fail("DNS", format!("{:?} resolves to no address", target.host));
     }
-    let listed: Vec<String> = addresses.iter().map(|address| address.ip().to_string()).collect();
-    println!("DNS: ok: {} -> {} ({} ms)", target.host, listed.join(", "), started.elapsed().as_millis());
+    let listed: Vec<String> = addresses
+        .iter()
+        .map(|address| address.ip().to_string())
+        .collect();
+    println!(
+        "DNS: ok: {} -> {} ({} ms)",
+        target.host,
+        listed.join(", "),
+        started.elapsed().as_millis()
+    );
 
     // TCP: every address in turn, as Go's dialer does.
     let started = Instant::now();
@@ -355,14 +429,19 @@ async fn send(target: &Target) -> Result<(), ()> {
                 last_error = format!("{address}: connection refused: nothing listens there; is the auditflow source running, with this port in its address?");
             }
             Ok(Err(error)) => last_error = format!("{address}: {error}"),
-            Err(_) => last_error = format!("{address}: no answer within {CONNECT_TIMEOUT:?} (a firewall dropping packets?)"),
+            Err(_) => last_error = format!(
+                "{address}: no answer within {CONNECT_TIMEOUT:?} (a firewall dropping packets?)"
+            ),
         }
     }
     let Some((tcp, address)) = tcp else {
         return fail("TCP", last_error);
     };
     let _ = tcp.set_nodelay(true);
-    println!("TCP: ok: connected to {address} ({} ms)", started.elapsed().as_millis());
+    println!(
+        "TCP: ok: connected to {address} ({} ms)",
+        started.elapsed().as_millis()
+    );
 
     // TLS
     let client_side = Side::Client {
@@ -377,7 +456,15 @@ async fn send(target: &Target) -> Result<(), ()> {
         };
         let name = match ServerName::try_from(target.server_name.clone()) {
             Ok(name) => name,
-            Err(error) => return fail("TLS", format!("{:?} is not a valid server name: {error}", target.server_name)),
+            Err(error) => {
+                return fail(
+                    "TLS",
+                    format!(
+                        "{:?} is not a valid server name: {error}",
+                        target.server_name
+                    ),
+                )
+            }
         };
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
@@ -386,7 +473,9 @@ async fn send(target: &Target) -> Result<(), ()> {
                 let version = session
                     .protocol_version()
                     .map_or("?".to_owned(), |version| format!("{version:?}"));
-                let alpn = session.alpn_protocol().map(|alpn| String::from_utf8_lossy(alpn).into_owned());
+                let alpn = session
+                    .alpn_protocol()
+                    .map(|alpn| String::from_utf8_lossy(alpn).into_owned());
                 let h2 = alpn.as_deref() == Some("h2");
                 let expiry = session
                     .peer_certificates()
@@ -395,8 +484,14 @@ async fn send(target: &Target) -> Result<(), ()> {
                 println!(
                     "TLS: ok: {version}, ALPN {}{}{} ({} ms)",
                     alpn.as_deref().unwrap_or("none (HTTP/1.1)"),
-                    expiry.map(|at| format!(", server certificate valid until {at}")).unwrap_or_default(),
-                    if target.identity.is_some() { ", client certificate presented" } else { "" },
+                    expiry
+                        .map(|at| format!(", server certificate valid until {at}"))
+                        .unwrap_or_default(),
+                    if target.identity.is_some() {
+                        ", client certificate presented"
+                    } else {
+                        ""
+                    },
                     started.elapsed().as_millis()
                 );
                 (Box::new(stream), h2)
@@ -427,7 +522,12 @@ async fn send(target: &Target) -> Result<(), ()> {
             };
             return fail("HTTP", message);
         }
-        Err(_) => return fail("HTTP", format!("no answer within {REQUEST_TIMEOUT:?} (client-go gives up then)")),
+        Err(_) => {
+            return fail(
+                "HTTP",
+                format!("no answer within {REQUEST_TIMEOUT:?} (client-go gives up then)"),
+            )
+        }
     };
     let elapsed = started.elapsed().as_millis();
     let protocol = if h2 { "HTTP/2" } else { "HTTP/1.1" };
@@ -439,7 +539,11 @@ async fn send(target: &Target) -> Result<(), ()> {
         println!(
             "HTTP: ok: {status} over {protocol} ({elapsed} ms): {}{}",
             body.trim(),
-            if recognised { "; the source recognised the test event and kept it out of its pipeline" } else { "" }
+            if recognised {
+                "; the source recognised the test event and kept it out of its pipeline"
+            } else {
+                ""
+            }
         );
         println!("kube-apiserver with this kubeconfig would get {status}: its audit events will be delivered");
         return Ok(());
@@ -457,7 +561,10 @@ async fn send(target: &Target) -> Result<(), ()> {
         503 | 429 => "the source is up but its pipeline is not taking events now; the API server would retry",
         _ => "kube-apiserver retries this answer with backoff, then drops the batch",
     };
-    fail("HTTP", format!("{status} over {protocol} ({elapsed} ms): {reason} ({hint})"))
+    fail(
+        "HTTP",
+        format!("{status} over {protocol} ({elapsed} ms): {reason} ({hint})"),
+    )
 }
 
 fn fail(step: &str, message: String) -> Result<(), ()> {
@@ -486,7 +593,9 @@ fn client_config(target: &Target) -> Result<rustls::ClientConfig, String> {
         None => builder.with_no_client_auth(),
         Some((certs, key)) => builder
             .with_client_auth_cert(certs.clone(), key.clone_key())
-            .map_err(|error| format!("the client certificate and key cannot be used together: {error}"))?,
+            .map_err(|error| {
+                format!("the client certificate and key cannot be used together: {error}")
+            })?,
     };
     // What Go's HTTP transport offers.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -505,7 +614,10 @@ async fn request(target: &Target, io: Box<dyn Io>, h2: bool) -> Result<(u16, Str
         .method("POST")
         .header("Content-Type", "application/json")
         .header("Accept", "application/json, */*")
-        .header("User-Agent", concat!("auditflow-webhook-check/", env!("CARGO_PKG_VERSION")));
+        .header(
+            "User-Agent",
+            concat!("auditflow-webhook-check/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(authorization) = &target.authorization {
         request = request.header("Authorization", authorization);
     }
@@ -516,9 +628,16 @@ async fn request(target: &Target, io: Box<dyn Io>, h2: bool) -> Result<(u16, Str
         tokio::spawn(connection);
         sender.send_request(request).await?
     } else {
-        let authority = target.url.authority().map_or(target.host.clone(), ToString::to_string);
-        let request = request.uri(path).header("Host", authority).body(Full::new(body))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        let authority = target
+            .url
+            .authority()
+            .map_or(target.host.clone(), ToString::to_string);
+        let request = request
+            .uri(path)
+            .header("Host", authority)
+            .body(Full::new(body))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(connection);
         sender.send_request(request).await?
     };
@@ -537,8 +656,18 @@ fn test_event_list() -> String {
         auditflow_tls::explain::utc_from_unix(now.as_secs()).trim_end_matches('Z'),
         now.subsec_micros()
     );
-    let id = format!("{:032x}", now.as_nanos() ^ (u128::from(std::process::id()) << 64));
-    let audit_id = format!("{}-{}-{}-{}-{}", &id[0..8], &id[8..12], &id[12..16], &id[16..20], &id[20..32]);
+    let id = format!(
+        "{:032x}",
+        now.as_nanos() ^ (u128::from(std::process::id()) << 64)
+    );
+    let audit_id = format!(
+        "{}-{}-{}-{}-{}",
+        &id[0..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..32]
+    );
     let mut annotations = BTreeMap::new();
     annotations.insert(auditflow_webhook::CHECK_ANNOTATION, "true");
     serde_json::json!({
@@ -568,7 +697,9 @@ fn leaf_expiry(der: &[u8]) -> Option<String> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let not_after = cert.validity().not_after.timestamp();
-    Some(auditflow_tls::explain::utc_from_unix(u64::try_from(not_after).ok()?))
+    Some(auditflow_tls::explain::utc_from_unix(
+        u64::try_from(not_after).ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -580,7 +711,10 @@ mod tests {
         let list: serde_json::Value = serde_json::from_str(&test_event_list()).unwrap();
         assert_eq!(list["kind"], "EventList");
         let item = &list["items"][0];
-        assert_eq!(item["annotations"][auditflow_webhook::CHECK_ANNOTATION], "true");
+        assert_eq!(
+            item["annotations"][auditflow_webhook::CHECK_ANNOTATION],
+            "true"
+        );
         assert_eq!(item["auditID"].as_str().unwrap().len(), 36);
     }
 
@@ -597,7 +731,10 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("token.txt"), "s3cret\n").unwrap();
         let target = resolve(&file).unwrap_or_else(|message| panic!("{message}"));
-        assert_eq!(target.url.to_string(), "https://audit.example:8443/audit?timeout=30s");
+        assert_eq!(
+            target.url.to_string(),
+            "https://audit.example:8443/audit?timeout=30s"
+        );
         assert_eq!((target.host.as_str(), target.port), ("audit.example", 8443));
         assert_eq!(target.authorization.as_deref(), Some("Bearer s3cret"));
         assert!(target.roots.is_none());

@@ -55,13 +55,26 @@ pub fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<
 /// What failed and what to do about it, for one rustls error seen from `side`.
 pub fn explain(error: &Error, side: Side) -> String {
     match (error, side) {
-        (Error::InvalidCertificate(cert), Side::Server { client_ca_option, .. }) => {
-            explain_certificate(cert, "the client certificate", client_ca_option, "clientAuth")
-        }
+        (
+            Error::InvalidCertificate(cert),
+            Side::Server {
+                client_ca_option, ..
+            },
+        ) => explain_certificate(
+            cert,
+            "the client certificate",
+            client_ca_option,
+            "clientAuth",
+        ),
         (Error::InvalidCertificate(cert), Side::Client { ca_option, .. }) => {
             explain_certificate(cert, "the server certificate", ca_option, "serverAuth")
         }
-        (Error::NoCertificatesPresented, Side::Server { client_ca_option, .. }) => format!(
+        (
+            Error::NoCertificatesPresented,
+            Side::Server {
+                client_ca_option, ..
+            },
+        ) => format!(
             "the client presented no certificate, and {client_ca_option} requires one: set \
              client-certificate and client-key in the kubeconfig"
         ),
@@ -117,9 +130,9 @@ fn explain_certificate(
             utc(*not_before),
             utc(*time)
         ),
-        CertificateError::NotValidYet => format!(
-            "{whose} is not valid yet: check the clocks of both hosts, or wait"
-        ),
+        CertificateError::NotValidYet => {
+            format!("{whose} is not valid yet: check the clocks of both hosts, or wait")
+        }
         CertificateError::UnknownIssuer => format!(
             "{whose} is not signed by a CA in {ca_option} (wrong CA): sign it with that CA, or \
              put the CA that signed it in {ca_option}"
@@ -154,9 +167,9 @@ fn explain_certificate(
                 presented.join(", ")
             }
         ),
-        CertificateError::BadEncoding => format!(
-            "{whose} is not a valid X.509 certificate (bad DER encoding)"
-        ),
+        CertificateError::BadEncoding => {
+            format!("{whose} is not a valid X.509 certificate (bad DER encoding)")
+        }
         CertificateError::Revoked => format!("{whose} has been revoked"),
         CertificateError::UnhandledCriticalExtension => format!(
             "{whose} has a critical extension this verifier does not understand: reissue it \
@@ -202,9 +215,9 @@ fn explain_alert_from_client(alert: AlertDescription, cert_option: &str) -> Stri
             "the client cannot use {cert_option} (alert unsupported_certificate): reissue it \
              as X.509 v3 with extendedKeyUsage=serverAuth"
         ),
-        AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => format!(
-            "the client found no TLS version or cipher suite in common (alert {alert:?})"
-        ),
+        AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => {
+            format!("the client found no TLS version or cipher suite in common (alert {alert:?})")
+        }
         other => format!("the client ended the handshake (alert {other:?})"),
     }
 }
@@ -226,9 +239,9 @@ fn explain_alert_from_server(alert: AlertDescription, cert_option: &str) -> Stri
              its log says why (not signed by tls.client_ca_file, expired, X.509 v1, or not \
              for clientAuth)"
         ),
-        AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => format!(
-            "the server found no TLS version or cipher suite in common (alert {alert:?})"
-        ),
+        AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => {
+            format!("the server found no TLS version or cipher suite in common (alert {alert:?})")
+        }
         other => format!("the server ended the handshake (alert {other:?})"),
     }
 }

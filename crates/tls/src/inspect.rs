@@ -181,8 +181,8 @@ mod tests {
     fn a_good_certificate_has_no_problem_and_a_bad_one_each_of_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
         let now = SystemTime::now();
         params.not_before = (now - Duration::from_secs(3600)).into();
         params.not_after = (now + Duration::from_secs(3600)).into();
@@ -190,10 +190,17 @@ mod tests {
         let cert_file = write(dir.path(), "cert.pem", &cert.pem());
         let key_file = write(dir.path(), "key.pem", &key.serialize_pem());
         let check = |cert: &Path, key: &Path, address: &str, at: SystemTime| {
-            check_server_files(cert, "tls.cert_file", key, "tls.key_file", listen(address), at)
-                .into_iter()
-                .map(|problem| format!("{}: {}", problem.field.unwrap(), problem.message))
-                .collect::<Vec<_>>()
+            check_server_files(
+                cert,
+                "tls.cert_file",
+                key,
+                "tls.key_file",
+                listen(address),
+                at,
+            )
+            .into_iter()
+            .map(|problem| format!("{}: {}", problem.field.unwrap(), problem.message))
+            .collect::<Vec<_>>()
         };
         assert!(check(&cert_file, &key_file, "127.0.0.1:8443", now).is_empty());
         assert!(check(&cert_file, &key_file, "0.0.0.0:8443", now).is_empty());
@@ -201,21 +208,42 @@ mod tests {
         let later = now + Duration::from_secs(7200);
         let expired = check(&cert_file, &key_file, "127.0.0.1:8443", later);
         assert_eq!(expired.len(), 1, "{expired:?}");
-        assert!(expired[0].starts_with("tls.cert_file: ") && expired[0].contains("the certificate expired at "), "{expired:?}");
+        assert!(
+            expired[0].starts_with("tls.cert_file: ")
+                && expired[0].contains("the certificate expired at "),
+            "{expired:?}"
+        );
 
         let earlier = now - Duration::from_secs(7200);
         let early = check(&cert_file, &key_file, "127.0.0.1:8443", earlier);
         assert!(early[0].contains("is not valid before"), "{early:?}");
 
-        let other_key = write(dir.path(), "other.pem", &KeyPair::generate().unwrap().serialize_pem());
+        let other_key = write(
+            dir.path(),
+            "other.pem",
+            &KeyPair::generate().unwrap().serialize_pem(),
+        );
         let mismatch = check(&cert_file, &other_key, "127.0.0.1:8443", now);
         assert_eq!(mismatch.len(), 1, "{mismatch:?}");
-        assert!(mismatch[0].starts_with(&format!("tls.key_file: {} is not the private key of the certificate in", other_key.display())), "{mismatch:?}");
+        assert!(
+            mismatch[0].starts_with(&format!(
+                "tls.key_file: {} is not the private key of the certificate in",
+                other_key.display()
+            )),
+            "{mismatch:?}"
+        );
 
         let ip_only = CertificateParams::new(vec!["10.0.0.5".into()]).unwrap();
-        let ip_only = write(dir.path(), "ip.pem", &ip_only.self_signed(&key).unwrap().pem());
+        let ip_only = write(
+            dir.path(),
+            "ip.pem",
+            &ip_only.self_signed(&key).unwrap().pem(),
+        );
         let uncovered = check(&ip_only, &key_file, "127.0.0.1:8443", now);
         assert_eq!(uncovered.len(), 1, "{uncovered:?}");
-        assert!(uncovered[0].contains("listens on 127.0.0.1, but the certificate names only 10.0.0.5"), "{uncovered:?}");
+        assert!(
+            uncovered[0].contains("listens on 127.0.0.1, but the certificate names only 10.0.0.5"),
+            "{uncovered:?}"
+        );
     }
 }

@@ -209,10 +209,16 @@ impl Validate for WebhookConfig {
             problems.push(BuildError::field("max_connections", "must be at least 1"));
         }
         if self.header_read_timeout_ms == 0 {
-            problems.push(BuildError::field("header_read_timeout_ms", "must be at least 1"));
+            problems.push(BuildError::field(
+                "header_read_timeout_ms",
+                "must be at least 1",
+            ));
         }
         if self.body_read_timeout_ms == 0 {
-            problems.push(BuildError::field("body_read_timeout_ms", "must be at least 1"));
+            problems.push(BuildError::field(
+                "body_read_timeout_ms",
+                "must be at least 1",
+            ));
         }
         if let Some(tls) = &self.tls {
             // What a TLS client would refuse later, found before anything starts.

@@ -301,7 +301,10 @@ async fn serve<S>(
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let timeout = state.settings.header_read_timeout;
-    let mut read_at_idle = (Instant::now(), bytes_read.load(std::sync::atomic::Ordering::Relaxed));
+    let mut read_at_idle = (
+        Instant::now(),
+        bytes_read.load(std::sync::atomic::Ordering::Relaxed),
+    );
     let result = loop {
         let check_at = match activity.idle_since() {
             Some(since) => {
@@ -478,13 +481,13 @@ impl State {
                 let body = body.clone();
                 tokio::task::spawn_blocking(move || decode(&body, shape))
             }
-                .await
-                .map_err(|error| {
-                    Reply::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("decoding the body failed: {error}"),
-                    )
-                })?
+            .await
+            .map_err(|error| {
+                Reply::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("decoding the body failed: {error}"),
+                )
+            })?
         } else {
             decode(&body, shape)
         };
@@ -529,11 +532,7 @@ impl State {
         if memchr::memmem::find(body, CHECK_ANNOTATION.as_bytes()).is_none() {
             return 0;
         }
-        let is_check = |event: &Event| {
-            event
-                .get_path(["annotations", CHECK_ANNOTATION])
-                .is_some()
-        };
+        let is_check = |event: &Event| event.get_path(["annotations", CHECK_ANNOTATION]).is_some();
         let checks = events.iter().filter(|event| is_check(event)).count();
         if checks == 0 {
             return 0;
@@ -671,7 +670,8 @@ impl State {
                         );
                     } else if plain.capacity() - plain.len() < data.len() {
                         // Past the first bytes: the rest of the declared length at once.
-                        let rest = declared.map_or(0, |declared| declared.saturating_sub(plain.len()));
+                        let rest =
+                            declared.map_or(0, |declared| declared.saturating_sub(plain.len()));
                         plain.reserve_exact(rest.max(data.len()));
                     }
                     plain.extend_from_slice(&data);
