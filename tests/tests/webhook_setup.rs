@@ -385,7 +385,7 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
     let pki = Pki::new("mtls");
     let files = pki.write_to(workspace.path());
     let port = free_port();
-    let (auditflow, metrics) = start(
+    let (source, metrics) = start(
         &workspace,
         &webhook_source("api", port, &files, true, false),
         "api",
@@ -428,8 +428,38 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
         }
         .await;
         assert!(attempt.is_err(), "{message}: served: {attempt:?}");
-        wait_for_log(&auditflow, message);
+        wait_for_log(&source, message);
     }
+    // webhook-check with a v1 client certificate in the kubeconfig: TLS 1.3 learns of the
+    // refusal on its first read, and says where to look.
+    let (cert, key) = &cases[0].0;
+    let cert_file = workspace.write("v1.pem", cert);
+    let key_file = workspace.write("v1.key", key);
+    let server = format!("https://localhost:{port}/audit");
+    let output = auditflow(
+        &[
+            "webhook-kubeconfig",
+            "--server",
+            &server,
+            "--ca-file",
+            files.ca.to_str().unwrap(),
+            "--client-cert",
+            cert_file.to_str().unwrap(),
+            "--client-key",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let kubeconfig = workspace.write("v1.yaml", &String::from_utf8_lossy(&output.stdout));
+    let (passed, report) = check(&kubeconfig);
+    assert!(!passed, "{report}");
+    assert!(
+        report.contains("HTTP: FAILED: ")
+            && report.contains("refuse")
+            && report.contains("the client certificate is X.509 v1; reissue it with v3 extensions"),
+        "{report}"
+    );
     // A client that does not trust the source's certificate.
     let distrustful = WebhookClient::https(
         address,
@@ -438,14 +468,14 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
     );
     assert!(distrustful.connect().await.is_err());
     wait_for_log(
-        &auditflow,
+        &source,
         "the client does not trust tls.cert_file (alert unknown_ca, wrong CA)",
     );
     let (status, body) = http_get(&metrics, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert_eq!(
         metric(&body, "auditflow_webhook_tls_failures_total", &[]),
-        Some(cases.len() as f64 + 1.0)
+        Some(cases.len() as f64 + 2.0)
     );
 }
 

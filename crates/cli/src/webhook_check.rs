@@ -429,9 +429,11 @@ async fn send(target: &Target) -> Result<(), ()> {
                 last_error = format!("{address}: connection refused: nothing listens there; is the auditflow source running, with this port in its address?");
             }
             Ok(Err(error)) => last_error = format!("{address}: {error}"),
-            Err(_) => last_error = format!(
+            Err(_) => {
+                last_error = format!(
                 "{address}: no answer within {CONNECT_TIMEOUT:?} (a firewall dropping packets?)"
-            ),
+            )
+            }
         }
     }
     let Some((tcp, address)) = tcp else {
@@ -498,6 +500,11 @@ async fn send(target: &Target) -> Result<(), ()> {
             }
             Ok(Err(error)) => {
                 let message = match rustls_error(&error) {
+                    Some(rustls @ rustls::Error::AlertReceived(_)) => format!(
+                        "{}{}",
+                        explain(rustls, client_side),
+                        client_certificate_note(target)
+                    ),
                     Some(rustls) => explain(rustls, client_side),
                     None => format!("the connection failed during the handshake: {error} (the source closed it: over its max_connections, or not a TLS listener?)"),
                 };
@@ -517,8 +524,21 @@ async fn send(target: &Target) -> Result<(), ()> {
         Ok(Ok(answer)) => answer,
         Ok(Err(error)) => {
             let message = match rustls_error(error.as_ref()) {
-                Some(rustls) => explain(rustls, client_side),
-                None => format!("{error}"),
+                Some(rustls) => format!(
+                    "{}{}",
+                    explain(rustls, client_side),
+                    client_certificate_note(target)
+                ),
+                // With TLS 1.3 the server judges the client certificate after the
+                // handshake; its alert can be lost to a write that fails first.
+                None if target.identity.is_some() => format!(
+                    "{}: the source closed the connection right after the handshake, as it \
+                     does when it refuses the client certificate in client-certificate (its \
+                     log says why){}",
+                    chain(error.as_ref()),
+                    client_certificate_note(target)
+                ),
+                None => chain(error.as_ref()),
             };
             return fail("HTTP", message);
         }
@@ -591,18 +611,110 @@ fn client_config(target: &Target) -> Result<rustls::ClientConfig, String> {
     let builder = builder.with_root_certificates(roots);
     let mut config = match &target.identity {
         None => builder.with_no_client_auth(),
-        Some((certs, key)) => builder
-            .with_client_auth_cert(certs.clone(), key.clone_key())
-            .map_err(|error| {
-                format!("the client certificate and key cannot be used together: {error}")
-            })?,
+        Some((certs, key)) => {
+            // Presented as it is, the way Go presents the kubeconfig's certificate: rustls's
+            // own check would refuse, here, what the source is to judge (an X.509 v1
+            // certificate, for one). Only a key of another certificate is stopped here.
+            let key = rustls::crypto::ring::default_provider()
+                .key_provider
+                .load_private_key(key.clone_key())
+                .map_err(|error| format!("client-key: not a usable private key: {error}"))?;
+            let certified = rustls::sign::CertifiedKey::new(certs.clone(), key);
+            if let Err(rustls::Error::InconsistentKeys(_)) = certified.keys_match() {
+                return Err(
+                    "client-key is not the private key of client-certificate: give the key \
+                     the certificate was issued for"
+                        .to_owned(),
+                );
+            }
+            builder.with_client_cert_resolver(Arc::new(Presented(Arc::new(certified))))
+        }
     };
     // What Go's HTTP transport offers.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
+/// The kubeconfig's client certificate, presented whatever it holds.
+#[derive(Debug)]
+struct Presented(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presented {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// What is wrong with the client certificate as this side can see it (version, validity),
+/// to go with a refusal from the server.
+fn client_certificate_note(target: &Target) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Some((certs, _)) = &target.identity else {
+        return String::new();
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(certs[0].as_ref()) else {
+        return String::new();
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    if cert.version().0 != 2 {
+        format!(
+            "; the client certificate is X.509 v{}; reissue it with v3 extensions, e.g. \
+             `extendedKeyUsage=clientAuth`",
+            cert.version().0 + 1
+        )
+    } else if now > cert.validity().not_after.timestamp() {
+        format!(
+            "; the client certificate expired at {}",
+            auditflow_tls::explain::utc_from_unix(
+                cert.validity().not_after.timestamp().max(0) as u64
+            )
+        )
+    } else if now < cert.validity().not_before.timestamp() {
+        "; the client certificate is not valid yet".to_owned()
+    } else {
+        String::new()
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error and its causes, `a: b: c`.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    if text == error.to_string() {
+        text = format!("{text} ({error:?})");
+    }
+    text
+}
+
+/// The connection task's error when it has one, else the request's.
+async fn connection_error(
+    connection: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    request_error: hyper::Error,
+) -> BoxError {
+    match tokio::time::timeout(Duration::from_secs(1), connection).await {
+        Ok(Ok(Err(error))) => Box::new(error),
+        _ => Box::new(request_error),
+    }
+}
 
 async fn request(target: &Target, io: Box<dyn Io>, h2: bool) -> Result<(u16, String), BoxError> {
     let body = Bytes::from(test_event_list());
@@ -625,8 +737,12 @@ async fn request(target: &Target, io: Box<dyn Io>, h2: bool) -> Result<(u16, Str
         let request = request.uri(target.url.clone()).body(Full::new(body))?;
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-        tokio::spawn(connection);
-        sender.send_request(request).await?
+        let connection = tokio::spawn(connection);
+        match sender.send_request(request).await {
+            Ok(response) => response,
+            // The connection's own error says why (a TLS alert, a reset), not the request's.
+            Err(error) => return Err(connection_error(connection, error).await),
+        }
     } else {
         let authority = target
             .url
@@ -638,8 +754,11 @@ async fn request(target: &Target, io: Box<dyn Io>, h2: bool) -> Result<(u16, Str
             .body(Full::new(body))?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        tokio::spawn(connection);
-        sender.send_request(request).await?
+        let connection = tokio::spawn(connection);
+        match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(error) => return Err(connection_error(connection, error).await),
+        }
     };
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
