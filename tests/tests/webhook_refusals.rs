@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::vm_rss_kib;
@@ -308,10 +310,22 @@ async fn latencies(
     samples
 }
 
+/// How many slow clients tried to connect, and how many did.
+#[derive(Default)]
+struct Tally {
+    attempted: AtomicUsize,
+    connected: AtomicUsize,
+}
+
 /// One slow client: a request head declaring a 100 KB body (or only part of a head), then
 /// one byte every 500 ms until the server closes the connection.
-async fn slow_client(address: SocketAddr, head_only: bool) {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+async fn slow_client(address: SocketAddr, head_only: bool, tally: Arc<Tally>) {
+    let connected = tokio::net::TcpStream::connect(address).await;
+    if connected.is_ok() {
+        tally.connected.fetch_add(1, Ordering::SeqCst);
+    }
+    tally.attempted.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut stream) = connected else {
         return;
     };
     let head = "POST /audit HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{";
@@ -358,8 +372,9 @@ async fn heavy_three_thousand_slow_clients_are_refused_or_timed_out_and_memory_s
         .enable_all()
         .build()
         .expect("a runtime for the slow clients");
+    let tally = Arc::new(Tally::default());
     let flood: Vec<_> = (0..SLOW)
-        .map(|index| flood_runtime.spawn(slow_client(address, index % 3 == 0)))
+        .map(|index| flood_runtime.spawn(slow_client(address, index % 3 == 0, Arc::clone(&tally))))
         .collect();
     // Every slow connection was either taken or refused.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -383,7 +398,8 @@ async fn heavy_three_thousand_slow_clients_are_refused_or_timed_out_and_memory_s
     rss_peak = rss_peak.max(vm_rss_kib(pid));
 
     // Each slow connection ends exactly one way: refused, or closed for its slow head or
-    // its slow body.
+    // its slow body. (A client whose connection attempt failed, on a machine too busy to
+    // take 3,000 at once, never reached the source.)
     let deadline = Instant::now() + Duration::from_secs(25);
     let (refused, header, body) = loop {
         let text = scrape(&metrics);
@@ -399,13 +415,15 @@ async fn heavy_three_thousand_slow_clients_are_refused_or_timed_out_and_memory_s
         };
         let (header, body) = (timeouts("header"), timeouts("body"));
         rss_peak = rss_peak.max(vm_rss_kib(pid));
-        if refused + header + body >= SLOW as f64 {
+        let connected = tally.connected.load(Ordering::SeqCst) as f64;
+        if tally.attempted.load(Ordering::SeqCst) == SLOW && refused + header + body >= connected {
             break (refused, header, body);
         }
         assert!(
             Instant::now() < deadline,
             "after the timeouts, {refused} refused + {header} slow heads + {body} slow bodies \
-             is not the {SLOW} slow clients"
+             is not the {} slow clients that connected",
+            tally.connected.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -413,8 +431,13 @@ async fn heavy_three_thousand_slow_clients_are_refused_or_timed_out_and_memory_s
         task.abort();
     }
     flood_runtime.shutdown_background();
-    assert_eq!(refused + header + body, SLOW as f64);
-    assert!(refused >= (SLOW - MAX_CONNECTIONS) as f64, "{refused}");
+    let connected = tally.connected.load(Ordering::SeqCst);
+    assert_eq!(refused + header + body, connected as f64);
+    assert!(
+        connected >= SLOW * 9 / 10,
+        "only {connected} of {SLOW} slow clients connected"
+    );
+    assert!(refused >= (connected - MAX_CONNECTIONS) as f64, "{refused}");
     assert!(header > 0.0 && body > 0.0, "{header} {body}");
     let text = scrape(&metrics);
     assert_eq!(
