@@ -293,6 +293,41 @@ fn webhook_check_names_each_failure_and_exits_non_zero() {
     let ca = files.ca.to_str().unwrap();
     let other_ca = workspace.write("other-ca.pem", &Pki::new("stranger").ca_pem);
     let unused_port = free_port();
+    // A server whose certificate has expired: auditflow itself would not start with one
+    // (validate refuses it), so Python's HTTPS server stands in for a receiver whose
+    // certificate expired while it ran.
+    let (expired_cert, expired_key) = pki.server_identity(&["localhost"], CertFault::Expired);
+    let expired_cert = workspace.write("expired.pem", &expired_cert);
+    let expired_key = workspace.write("expired.key", &expired_key);
+    let expired_port = free_port();
+    let mut expired_server = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import http.server, ssl, sys\n\
+             port, cert, key = sys.argv[1:]\n\
+             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+             context.load_cert_chain(cert, key)\n\
+             server = http.server.HTTPServer(('127.0.0.1', int(port)), http.server.BaseHTTPRequestHandler)\n\
+             server.socket = context.wrap_socket(server.socket, server_side=True)\n\
+             print('ready', flush=True)\n\
+             server.serve_forever()\n",
+        )
+        .arg(expired_port.to_string())
+        .arg(&expired_cert)
+        .arg(&expired_key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start python3");
+    {
+        use std::io::BufRead;
+        let stdout = expired_server.stdout.take().expect("piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server says it is ready");
+        assert_eq!(line.trim(), "ready");
+    }
 
     // (what, [server, CA], with the token, what webhook-check must say)
     let cases: Vec<(&str, Vec<String>, bool, &str)> = vec![
@@ -322,6 +357,12 @@ fn webhook_check_names_each_failure_and_exits_non_zero() {
             ],
             true,
             "TLS: FAILED: the server certificate is not signed by a CA in certificate-authority (wrong CA)",
+        ),
+        (
+            "an expired server certificate",
+            vec![format!("https://localhost:{expired_port}/audit"), ca.to_owned()],
+            false,
+            "TLS: FAILED: the server certificate expired at ",
         ),
         (
             "a host the certificate does not name",
@@ -364,6 +405,8 @@ fn webhook_check_names_each_failure_and_exits_non_zero() {
             "{report}"
         );
     }
+    let _ = expired_server.kill();
+    let _ = expired_server.wait();
 }
 
 /// Waits for `needle` in the process's log.
