@@ -237,3 +237,43 @@ impl Body for AnswerBody {
         SizeHint::with_exact(self.data.as_ref().map_or(0, |data| data.len() as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers and closes while the client is still sending: with the
+    /// linger, the client finishes sending and reads the whole answer; without it the
+    /// close with unread data would reset the connection.
+    #[tokio::test]
+    async fn a_lingering_close_lets_a_client_still_sending_read_the_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            let (mut read, mut write) = stream.into_split();
+            let writer = tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..64 {
+                    write.write_all(&chunk).await?;
+                }
+                write.shutdown().await
+            });
+            let mut answer = Vec::new();
+            read.read_to_end(&mut answer).await?;
+            writer.await.expect("the writer ran")?;
+            Ok::<_, io::Error>(answer)
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut stream = Lingering::new(stream);
+        let mut head = [0u8; 1024];
+        stream.read_exact(&mut head).await.unwrap();
+        stream.write_all(b"413 too large").await.unwrap();
+        stream.shutdown().await.unwrap();
+        assert!(stream.bytes_read().load(Ordering::Relaxed) >= 1024);
+        drop(stream);
+        let answer = client.await.unwrap().expect("no reset");
+        assert_eq!(answer, b"413 too large");
+    }
+}
