@@ -43,6 +43,7 @@ pub struct Pki {
     ca_der: CertificateDer<'static>,
     server_cert_der: CertificateDer<'static>,
     server_key_der: Vec<u8>,
+    ca: Arc<CertifiedIssuer<'static, KeyPair>>,
 }
 
 /// A throw-away RSA key in two forms (see `tests/fixtures/tls/README.md`): rcgen cannot
@@ -173,7 +174,47 @@ impl Pki {
             server_key_der: server_key.serialize_der(),
             client_cert_pem: client_cert.pem(),
             client_key_pem: client_key.serialize_pem(),
+            ca: Arc::new(ca),
         }
+    }
+
+    /// A client certificate and key (PEM) signed by this CA, broken as `fault` says.
+    pub fn client_identity(&self, fault: CertFault) -> (String, String) {
+        let mut params =
+            CertificateParams::new(vec!["auditflow-client".to_owned()]).expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "auditflow-client");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        fault.apply(&mut params);
+        if matches!(fault, CertFault::WrongKeyUsage) {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        self.sign(params, fault)
+    }
+
+    /// A server certificate and key (PEM) for `names`, signed by this CA, broken as `fault`
+    /// says.
+    pub fn server_identity(&self, names: &[&str], fault: CertFault) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        fault.apply(&mut params);
+        self.sign(params, fault)
+    }
+
+    fn sign(&self, params: CertificateParams, fault: CertFault) -> (String, String) {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign a leaf");
+        let der = if matches!(fault, CertFault::V1) {
+            x509_v1(cert.der(), self.ca.key())
+        } else {
+            cert.der().to_vec()
+        };
+        (pem("CERTIFICATE", &der), key.serialize_pem())
     }
 
     /// Writes every PEM into `dir` (`ca.pem`, `server.pem`, `server.key`, `client.pem`,
@@ -605,4 +646,125 @@ fn decode(encoding: &str, wire: &[u8]) -> Result<Vec<u8>, String> {
         "zstd" => zstd::decode_all(wire).map_err(|error| format!("invalid zstd: {error}")),
         other => Err(format!("unknown Content-Encoding {other:?}")),
     }
+}
+
+/// How a certificate made by [`Pki::client_identity`] or [`Pki::server_identity`] is
+/// broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertFault {
+    None,
+    /// Valid until a day ago.
+    Expired,
+    /// Valid from tomorrow.
+    NotYetValid,
+    /// For the other end's purpose (`serverAuth` on a client certificate).
+    WrongKeyUsage,
+    /// X.509 version 1: no extensions at all, as `openssl x509 -req` makes without an
+    /// extensions file.
+    V1,
+}
+
+impl CertFault {
+    fn apply(self, params: &mut CertificateParams) {
+        let day = Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        match self {
+            CertFault::Expired => {
+                params.not_before = (now - 30 * day).into();
+                params.not_after = (now - day).into();
+            }
+            CertFault::NotYetValid => {
+                params.not_before = (now + day).into();
+                params.not_after = (now + 30 * day).into();
+            }
+            _ => {
+                params.not_before = (now - day).into();
+                params.not_after = (now + 30 * day).into();
+            }
+        }
+    }
+}
+
+/// `der` (an rcgen certificate) rewritten as X.509 v1: the TBS without its version field
+/// and its extensions, signed again by `issuer`. rcgen only writes v3, so this is how the
+/// tests make what `openssl x509 -req` without `-extfile` makes.
+pub fn x509_v1(der: &[u8], issuer: &KeyPair) -> Vec<u8> {
+    use rcgen::SigningKey as _;
+    let (certificate, _) = der_element(der);
+    let certificate = der_contents(certificate);
+    let (tbs, rest) = der_element(certificate);
+    let (signature_algorithm, _) = der_element(rest);
+    let mut fields = Vec::new();
+    let mut remaining = der_contents(tbs);
+    while !remaining.is_empty() {
+        let (field, rest) = der_element(remaining);
+        // [0] version and [3] extensions go; v1 has neither.
+        if field[0] != 0xA0 && field[0] != 0xA3 {
+            fields.extend_from_slice(field);
+        }
+        remaining = rest;
+    }
+    let tbs = der_wrap(0x30, &fields);
+    let signature = issuer.sign(&tbs).expect("sign the v1 TBS");
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(&signature);
+    let mut body = tbs;
+    body.extend_from_slice(signature_algorithm);
+    body.extend_from_slice(&der_wrap(0x03, &bits));
+    der_wrap(0x30, &body)
+}
+
+/// The first DER element of `input` (tag, length and contents), and what follows it.
+fn der_element(input: &[u8]) -> (&[u8], &[u8]) {
+    let (header, length) = der_length(input);
+    input.split_at(header + length)
+}
+
+fn der_contents(element: &[u8]) -> &[u8] {
+    let (header, length) = der_length(element);
+    &element[header..header + length]
+}
+
+/// (header bytes, content length) of the element at the start of `input`.
+fn der_length(input: &[u8]) -> (usize, usize) {
+    let first = input[1] as usize;
+    if first < 0x80 {
+        return (2, first);
+    }
+    let count = first & 0x7f;
+    let length = input[2..2 + count]
+        .iter()
+        .fold(0usize, |length, byte| (length << 8) | *byte as usize);
+    (2 + count, length)
+}
+
+fn der_wrap(tag: u8, contents: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let length = contents.len();
+    if length < 0x80 {
+        out.push(length as u8);
+    } else {
+        let bytes: Vec<u8> = length
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|byte| *byte == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(contents);
+    out
+}
+
+/// A PEM block.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

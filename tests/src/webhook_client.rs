@@ -110,9 +110,9 @@ impl WebhookClient {
         .with_root_certificates(roots);
         let config = match identity {
             None => builder.with_no_client_auth(),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(rustls_pem_certs(cert), rustls_pem_key(key))
-                .expect("a client identity"),
+            Some((cert, key)) => {
+                builder.with_client_cert_resolver(Arc::new(Presented::new(cert, key)))
+            }
         };
         WebhookClient {
             address,
@@ -273,6 +273,38 @@ impl Connection {
     }
 }
 
+/// A client certificate presented as it is, whatever it holds (an X.509 v1 one too),
+/// the way Go's client presents the kubeconfig's `client-certificate` without checking it.
+#[derive(Debug)]
+struct Presented(Arc<rustls::sign::CertifiedKey>);
+
+impl Presented {
+    fn new(cert_pem: &str, key_pem: &str) -> Presented {
+        let key = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(rustls_pem_key(key_pem))
+            .expect("a usable private key");
+        Presented(Arc::new(rustls::sign::CertifiedKey::new(
+            rustls_pem_certs(cert_pem),
+            key,
+        )))
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Presented {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 fn rustls_pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
@@ -281,4 +313,176 @@ fn rustls_pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
 
 fn rustls_pem_key(pem: &str) -> PrivateKeyDer<'static> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("a PEM private key")
+}
+
+/// A client that follows a kubeconfig the way client-go's REST client does, independent
+/// of auditflow's own reading of it: the current context's cluster and user, paths
+/// relative to the kubeconfig's directory, `*-data` over files, `?timeout=30s` after the
+/// server URL, ALPN `h2` then `http/1.1` (HTTP/2 when the server takes it, as Go's
+/// transport does), a client certificate and a bearer token when the user carries them.
+pub struct KubeconfigClient {
+    address: SocketAddr,
+    server_name: String,
+    path: String,
+    tls: TlsConnector,
+    token: Option<String>,
+}
+
+/// What a [`KubeconfigClient`] got back.
+#[derive(Debug, Clone)]
+pub struct KubeconfigAnswer {
+    pub status: u16,
+    /// `HTTP/2.0` or `HTTP/1.1`.
+    pub version: String,
+    pub body: String,
+}
+
+impl KubeconfigClient {
+    /// Reads `kubeconfig`; panics on anything client-go would refuse.
+    pub fn from_file(kubeconfig: &Path) -> KubeconfigClient {
+        use base64::Engine as _;
+        let text = std::fs::read_to_string(kubeconfig).expect("read the kubeconfig");
+        let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+        let dir = kubeconfig.parent().expect("a directory");
+        let named = |list: &str, name: &str, key: &str| -> serde_yaml::Value {
+            config[list]
+                .as_sequence()
+                .expect("a list")
+                .iter()
+                .find(|entry| entry["name"].as_str() == Some(name))
+                .map(|entry| entry[key].clone())
+                .unwrap_or_else(|| panic!("no {list} entry {name:?}"))
+        };
+        let current = config["current-context"].as_str().expect("current-context");
+        let context = named("contexts", current, "context");
+        let cluster = named(
+            "clusters",
+            context["cluster"].as_str().expect("cluster"),
+            "cluster",
+        );
+        let user = context["user"]
+            .as_str()
+            .map(|name| named("users", name, "user"))
+            .unwrap_or(serde_yaml::Value::Null);
+        let bytes = |node: &serde_yaml::Value, key: &str| -> Option<Vec<u8>> {
+            if let Some(data) = node[format!("{key}-data").as_str()].as_str() {
+                return Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .expect("base64 data"),
+                );
+            }
+            let file = node[key].as_str()?;
+            Some(std::fs::read(dir.join(file)).expect("a file the kubeconfig names"))
+        };
+        let server: hyper::Uri = cluster["server"]
+            .as_str()
+            .expect("server")
+            .parse()
+            .expect("a URL");
+        assert_eq!(
+            server.scheme_str(),
+            Some("https"),
+            "this client speaks HTTPS"
+        );
+        let host = server.host().expect("a host").to_owned();
+        let port = server.port_u16().unwrap_or(443);
+        let address = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .expect("resolve the host")
+            .next()
+            .expect("an address");
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = bytes(&cluster, "certificate-authority").expect("a CA in the kubeconfig");
+        for cert in rustls_pem_certs(std::str::from_utf8(&ca).expect("PEM")) {
+            roots.add(cert).expect("a CA certificate");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+        let cert = bytes(&user, "client-certificate");
+        let key = bytes(&user, "client-key");
+        let mut config = match (cert, key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(
+                    rustls_pem_certs(std::str::from_utf8(&cert).expect("PEM")),
+                    rustls_pem_key(std::str::from_utf8(&key).expect("PEM")),
+                )
+                .expect("a client identity"),
+            (None, None) => builder.with_no_client_auth(),
+            _ => panic!("client-certificate without client-key, or the reverse"),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let path = server
+            .path_and_query()
+            .map_or("/".to_owned(), |path| path.to_string());
+        KubeconfigClient {
+            address,
+            server_name: host,
+            path: format!("{path}?timeout=30s"),
+            tls: TlsConnector::from(Arc::new(config)),
+            token: user["token"].as_str().map(str::to_owned),
+        }
+    }
+
+    /// POSTs `body` (an `EventList`) on a fresh connection.
+    pub async fn post(&self, body: Bytes) -> std::io::Result<KubeconfigAnswer> {
+        let tcp = tokio::net::TcpStream::connect(self.address).await?;
+        let name = ServerName::try_from(self.server_name.clone()).map_err(std::io::Error::other)?;
+        let tls = self.tls.connect(name, tcp).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let mut request = hyper::Request::builder()
+            .method("POST")
+            .header("Content-Type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = if h2 {
+            let uri = format!("https://{}{}", self.server_name, self.path);
+            let request = request
+                .uri(uri)
+                .body(Full::new(body))
+                .map_err(std::io::Error::other)?;
+            let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(tls),
+            )
+            .await
+            .map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            sender
+                .send_request(request)
+                .await
+                .map_err(std::io::Error::other)?
+        } else {
+            let request = request
+                .uri(self.path.as_str())
+                .header("Host", self.server_name.as_str())
+                .body(Full::new(body))
+                .map_err(std::io::Error::other)?;
+            let (mut sender, connection) = http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            sender
+                .send_request(request)
+                .await
+                .map_err(std::io::Error::other)?
+        };
+        let status = response.status().as_u16();
+        let version = format!("{:?}", response.version());
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok(KubeconfigAnswer {
+            status,
+            version,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
 }

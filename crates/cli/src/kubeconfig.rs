@@ -4,6 +4,11 @@
 //! Certificate files are referenced by absolute path (`certificate-authority`,
 //! `client-certificate`, `client-key`) rather than embedded, so that rotating them on
 //! disk needs no new kubeconfig.
+//!
+//! A user may carry a client certificate and a token at once (a source with both
+//! `tls.client_ca_file` and `auth`). `$AUDITFLOW_WEBHOOK_TOKEN` is a convenience for the
+//! token-only case, so it is taken on its own only when no client certificate was asked
+//! for; next to `--client-cert` it is taken only with `--token-from-env`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,21 +25,35 @@ pub struct Args {
     #[arg(long)]
     ca_file: Option<PathBuf>,
     /// Client certificate for mTLS (signed by the source's `tls.client_ca_file`).
-    #[arg(long, requires = "client_key", conflicts_with = "token")]
+    #[arg(long, requires = "client_key")]
     client_cert: Option<PathBuf>,
     /// The client certificate's private key.
-    #[arg(long, requires = "client_cert", conflicts_with = "token")]
+    #[arg(long, requires = "client_cert")]
     client_key: Option<PathBuf>,
-    /// A bearer token the source accepts (`auth`). Prefer the environment variable: a
-    /// command line is visible to every user of the machine.
-    #[arg(long, env = "AUDITFLOW_WEBHOOK_TOKEN", hide_env_values = true)]
+    /// A bearer token the source accepts (`auth`); may go with --client-cert. Prefer
+    /// $AUDITFLOW_WEBHOOK_TOKEN: a command line is visible to every user of the machine.
+    /// The variable is read when neither --token nor --client-cert is given, or with
+    /// --token-from-env.
+    #[arg(long)]
     token: Option<String>,
+    /// Also put the token from $AUDITFLOW_WEBHOOK_TOKEN in the kubeconfig next to
+    /// --client-cert, for a source that requires both a client certificate
+    /// (`tls.client_ca_file`) and a token (`auth`).
+    #[arg(long, conflicts_with = "token")]
+    token_from_env: bool,
 }
+
+/// The environment variable that can hold the token.
+pub const TOKEN_ENV: &str = "AUDITFLOW_WEBHOOK_TOKEN";
 
 /// Prints the kubeconfig to standard output; usage errors exit 2.
 pub fn print(args: &Args) -> ExitCode {
-    match render(args) {
-        Ok(text) => {
+    let env_token = std::env::var(TOKEN_ENV).ok();
+    match render(args, env_token.as_deref()) {
+        Ok((text, notes)) => {
+            for note in notes {
+                eprintln!("auditflow webhook-kubeconfig: note: {note}");
+            }
             print!("{text}");
             ExitCode::SUCCESS
         }
@@ -45,7 +64,34 @@ pub fn print(args: &Args) -> ExitCode {
     }
 }
 
-fn render(args: &Args) -> Result<String, String> {
+/// Which token goes in the kubeconfig, and notes for the user about the choice.
+fn choose_token<'a>(
+    args: &'a Args,
+    env_token: Option<&'a str>,
+) -> Result<(Option<&'a str>, Vec<String>), String> {
+    let mut notes = Vec::new();
+    let env_token = env_token.filter(|token| !token.is_empty());
+    let token = match (&args.token, args.token_from_env, args.client_cert.is_some()) {
+        (Some(token), _, _) => Some(token.as_str()),
+        (None, true, _) => Some(
+            env_token
+                .ok_or_else(|| format!("--token-from-env: ${TOKEN_ENV} is not set or empty"))?,
+        ),
+        (None, false, false) => env_token,
+        (None, false, true) => {
+            if env_token.is_some() {
+                notes.push(format!(
+                    "${TOKEN_ENV} is set but not used next to --client-cert; add                      --token-from-env if the source also requires a token (auth)"
+                ));
+            }
+            None
+        }
+    };
+    Ok((token, notes))
+}
+
+fn render(args: &Args, env_token: Option<&str>) -> Result<(String, Vec<String>), String> {
+    let (token, notes) = choose_token(args, env_token)?;
     let server = args.server.trim();
     let Some(rest) = server
         .strip_prefix("https://")
@@ -68,9 +114,9 @@ fn render(args: &Args) -> Result<String, String> {
             "--server {server:?} is plain HTTP, so --ca-file and --client-cert would be ignored: use https://"
         ));
     }
-    if let Some(token) = &args.token {
+    if let Some(token) = token {
         if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("--token is empty or contains whitespace".into());
+            return Err("the token is empty or contains whitespace".into());
         }
     }
 
@@ -83,7 +129,7 @@ fn render(args: &Args) -> Result<String, String> {
         user += &format!("    client-certificate: {}\n", quote_path(cert)?);
         user += &format!("    client-key: {}\n", quote_path(key)?);
     }
-    if let Some(token) = &args.token {
+    if let Some(token) = token {
         user += &format!("    token: {}\n", quote(token));
     }
     let user = if user.is_empty() {
@@ -91,8 +137,9 @@ fn render(args: &Args) -> Result<String, String> {
     } else {
         format!("  user:\n{user}")
     };
-    Ok(format!(
-        "# kube-apiserver --audit-webhook-config-file=<this file>
+    Ok((
+        format!(
+            "# kube-apiserver --audit-webhook-config-file=<this file>
 apiVersion: v1
 kind: Config
 clusters:
@@ -107,6 +154,8 @@ current-context: default
 users:
 - name: kube-apiserver
 {user}"
+        ),
+        notes,
     ))
 }
 
@@ -137,7 +186,61 @@ mod tests {
             client_cert: None,
             client_key: None,
             token: None,
+            token_from_env: false,
         }
+    }
+
+    fn user_of(text: &str) -> &str {
+        text.split_once("- name: kube-apiserver\n").unwrap().1
+    }
+
+    #[test]
+    fn a_user_carries_a_client_certificate_and_a_token_at_once() {
+        let mut both = args("https://audit.example:8443/audit");
+        both.client_cert = Some("/pki/client.crt".into());
+        both.client_key = Some("/pki/client.key".into());
+        both.token = Some("s3cret".into());
+        let (text, notes) = render(&both, None).unwrap();
+        assert_eq!(
+            user_of(&text),
+            "  user:\n    client-certificate: \"/pki/client.crt\"\n    client-key: \"/pki/client.key\"\n    token: \"s3cret\"\n"
+        );
+        assert!(notes.is_empty());
+
+        // The same with the token from the environment, asked for explicitly.
+        both.token = None;
+        both.token_from_env = true;
+        let (from_env, _) = render(&both, Some("s3cret")).unwrap();
+        assert_eq!(from_env, text);
+        assert!(render(&both, None)
+            .unwrap_err()
+            .contains("AUDITFLOW_WEBHOOK_TOKEN is not set"));
+    }
+
+    #[test]
+    fn the_environment_token_is_taken_alone_only_when_nothing_else_was_asked_for() {
+        // Token only: from the environment.
+        let (text, _) = render(&args("https://a.example/"), Some("envtoken")).unwrap();
+        assert_eq!(user_of(&text), "  user:\n    token: \"envtoken\"\n");
+
+        // A client certificate: the variable merely being set changes nothing, and says so.
+        let mut mtls = args("https://a.example/");
+        mtls.client_cert = Some("/pki/client.crt".into());
+        mtls.client_key = Some("/pki/client.key".into());
+        let (text, notes) = render(&mtls, Some("envtoken")).unwrap();
+        assert!(!text.contains("token:"), "{text}");
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("--token-from-env"), "{notes:?}");
+
+        // An explicit --token wins over the environment.
+        let mut explicit = args("https://a.example/");
+        explicit.token = Some("cli".into());
+        let (text, _) = render(&explicit, Some("envtoken")).unwrap();
+        assert!(text.contains("token: \"cli\""));
+
+        // Nothing at all: a kubeconfig without credentials.
+        let (text, _) = render(&args("https://a.example/"), None).unwrap();
+        assert!(text.ends_with("  user: {}\n"), "{text}");
     }
 
     #[test]
@@ -145,7 +248,7 @@ mod tests {
         let mut args = args("https://audit.example:8443/audit");
         args.ca_file = Some("/etc/auditflow/ca.crt".into());
         args.token = Some("s3cret".into());
-        let text = render(&args).unwrap();
+        let text = render(&args, None).unwrap().0;
         assert!(text.contains("    server: \"https://audit.example:8443/audit\"\n"));
         assert!(text.contains("    certificate-authority: \"/etc/auditflow/ca.crt\"\n"));
         assert!(text.contains("  user:\n    token: \"s3cret\"\n"));
@@ -157,7 +260,7 @@ mod tests {
         let mut args = args("https://10.0.0.5:8443/");
         args.client_cert = Some("client.crt".into());
         args.client_key = Some("client.key".into());
-        let text = render(&args).unwrap();
+        let text = render(&args, None).unwrap().0;
         let cwd = std::env::current_dir().unwrap();
         let expected = cwd.join("client.crt");
         assert!(text.contains(&format!("client-certificate: \"{}\"", expected.display())));
@@ -166,8 +269,8 @@ mod tests {
 
     #[test]
     fn a_server_without_scheme_or_with_a_query_is_refused() {
-        assert!(render(&args("audit.example:8443")).is_err());
-        assert!(render(&args("https://audit.example/audit?timeout=30s")).is_err());
-        assert!(render(&args("https:///audit")).is_err());
+        assert!(render(&args("audit.example:8443"), None).is_err());
+        assert!(render(&args("https://audit.example/audit?timeout=30s"), None).is_err());
+        assert!(render(&args("https:///audit"), None).is_err());
     }
 }

@@ -1,9 +1,12 @@
-//! The `auditflow` binary: `run`, `validate`, `graph` and `plugins`.
+//! The `auditflow` binary: `run`, `validate`, `graph`, `plugins`, `webhook-kubeconfig`
+//! and `webhook-check`.
 //!
 //! # Layout
 //! - [`registry`]: the one list of plugins.
 //! - [`run`]: runs a pipeline until signalled or until every source ended.
 //! - [`describe`]: `validate`, `graph` and `plugins`, which only read pipelines.
+//! - [`kubeconfig`] and [`webhook_check`]: write and check kube-apiserver's webhook
+//!   kubeconfig.
 //!
 //! Exit codes: 0 ok; 1 the pipeline could not start or did not stop cleanly (a port in
 //! use, a drain timeout, a second signal); 2 the command line or the pipeline is invalid
@@ -14,6 +17,7 @@ mod describe;
 mod kubeconfig;
 mod registry;
 mod run;
+mod webhook_check;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +74,9 @@ enum Command {
     /// Print the kubeconfig kube-apiserver needs (`--audit-webhook-config-file`) to send
     /// its audit events to a `webhook` source.
     WebhookKubeconfig(kubeconfig::Args),
+    /// Check a webhook kubeconfig as kube-apiserver would use it: DNS, TCP, TLS and one
+    /// test EventList; exit 0 only when the API server would get 200.
+    WebhookCheck(webhook_check::Args),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
         Command::Graph { files } => describe::graph(&files, &registry),
         Command::Plugins { name } => describe::plugins(name.as_deref(), &registry),
         Command::WebhookKubeconfig(args) => kubeconfig::print(&args),
+        Command::WebhookCheck(args) => webhook_check::check(&args),
     }
 }
 

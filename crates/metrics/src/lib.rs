@@ -249,6 +249,28 @@ series!(
     webhook_request_duration_seconds: HistogramVec(names::WEBHOOK_REQUEST_DURATION_SECONDS,
         "Time the webhook source took to answer a request.", ["component_id"], latency_buckets()));
 series!(
+    /// `webhook` source: connections open now.
+    webhook_connections: IntGaugeVec(names::WEBHOOK_CONNECTIONS,
+        "Connections the webhook source holds open.", ["component_id"]));
+series!(
+    /// `webhook` source: connections closed at accept because `max_connections` were open.
+    webhook_connections_refused_total: IntCounterVec(names::WEBHOOK_CONNECTIONS_REFUSED_TOTAL,
+        "Connections the webhook source closed at accept, over max_connections.", ["component_id"]));
+series!(
+    /// `webhook` source: connections closed for being slow, by phase (`handshake`,
+    /// `header`, `idle`, `body`).
+    webhook_timeouts_total: IntCounterVec(names::WEBHOOK_TIMEOUTS_TOTAL,
+        "Connections or requests the webhook source closed for being too slow, by phase.",
+        ["component_id", "phase"]));
+series!(
+    /// `webhook` source: failed TLS handshakes (the log says why).
+    webhook_tls_failures_total: IntCounterVec(names::WEBHOOK_TLS_FAILURES_TOTAL,
+        "TLS handshakes the webhook source saw fail.", ["component_id"]));
+series!(
+    /// `webhook` source: test events from `auditflow webhook-check` received.
+    webhook_checks_total: IntCounterVec(names::WEBHOOK_CHECKS_TOTAL,
+        "Test events from `auditflow webhook-check` the webhook source received.", ["component_id"]));
+series!(
     /// `kafka` source: messages behind the partition's high watermark.
     kafka_consumer_lag: IntGaugeVec(names::KAFKA_CONSUMER_LAG,
         "Messages between the committed position and the high watermark, per partition.",

@@ -22,5 +22,10 @@ pub const SINK_INFLIGHT_REQUESTS: &str = "auditflow_sink_inflight_requests";
 
 pub const WEBHOOK_REQUESTS_TOTAL: &str = "auditflow_webhook_requests_total";
 pub const WEBHOOK_REQUEST_DURATION_SECONDS: &str = "auditflow_webhook_request_duration_seconds";
+pub const WEBHOOK_CONNECTIONS: &str = "auditflow_webhook_connections";
+pub const WEBHOOK_CONNECTIONS_REFUSED_TOTAL: &str = "auditflow_webhook_connections_refused_total";
+pub const WEBHOOK_TIMEOUTS_TOTAL: &str = "auditflow_webhook_timeouts_total";
+pub const WEBHOOK_TLS_FAILURES_TOTAL: &str = "auditflow_webhook_tls_failures_total";
+pub const WEBHOOK_CHECKS_TOTAL: &str = "auditflow_webhook_checks_total";
 
 pub const KAFKA_CONSUMER_LAG: &str = "auditflow_kafka_consumer_lag";

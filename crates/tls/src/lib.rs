@@ -5,12 +5,17 @@
 //! - [`read_certs`]: a certificate chain (or a CA bundle) from a PEM file.
 //! - [`read_key`]: the first private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
 //! - [`root_store`]: a [`RootCertStore`] holding every certificate of a CA file.
+//! - [`explain`]: rustls handshake errors in words an operator acts on.
+//! - [`inspect`]: checks of a server's certificate and key files for `validate`.
 //!
 //! # The one design decision
 //! Every function takes the option that named the file (`tls.ca_file`) and fails with a
 //! [`BuildError`] on that field whose message starts with the path, so that an operator
 //! sees which option and which file to fix; the plugins' rustls configurations (client
 //! and server differ too much to share) are built from these pieces.
+
+pub mod explain;
+pub mod inspect;
 
 use std::path::Path;
 

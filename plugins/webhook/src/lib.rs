@@ -12,6 +12,8 @@
 //!   loads certificates and tokens and binds the listener (so a busy port is a config error).
 //! - [`server`]: the accept loop, TLS, and the request handler; bodies are split into
 //!   events by [`auditflow_core::decode`], which the `kafka` source shares.
+//! - `connection`: one connection's life: the idle watch, lingering closes, and the
+//!   response body that keeps a refused request's body unread until the answer is out.
 //! - `tls`: the rustls server configuration (ring; mTLS when `client_ca_file` is set).
 //!
 //! # The one design decision
@@ -20,6 +22,7 @@
 //! server sent it and no event is copied or re-serialised. The buffer is what memory is
 //! bounded by: a byte budget (4 × `max_body_bytes`) shared by every request in flight.
 
+mod connection;
 pub mod server;
 mod tls;
 
@@ -73,7 +76,29 @@ pub struct WebhookConfig {
     /// request timeout.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// Connections open at once. Connections over it are closed as soon as they are
+    /// accepted (counted in `auditflow_webhook_connections_refused_total`). kube-apiserver
+    /// holds one HTTP/2 connection per API server; each connection costs about 26 KiB idle
+    /// over TLS, 35 KiB with a request in progress (bodies apart).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The TLS handshake, and every request head, must arrive within this many
+    /// milliseconds; a connection that carries no request for this long (idle keep-alive)
+    /// is closed.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this many milliseconds of its head, else the
+    /// request is answered `408` and its body discarded.
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Pass the test event of `auditflow webhook-check` on to the pipeline. By default it
+    /// is counted (`auditflow_webhook_checks_total`) and dropped.
+    #[serde(default)]
+    pub pass_check_events: bool,
 }
+
+/// The annotation that marks the test event `auditflow webhook-check` sends.
+pub const CHECK_ANNOTATION: &str = "auditflow.io/webhook-check";
 
 /// Certificate files, PEM.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -135,6 +160,18 @@ fn default_ack_timeout_ms() -> u64 {
     25_000
 }
 
+fn default_max_connections() -> usize {
+    256
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_body_read_timeout_ms() -> u64 {
+    30_000
+}
+
 impl Validate for WebhookConfig {
     fn validate(&self) -> Vec<BuildError> {
         let mut problems = Vec::new();
@@ -167,6 +204,32 @@ impl Validate for WebhookConfig {
         }
         if self.ack_timeout_ms == 0 {
             problems.push(BuildError::field("ack_timeout_ms", "must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            problems.push(BuildError::field("max_connections", "must be at least 1"));
+        }
+        if self.header_read_timeout_ms == 0 {
+            problems.push(BuildError::field(
+                "header_read_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.body_read_timeout_ms == 0 {
+            problems.push(BuildError::field(
+                "body_read_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            // What a TLS client would refuse later, found before anything starts.
+            problems.extend(auditflow_tls::inspect::check_server_files(
+                &tls.cert_file,
+                "tls.cert_file",
+                &tls.key_file,
+                "tls.key_file",
+                self.address,
+                std::time::SystemTime::now(),
+            ));
         }
         if let Some(AuthConfig::BearerTokens(tokens)) = &self.auth {
             if tokens.is_empty() {
@@ -230,6 +293,10 @@ impl SourceConfig for WebhookConfig {
             acknowledgements: self.acknowledgements,
             accept_timeout: Duration::from_millis(self.accept_timeout_ms),
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            pass_check_events: self.pass_check_events,
         };
         Ok(Box::new(server::WebhookSource::new(
             listener, tls, settings, &cx.id,

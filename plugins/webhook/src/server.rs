@@ -18,35 +18,36 @@ use auditflow_core::{
     SourceContext, Telemetry,
 };
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::TokenDigest;
+use crate::connection::{ActiveRequest, Activity, AnswerBody, Lingering};
+use crate::{TokenDigest, CHECK_ANNOTATION};
 
 /// What a 503 asks the client to wait, in seconds.
 pub const RETRY_AFTER_SECS: u64 = 5;
 /// Request bodies in flight may hold this many times `max_body_bytes` together.
 pub const BODY_BUDGET_FACTOR: usize = 4;
-/// A body must arrive within this (client-go's own request timeout is 30 s).
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// A TLS handshake or request head must arrive within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bodies larger than this are decoded on a blocking thread, off the async workers.
 const INLINE_DECODE_BYTES: usize = 1024 * 1024;
-/// A refused request's unread body is read and discarded up to this much (within
-/// `DRAIN_TIMEOUT`) so that the client, still sending, reads the answer instead of a
-/// connection reset; past it the connection is closed.
-const DRAIN_BYTES: usize = 256 * 1024;
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection that ends after a timeout gets this long to close gracefully (HTTP/2
+/// `GOAWAY`) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Refusals at accept are logged at most this often (they are all counted).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// A body's buffer starts at most this large, and grows to the declared length once
+/// more has arrived.
+const EAGER_BODY_BYTES: usize = 64 * 1024;
 /// Budget permits are KiB, so that any budget fits tokio's `u32` permit counts.
 const PERMIT_BYTES: usize = 1024;
 
@@ -59,6 +60,15 @@ pub struct Settings {
     pub acknowledgements: bool,
     pub accept_timeout: Duration,
     pub ack_timeout: Duration,
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// The TLS handshake, and each request head, must arrive within this; a connection
+    /// carrying no request for this long is closed.
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this from its head.
+    pub body_read_timeout: Duration,
+    /// Pass `webhook-check` test events on to the pipeline instead of dropping them.
+    pub pass_check_events: bool,
 }
 
 /// The built source: a bound listener waiting to be served.
@@ -113,8 +123,12 @@ impl Source for WebhookSource {
                 context: format!("serving the webhook listener on {address}"),
                 source,
             })?;
-        let drain_timeout = settings.accept_timeout + settings.ack_timeout + HANDSHAKE_TIMEOUT;
+        let drain_timeout = settings.accept_timeout
+            + settings.ack_timeout
+            + settings.header_read_timeout
+            + crate::connection::LINGER_TIMEOUT;
         let budget_bytes = settings.max_body_bytes.saturating_mul(BODY_BUDGET_FACTOR);
+        let slots = Arc::new(Semaphore::new(settings.max_connections));
         let state = Arc::new(State {
             budget: Arc::new(Semaphore::new(permits_for(budget_bytes) as usize)),
             settings,
@@ -128,8 +142,14 @@ impl Source for WebhookSource {
             %address,
             path = %state.settings.path,
             tls = tls.is_some(),
+            max_connections = state.settings.max_connections,
             "webhook source listening"
         );
+        let open = auditflow_metrics::webhook_connections().with_label_values(&[id.as_str()]);
+        let refused = auditflow_metrics::webhook_connections_refused_total()
+            .with_label_values(&[id.as_str()]);
+        let mut refused_since_log = 0u64;
+        let mut last_refusal_log: Option<Instant> = None;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         loop {
@@ -138,26 +158,34 @@ impl Source for WebhookSource {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                            // Closed at once: a slot is memory, and a client that
+                            // cannot have one learns it now rather than after a timeout.
+                            drop(stream);
+                            refused.inc();
+                            refused_since_log += 1;
+                            if last_refusal_log.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                                tracing::warn!(
+                                    component_id = %id,
+                                    refused = refused_since_log,
+                                    max_connections = state.settings.max_connections,
+                                    "closing new connections at accept: max_connections are open"
+                                );
+                                refused_since_log = 0;
+                                last_refusal_log = Some(Instant::now());
+                            }
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let state = Arc::clone(&state);
                         let tls = tls.clone();
                         let stop = stop_rx.clone();
+                        let open = open.clone();
+                        open.inc();
                         connections.spawn(async move {
-                            match tls {
-                                None => serve(stream, peer, state, stop).await,
-                                Some(tls) => {
-                                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                                        Ok(Ok(stream)) => serve(stream, peer, state, stop).await,
-                                        Ok(Err(error)) => tracing::warn!(
-                                            component_id = %state.id, %peer, %error,
-                                            "TLS handshake failed (a client certificate not signed by tls.client_ca_file, or a client that does not trust tls.cert_file?)"
-                                        ),
-                                        Err(_) => tracing::debug!(
-                                            component_id = %state.id, %peer, "TLS handshake timed out"
-                                        ),
-                                    }
-                                }
-                            }
+                            accept(stream, peer, tls, state, stop).await;
+                            open.dec();
+                            drop(slot);
                         });
                     }
                     Err(error) => {
@@ -193,29 +221,120 @@ impl Source for WebhookSource {
     }
 }
 
-/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes or shutdown asks it to
-/// finish its requests and close.
-async fn serve<S>(stream: S, peer: SocketAddr, state: Arc<State>, mut stop: watch::Receiver<bool>)
-where
+/// Completes the TLS handshake (within `header_read_timeout`), then serves the connection.
+async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+) {
+    let stream = Lingering::new(stream);
+    let bytes_read = stream.bytes_read();
+    let Some(tls) = tls else {
+        return serve(stream, None, bytes_read, peer, state, stop).await;
+    };
+    match tokio::time::timeout(state.settings.header_read_timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve(stream, Some(h2), bytes_read, peer, state, stop).await;
+        }
+        Ok(Err(error)) => {
+            auditflow_metrics::webhook_tls_failures_total()
+                .with_label_values(&[state.id.as_str()])
+                .inc();
+            let reason = match auditflow_tls::explain::rustls_error(&error) {
+                Some(error) => auditflow_tls::explain::explain(
+                    error,
+                    auditflow_tls::explain::Side::Server {
+                        cert_option: "tls.cert_file",
+                        client_ca_option: "tls.client_ca_file",
+                    },
+                ),
+                None => format!("the connection failed during the handshake: {error}"),
+            };
+            tracing::warn!(component_id = %state.id, %peer, %error, "TLS handshake failed: {reason}");
+        }
+        Err(_) => {
+            state.timed_out("handshake");
+            tracing::debug!(component_id = %state.id, %peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2: as negotiated through ALPN when `h2` is
+/// known, else by the client's first bytes) until it closes, carries no request for
+/// `header_read_timeout`, or shutdown asks it to finish its requests and close.
+async fn serve<S>(
+    stream: S,
+    h2: Option<bool>,
+    bytes_read: Arc<std::sync::atomic::AtomicU64>,
+    peer: SocketAddr,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The idle watch below bounds request heads; hyper's own timer would close the same
+    // connections without saying why.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
-    let service = hyper::service::service_fn(move |request| {
+    let builder = match h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+    let activity = Activity::new();
+    let service = {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(state.handle(request, peer).await) }
-    });
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |request| {
+            let state = Arc::clone(&state);
+            let active = activity.begin();
+            async move { Ok::<_, Infallible>(state.handle(request, peer, active).await) }
+        })
+    };
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let timeout = state.settings.header_read_timeout;
+    let mut read_at_idle = (
+        Instant::now(),
+        bytes_read.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let result = loop {
+        let check_at = match activity.idle_since() {
+            Some(since) => {
+                if since > read_at_idle.0 {
+                    read_at_idle = (since, bytes_read.load(std::sync::atomic::Ordering::Relaxed));
+                }
+                since + timeout
+            }
+            None => Instant::now() + timeout,
+        };
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            _ = tokio::time::sleep_until(check_at.into()) => {
+                let Some(since) = activity.idle_since() else { continue };
+                if since.elapsed() < timeout {
+                    continue;
+                }
+                // Nothing read since the last answer: an idle keep-alive connection.
+                // Something read but no request: a head that trickles in.
+                let idle = bytes_read.load(std::sync::atomic::Ordering::Relaxed) == read_at_idle.1;
+                state.timed_out(if idle { "idle" } else { "header" });
+                tracing::debug!(component_id = %state.id, %peer, idle, "closing a connection that carried no request for header_read_timeout_ms");
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await;
+                return;
+            }
         }
     };
     if let Err(error) = result {
@@ -250,8 +369,9 @@ impl Reply {
         self
     }
 
-    fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(self.body.to_string())));
+    fn into_response(self, request: Incoming, active: ActiveRequest) -> Response<AnswerBody> {
+        let body = Bytes::from(self.body.to_string());
+        let mut response = Response::new(AnswerBody::new(body, request, active));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(
@@ -266,16 +386,17 @@ impl Reply {
 }
 
 impl State {
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    /// Answers one request. A refused body is never read further: the answer goes out
+    /// first, and the connection layer discards the rest (see `connection`).
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        active: ActiveRequest,
+    ) -> Response<AnswerBody> {
         let started = Instant::now();
         let (head, mut body) = request.into_parts();
-        let reply = match self.respond(&head, &mut body).await {
-            Ok(reply) => reply,
-            Err(reply) => {
-                drain(&mut body).await;
-                reply
-            }
-        };
+        let (Ok(reply) | Err(reply)) = self.respond(&head, &mut body).await;
         let code = reply.status.as_str().to_owned();
         auditflow_metrics::webhook_requests_total()
             .with_label_values(&[self.id.as_str(), code.as_str()])
@@ -298,7 +419,13 @@ impl State {
                 .unwrap_or("");
             tracing::debug!(component_id = %self.id, %peer, status = %code, error, "webhook request not accepted now");
         }
-        reply.into_response()
+        reply.into_response(body, active)
+    }
+
+    fn timed_out(&self, phase: &str) {
+        auditflow_metrics::webhook_timeouts_total()
+            .with_label_values(&[self.id.as_str(), phase])
+            .inc();
     }
 
     /// The checks, cheapest first, then the body. `Err` is an early answer.
@@ -331,28 +458,36 @@ impl State {
         // Hold budget for the body before reading it; this is what bounds memory.
         let initial = declared.unwrap_or(self.settings.max_body_bytes);
         let mut permit = self.reserve(permits_for(initial), Instant::now()).await?;
+        let body_timeout = self.settings.body_read_timeout;
         let body = tokio::time::timeout(
-            BODY_READ_TIMEOUT,
+            body_timeout,
             self.read_body(body, declared, gzip, &mut permit),
         )
         .await
         .map_err(|_| {
+            self.timed_out("body");
             Reply::error(
                 StatusCode::REQUEST_TIMEOUT,
-                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                format!(
+                    "the body did not arrive within body_read_timeout_ms ({} ms)",
+                    body_timeout.as_millis()
+                ),
             )
         })??;
 
         let body_len = body.len();
         let decoded = if body_len > INLINE_DECODE_BYTES {
-            tokio::task::spawn_blocking(move || decode(&body, shape))
-                .await
-                .map_err(|error| {
-                    Reply::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("decoding the body failed: {error}"),
-                    )
-                })?
+            {
+                let body = body.clone();
+                tokio::task::spawn_blocking(move || decode(&body, shape))
+            }
+            .await
+            .map_err(|error| {
+                Reply::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("decoding the body failed: {error}"),
+                )
+            })?
         } else {
             decode(&body, shape)
         };
@@ -363,9 +498,10 @@ impl State {
                 return Err(Reply::error(StatusCode::BAD_REQUEST, refused.0));
             }
         };
-        let (events, malformed) = (decoded.events, decoded.malformed);
+        let (mut events, malformed) = (decoded.events, decoded.malformed);
         self.telemetry
             .received(events.len() + malformed.len(), body_len);
+        let checks = self.take_checks(&body, &mut events);
         if !malformed.is_empty() {
             for item in &malformed {
                 self.telemetry.discarded(item.kind, 1);
@@ -380,11 +516,38 @@ impl State {
         let accepted = events.len();
         self.deliver(events).await?;
         drop(permit);
+        let mut answer = serde_json::json!({ "accepted": accepted, "malformed": malformed.len() });
+        if checks > 0 {
+            answer["checks"] = serde_json::Value::from(checks);
+        }
         Ok(Reply {
             status: StatusCode::OK,
-            body: serde_json::json!({ "accepted": accepted, "malformed": malformed.len() }),
+            body: answer,
             headers: Vec::new(),
         })
+    }
+
+    /// Counts the `webhook-check` test events among `events` and, unless
+    /// `pass_check_events`, takes them out. The body is searched once for the marker, so
+    /// ordinary requests pay one `memmem` and no parse.
+    fn take_checks(&self, body: &[u8], events: &mut Vec<Event>) -> usize {
+        if memchr::memmem::find(body, CHECK_ANNOTATION.as_bytes()).is_none() {
+            return 0;
+        }
+        let is_check = |event: &Event| event.get_path(["annotations", CHECK_ANNOTATION]).is_some();
+        let checks = events.iter().filter(|event| is_check(event)).count();
+        if checks == 0 {
+            return 0;
+        }
+        auditflow_metrics::webhook_checks_total()
+            .with_label_values(&[self.id.as_str()])
+            .inc_by(checks as u64);
+        tracing::info!(component_id = %self.id, checks, passed_on = self.settings.pass_check_events, "received a test event from auditflow webhook-check");
+        if !self.settings.pass_check_events {
+            events.retain(|event| !is_check(event));
+            self.telemetry.discarded("webhook_check", checks);
+        }
+        checks
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<(), Reply> {
@@ -476,10 +639,12 @@ impl State {
     ) -> Result<Bytes, Reply> {
         let max = self.settings.max_body_bytes;
         let started = Instant::now();
-        let mut plain: Vec<u8> = Vec::with_capacity(if gzip { 0 } else { declared.unwrap_or(0) });
+        // Allocated when bytes arrive, not when a length is declared: a client that
+        // declares 100 KB and trickles costs what it sent.
+        let mut plain: Vec<u8> = Vec::new();
         let mut inflater = gzip.then(|| {
             flate2::write::MultiGzDecoder::new(Capped {
-                buf: Vec::with_capacity(declared.unwrap_or(0).saturating_mul(4).min(max)),
+                buf: Vec::new(),
                 max,
                 exceeded: false,
             })
@@ -501,6 +666,16 @@ impl State {
             }
             let held = match &mut inflater {
                 None => {
+                    if plain.capacity() == 0 {
+                        plain.reserve_exact(
+                            declared.unwrap_or(0).min(EAGER_BODY_BYTES).max(data.len()),
+                        );
+                    } else if plain.capacity() - plain.len() < data.len() {
+                        // Past the first bytes: the rest of the declared length at once.
+                        let rest =
+                            declared.map_or(0, |declared| declared.saturating_sub(plain.len()));
+                        plain.reserve_exact(rest.max(data.len()));
+                    }
                     plain.extend_from_slice(&data);
                     plain.capacity()
                 }
@@ -605,23 +780,6 @@ impl State {
             )),
         }
     }
-}
-
-/// Discards what is left of a refused request's body, within `DRAIN_BYTES`/`DRAIN_TIMEOUT`.
-async fn drain(body: &mut Incoming) {
-    if body.is_end_stream() {
-        return;
-    }
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let mut drained = 0;
-        while let Some(Ok(frame)) = body.frame().await {
-            drained += frame.data_ref().map_or(0, Bytes::len);
-            if drained > DRAIN_BYTES {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 /// The next batch's worth of events off the front of `events`.
