@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::channel::Closed;
 use auditflow_core::decode::{decode_into, Decoded, Shape};
+use auditflow_core::records::LogLimiter;
 use auditflow_core::{
     Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, Output, Source,
     SourceConfig, SourceContext, Telemetry, Validate,
@@ -571,6 +572,8 @@ struct Reader {
     /// Events (and malformed records) and payload bytes read since the last flush.
     read_events: usize,
     read_bytes: usize,
+    /// Warnings about malformed content, at a bounded rate.
+    warnings: LogLimiter,
 }
 
 impl Reader {
@@ -582,6 +585,7 @@ impl Reader {
             decoded: Decoded::default(),
             bytes: 0,
             spans: Vec::new(),
+            warnings: LogLimiter::default(),
             read_events: 0,
             read_bytes: 0,
         }
@@ -615,15 +619,21 @@ impl Reader {
         self.read_events += decoded;
         if let Some((count, error)) = malformed {
             self.read_events += count;
-            tracing::warn!(
-                component_id = %self.id,
-                topic,
-                partition,
-                offset,
-                events = count,
-                %error,
-                "skipping malformed kafka message content"
-            );
+            if let Some(suppressed) = self.warnings.allow("malformed") {
+                if suppressed > 0 {
+                    tracing::warn!(component_id = %self.id, suppressed,
+                        "suppressed {suppressed} similar warnings in the last minute (all are counted in auditflow_component_discarded_events_total)");
+                }
+                tracing::warn!(
+                    component_id = %self.id,
+                    topic,
+                    partition,
+                    offset,
+                    events = count,
+                    %error,
+                    "skipping malformed kafka message content"
+                );
+            }
         }
         match self
             .spans

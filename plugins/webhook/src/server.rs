@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::decode::{decode, Decoded, Shape};
+use auditflow_core::records::LogLimiter;
 use auditflow_core::{
     Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, Event, Output, Source,
     SourceContext, Telemetry,
@@ -103,6 +104,8 @@ struct State {
     telemetry: Arc<dyn Telemetry>,
     /// Permits are KiB of request body held in memory.
     budget: Arc<Semaphore>,
+    /// Warnings about items that are not events, at a bounded rate per reason.
+    warnings: std::sync::Mutex<LogLimiter>,
 }
 
 #[async_trait]
@@ -131,6 +134,7 @@ impl Source for WebhookSource {
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         let state = Arc::new(State {
             budget: Arc::new(Semaphore::new(permits_for(budget_bytes) as usize)),
+            warnings: std::sync::Mutex::new(LogLimiter::default()),
             settings,
             id: id.clone(),
             out: cx.out.clone(),
@@ -503,14 +507,17 @@ impl State {
             .received(events.len() + malformed.len(), body_len);
         let checks = self.take_checks(&body, &mut events);
         if !malformed.is_empty() {
+            let mut warnings = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
             for item in &malformed {
                 self.telemetry.discarded(item.kind, 1);
-            }
-            for item in malformed.iter().take(10) {
-                tracing::warn!(component_id = %self.id, item = %item.location, reason = %item.reason, "skipping an item that is not an audit event");
-            }
-            if malformed.len() > 10 {
-                tracing::warn!(component_id = %self.id, skipped = malformed.len(), "skipped more items that are not audit events");
+                if let Some(suppressed) = warnings.allow(item.kind) {
+                    if suppressed > 0 {
+                        tracing::warn!(component_id = %self.id, reason = item.kind, suppressed,
+                            "suppressed {suppressed} similar warnings in the last minute (all are counted in auditflow_component_discarded_events_total)");
+                    }
+                    tracing::warn!(component_id = %self.id, item = %item.location, reason = item.kind,
+                        error = %item.reason, "skipping an item that is not an audit event");
+                }
             }
         }
         let accepted = events.len();
