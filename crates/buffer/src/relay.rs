@@ -90,6 +90,7 @@ pub fn start(
             options,
             telemetry: Arc::clone(&telemetry),
             unsynced: Finalizers::new(),
+            dirty: false,
             last_sync: Instant::now(),
             trouble: None,
         };
@@ -147,6 +148,9 @@ struct Intake {
     telemetry: Arc<dyn Telemetry>,
     /// Acknowledgements of batches appended but not yet fsynced.
     unsynced: Finalizers,
+    /// Whether anything was appended since the last fsync (batches from sources that do
+    /// not wait for acknowledgements carry no finalizer).
+    dirty: bool,
     last_sync: Instant,
     trouble: Option<Trouble>,
 }
@@ -154,7 +158,7 @@ struct Intake {
 impl Intake {
     async fn run(mut self, mut input: Receiver) -> Result<(), ComponentError> {
         loop {
-            let sync_at = (!self.unsynced.is_empty()).then(|| self.last_sync + self.options.fsync_interval);
+            let sync_at = self.dirty.then(|| self.last_sync + self.options.fsync_interval);
             tokio::select! {
                 batch = input.recv() => match batch {
                     Some(batch) => self.take(batch).await,
@@ -189,16 +193,6 @@ impl Intake {
                 return;
             }
             self.set_trouble(Some(Trouble::Full), None);
-            let mut writer = self.writer.take().expect("the writer is back between calls");
-            let (writer, rolled) = blocking(move || {
-                let rolled = writer.roll_if_released();
-                (writer, rolled)
-            })
-            .await;
-            self.writer = Some(writer);
-            if let Err(error) = rolled {
-                tracing::warn!(component_id = %self.id, error = %error, "cannot start a new disk buffer segment");
-            }
             self.wait_for_space().await;
         }
 
@@ -225,20 +219,32 @@ impl Intake {
         self.set_trouble(None, None);
         self.telemetry.buffer_changed(records as i64);
         self.unsynced.merge(finalizers);
+        self.dirty = true;
     }
 
-    /// Waits until a release frees space, or a retry interval.
-    async fn wait_for_space(&self) {
+    /// Waits until a release frees space (or a retry interval), then lets go of the
+    /// segment being written if everything in it was released, so that it can be deleted.
+    async fn wait_for_space(&mut self) {
         tokio::select! {
             _ = self.queue.space_freed() => {}
             _ = tokio::time::sleep(RETRY_INTERVAL) => {}
+        }
+        let mut writer = self.writer.take().expect("the writer is back between calls");
+        let (writer, rolled) = blocking(move || {
+            let rolled = writer.roll_if_released();
+            (writer, rolled)
+        })
+        .await;
+        self.writer = Some(writer);
+        if let Err(error) = rolled {
+            tracing::debug!(component_id = %self.id, error = %error, "cannot start a new disk buffer segment yet");
         }
     }
 
     /// fsyncs, then acknowledges every batch appended since the last fsync. Retries until
     /// the fsync succeeds: an acknowledgement promises the events are on disk.
     async fn sync(&mut self) {
-        if self.unsynced.is_empty() {
+        if !self.dirty {
             return;
         }
         loop {
@@ -259,6 +265,7 @@ impl Intake {
             }
         }
         self.last_sync = Instant::now();
+        self.dirty = false;
         std::mem::take(&mut self.unsynced).resolve(BatchStatus::Delivered);
     }
 

@@ -11,15 +11,25 @@ pub const MIN_DISK_BUFFER_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where a sink's input waits: in memory (a couple of batches; a full channel holds
 /// the sources back) or on disk (acknowledged to the sources once fsynced there).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BufferConfig {
     /// A small in-memory channel: nothing is acknowledged before the destination has it.
-    #[default]
-    Memory,
+    Memory(MemoryBufferConfig),
     /// Segment files under `<data_dir>/<sink id>/buffer`.
     Disk(DiskBufferConfig),
 }
+
+impl Default for BufferConfig {
+    fn default() -> BufferConfig {
+        BufferConfig::Memory(MemoryBufferConfig {})
+    }
+}
+
+/// A memory buffer takes no options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBufferConfig {}
 
 /// A disk buffer's options.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]

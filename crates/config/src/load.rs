@@ -472,17 +472,17 @@ fn check_component(
                         format!("{here}.buffer.{path}")
                     };
                     fail(location, error.into_inner().to_string());
-                    BufferConfig::Memory
+                    BufferConfig::default()
                 }
             }
         }
-        (ComponentKind::Sink, _) => BufferConfig::Memory,
+        (ComponentKind::Sink, _) => BufferConfig::default(),
         (_, Some(value)) => {
             // Not the engine's here: the plugin reports it as an unknown option.
             options.insert("buffer".to_owned(), value);
-            BufferConfig::Memory
+            BufferConfig::default()
         }
-        (_, None) => BufferConfig::Memory,
+        (_, None) => BufferConfig::default(),
     };
     for problem in buffer.validate() {
         let field = problem.field.unwrap_or_default();
