@@ -64,7 +64,12 @@ impl Collector {
             .collect()
     }
 
-    fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let delivered = self.delivered();
@@ -97,16 +102,27 @@ impl Collector {
 }
 
 fn metrics_text(address: &str) -> String {
-    http_get(address, "/metrics").map(|(_, body)| body).unwrap_or_default()
+    http_get(address, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
-fn wait_metric(address: &str, name: &str, labels: &[(&str, &str)], timeout: Duration, done: impl Fn(f64) -> bool) {
+fn wait_metric(
+    address: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    timeout: Duration,
+    done: impl Fn(f64) -> bool,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         if metric(&metrics_text(address), name, labels).is_some_and(&done) {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} {labels:?} did not reach the expected value within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} {labels:?} did not reach the expected value within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -129,7 +145,10 @@ impl Lcg {
     }
 
     fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % bound
     }
 }
@@ -179,19 +198,32 @@ sinks:
         wait_ready(&metrics, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(100 + random.below(900)));
         let text = metrics_text(&metrics);
-        let waiting = metric(&text, "auditflow_buffer_events", &[("component_id", "collector")]).unwrap_or(0.0);
-        let unacknowledged = metric(&text, "auditflow_file_checkpoint_lag_bytes", &[("component_id", "apiserver")]).unwrap_or(0.0);
+        let waiting = metric(
+            &text,
+            "auditflow_buffer_events",
+            &[("component_id", "collector")],
+        )
+        .unwrap_or(0.0);
+        let unacknowledged = metric(
+            &text,
+            "auditflow_file_checkpoint_lag_bytes",
+            &[("component_id", "apiserver")],
+        )
+        .unwrap_or(0.0);
         // Whatever the sink has taken and not had released, plus what the source would
         // read again, plus one batch read between this scrape and the kill.
-        in_flight_at_kills += if kill >= 2 { waiting } else { 0.0 } + unacknowledged / shortest_line + 1000.0;
+        in_flight_at_kills +=
+            if kill >= 2 { waiting } else { 0.0 } + unacknowledged / shortest_line + 1000.0;
         auditflow.signal(libc::SIGKILL);
         auditflow.wait_timeout(Duration::from_secs(10));
     }
     collector.set_up(true);
     let _auditflow = Auditflow::run(&workspace, &pipeline);
-    let delivered = collector.wait_for(Duration::from_secs(120), "every event delivered after five SIGKILLs", |delivered| {
-        delivered.iter().collect::<BTreeSet<_>>().len() >= EVENTS
-    });
+    let delivered = collector.wait_for(
+        Duration::from_secs(120),
+        "every event delivered after five SIGKILLs",
+        |delivered| delivered.iter().collect::<BTreeSet<_>>().len() >= EVENTS,
+    );
     let expected: BTreeSet<String> = (0..EVENTS).map(audit_id).collect();
     let got: BTreeSet<String> = delivered.iter().cloned().collect();
     assert_eq!(got, expected, "lost or foreign events");
@@ -213,7 +245,8 @@ fn records_in(segment: &Path) -> Vec<(usize, usize, String)> {
         if at + 16 + len > bytes.len() {
             break;
         }
-        let event: serde_json::Value = serde_json::from_slice(&bytes[at + 16..at + 16 + len]).unwrap();
+        let event: serde_json::Value =
+            serde_json::from_slice(&bytes[at + 16..at + 16 + len]).unwrap();
         records.push((at, len, event["auditID"].as_str().unwrap().to_owned()));
         at += 16 + len;
     }
@@ -222,7 +255,12 @@ fn records_in(segment: &Path) -> Vec<(usize, usize, String)> {
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).collect())
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+                .collect()
+        })
         .unwrap_or_default();
     paths.sort();
     paths
@@ -260,8 +298,16 @@ sinks:
     }
     stdin.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while segments(&buffer_dir).iter().map(|s| records_in(s).len()).sum::<usize>() < EVENTS {
-        assert!(Instant::now() < deadline, "the events never reached the disk buffer");
+    while segments(&buffer_dir)
+        .iter()
+        .map(|s| records_in(s).len())
+        .sum::<usize>()
+        < EVENTS
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the events never reached the disk buffer"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     auditflow.signal(libc::SIGKILL);
@@ -269,7 +315,10 @@ sinks:
     drop(auditflow);
 
     // One segment holds them all (16 MiB buffers roll at 2 MiB).
-    let segment = segments(&buffer_dir).into_iter().find(|s| !records_in(s).is_empty()).unwrap();
+    let segment = segments(&buffer_dir)
+        .into_iter()
+        .find(|s| !records_in(s).is_empty())
+        .unwrap();
     let records = records_in(&segment);
     assert_eq!(records.len(), EVENTS);
     let mut bytes = std::fs::read(&segment).unwrap();
@@ -283,10 +332,18 @@ sinks:
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     wait_ready(&metrics, Duration::from_secs(20));
     let _stdin = auditflow.take_stdin();
-    wait_metric(&metrics, "auditflow_buffer_corrupt_records_total", &[("component_id", "collector")], Duration::from_secs(30), |v| v >= 2.0);
-    let delivered = collector.wait_for(Duration::from_secs(30), "every intact record delivered", |delivered| {
-        delivered.len() >= EVENTS - 2
-    });
+    wait_metric(
+        &metrics,
+        "auditflow_buffer_corrupt_records_total",
+        &[("component_id", "collector")],
+        Duration::from_secs(30),
+        |v| v >= 2.0,
+    );
+    let delivered = collector.wait_for(
+        Duration::from_secs(30),
+        "every intact record delivered",
+        |delivered| delivered.len() >= EVENTS - 2,
+    );
     let expected: BTreeSet<String> = (0..EVENTS)
         .map(audit_id)
         .filter(|id| *id != flipped_id && *id != torn_id)
@@ -294,13 +351,19 @@ sinks:
     assert_eq!(delivered.iter().cloned().collect::<BTreeSet<_>>(), expected);
     assert_eq!(delivered.len(), EVENTS - 2, "no duplicates");
     assert_eq!(
-        metric(&metrics_text(&metrics), "auditflow_buffer_corrupt_records_total", &[("component_id", "collector")]),
+        metric(
+            &metrics_text(&metrics),
+            "auditflow_buffer_corrupt_records_total",
+            &[("component_id", "collector")]
+        ),
         Some(2.0)
     );
     let stderr = auditflow.stderr();
     let offset = format!("offset={}", flipped_at);
     assert!(
-        stderr.contains("skipped a damaged record") && stderr.contains(&offset) && stderr.contains(&*segment.to_string_lossy()),
+        stderr.contains("skipped a damaged record")
+            && stderr.contains(&offset)
+            && stderr.contains(&*segment.to_string_lossy()),
         "the damage is logged with its file and offset:\n{stderr}"
     );
     auditflow.signal(libc::SIGTERM);
@@ -339,7 +402,11 @@ mod apiserver {
             let answer = tokio::time::timeout(scaled(30.0), async {
                 let mut connection = client.connect().await?;
                 connection
-                    .post("/audit?timeout=30s", &[("Content-Type", "application/json")], body.clone())
+                    .post(
+                        "/audit?timeout=30s",
+                        &[("Content-Type", "application/json")],
+                        body.clone(),
+                    )
                     .await
             })
             .await;
@@ -403,9 +470,13 @@ sinks:
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (sent, dropped) = runtime.block_on(async {
         let start = tokio::time::Instant::now();
-        let outage = (start + apiserver::scaled(20.0), start + apiserver::scaled(200.0));
+        let outage = (
+            start + apiserver::scaled(20.0),
+            start + apiserver::scaled(200.0),
+        );
         let end = start + apiserver::scaled(240.0);
-        let batch_every = Duration::from_secs_f64(apiserver::BATCH_EVENTS as f64 / RATE_PER_SECOND as f64);
+        let batch_every =
+            Duration::from_secs_f64(apiserver::BATCH_EVENTS as f64 / RATE_PER_SECOND as f64);
         let mut batches = tokio::task::JoinSet::new();
         let mut next = 0;
         let mut tick = tokio::time::interval(batch_every);
@@ -432,17 +503,34 @@ sinks:
         (next, dropped)
     });
     let expected = sent - dropped.len();
-    let delivered = collector.wait_for(Duration::from_secs(60), "every accepted event delivered", |delivered| {
-        delivered.iter().filter(|id| !dropped.contains(*id)).collect::<BTreeSet<_>>().len() >= expected
-    });
-    Outage { sent, dropped, delivered }
+    let delivered = collector.wait_for(
+        Duration::from_secs(60),
+        "every accepted event delivered",
+        |delivered| {
+            delivered
+                .iter()
+                .filter(|id| !dropped.contains(*id))
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= expected
+        },
+    );
+    Outage {
+        sent,
+        dropped,
+        delivered,
+    }
 }
 
 #[test]
 fn with_a_disk_buffer_an_outage_past_the_apiserver_retry_window_loses_nothing() {
-    let outage = webhook_outage("    buffer: { type: disk, max_bytes: 268435456, fsync_interval_ms: 50 }\n");
+    let outage =
+        webhook_outage("    buffer: { type: disk, max_bytes: 268435456, fsync_interval_ms: 50 }\n");
     let got: BTreeSet<String> = outage.delivered.iter().cloned().collect();
-    let missing: Vec<String> = (0..outage.sent).map(audit_id).filter(|id| !got.contains(id)).collect();
+    let missing: Vec<String> = (0..outage.sent)
+        .map(audit_id)
+        .filter(|id| !got.contains(id))
+        .collect();
     println!(
         "disk buffer: {} sent, {} dropped by the client, {} missing, {} duplicates",
         outage.sent,
@@ -450,7 +538,11 @@ fn with_a_disk_buffer_an_outage_past_the_apiserver_retry_window_loses_nothing() 
         missing.len(),
         duplicates(&outage.delivered)
     );
-    assert!(outage.dropped.is_empty(), "the client gave up on {} events", outage.dropped.len());
+    assert!(
+        outage.dropped.is_empty(),
+        "the client gave up on {} events",
+        outage.dropped.len()
+    );
     assert!(missing.is_empty(), "{} events never arrived", missing.len());
 }
 
@@ -458,14 +550,20 @@ fn with_a_disk_buffer_an_outage_past_the_apiserver_retry_window_loses_nothing() 
 fn without_a_buffer_the_outage_loses_what_the_apiserver_dropped() {
     let outage = webhook_outage("");
     let got: BTreeSet<String> = outage.delivered.iter().cloned().collect();
-    let missing: BTreeSet<String> = (0..outage.sent).map(audit_id).filter(|id| !got.contains(id)).collect();
+    let missing: BTreeSet<String> = (0..outage.sent)
+        .map(audit_id)
+        .filter(|id| !got.contains(id))
+        .collect();
     println!(
         "memory buffer: {} sent, {} dropped by the client, {} missing at the destination",
         outage.sent,
         outage.dropped.len(),
         missing.len()
     );
-    assert!(!missing.is_empty(), "an outage past the retry window loses events without a disk buffer");
+    assert!(
+        !missing.is_empty(),
+        "an outage past the retry window loses events without a disk buffer"
+    );
     assert!(
         missing.is_subset(&outage.dropped),
         "every missing event is one the client counted as dropped"
@@ -490,7 +588,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -545,7 +646,13 @@ sinks:
                 loop {
                     let answer = async {
                         let mut connection = client.connect().await?;
-                        connection.post("/audit", &[("Content-Type", "application/json")], body.clone()).await
+                        connection
+                            .post(
+                                "/audit",
+                                &[("Content-Type", "application/json")],
+                                body.clone(),
+                            )
+                            .await
                     };
                     match answer.await {
                         Ok(answer) if answer.status == 200 => return,
@@ -561,8 +668,16 @@ sinks:
         }
         // The disk fills while the destination is down: writing stops, requests get 503.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(auditflow.stderr().contains("cannot write to the disk buffer") && refused.load(Ordering::SeqCst) > 0) {
-            assert!(Instant::now() < deadline, "the disk never filled:\n{}", auditflow.stderr());
+        while !(auditflow
+            .stderr()
+            .contains("cannot write to the disk buffer")
+            && refused.load(Ordering::SeqCst) > 0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the disk never filled:\n{}",
+                auditflow.stderr()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         collector.set_up(true);
@@ -570,18 +685,30 @@ sinks:
             done.unwrap();
         }
     });
-    let delivered = collector.wait_for(Duration::from_secs(60), "every event delivered after the disk freed up", |delivered| {
-        delivered.iter().collect::<BTreeSet<_>>().len() >= EVENTS
-    });
+    let delivered = collector.wait_for(
+        Duration::from_secs(60),
+        "every event delivered after the disk freed up",
+        |delivered| delivered.iter().collect::<BTreeSet<_>>().len() >= EVENTS,
+    );
     let expected: BTreeSet<String> = (0..EVENTS).map(audit_id).collect();
     assert_eq!(delivered.iter().cloned().collect::<BTreeSet<_>>(), expected);
     let stderr = auditflow.stderr();
     let episodes = stderr.matches("cannot write to the disk buffer").count();
     let resumed = stderr.matches("disk buffer is taking events again").count();
-    println!("{} requests refused with 503, {episodes} full-disk episodes, {resumed} resumed", refused.load(Ordering::SeqCst));
-    assert!(episodes >= 1 && resumed >= episodes, "logged once per episode, and each one ended:\n{stderr}");
+    println!(
+        "{} requests refused with 503, {episodes} full-disk episodes, {resumed} resumed",
+        refused.load(Ordering::SeqCst)
+    );
+    assert!(
+        episodes >= 1 && resumed >= episodes,
+        "logged once per episode, and each one ended:\n{stderr}"
+    );
     assert_eq!(
-        metric(&metrics_text(&metrics), "auditflow_buffer_corrupt_records_total", &[("component_id", "collector")]),
+        metric(
+            &metrics_text(&metrics),
+            "auditflow_buffer_corrupt_records_total",
+            &[("component_id", "collector")]
+        ),
         Some(0.0),
         "a full disk damaged nothing"
     );
@@ -627,7 +754,11 @@ sinks:
         stdin.flush().unwrap();
     }
     drop(stdin);
-    assert!(auditflow.wait_timeout(Duration::from_secs(30)).success(), "{}", auditflow.stderr());
+    assert!(
+        auditflow.wait_timeout(Duration::from_secs(30)).success(),
+        "{}",
+        auditflow.stderr()
+    );
 
     // Closed files are numbered from 1 (oldest), then the active file.
     let mut files: BTreeMap<u64, PathBuf> = BTreeMap::new();
@@ -635,7 +766,11 @@ sinks:
     for entry in std::fs::read_dir(&out).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if let Some(number) = name.strip_suffix(".gz").and_then(|rest| rest.rsplit('.').next()).and_then(|n| n.parse().ok()) {
+        if let Some(number) = name
+            .strip_suffix(".gz")
+            .and_then(|rest| rest.rsplit('.').next())
+            .and_then(|n| n.parse().ok())
+        {
             files.insert(number, path);
         } else if name.ends_with(".log") {
             active = Some(path);
@@ -646,7 +781,12 @@ sinks:
     assert!(files.len() >= 3, "100 kB files rotated: {files:?}");
     let mut written: String = files.values().map(|path| gunzip(path)).collect();
     written.push_str(&std::fs::read_to_string(active.expect("the active file")).unwrap());
-    let expected: String = (0..EVENTS).map(|i| format!("{}\n", audit_line(i))).collect();
+    let expected: String = (0..EVENTS)
+        .map(|i| format!("{}\n", audit_line(i)))
+        .collect();
     assert_eq!(written.len(), expected.len());
-    assert!(written == expected, "every event, once, in order, as it arrived");
+    assert!(
+        written == expected,
+        "every event, once, in order, as it arrived"
+    );
 }

@@ -55,14 +55,22 @@ pub enum Scan {
 pub fn next(buf: &[u8], at: usize, at_end: bool) -> Scan {
     let rest = &buf[at..];
     if rest.len() < HEADER_BYTES {
-        return if at_end { Scan::Damaged } else { Scan::Incomplete };
+        return if at_end {
+            Scan::Damaged
+        } else {
+            Scan::Incomplete
+        };
     }
     let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
     if len > MAX_PAYLOAD_BYTES {
         return Scan::Damaged;
     }
     if rest.len() < HEADER_BYTES + len {
-        return if at_end { Scan::Damaged } else { Scan::Incomplete };
+        return if at_end {
+            Scan::Damaged
+        } else {
+            Scan::Incomplete
+        };
     }
     let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
     if crc32fast::hash(&rest[8..HEADER_BYTES + len]) != crc {
@@ -119,7 +127,10 @@ mod tests {
     #[test]
     fn records_read_back_in_order_with_their_times() {
         let buf = records(&[r#"{"a":1}"#, "", r#"{"b":2}"#]);
-        assert_eq!(payloads(&buf), (vec![r#"{"a":1}"#.into(), "".into(), r#"{"b":2}"#.into()], 0));
+        assert_eq!(
+            payloads(&buf),
+            (vec![r#"{"a":1}"#.into(), "".into(), r#"{"b":2}"#.into()], 0)
+        );
         let Scan::Record(second) = next(&buf, HEADER_BYTES + 7, true) else {
             panic!("a record starts after the first");
         };
@@ -133,7 +144,10 @@ mod tests {
         assert_eq!(next(torn, HEADER_BYTES + 3, false), Scan::Incomplete);
         assert_eq!(payloads(torn), (vec!["one".into()], 1));
         // A header cut in the middle too.
-        assert_eq!(payloads(&buf[..HEADER_BYTES + 3 + 5]), (vec!["one".into()], 1));
+        assert_eq!(
+            payloads(&buf[..HEADER_BYTES + 3 + 5]),
+            (vec!["one".into()], 1)
+        );
     }
 
     #[test]

@@ -180,7 +180,11 @@ impl State {
             };
         }
         self.frontier = frontier;
-        let behind: Vec<u64> = self.segments.range(..frontier.segment).map(|(&id, _)| id).collect();
+        let behind: Vec<u64> = self
+            .segments
+            .range(..frontier.segment)
+            .map(|(&id, _)| id)
+            .collect();
         for id in &behind {
             self.segments.remove(id);
         }
@@ -221,7 +225,10 @@ pub fn open(dir: &Path, options: Options) -> io::Result<(Queue, Writer, Reader, 
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_suffix(".seg").and_then(|id| id.parse::<u64>().ok()) {
+        if let Some(id) = name
+            .strip_suffix(".seg")
+            .and_then(|id| id.parse::<u64>().ok())
+        {
             ids.push(id);
         }
     }
@@ -256,7 +263,11 @@ pub fn open(dir: &Path, options: Options) -> io::Result<(Queue, Writer, Reader, 
     }
     let mut recovered = Recovered::default();
     for (&id, segment) in &segments {
-        let from = if id == frontier.segment { frontier.offset } else { 0 };
+        let from = if id == frontier.segment {
+            frontier.offset
+        } else {
+            0
+        };
         recovered.records += count_records(&segment_path(dir, id), from, segment.bytes)?;
         recovered.bytes += segment.bytes - from;
     }
@@ -412,7 +423,11 @@ impl Queue {
         Stats {
             unreleased_bytes: state.unreleased_bytes(),
             unreleased_records: state.unreleased_records,
-            oldest_written_at_ms: state.spans.iter().find(|s| !s.released).and_then(|s| s.oldest_written_at_ms),
+            oldest_written_at_ms: state
+                .spans
+                .iter()
+                .find(|s| !s.released)
+                .and_then(|s| s.oldest_written_at_ms),
         }
     }
 
@@ -443,7 +458,9 @@ impl Queue {
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding the lock leaves plain counters behind: keep going.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Appends to the newest segment. One per queue.
@@ -555,7 +572,11 @@ impl Reader {
             if position.offset < limit {
                 break (position, limit);
             }
-            let next = state.segments.range(position.segment + 1..).next().map(|(&id, _)| id);
+            let next = state
+                .segments
+                .range(position.segment + 1..)
+                .next()
+                .map(|(&id, _)| id);
             match next {
                 Some(next) if position.segment != state.write_segment => {
                     // Let go of the finished segment, so that deleting it frees its space.
@@ -572,7 +593,11 @@ impl Reader {
             }
         };
         let path = segment_path(&self.shared.dir, position.segment);
-        if self.file.as_ref().is_none_or(|(id, _)| *id != position.segment) {
+        if self
+            .file
+            .as_ref()
+            .is_none_or(|(id, _)| *id != position.segment)
+        {
             self.file = Some((position.segment, File::open(&path)?));
         }
         let file = &self.file.as_ref().expect("opened above").1;
@@ -582,7 +607,8 @@ impl Reader {
             let mut buf = vec![0u8; want as usize];
             file.read_exact_at(&mut buf, position.offset)?;
             let at_end = want == available;
-            let (mut at, mut records, mut damaged, mut bytes) = (0usize, Vec::new(), Vec::new(), 0usize);
+            let (mut at, mut records, mut damaged, mut bytes) =
+                (0usize, Vec::new(), Vec::new(), 0usize);
             while at < buf.len() && records.len() < max_records && bytes < max_bytes {
                 match frame::next(&buf, at, at_end) {
                     Scan::Record(found) => {

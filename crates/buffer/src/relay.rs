@@ -8,17 +8,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::channel::{self, Receiver, Sender};
 use auditflow_core::finalize::Finalizers;
-use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::{
     Batch, BatchNotifier, BatchStatus, ComponentError, Event, NoTelemetry, Telemetry,
 };
-use prometheus_gauges::Gauges;
+use auditflow_metrics::{
+    buffer_bytes, buffer_corrupt_records_total, buffer_max_bytes, buffer_oldest_event_age_seconds,
+};
+use prometheus::{IntCounter, IntGauge};
 use tokio::task::JoinSet;
 
 use crate::frame::{self, HEADER_BYTES};
-use crate::queue::{self, Queue, Read, Reader, Writer};
+use crate::queue::{self, Queue, Read, Reader, Stats, Writer};
 
 /// Batches waiting between the buffer's delivery task and the sink.
 const SINK_CHANNEL_BATCHES: usize = 2;
@@ -158,7 +161,9 @@ struct Intake {
 impl Intake {
     async fn run(mut self, mut input: Receiver) -> Result<(), ComponentError> {
         loop {
-            let sync_at = self.dirty.then(|| self.last_sync + self.options.fsync_interval);
+            let sync_at = self
+                .dirty
+                .then(|| self.last_sync + self.options.fsync_interval);
             tokio::select! {
                 batch = input.recv() => match batch {
                     Some(batch) => self.take(batch).await,
@@ -198,7 +203,10 @@ impl Intake {
 
         let frames = Arc::new(frames);
         loop {
-            let mut writer = self.writer.take().expect("the writer is back between calls");
+            let mut writer = self
+                .writer
+                .take()
+                .expect("the writer is back between calls");
             let shared = Arc::clone(&frames);
             let (writer, appended) = blocking(move || {
                 let appended = writer.append(&shared, records as u64);
@@ -229,7 +237,10 @@ impl Intake {
             _ = self.queue.space_freed() => {}
             _ = tokio::time::sleep(RETRY_INTERVAL) => {}
         }
-        let mut writer = self.writer.take().expect("the writer is back between calls");
+        let mut writer = self
+            .writer
+            .take()
+            .expect("the writer is back between calls");
         let (writer, rolled) = blocking(move || {
             let rolled = writer.roll_if_released();
             (writer, rolled)
@@ -248,7 +259,10 @@ impl Intake {
             return;
         }
         loop {
-            let mut writer = self.writer.take().expect("the writer is back between calls");
+            let mut writer = self
+                .writer
+                .take()
+                .expect("the writer is back between calls");
             let (writer, synced) = blocking(move || {
                 let synced = writer.sync();
                 (writer, synced)
@@ -279,10 +293,14 @@ impl Intake {
             (Some(Trouble::Full), _) => tracing::warn!(component_id = %self.id, dir = %dir,
                 max_bytes = self.options.max_bytes,
                 "disk buffer full: holding the sink's input until the destination catches up (raise buffer.max_bytes to hold more)"),
-            (Some(Trouble::WriteFailed), Some(error)) => tracing::error!(component_id = %self.id, dir = %dir, error = %error,
-                "cannot write to the disk buffer: holding the sink's input and retrying (free space on that file system); what was written is kept"),
+            (Some(Trouble::WriteFailed), Some(error)) => {
+                tracing::error!(component_id = %self.id, dir = %dir, error = %error,
+                "cannot write to the disk buffer: holding the sink's input and retrying (free space on that file system); what was written is kept")
+            }
             (Some(Trouble::WriteFailed), None) => {}
-            (None, _) => tracing::info!(component_id = %self.id, dir = %dir, "disk buffer is taking events again"),
+            (None, _) => {
+                tracing::info!(component_id = %self.id, dir = %dir, "disk buffer is taking events again")
+            }
         }
         self.trouble = trouble;
     }
@@ -312,7 +330,11 @@ async fn deliver(
         .await;
         reader = back;
         let (span, records, damaged) = match read {
-            Ok(Read::Span { id, records, damaged }) => (id, records, damaged),
+            Ok(Read::Span {
+                id,
+                records,
+                damaged,
+            }) => (id, records, damaged),
             Ok(Read::Empty { finished: true }) => break Ok(()),
             Ok(Read::Empty { finished: false }) => {
                 queue.durable_grew().await;
@@ -356,7 +378,11 @@ async fn deliver(
             continue;
         }
         let (finalizer, delivered) = BatchNotifier::new();
-        if out.send(Batch::with_finalizer(events, finalizer)).await.is_err() {
+        if out
+            .send(Batch::with_finalizer(events, finalizer))
+            .await
+            .is_err()
+        {
             break Err(ComponentError::Closed);
         }
         acks.spawn(async move {
@@ -379,41 +405,30 @@ async fn update_gauges(queue: Queue, gauges: Gauges) {
     }
 }
 
-mod prometheus_gauges {
-    use auditflow_metrics::{
-        buffer_bytes, buffer_corrupt_records_total, buffer_max_bytes,
-        buffer_oldest_event_age_seconds,
-    };
-    use prometheus::{IntCounter, IntGauge};
+/// The buffer's own series, labelled with the sink's id.
+#[derive(Clone)]
+struct Gauges {
+    bytes: IntGauge,
+    max_bytes: IntGauge,
+    oldest_age_seconds: IntGauge,
+    corrupt: IntCounter,
+}
 
-    use super::now_ms;
-    use crate::queue::Stats;
-
-    /// The buffer's own series, labelled with the sink's id.
-    #[derive(Clone)]
-    pub(super) struct Gauges {
-        pub bytes: IntGauge,
-        pub max_bytes: IntGauge,
-        pub oldest_age_seconds: IntGauge,
-        pub corrupt: IntCounter,
+impl Gauges {
+    fn new(id: &str) -> Gauges {
+        Gauges {
+            bytes: buffer_bytes().with_label_values(&[id]),
+            max_bytes: buffer_max_bytes().with_label_values(&[id]),
+            oldest_age_seconds: buffer_oldest_event_age_seconds().with_label_values(&[id]),
+            corrupt: buffer_corrupt_records_total().with_label_values(&[id]),
+        }
     }
 
-    impl Gauges {
-        pub(super) fn new(id: &str) -> Gauges {
-            Gauges {
-                bytes: buffer_bytes().with_label_values(&[id]),
-                max_bytes: buffer_max_bytes().with_label_values(&[id]),
-                oldest_age_seconds: buffer_oldest_event_age_seconds().with_label_values(&[id]),
-                corrupt: buffer_corrupt_records_total().with_label_values(&[id]),
-            }
-        }
-
-        pub(super) fn set(&self, stats: &Stats) {
-            self.bytes.set(stats.unreleased_bytes as i64);
-            let age_ms = stats
-                .oldest_written_at_ms
-                .map_or(0, |written| now_ms().saturating_sub(written));
-            self.oldest_age_seconds.set((age_ms / 1000) as i64);
-        }
+    fn set(&self, stats: &Stats) {
+        self.bytes.set(stats.unreleased_bytes as i64);
+        let age_ms = stats
+            .oldest_written_at_ms
+            .map_or(0, |written| now_ms().saturating_sub(written));
+        self.oldest_age_seconds.set((age_ms / 1000) as i64);
     }
 }

@@ -6,13 +6,18 @@ use crate::frame;
 use crate::queue::{self, Options, Read, Reader, Writer};
 
 fn event(i: usize) -> String {
-    format!(r#"{{"auditID":"id-{i:06}","verb":"get","pad":"{}"}}"#, "x".repeat(i % 50))
+    format!(
+        r#"{{"auditID":"id-{i:06}","verb":"get","pad":"{}"}}"#,
+        "x".repeat(i % 50)
+    )
 }
 
 fn append(writer: &mut Writer, range: std::ops::Range<usize>) {
     let mut frames = Vec::new();
     for i in range.clone() {
-        frame::push(&mut frames, 1, |out| out.extend_from_slice(event(i).as_bytes()));
+        frame::push(&mut frames, 1, |out| {
+            out.extend_from_slice(event(i).as_bytes())
+        });
     }
     writer.append(&frames, range.len() as u64).unwrap();
     writer.sync().unwrap();
@@ -23,8 +28,16 @@ fn drain(reader: &mut Reader) -> (Vec<String>, usize, Vec<queue::SpanId>) {
     let (mut payloads, mut damaged, mut spans) = (Vec::new(), 0, Vec::new());
     loop {
         match reader.read(100, 1 << 20).unwrap() {
-            Read::Span { id, records, damaged: damage } => {
-                payloads.extend(records.iter().map(|r| String::from_utf8(r.payload.to_vec()).unwrap()));
+            Read::Span {
+                id,
+                records,
+                damaged: damage,
+            } => {
+                payloads.extend(
+                    records
+                        .iter()
+                        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap()),
+                );
                 damaged += damage.len();
                 spans.push(id);
             }
@@ -98,7 +111,11 @@ fn a_segment_is_deleted_once_every_record_in_it_is_released() {
     assert_eq!(segments(dir.path()).len(), before);
     assert_eq!(queue.stats().unreleased_records, 100);
     queue.release(spans[0]).unwrap();
-    assert_eq!(segments(dir.path()).len(), 1, "only the segment being written is left");
+    assert_eq!(
+        segments(dir.path()).len(),
+        1,
+        "only the segment being written is left"
+    );
     assert_eq!(queue.stats().unreleased_records, 0);
     assert_eq!(queue.stats().unreleased_bytes, 0);
 }
@@ -112,7 +129,12 @@ fn a_torn_last_record_is_skipped_and_counted_and_the_next_run_goes_on() {
     // A crash in the middle of the last record.
     let last = dir.path().join(&segments(dir.path())[0]);
     let len = std::fs::metadata(&last).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(len - 7).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
 
     let (_, mut writer, mut reader, recovered) = queue::open(dir.path(), small()).unwrap();
     assert_eq!(recovered.records, 10);
@@ -133,7 +155,11 @@ fn a_flipped_byte_mid_segment_costs_one_record() {
     let path = dir.path().join(&segments(dir.path())[0]);
     let mut bytes = std::fs::read(&path).unwrap();
     // Somewhere inside the 20th record's payload.
-    let at = (0..20).map(|i| frame::HEADER_BYTES + event(i).len()).sum::<usize>() + frame::HEADER_BYTES + 5;
+    let at = (0..20)
+        .map(|i| frame::HEADER_BYTES + event(i).len())
+        .sum::<usize>()
+        + frame::HEADER_BYTES
+        + 5;
     bytes[at] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
@@ -153,7 +179,9 @@ fn a_flipped_length_costs_the_record_and_the_rest_is_found() {
     drop(writer);
     let path = dir.path().join(&segments(dir.path())[0]);
     let mut bytes = std::fs::read(&path).unwrap();
-    let at = (0..10).map(|i| frame::HEADER_BYTES + event(i).len()).sum::<usize>();
+    let at = (0..10)
+        .map(|i| frame::HEADER_BYTES + event(i).len())
+        .sum::<usize>();
     bytes[at + 1] ^= 0x10; // the length grows by 4 KiB
     std::fs::write(&path, &bytes).unwrap();
 
@@ -214,7 +242,9 @@ fn a_full_disk_fails_the_append_and_damages_nothing_written() {
     let error = loop {
         let mut frames = Vec::new();
         for i in next..next + 100 {
-            frame::push(&mut frames, 1, |out| out.extend_from_slice(event(i).as_bytes()));
+            frame::push(&mut frames, 1, |out| {
+                out.extend_from_slice(event(i).as_bytes())
+            });
         }
         match writer.append(&frames, 100) {
             Ok(()) => next += 100,
@@ -222,7 +252,7 @@ fn a_full_disk_fails_the_append_and_damages_nothing_written() {
         }
         writer.sync().unwrap();
     };
-    assert_eq!(error.raw_os_error(), Some(libc_enospc()), "{error}");
+    assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
     let (read, damaged, spans) = drain(&mut reader);
     assert_eq!(read, expected(0..next));
     assert_eq!(damaged, 0, "the failed append left no partial record");
@@ -236,6 +266,133 @@ fn a_full_disk_fails_the_append_and_damages_nothing_written() {
     assert_eq!(drain(&mut reader).0, expected(next..next + 100));
 }
 
-fn libc_enospc() -> i32 {
-    28
+mod relay {
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use auditflow_core::channel;
+    use auditflow_core::{Batch, BatchNotifier, BatchStatus, Event, Telemetry};
+
+    use crate::{start, DiskBufferOptions, WhenFull};
+
+    #[derive(Default)]
+    struct Counts {
+        discarded: AtomicUsize,
+        waiting: AtomicI64,
+    }
+
+    impl Telemetry for Counts {
+        fn received(&self, _: usize, _: usize) {}
+        fn sent(&self, _: usize, _: usize) {}
+        fn discarded(&self, reason: &'static str, events: usize) {
+            assert_eq!(reason, "buffer_full");
+            self.discarded.fetch_add(events, Ordering::SeqCst);
+        }
+        fn errored(&self, _: &'static str, _: usize) {}
+        fn buffer_changed(&self, delta: i64) {
+            self.waiting.fetch_add(delta, Ordering::SeqCst);
+        }
+    }
+
+    fn batch_of(range: std::ops::Range<usize>) -> Vec<Event> {
+        range
+            .map(|i| Event::from_bytes(super::event(i).into_bytes().into()).unwrap())
+            .collect()
+    }
+
+    fn options(dir: &std::path::Path, max_bytes: u64, when_full: WhenFull) -> DiskBufferOptions {
+        DiskBufferOptions {
+            dir: dir.to_owned(),
+            max_bytes,
+            when_full,
+            fsync_interval: Duration::from_millis(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn sources_are_acknowledged_once_fsynced_and_records_released_once_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = Arc::new(Counts::default());
+        let (tx, rx) = channel::channel(2, counts.clone());
+        let (mut sink, run) = start(
+            "out",
+            options(dir.path(), 16 << 20, WhenFull::Block),
+            rx,
+            counts.clone(),
+        );
+        let run = tokio::spawn(run);
+        let (finalizer, acknowledged) = BatchNotifier::new();
+        tx.send(Batch::with_finalizer(batch_of(0..10), finalizer))
+            .await
+            .unwrap();
+        // Nobody has delivered anything yet: the acknowledgement comes from the disk.
+        let status = tokio::time::timeout(Duration::from_secs(10), acknowledged)
+            .await
+            .unwrap();
+        assert_eq!(status, BatchStatus::Delivered);
+        let delivered = sink.recv().await.unwrap();
+        assert_eq!(delivered.events, batch_of(0..10));
+        assert_eq!(
+            counts.waiting.load(Ordering::SeqCst),
+            10,
+            "on disk until released"
+        );
+        delivered.resolve(BatchStatus::Delivered);
+        drop(tx);
+        assert!(sink.recv().await.is_none());
+        run.await.unwrap().unwrap();
+        assert_eq!(counts.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_drops_and_counts_what_does_not_fit_and_acknowledges_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = Arc::new(Counts::default());
+        let (tx, rx) = channel::channel(2, counts.clone());
+        // 64 KiB and a sink that does not read yet.
+        let (mut sink, run) = start(
+            "out",
+            options(dir.path(), 64 * 1024, WhenFull::DropNewest),
+            rx,
+            counts.clone(),
+        );
+        let run = tokio::spawn(run);
+        let mut acknowledgements = Vec::new();
+        for start in (0..2000).step_by(100) {
+            let (finalizer, acknowledged) = BatchNotifier::new();
+            tx.send(Batch::with_finalizer(
+                batch_of(start..start + 100),
+                finalizer,
+            ))
+            .await
+            .unwrap();
+            acknowledgements.push(acknowledged);
+        }
+        drop(tx);
+        for acknowledged in acknowledgements {
+            assert_eq!(acknowledged.await, BatchStatus::Delivered);
+        }
+        let mut delivered = Vec::new();
+        while let Some(batch) = sink.recv().await {
+            delivered.extend(
+                batch
+                    .events
+                    .iter()
+                    .map(|e| e.get_str("auditID").unwrap().to_owned()),
+            );
+            batch.resolve(BatchStatus::Delivered);
+        }
+        run.await.unwrap().unwrap();
+        let discarded = counts.discarded.load(Ordering::SeqCst);
+        assert!(discarded > 0, "2000 events do not fit in 64 KiB");
+        assert_eq!(
+            delivered.len() + discarded,
+            2000,
+            "every event delivered or counted"
+        );
+        let mut sorted = delivered.clone();
+        sorted.sort();
+        assert_eq!(delivered, sorted, "in order");
+    }
 }

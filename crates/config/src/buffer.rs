@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn disk_takes_its_options_with_defaults() {
-        let config = parse(serde_json::json!({"type": "disk", "max_bytes": 1073741824u64})).unwrap();
+        let config =
+            parse(serde_json::json!({"type": "disk", "max_bytes": 1073741824u64})).unwrap();
         assert_eq!(
             config,
             BufferConfig::Disk(DiskBufferConfig {
@@ -123,8 +124,14 @@ mod tests {
 
     #[test]
     fn a_small_disk_buffer_is_refused_naming_the_field() {
-        let config = parse(serde_json::json!({"type": "disk", "max_bytes": 1000, "fsync_interval_ms": 0})).unwrap();
-        let fields: Vec<_> = config.validate().into_iter().map(|p| p.field.unwrap()).collect();
+        let config =
+            parse(serde_json::json!({"type": "disk", "max_bytes": 1000, "fsync_interval_ms": 0}))
+                .unwrap();
+        let fields: Vec<_> = config
+            .validate()
+            .into_iter()
+            .map(|p| p.field.unwrap())
+            .collect();
         assert_eq!(fields, ["buffer.max_bytes", "buffer.fsync_interval_ms"]);
     }
 }

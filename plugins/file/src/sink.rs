@@ -142,7 +142,10 @@ impl PathTemplate {
             pieces.push(Piece::Text(text));
         }
         if template.ends_with('/') {
-            return Err(BuildError::field("path", "names a directory; give a file name"));
+            return Err(BuildError::field(
+                "path",
+                "names a directory; give a file name",
+            ));
         }
         Ok(PathTemplate(pieces))
     }
@@ -248,14 +251,16 @@ impl Files {
     /// whole lines.
     fn write(&mut self, lines: &[u8], now: time::OffsetDateTime) -> io::Result<PathBuf> {
         let path = self.template.render(now);
-        if self.active.as_ref().is_some_and(|active| active.path != path) {
-            self.close(false)?;
-        }
         if self
             .active
             .as_ref()
-            .is_some_and(|active| active.len > 0 && active.len + lines.len() as u64 > self.max_bytes)
+            .is_some_and(|active| active.path != path)
         {
+            self.close(false)?;
+        }
+        if self.active.as_ref().is_some_and(|active| {
+            active.len > 0 && active.len + lines.len() as u64 > self.max_bytes
+        }) {
             self.close(true)?;
         }
         let active = match &mut self.active {
@@ -387,14 +392,19 @@ mod tests {
 
     #[test]
     fn the_template_takes_utc_fields_and_refuses_unknown_ones() {
-        let template = PathTemplate::parse("/logs/%Y/%m/audit-%Y-%m-%dT%H:%M:%S-100%%.log").unwrap();
+        let template =
+            PathTemplate::parse("/logs/%Y/%m/audit-%Y-%m-%dT%H:%M:%S-100%%.log").unwrap();
         assert_eq!(
             template.render(at(1, 7)),
             PathBuf::from("/logs/2026/12/audit-2026-12-01T07:00:00-100%.log")
         );
         let error = PathTemplate::parse("/logs/audit-%F.log").unwrap_err();
         assert_eq!(error.field.as_deref(), Some("path"));
-        assert!(error.message.contains("unknown time field `%F`"), "{}", error.message);
+        assert!(
+            error.message.contains("unknown time field `%F`"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
@@ -408,11 +418,24 @@ mod tests {
         // Two lines fit in 120 bytes: files of lines 0-1 and 2-3 were closed.
         assert_eq!(
             names(dir.path()),
-            ["audit-2026-12-01.log", "audit-2026-12-01.log.1.gz", "audit-2026-12-01.log.2.gz"]
+            [
+                "audit-2026-12-01.log",
+                "audit-2026-12-01.log.1.gz",
+                "audit-2026-12-01.log.2.gz"
+            ]
         );
-        assert_eq!(gunzip(&dir.path().join("audit-2026-12-01.log.1.gz")), line(0) + &line(1));
-        assert_eq!(gunzip(&dir.path().join("audit-2026-12-01.log.2.gz")), line(2) + &line(3));
-        assert_eq!(std::fs::read_to_string(dir.path().join("audit-2026-12-01.log")).unwrap(), line(4));
+        assert_eq!(
+            gunzip(&dir.path().join("audit-2026-12-01.log.1.gz")),
+            line(0) + &line(1)
+        );
+        assert_eq!(
+            gunzip(&dir.path().join("audit-2026-12-01.log.2.gz")),
+            line(2) + &line(3)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("audit-2026-12-01.log")).unwrap(),
+            line(4)
+        );
     }
 
     #[test]
@@ -424,7 +447,10 @@ mod tests {
         drop(first);
         let mut restarted = files(dir.path(), "audit-%Y-%m-%d.log", 1 << 20, Compression::None);
         restarted.write(b"{\"a\":3}\n", at(2, 1)).unwrap();
-        assert_eq!(names(dir.path()), ["audit-2026-12-01.log", "audit-2026-12-02.log"]);
+        assert_eq!(
+            names(dir.path()),
+            ["audit-2026-12-01.log", "audit-2026-12-02.log"]
+        );
         assert_eq!(
             std::fs::read_to_string(dir.path().join("audit-2026-12-02.log")).unwrap(),
             "{\"a\":2}\n{\"a\":3}\n"
@@ -451,6 +477,9 @@ mod tests {
         let statuses = check_sink(sink, batches, Duration::from_secs(10)).await;
         assert!(statuses.iter().all(|s| *s == BatchStatus::Delivered));
         let expected: String = audit_log_lines().map(|line| format!("{line}\n")).collect();
-        assert_eq!(std::fs::read_to_string(dir.path().join("out/audit.log")).unwrap(), expected);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/audit.log")).unwrap(),
+            expected
+        );
     }
 }
