@@ -790,3 +790,51 @@ sinks:
         "every event, once, in order, as it arrived"
     );
 }
+
+#[test]
+fn validate_names_each_bad_buffer_and_file_sink_option() {
+    let workspace = Workspace::new();
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        r#"
+sources:
+  in: { type: stdin }
+sinks:
+  small:
+    type: stdout
+    inputs: [in]
+    buffer: { type: disk, max_bytes: 1000 }
+  patient:
+    type: stdout
+    inputs: [in]
+    buffer: { type: disk, max_bytes: 16777216, when_full: wait }
+  unsized:
+    type: stdout
+    inputs: [in]
+    buffer: { type: disk }
+  archive:
+    type: file
+    inputs: [in]
+    path: /var/log/auditflow/audit-%F.log
+    buffer: { type: memory, max_bytes: 5 }
+"#,
+    );
+    let output = std::process::Command::new(auditflow_e2e::auditflow_bin())
+        .arg("validate")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let file = pipeline.display();
+    for expected in [
+        format!("{file}: sinks.small.buffer.max_bytes: a disk buffer needs at least 16777216 bytes (16 MiB), found 1000"),
+        format!("{file}: sinks.patient.buffer.when_full: unknown variant `wait`, expected `block` or `drop_newest`"),
+        format!("{file}: sinks.unsized.buffer: missing field `max_bytes`"),
+        format!("{file}: sinks.archive.buffer.max_bytes: a memory buffer takes no options besides `type`"),
+        format!("{file}: sinks.archive.path: unknown time field `%F`"),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
+    }
+}

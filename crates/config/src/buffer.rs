@@ -61,7 +61,55 @@ fn default_fsync_interval_ms() -> u64 {
     200
 }
 
+/// A `buffer` option that did not parse: the path inside it (`when_full`), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferOptionError {
+    /// Dotted path inside `buffer`; empty for the option as a whole.
+    pub path: String,
+    pub message: String,
+}
+
 impl BufferConfig {
+    /// Parses the `buffer` option by its `type` first, so that an error names the field
+    /// inside it (`buffer.when_full`), which serde's tagged enums cannot.
+    pub fn from_value(value: serde_json::Value) -> Result<BufferConfig, BufferOptionError> {
+        let fail = |path: &str, message: String| BufferOptionError {
+            path: path.to_owned(),
+            message,
+        };
+        let serde_json::Value::Object(mut options) = value else {
+            return Err(fail(
+                "",
+                "expected a mapping: `{type: memory}` or `{type: disk, max_bytes: ...}`".into(),
+            ));
+        };
+        let kind = options.remove("type");
+        match kind.as_ref().map(|kind| kind.as_str()) {
+            Some(Some("memory")) => match options.keys().next() {
+                None => Ok(BufferConfig::Memory(MemoryBufferConfig {})),
+                Some(key) => Err(fail(
+                    key,
+                    "a memory buffer takes no options besides `type`; this one is for `type: disk`"
+                        .into(),
+                )),
+            },
+            Some(Some("disk")) => {
+                serde_path_to_error::deserialize(serde_json::Value::Object(options))
+                    .map(BufferConfig::Disk)
+                    .map_err(|error| {
+                        let path = error.path().to_string();
+                        let path = if path == "." { String::new() } else { path };
+                        fail(&path, error.into_inner().to_string())
+                    })
+            }
+            Some(Some(other)) => Err(fail(
+                "type",
+                format!("unknown buffer type `{other}`; expected `memory` or `disk`"),
+            )),
+            Some(None) | None => Err(fail("type", "missing: `memory` or `disk`".into())),
+        }
+    }
+
     /// Checks what the types cannot; fields are named relative to the sink (`buffer.max_bytes`).
     pub fn validate(&self) -> Vec<BuildError> {
         let mut problems = Vec::new();
@@ -94,7 +142,7 @@ mod tests {
     use super::*;
 
     fn parse(json: serde_json::Value) -> Result<BufferConfig, String> {
-        serde_json::from_value(json).map_err(|error| error.to_string())
+        BufferConfig::from_value(json).map_err(|error| format!("{}: {}", error.path, error.message))
     }
 
     #[test]
@@ -117,9 +165,23 @@ mod tests {
         let missing = parse(serde_json::json!({"type": "disk"})).unwrap_err();
         assert!(missing.contains("missing field `max_bytes`"), "{missing}");
         let extra = parse(serde_json::json!({"type": "memory", "max_bytes": 5})).unwrap_err();
-        assert!(extra.contains("unknown field `max_bytes`"), "{extra}");
+        assert!(
+            extra.starts_with("max_bytes: a memory buffer takes no options"),
+            "{extra}"
+        );
         let unknown = parse(serde_json::json!({"type": "tape"})).unwrap_err();
-        assert!(unknown.contains("unknown variant `tape`"), "{unknown}");
+        assert_eq!(
+            unknown,
+            "type: unknown buffer type `tape`; expected `memory` or `disk`"
+        );
+        let when_full = parse(
+            serde_json::json!({"type": "disk", "max_bytes": 1u64 << 30, "when_full": "wait"}),
+        )
+        .unwrap_err();
+        assert!(
+            when_full.starts_with("when_full: unknown variant `wait`"),
+            "{when_full}"
+        );
     }
 
     #[test]

@@ -462,16 +462,15 @@ fn check_component(
     // `buffer` is the engine's, common to every sink; the rest is the plugin's.
     let buffer = match (kind, options.remove("buffer")) {
         (ComponentKind::Sink, Some(value)) if !value.is_null() => {
-            match serde_path_to_error::deserialize::<_, BufferConfig>(value) {
+            match BufferConfig::from_value(value) {
                 Ok(buffer) => buffer,
                 Err(error) => {
-                    let path = error.path().to_string();
-                    let location = if path == "." {
+                    let location = if error.path.is_empty() {
                         format!("{here}.buffer")
                     } else {
-                        format!("{here}.buffer.{path}")
+                        format!("{here}.buffer.{}", error.path)
                     };
-                    fail(location, error.into_inner().to_string());
+                    fail(location, error.message);
                     BufferConfig::default()
                 }
             }
