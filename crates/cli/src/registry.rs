@@ -56,6 +56,10 @@ pub fn registry() -> Registry {
             "kafka",
             "One JSON message per event to a Kafka topic; idempotent, acknowledged from delivery reports.",
         ),
+        Plugin::sink::<auditflow_file::FileSinkConfig>(
+            "file",
+            "NDJSON to local files named by a date template; rotated by size and date, optionally gzipped; acknowledged once fsynced.",
+        ),
         Plugin::sink::<auditflow_https::HttpsConfig>(
             "https",
             "Batched, compressed, retried HTTP(S) requests; acknowledges only what the server accepted (2xx).",

@@ -17,6 +17,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::buffer::BufferConfig;
 use crate::error::ConfigError;
 use crate::interpolate::interpolate;
 use crate::registry::{AnyConfig, Registry};
@@ -65,6 +66,8 @@ pub struct Component {
     pub type_name: String,
     pub inputs: Vec<String>,
     pub config: AnyConfig,
+    /// Where a sink's input waits (`buffer`); always `Memory` for sources and transforms.
+    pub buffer: BufferConfig,
     /// The file that defined it (for messages at run time).
     pub file: String,
 }
@@ -456,6 +459,34 @@ fn check_component(
             Vec::new()
         }
     };
+    // `buffer` is the engine's, common to every sink; the rest is the plugin's.
+    let buffer = match (kind, options.remove("buffer")) {
+        (ComponentKind::Sink, Some(value)) if !value.is_null() => {
+            match BufferConfig::from_value(value) {
+                Ok(buffer) => buffer,
+                Err(error) => {
+                    let location = if error.path.is_empty() {
+                        format!("{here}.buffer")
+                    } else {
+                        format!("{here}.buffer.{}", error.path)
+                    };
+                    fail(location, error.message);
+                    BufferConfig::default()
+                }
+            }
+        }
+        (ComponentKind::Sink, _) => BufferConfig::default(),
+        (_, Some(value)) => {
+            // Not the engine's here: the plugin reports it as an unknown option.
+            options.insert("buffer".to_owned(), value);
+            BufferConfig::default()
+        }
+        (_, None) => BufferConfig::default(),
+    };
+    for problem in buffer.validate() {
+        let field = problem.field.unwrap_or_default();
+        fail(format!("{here}.{field}"), problem.message);
+    }
     let Some(plugin) = registry.find(kind, &type_name) else {
         let elsewhere = KINDS
             .iter()
@@ -501,6 +532,7 @@ fn check_component(
         type_name,
         inputs,
         config,
+        buffer,
         file,
     })
 }

@@ -219,6 +219,24 @@ series!(
         "Bytes a file source lost: files gone with bytes unread or unacknowledged.",
         ["component_id"]));
 series!(
+    /// Disk buffers: bytes of records not yet released (acknowledged by the destination).
+    buffer_bytes: IntGaugeVec(names::BUFFER_BYTES,
+        "Bytes a sink's disk buffer holds that the destination has not acknowledged yet.",
+        ["component_id"]));
+series!(
+    /// Disk buffers: the configured `max_bytes`.
+    buffer_max_bytes: IntGaugeVec(names::BUFFER_MAX_BYTES,
+        "The most bytes a sink's disk buffer may hold (its max_bytes).", ["component_id"]));
+series!(
+    /// Disk buffers: age of the oldest event handed to the sink and not yet acknowledged.
+    buffer_oldest_event_age_seconds: IntGaugeVec(names::BUFFER_OLDEST_EVENT_AGE_SECONDS,
+        "Seconds since the oldest event the sink has not delivered yet was written to its disk buffer.",
+        ["component_id"]));
+series!(
+    /// Disk buffers: damaged records skipped (cut by a crash, or changed on disk).
+    buffer_corrupt_records_total: IntCounterVec(names::BUFFER_CORRUPT_RECORDS_TOTAL,
+        "Damaged records a disk buffer skipped.", ["component_id"]));
+series!(
     /// `redact` transform: secrets replaced, by detector.
     redactions_total: IntCounterVec(names::REDACTIONS_TOTAL,
         "Secrets the redact transform replaced, by detector.", ["component_id", "detector"]));

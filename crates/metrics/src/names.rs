@@ -7,6 +7,10 @@ pub const COMPONENT_SENT_BYTES_TOTAL: &str = "auditflow_component_sent_bytes_tot
 pub const COMPONENT_ERRORS_TOTAL: &str = "auditflow_component_errors_total";
 pub const COMPONENT_DISCARDED_EVENTS_TOTAL: &str = "auditflow_component_discarded_events_total";
 pub const BUFFER_EVENTS: &str = "auditflow_buffer_events";
+pub const BUFFER_BYTES: &str = "auditflow_buffer_bytes";
+pub const BUFFER_MAX_BYTES: &str = "auditflow_buffer_max_bytes";
+pub const BUFFER_OLDEST_EVENT_AGE_SECONDS: &str = "auditflow_buffer_oldest_event_age_seconds";
+pub const BUFFER_CORRUPT_RECORDS_TOTAL: &str = "auditflow_buffer_corrupt_records_total";
 
 pub const FILE_CHECKPOINT_LAG_BYTES: &str = "auditflow_file_checkpoint_lag_bytes";
 pub const FILE_OPEN_FILES: &str = "auditflow_file_open_files";

@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use auditflow_config::{AnyConfig, ConfigError, Pipeline};
+use auditflow_buffer::DiskBufferOptions;
+use auditflow_config::{AnyConfig, BufferConfig, ConfigError, Pipeline};
 use auditflow_core::channel::{self, Output, Receiver, Sender};
 use auditflow_core::{
     BuildContext, ComponentError, ComponentKind, Shutdown, ShutdownTrigger, Sink, SinkContext,
@@ -46,6 +47,8 @@ struct Node {
 #[derive(Default)]
 pub struct TopologyBuilder {
     nodes: BTreeMap<String, Node>,
+    /// Sinks whose input goes through a disk buffer.
+    disk_buffers: BTreeMap<String, DiskBufferOptions>,
 }
 
 impl TopologyBuilder {
@@ -90,6 +93,12 @@ impl TopologyBuilder {
         );
     }
 
+    /// Puts a disk buffer in front of the sink `id`: its input is written there,
+    /// acknowledged to the sources once fsynced, and delivered to the sink from there.
+    pub fn disk_buffer(&mut self, id: &str, options: DiskBufferOptions) {
+        self.disk_buffers.insert(id.to_owned(), options);
+    }
+
     fn insert(
         &mut self,
         id: &str,
@@ -112,7 +121,7 @@ impl TopologyBuilder {
 
     /// Spawns every component on the current runtime. Sinks start first so that nothing
     /// a source sends waits on a component that is not there yet.
-    pub fn start(self) -> Running {
+    pub fn start(mut self) -> Running {
         let (trigger, shutdown) = Shutdown::new();
         let mut senders: BTreeMap<String, Sender> = BTreeMap::new();
         let mut receivers: BTreeMap<String, Receiver> = BTreeMap::new();
@@ -147,9 +156,17 @@ impl TopologyBuilder {
             let telemetry = node.telemetry;
             match node.component {
                 Built::Sink(sink) => {
+                    let mut input = receivers.remove(&id).expect("every sink has a channel");
+                    if let Some(options) = self.disk_buffers.remove(&id) {
+                        let (buffered, relay) =
+                            auditflow_buffer::start(&id, options, input, Arc::clone(&telemetry));
+                        input = buffered;
+                        let relay_id = format!("{id} (disk buffer)");
+                        tasks.spawn(async move { (relay_id, relay.await) });
+                    }
                     let cx = SinkContext {
                         id: id.clone(),
-                        input: receivers.remove(&id).expect("every sink has a channel"),
+                        input,
                         telemetry,
                     };
                     tasks.spawn(async move { (id, sink.run(cx).await) });
@@ -276,9 +293,23 @@ pub fn build(pipeline: &Pipeline) -> Result<TopologyBuilder, Vec<ConfigError>> {
             AnyConfig::Transform(config) => config
                 .build(cx)
                 .map(|transform| builder.transform(&component.id, &inputs, transform, telemetry)),
-            AnyConfig::Sink(config) => config
-                .build(cx)
-                .map(|sink| builder.sink(&component.id, &inputs, sink, telemetry)),
+            AnyConfig::Sink(config) => config.build(cx).map(|sink| {
+                builder.sink(&component.id, &inputs, sink, telemetry);
+                if let BufferConfig::Disk(disk) = &component.buffer {
+                    let options = DiskBufferOptions {
+                        dir: pipeline.data_dir.join(&component.id).join("buffer"),
+                        max_bytes: disk.max_bytes,
+                        when_full: match disk.when_full {
+                            auditflow_config::WhenFull::Block => auditflow_buffer::WhenFull::Block,
+                            auditflow_config::WhenFull::DropNewest => {
+                                auditflow_buffer::WhenFull::DropNewest
+                            }
+                        },
+                        fsync_interval: std::time::Duration::from_millis(disk.fsync_interval_ms),
+                    };
+                    builder.disk_buffer(&component.id, options);
+                }
+            }),
         };
         if let Err(error) = built {
             let here = format!("{}.{}", component.kind.section(), component.id);

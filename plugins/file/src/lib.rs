@@ -7,6 +7,7 @@
 //!   acknowledgements into checkpoints.
 //! - [`fingerprint`]: how a file is recognised across renames and restarts.
 //! - [`checkpoint`]: the on-disk checkpoint file, written atomically.
+//! - [`sink`]: the `file` sink ([`FileSinkConfig`]): NDJSON to dated, rotated files.
 //!
 //! # The one design decision
 //! A file's checkpoint is its *acknowledged* offset, not its read offset. Every batch
@@ -19,7 +20,10 @@
 
 pub mod checkpoint;
 pub mod fingerprint;
+pub mod sink;
 pub mod tailer;
+
+pub use sink::FileSinkConfig;
 
 use std::time::Duration;
 
