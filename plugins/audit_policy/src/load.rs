@@ -140,6 +140,8 @@ pub fn load(text: &str) -> Loaded {
             }
         }
     }
+    // File order, whatever order the checks ran in (stable: same line keeps its order).
+    loaded.findings.sort_by_key(|f| f.line);
     loaded
 }
 
