@@ -4,12 +4,14 @@
 //! - [`registry`]: the one list of plugins.
 //! - [`run`]: runs a pipeline until signalled or until every source ended.
 //! - [`describe`]: `validate`, `graph` and `plugins`, which only read pipelines.
+//! - [`policy`]: `policy lint` and `policy explain`, for kube-apiserver audit Policy files.
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Logs go to
 //! standard error; standard output carries only data (`stdout` sink, `graph`, `plugins`).
 
 mod describe;
 mod kubeconfig;
+mod policy;
 mod registry;
 mod run;
 
@@ -68,6 +70,9 @@ enum Command {
     /// Print the kubeconfig kube-apiserver needs (`--audit-webhook-config-file`) to send
     /// its audit events to a `webhook` source.
     WebhookKubeconfig(kubeconfig::Args),
+    /// Check kube-apiserver audit Policy files (`lint`), or apply one to events (`explain`).
+    #[command(subcommand)]
+    Policy(policy::Command),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         Command::Graph { files } => describe::graph(&files, &registry),
         Command::Plugins { name } => describe::plugins(name.as_deref(), &registry),
         Command::WebhookKubeconfig(args) => kubeconfig::print(&args),
+        Command::Policy(command) => policy::run(command),
     }
 }
 

@@ -40,7 +40,8 @@ pub enum Code {
     Invalid,
     /// AP201: a rule that earlier rules leave nothing to match.
     Shadowed,
-    /// AP202: Request or RequestResponse on a resource whose bodies carry credentials.
+    /// AP202: a level that writes credentials: Request or RequestResponse on secrets and
+    /// tokenreviews, RequestResponse on serviceaccounts/token (TokenRequest).
     Credentials,
     /// AP203: no catch-all rule: unmatched requests are not logged at all.
     NoCatchAll,
@@ -153,6 +154,7 @@ fn check(policy: &Policy, rules_line: usize, findings: &mut Vec<Finding>) {
         if level >= Level::Request {
             let exposed: Vec<&str> = SENSITIVE
                 .iter()
+                .filter(|s| level >= s.leaks_at)
                 .filter(|s| rule_can_match_resource(rule, s) && !caught_before(&rules[..j], s))
                 .map(|s| s.label)
                 .collect();
@@ -167,10 +169,7 @@ fn check(policy: &Policy, rules_line: usize, findings: &mut Vec<Finding>) {
                 ));
             }
         }
-        if level == Level::RequestResponse
-            && (rule.verbs.is_empty() || rule.verbs.iter().any(|v| v == "watch"))
-            && !rule.is_non_resource_rule()
-        {
+        if level == Level::RequestResponse && can_match_watch(rule) {
             findings.push(Finding::new(
                 rule.line,
                 Code::WatchRequestResponse,
@@ -203,12 +202,34 @@ fn check(policy: &Policy, rules_line: usize, findings: &mut Vec<Finding>) {
     }
 }
 
+/// Whether the rule can match a `watch`: watches are on resources (not subresources, not
+/// non-resource URLs), and the `*reviews` resources are create-only.
+fn can_match_watch(rule: &Rule) -> bool {
+    if !(rule.verbs.is_empty() || rule.verbs.iter().any(|v| v == "watch")) {
+        return false;
+    }
+    if rule.is_non_resource_rule() {
+        return false;
+    }
+    rule.resources.is_empty()
+        || rule.resources.iter().any(|gr| {
+            gr.resources.is_empty()
+                || gr.resources.iter().any(|p| {
+                    (p == "*" || p.ends_with("/*") || !p.contains('/')) && !p.ends_with("reviews")
+                })
+        })
+}
+
 /// A resource whose request or response bodies carry credentials.
 struct Sensitive {
     group: &'static str,
     resource: &'static str,
     subresource: &'static str,
     label: &'static str,
+    /// The lowest level that writes the credential: a TokenReview's request carries the
+    /// token, a Secret's request (create, update) its data, but a TokenRequest only
+    /// carries the token in its response.
+    leaks_at: Level,
 }
 
 const SENSITIVE: [Sensitive; 4] = [
@@ -217,24 +238,28 @@ const SENSITIVE: [Sensitive; 4] = [
         resource: "secrets",
         subresource: "",
         label: "secrets",
+        leaks_at: Level::Request,
     },
     Sensitive {
         group: "authentication.k8s.io",
         resource: "tokenreviews",
         subresource: "",
         label: "tokenreviews",
+        leaks_at: Level::Request,
     },
     Sensitive {
         group: "",
         resource: "serviceaccounts",
         subresource: "token",
         label: "serviceaccounts/token",
+        leaks_at: Level::RequestResponse,
     },
     Sensitive {
         group: "authentication.k8s.io",
         resource: "tokenrequests",
         subresource: "",
         label: "tokenrequests",
+        leaks_at: Level::RequestResponse,
     },
 ];
 

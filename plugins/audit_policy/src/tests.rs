@@ -816,6 +816,9 @@ rules:
     assert_eq!(messages.len(), 1, "{messages:#?}");
     assert_eq!((messages[0].0, messages[0].1), (5, "AP202"));
     assert!(messages[0].2.starts_with("rule 1 logs secrets at Request:"));
+    // A TokenRequest carries its token in the response only; reviews are never watched.
+    let token_request = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Request\n  resources:\n  - group: \"\"\n    resources: [serviceaccounts/token]\n- level: RequestResponse\n  resources:\n  - group: authorization.k8s.io\n    resources: [subjectaccessreviews]\n- level: Metadata\n";
+    assert_eq!(warnings(token_request), []);
 }
 
 #[test]
