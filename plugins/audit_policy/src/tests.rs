@@ -9,7 +9,10 @@ use super::*;
 use crate::explain::explain;
 use crate::request::{request_of, Needs};
 
-const CORPUS: &str = "../../../shared/corpus/kube-apiserver-1.32";
+/// The real capture's policy and webhook bodies, as copied into the repository from
+/// `shared/corpus/kube-apiserver-1.32/` (its log is the testkit's).
+const POLICY_FIXTURES: &str = "../../tests/fixtures/policy";
+const WEBHOOK_FIXTURES: &str = "../../tests/fixtures/webhook";
 
 /// A policy from its rules (YAML, indented as list items under `rules:`), which must load
 /// without errors.
@@ -425,7 +428,7 @@ fn omit_managed_fields_strips_objects_and_list_items() {
 
 fn corpus_policy(name: &str) -> Policy {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(CORPUS)
+        .join(POLICY_FIXTURES)
         .join(name);
     PolicyFile::read(&path).unwrap().policy().as_ref().clone()
 }
@@ -433,9 +436,7 @@ fn corpus_policy(name: &str) -> Policy {
 /// Every event of the capture: its log file and its webhook batches.
 fn corpus_events() -> Vec<Event> {
     let mut events = audit_log_events();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(CORPUS)
-        .join("webhook");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(WEBHOOK_FIXTURES);
     for n in 1..=3 {
         let body = std::fs::read(dir.join(format!("webhook-{n:04}.json"))).unwrap();
         let decoded = decode(&bytes::Bytes::from(body), Shape::EventList).unwrap();
@@ -448,7 +449,7 @@ fn corpus_events() -> Vec<Event> {
 
 #[test]
 fn the_capture_under_its_own_policy_is_unchanged() {
-    let p = corpus_policy("audit-policy.yaml");
+    let p = corpus_policy("kube-apiserver-1.32-audit-policy.yaml");
     // The policy kube-apiserver applied gives every event the level it was logged at.
     for event in corpus_events() {
         let decision = p.evaluate(&request_of(&event, Needs::ALL));
