@@ -234,7 +234,11 @@ fn dedupe_drops_a_replayed_log_and_reports_the_keys_it_holds() {
     let expected: Vec<&str> = log.lines().collect();
     assert_eq!(lines, expected);
     assert_eq!(
-        metric(&metrics, "auditflow_dedupe_keys", &[("component_id", "once")]),
+        metric(
+            &metrics,
+            "auditflow_dedupe_keys",
+            &[("component_id", "once")]
+        ),
         Some(245.0)
     );
 }
@@ -261,7 +265,11 @@ fn dedupe_memory_is_bounded_by_max_entries() {
     // them before reaching them (oldest first): every replayed event is new again.
     assert_eq!(lines.len(), 490);
     assert_eq!(
-        metric(&metrics, "auditflow_dedupe_keys", &[("component_id", "once")]),
+        metric(
+            &metrics,
+            "auditflow_dedupe_keys",
+            &[("component_id", "once")]
+        ),
         Some(100.0)
     );
 }
@@ -340,7 +348,10 @@ fn lint_exit_codes() {
     );
     let output = auditflow(workspace.path(), &["policy", "lint", "clean.yaml"], b"");
     assert_eq!(output.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "0 errors, 0 warnings\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "0 errors, 0 warnings\n"
+    );
     let output = auditflow(
         workspace.path(),
         &["policy", "lint", "clean.yaml", "missing.yaml"],
@@ -355,13 +366,8 @@ fn explain_golden_for_events_from_a_file_and_from_stdin() {
     let log = audit_log();
     let lines: Vec<&str> = log.lines().collect();
     // A list, a watch, the capture's one RBAC denial and a /readyz check.
-    let first = |needle: &str| -> &str {
-        lines
-            .iter()
-            .copied()
-            .find(|l| l.contains(needle))
-            .unwrap()
-    };
+    let first =
+        |needle: &str| -> &str { lines.iter().copied().find(|l| l.contains(needle)).unwrap() };
     let chosen = [
         lines[0],
         first(r#""verb":"watch""#),
@@ -382,7 +388,10 @@ fn explain_golden_for_events_from_a_file_and_from_stdin() {
         stdin.as_bytes(),
     );
     assert_eq!(output.status.code(), Some(0), "{:?}", output);
-    assert_eq!(String::from_utf8(output.stdout).unwrap(), golden("explain.txt"));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        golden("explain.txt")
+    );
     assert!(file.exists());
 
     let output = auditflow(
@@ -398,10 +407,19 @@ fn explain_golden_for_events_from_a_file_and_from_stdin() {
         .collect();
     assert_eq!(explained.len(), 2);
     // The denied list of secrets: rule 7, Metadata for secrets and configmaps.
-    assert_eq!(explained[0]["rule"], serde_json::json!({"number": 7, "line": 52}));
+    assert_eq!(
+        explained[0]["rule"],
+        serde_json::json!({"number": 7, "line": 52})
+    );
     assert_eq!(explained[0]["level"], "Metadata");
-    assert_eq!(explained[0]["omit_stages"], serde_json::json!(["RequestReceived"]));
-    assert_eq!((&explained[0]["source"], &explained[0]["event"]), (&"-".into(), &1.into()));
+    assert_eq!(
+        explained[0]["omit_stages"],
+        serde_json::json!(["RequestReceived"])
+    );
+    assert_eq!(
+        (&explained[0]["source"], &explained[0]["event"]),
+        (&"-".into(), &1.into())
+    );
     assert_eq!(explained[0]["not_matched"].as_array().unwrap().len(), 6);
     // /readyz is not under `/api*`: the catch-all.
     assert_eq!(explained[1]["rule"]["number"], 9);
@@ -427,7 +445,10 @@ fn explain_refuses_an_invalid_policy_and_input_that_is_not_events() {
     );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("policy.yaml:39: unknown key `verbs`"), "{stderr}");
+    assert!(
+        stderr.contains("policy.yaml:39: unknown key `verbs`"),
+        "{stderr}"
+    );
     assert!(output.stdout.is_empty());
 
     std::fs::copy(

@@ -103,7 +103,11 @@ fn describe(rule: &Rule, request: &Request<'_>, mismatch: &Mismatch) -> String {
             list(request.user.as_ref().map_or(&[][..], |u| &u.groups)),
             list(&rule.user_groups)
         ),
-        Mismatch::Verb => format!("verb `{}` is not in verbs {}", request.verb, list(&rule.verbs)),
+        Mismatch::Verb => format!(
+            "verb `{}` is not in verbs {}",
+            request.verb,
+            list(&rule.verbs)
+        ),
         Mismatch::NotResourceRequest => format!(
             "the rule is for resource requests, and `{}` is a non-resource request",
             request.path

@@ -170,7 +170,9 @@ impl Transform for AuditPolicy {
 pub enum Outcome {
     Drop(DropReason),
     /// Kept; `lower_to` is the level it is lowered to, if it is above the decision's.
-    Keep { lower_to: Option<Level> },
+    Keep {
+        lower_to: Option<Level>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -321,12 +321,13 @@ pub fn covers(a: &Rule, b: &Rule) -> bool {
             return true;
         }
         return !b.resources.is_empty()
-            && b.resources.iter().all(|entry| entry_covered(entry, &a.resources));
+            && b.resources
+                .iter()
+                .all(|entry| entry_covered(entry, &a.resources));
     }
     if a.is_non_resource_rule() {
         return b.is_non_resource_rule()
-            && b
-                .non_resource_urls
+            && b.non_resource_urls
                 .iter()
                 .all(|url| a.non_resource_urls.iter().any(|spec| url_covers(spec, url)));
     }

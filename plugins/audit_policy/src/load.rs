@@ -48,7 +48,16 @@ pub fn load(text: &str) -> Loaded {
             loaded.findings.push(Finding::new(
                 error.marker().line().max(1),
                 Code::Syntax,
-                format!("not valid YAML: {}", error.info()),
+                format!(
+                    "not valid YAML at column {}: {}{}",
+                    error.marker().col() + 1,
+                    error.info(),
+                    if error.info().contains("block") {
+                        "; check the indentation: a rule's keys sit under its `- level:`, a resources entry's under its `- group:`"
+                    } else {
+                        ""
+                    }
+                ),
             ));
             return loaded;
         }
@@ -184,12 +193,15 @@ struct Reader<'f> {
 
 impl Reader<'_> {
     fn invalid(&mut self, line: usize, message: String) {
-        self.findings.push(Finding::new(line, Code::Invalid, message));
+        self.findings
+            .push(Finding::new(line, Code::Invalid, message));
     }
 
     fn unknown(&mut self, key: &Key, text: &str, place: &str, valid: &[&str]) {
         let hint = match (place, text) {
-            (_, "verbs" | "namespaces" | "users" | "userGroups") if valid == GROUP_RESOURCES_KEYS => {
+            (_, "verbs" | "namespaces" | "users" | "userGroups")
+                if valid == GROUP_RESOURCES_KEYS =>
+            {
                 format!(
                     "; `{text}` belongs to the rule, one level up: here it is ignored and the rule matches every {}",
                     match text {

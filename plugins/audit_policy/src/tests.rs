@@ -39,7 +39,12 @@ fn resource_event(user: &str, groups: &[&str], verb: &str, object_ref: &str) -> 
 }
 
 fn get(object_ref: &str) -> Event {
-    resource_event("tim", &["humans", "system:authenticated"], "get", object_ref)
+    resource_event(
+        "tim",
+        &["humans", "system:authenticated"],
+        "get",
+        object_ref,
+    )
 }
 
 fn non_resource(verb: &str, uri: &str) -> Event {
@@ -131,13 +136,33 @@ fn resource_patterns_and_subresources() {
     ];
     let table: [(&str, &str, [bool; 6]); 10] = [
         ("\"\"", "[pods]", [true, false, false, false, false, false]),
-        ("\"\"", "[pods/log]", [false, true, false, false, false, false]),
-        ("\"\"", "[\"pods/*\"]", [true, true, true, false, false, false]),
-        ("\"\"", "[\"*/log\"]", [false, true, false, false, false, false]),
-        ("apps", "[\"*/scale\"]", [false, false, false, true, false, false]),
+        (
+            "\"\"",
+            "[pods/log]",
+            [false, true, false, false, false, false],
+        ),
+        (
+            "\"\"",
+            "[\"pods/*\"]",
+            [true, true, true, false, false, false],
+        ),
+        (
+            "\"\"",
+            "[\"*/log\"]",
+            [false, true, false, false, false, false],
+        ),
+        (
+            "apps",
+            "[\"*/scale\"]",
+            [false, false, false, true, false, false],
+        ),
         ("\"\"", "[\"*\"]", [true, true, true, false, false, true]),
         ("apps", "[\"*\"]", [false, false, false, true, true, false]),
-        ("apps", "[deployments]", [false, false, false, false, true, false]),
+        (
+            "apps",
+            "[deployments]",
+            [false, false, false, false, true, false],
+        ),
         // The group alone: every resource and subresource in it.
         ("\"\"", "[]", [true, true, true, false, false, true]),
         ("apps", "[]", [false, false, false, true, true, false]),
@@ -145,7 +170,9 @@ fn resource_patterns_and_subresources() {
     for (group, resources, expected) in table {
         let p = policy(
             "",
-            &format!("- level: Request\n  resources:\n  - group: {group}\n    resources: {resources}\n"),
+            &format!(
+                "- level: Request\n  resources:\n  - group: {group}\n    resources: {resources}\n"
+            ),
         );
         for (object_ref, expected) in requests.iter().zip(expected) {
             let matched = decide(&p, &get(object_ref)).0 == Some(1);
@@ -163,7 +190,8 @@ fn resource_names_and_creates() {
         "",
         "- level: None\n  resources:\n  - group: \"\"\n    resources: [configmaps, serviceaccounts/token]\n    resourceNames: [controller-leader, builder]\n- level: Metadata\n",
     );
-    let leader = r#"{"resource":"configmaps","namespace":"kube-system","name":"controller-leader"}"#;
+    let leader =
+        r#"{"resource":"configmaps","namespace":"kube-system","name":"controller-leader"}"#;
     assert_eq!(decide(&p, &get(leader)).0, Some(1));
     let other = r#"{"resource":"configmaps","namespace":"kube-system","name":"other"}"#;
     assert_eq!(decide(&p, &get(other)).0, Some(2));
@@ -190,7 +218,8 @@ fn namespaces_and_cluster_scope() {
         "",
         "- level: RequestResponse\n  namespaces: [\"\"]\n- level: Request\n  namespaces: [kube-system]\n  resources:\n  - group: \"\"\n- level: Metadata\n  namespaces: [default]\n",
     );
-    let cluster = get(r#"{"resource":"clusterroles","apiGroup":"rbac.authorization.k8s.io","name":"edit"}"#);
+    let cluster =
+        get(r#"{"resource":"clusterroles","apiGroup":"rbac.authorization.k8s.io","name":"edit"}"#);
     assert_eq!(decide(&p, &cluster), (Some(1), Level::RequestResponse));
     let kube_system = get(r#"{"resource":"configmaps","namespace":"kube-system","name":"c"}"#);
     assert_eq!(decide(&p, &kube_system), (Some(2), Level::Request));
@@ -201,7 +230,10 @@ fn namespaces_and_cluster_scope() {
     // non-resource request.
     let default = get(r#"{"resource":"secrets","namespace":"default"}"#);
     assert_eq!(decide(&p, &default), (Some(3), Level::Metadata));
-    assert_eq!(decide(&p, &non_resource("get", "/healthz")), (None, Level::None));
+    assert_eq!(
+        decide(&p, &non_resource("get", "/healthz")),
+        (None, Level::None)
+    );
 }
 
 #[test]
@@ -221,11 +253,7 @@ fn non_resource_urls() {
         ("/readyz?verbose", Some(2)),
         ("/metrics", Some(2)),
     ] {
-        assert_eq!(
-            decide(&p, &non_resource("get", uri)).0,
-            expected,
-            "{uri}"
-        );
+        assert_eq!(decide(&p, &non_resource("get", uri)).0, expected, "{uri}");
     }
     // A resource request never matches a nonResourceURLs rule, not even `*`.
     assert_eq!(
@@ -301,8 +329,14 @@ fn omit_managed_fields_the_rule_wins_when_set() {
         );
     }
     // No rule matches: the policy's value.
-    let p = policy("omitManagedFields: true\n", "- level: Request\n  verbs: [list]\n");
-    assert!(p.evaluate(&request_of(&request, Needs::ALL)).omit_managed_fields);
+    let p = policy(
+        "omitManagedFields: true\n",
+        "- level: Request\n  verbs: [list]\n",
+    );
+    assert!(
+        p.evaluate(&request_of(&request, Needs::ALL))
+            .omit_managed_fields
+    );
 }
 
 #[derive(Default)]
@@ -351,8 +385,16 @@ fn levels_only_go_down() {
         assert_eq!(out.len(), 1);
         let out = json(&out[0]);
         assert_eq!(out["level"], expected_level);
-        assert_eq!(out.get("requestObject").is_some(), request_kept, "{rule_level}");
-        assert_eq!(out.get("responseObject").is_some(), response_kept, "{rule_level}");
+        assert_eq!(
+            out.get("requestObject").is_some(),
+            request_kept,
+            "{rule_level}"
+        );
+        assert_eq!(
+            out.get("responseObject").is_some(),
+            response_kept,
+            "{rule_level}"
+        );
         // Everything else as it came, in its place.
         let mut expected = json(&original);
         let map = expected.as_object_mut().unwrap();
@@ -532,7 +574,8 @@ fn a_stricter_policy_gives_what_kube_apiserver_would_have_logged() {
                 .and_then(|o| o.get("subresource"))
                 .and_then(|r| r.as_str())
                 .unwrap_or("");
-            let secret = resource == "secrets" || (resource, subresource) == ("serviceaccounts", "token");
+            let secret =
+                resource == "secrets" || (resource, subresource) == ("serviceaccounts", "token");
             let level = if secret || !mutating {
                 Level::Metadata
             } else {
@@ -565,7 +608,13 @@ fn a_stricter_policy_gives_what_kube_apiserver_would_have_logged() {
         assert_eq!(out, expected);
     }
     assert_eq!(
-        discards.0.lock().unwrap().iter().map(|(_, n)| n).sum::<usize>(),
+        discards
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<usize>(),
         events.len() - expected.len()
     );
 }
@@ -578,7 +627,10 @@ fn the_transform_counts_into_the_real_metrics() {
         "audit_policy",
     );
     let mut t = AuditPolicy::new(
-        Arc::new(policy("", "- level: None\n  verbs: [watch]\n- level: Metadata\n")),
+        Arc::new(policy(
+            "",
+            "- level: None\n  verbs: [watch]\n- level: Metadata\n",
+        )),
         telemetry,
     );
     let events = audit_log_events();
@@ -644,8 +696,16 @@ rules:
         ],
         "{found:#?}"
     );
-    assert!(found[1].2.contains("`verbs` belongs to the rule"), "{}", found[1].2);
-    assert!(found[9].2.contains("valid keys: level, users, userGroups"), "{}", found[9].2);
+    assert!(
+        found[1].2.contains("`verbs` belongs to the rule"),
+        "{}",
+        found[1].2
+    );
+    assert!(
+        found[9].2.contains("valid keys: level, users, userGroups"),
+        "{}",
+        found[9].2
+    );
 }
 
 #[test]
@@ -657,8 +717,13 @@ fn loading_checks_the_envelope() {
     let found = errors("apiVersion: v1\nkind: ConfigMap\nrules: []\n");
     let lines: Vec<usize> = found.iter().map(|(l, _, _)| *l).collect();
     assert_eq!(lines, [1, 2, 3], "{found:#?}");
-    assert_eq!(errors("kind: Policy\napiVersion: audit.k8s.io/v1\n").len(), 1);
-    let found = errors("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  level: Metadata\n");
+    assert_eq!(
+        errors("kind: Policy\napiVersion: audit.k8s.io/v1\n").len(),
+        1
+    );
+    let found = errors(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  level: Metadata\n",
+    );
     assert_eq!(found.len(), 1);
     assert_eq!((found[0].0, found[0].1), (5, Code::Syntax));
     let found = errors("rules:\n- level: [\n");
@@ -687,8 +752,12 @@ fn the_config_names_the_file_and_line_of_each_problem() {
     assert_eq!(error.path, "policy_file");
     let file = path.display();
     assert!(
-        error.message.contains(&format!("{file}:5: unknown key `verb` in rule 1"))
-            && error.message.contains(&format!("{file}:6: rule 2: unknown level `Loud`")),
+        error
+            .message
+            .contains(&format!("{file}:5: unknown key `verb` in rule 1"))
+            && error
+                .message
+                .contains(&format!("{file}:6: rule 2: unknown level `Loud`")),
         "{}",
         error.message
     );
@@ -701,9 +770,14 @@ fn the_config_names_the_file_and_line_of_each_problem() {
         "{}",
         missing.message
     );
-    std::fs::write(&path, "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n")
-        .unwrap();
-    assert!(plugin.parse(serde_json::json!({"policy_file": path})).is_ok());
+    std::fs::write(
+        &path,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
+    )
+    .unwrap();
+    assert!(plugin
+        .parse(serde_json::json!({"policy_file": path}))
+        .is_ok());
 }
 
 fn warnings(text: &str) -> Vec<(usize, &'static str, String)> {

@@ -111,7 +111,10 @@ fn the_real_log_replayed_after_a_crash_is_dropped_and_the_rest_kept() {
     let (mut dedupe, discards) = dedupe(serde_json::json!({}));
     // The first 100 were delivered, then the process died before acknowledging them;
     // the restart replays them with everything after.
-    assert_eq!(run_transform(&mut dedupe, events[..100].to_vec()).len(), 100);
+    assert_eq!(
+        run_transform(&mut dedupe, events[..100].to_vec()).len(),
+        100
+    );
     let kept = run_transform(&mut dedupe, events.clone());
     assert_eq!(ids(&kept), ids(&events[100..]));
     assert_eq!(discards.total("duplicate"), 100);
@@ -120,12 +123,18 @@ fn the_real_log_replayed_after_a_crash_is_dropped_and_the_rest_kept() {
 #[test]
 fn a_key_is_forgotten_when_its_window_ends() {
     let (mut dedupe, _) = dedupe(serde_json::json!({"window_secs": 10}));
-    assert_eq!(run_at(&mut dedupe, vec![request("a", "ResponseComplete")], 0).len(), 1);
+    assert_eq!(
+        run_at(&mut dedupe, vec![request("a", "ResponseComplete")], 0).len(),
+        1
+    );
     // Within the window: a duplicate, and it does not extend the window.
     assert!(run_at(&mut dedupe, vec![request("a", "ResponseComplete")], 9_999).is_empty());
     assert_eq!(dedupe.len(), 1);
     // 10 s after it was first seen it is new again.
-    assert_eq!(run_at(&mut dedupe, vec![request("a", "ResponseComplete")], 10_000).len(), 1);
+    assert_eq!(
+        run_at(&mut dedupe, vec![request("a", "ResponseComplete")], 10_000).len(),
+        1
+    );
     assert_eq!(dedupe.len(), 1);
     assert!(run_at(&mut dedupe, vec![request("a", "ResponseComplete")], 19_999).is_empty());
     // Everything expires: nothing is held.
@@ -142,7 +151,10 @@ fn when_full_the_oldest_key_is_forgotten_first() {
             .map(|n| request(n, "ResponseComplete"))
             .collect()
     };
-    assert_eq!(run_transform(&mut dedupe, batch(&["a", "b", "c", "d"])).len(), 4);
+    assert_eq!(
+        run_transform(&mut dedupe, batch(&["a", "b", "c", "d"])).len(),
+        4
+    );
     assert_eq!(dedupe.len(), 3);
     // `a` was evicted to make room for `d`: it is new again (and evicts `b`); `c` and `d`
     // are still held.
@@ -180,12 +192,15 @@ fn a_missing_field_differs_from_a_present_one() {
 
 #[test]
 fn the_same_value_written_differently_is_the_same_key() {
-    let (mut dedupe, _) = dedupe(serde_json::json!({"fields": ["auditID", "objectRef.name", "user"]}));
+    let (mut dedupe, _) =
+        dedupe(serde_json::json!({"fields": ["auditID", "objectRef.name", "user"]}));
     let kept = run_transform(
         &mut dedupe,
         vec![
             event(r#"{"auditID":"a","objectRef":{"name":"x"},"user":{"username":"u"}}"#),
-            event(r#"{"auditID":"\u0061","objectRef":{"name":"\u0078"},"user":{ "username" : "u" }}"#),
+            event(
+                r#"{"auditID":"\u0061","objectRef":{"name":"\u0078"},"user":{ "username" : "u" }}"#,
+            ),
             event(r#"{"auditID":"a","objectRef":{"name":"y"},"user":{"username":"u"}}"#),
         ],
     );
