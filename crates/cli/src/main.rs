@@ -7,6 +7,7 @@
 //! - [`describe`]: `validate`, `graph` and `plugins`, which only read pipelines.
 //! - [`kubeconfig`] and [`webhook_check`]: write and check kube-apiserver's webhook
 //!   kubeconfig.
+//! - [`policy`]: `policy lint` and `policy explain`, for kube-apiserver audit Policy files.
 //!
 //! Exit codes: 0 ok; 1 the pipeline could not start or did not stop cleanly (a port in
 //! use, a drain timeout, a second signal); 2 the command line or the pipeline is invalid
@@ -15,6 +16,7 @@
 
 mod describe;
 mod kubeconfig;
+mod policy;
 mod registry;
 mod run;
 mod webhook_check;
@@ -77,6 +79,9 @@ enum Command {
     /// Check a webhook kubeconfig as kube-apiserver would use it: DNS, TCP, TLS and one
     /// test EventList; exit 0 only when the API server would get 200.
     WebhookCheck(webhook_check::Args),
+    /// Check kube-apiserver audit Policy files (`lint`), or apply one to events (`explain`).
+    #[command(subcommand)]
+    Policy(policy::Command),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Command::Plugins { name } => describe::plugins(name.as_deref(), &registry),
         Command::WebhookKubeconfig(args) => kubeconfig::print(&args),
         Command::WebhookCheck(args) => webhook_check::check(&args),
+        Command::Policy(command) => policy::run(command),
     }
 }
 

@@ -43,6 +43,14 @@ pub fn registry() -> Registry {
             "redact",
             "Replaces secrets (tokens, Secret data, JWTs, keys, credentials) wherever they appear.",
         ),
+        Plugin::transform::<auditflow_audit_policy::AuditPolicyConfig>(
+            "audit_policy",
+            "Applies a kube-apiserver audit Policy: drops and trims events as the API server would have.",
+        ),
+        Plugin::transform::<auditflow_dedupe::DedupeConfig>(
+            "dedupe",
+            "Drops events whose key (auditID, stage) was seen within a window; bounded memory.",
+        ),
         // Sinks.
         Plugin::sink::<auditflow_stdout::StdoutConfig>(
             "stdout",

@@ -246,6 +246,10 @@ series!(
         "Denied requests, by class (rbac, authentication, forbidden), verb and resource.",
         ["component_id", "class", "verb", "resource"]));
 series!(
+    /// `dedupe` transform: keys held (bounded by its `max_entries`).
+    dedupe_keys: IntGaugeVec(names::DEDUPE_KEYS,
+        "Keys a dedupe transform holds, each remembered for its window.", ["component_id"]));
+series!(
     /// Sinks that make requests: request latency by status class (`2xx`, `5xx`, `error`).
     sink_request_duration_seconds: HistogramVec(names::SINK_REQUEST_DURATION_SECONDS,
         "Duration of a sink's requests, by status class.",

@@ -19,6 +19,7 @@ pub const FILE_LOST_BYTES_TOTAL: &str = "auditflow_file_lost_bytes_total";
 
 pub const REDACTIONS_TOTAL: &str = "auditflow_redactions_total";
 pub const RBAC_DENIALS_TOTAL: &str = "auditflow_rbac_denials_total";
+pub const DEDUPE_KEYS: &str = "auditflow_dedupe_keys";
 
 pub const SINK_REQUEST_DURATION_SECONDS: &str = "auditflow_sink_request_duration_seconds";
 pub const SINK_RETRIES_TOTAL: &str = "auditflow_sink_retries_total";
