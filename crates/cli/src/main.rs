@@ -1,15 +1,18 @@
-//! The `auditflow` binary: `run`, `validate`, `graph` and `plugins`.
+//! The `auditflow` binary: `run`, `validate`, `graph`, `plugins`, `query` and `rbac`.
 //!
 //! # Layout
 //! - [`registry`]: the one list of plugins.
 //! - [`run`]: runs a pipeline until signalled or until every source ended.
 //! - [`describe`]: `validate`, `graph` and `plugins`, which only read pipelines.
+//! - [`query`] and [`rbac`]: questions asked of audit log files (`auditflow-query`).
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Logs go to
 //! standard error; standard output carries only data (`stdout` sink, `graph`, `plugins`).
 
 mod describe;
 mod kubeconfig;
+mod query;
+mod rbac;
 mod registry;
 mod run;
 
@@ -68,6 +71,13 @@ enum Command {
     /// Print the kubeconfig kube-apiserver needs (`--audit-webhook-config-file`) to send
     /// its audit events to a `webhook` source.
     WebhookKubeconfig(kubeconfig::Args),
+    /// Filter, count and list audit events from files or standard input.
+    Query(query::Args),
+    /// RBAC from audit logs.
+    Rbac {
+        #[command(subcommand)]
+        command: rbac::Command,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +93,8 @@ fn main() -> ExitCode {
         Command::Graph { files } => describe::graph(&files, &registry),
         Command::Plugins { name } => describe::plugins(name.as_deref(), &registry),
         Command::WebhookKubeconfig(args) => kubeconfig::print(&args),
+        Command::Query(args) => query::run(&args),
+        Command::Rbac { command } => rbac::run(&command),
     }
 }
 

@@ -9,7 +9,7 @@
 use std::io::{self, Write};
 use std::str::FromStr;
 
-use comfy_table::{presets, ContentArrangement, Table};
+use comfy_table::{presets, ColumnConstraint, ContentArrangement, Table};
 use serde_json::{Map, Value};
 
 /// `--format`.
@@ -183,12 +183,49 @@ pub fn render_table(headers: &[String], rows: &[Vec<String>], width: Option<u16>
     for row in rows {
         table.add_row(row);
     }
-    // The NOTHING preset pads every line on the right; trailing blanks help no one.
+    // No padding on the left, two spaces between columns, as kubectl prints.
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    if let Some(width) = width {
+        keep_narrow_columns_whole(&mut table, headers, rows, width);
+    }
+    // Padding leaves blanks at the end of every line; they help no one.
     table
         .lines()
         .map(|line| line.trim_end().to_owned())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Left to itself, comfy-table wraps every column a little when space is short, which
+/// breaks timestamps and names across lines. Instead, columns up to 40 characters wide
+/// are kept whole from the left (the time first) as long as every other column can still
+/// get 12 characters; what is left over wraps (URIs, long names).
+fn keep_narrow_columns_whole(table: &mut Table, headers: &[String], rows: &[Vec<String>], width: u16) {
+    const PADDING: usize = 2;
+    const WRAPPED: usize = 12;
+    const WHOLE_UP_TO: usize = 40;
+    let widest = |i: usize| {
+        rows.iter()
+            .filter_map(|row| row.get(i))
+            .chain(headers.get(i))
+            .map(|cell| cell.lines().map(|l| l.chars().count()).max().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    let contents: Vec<usize> = (0..headers.len()).map(widest).collect();
+    let least = |content: usize| content.min(WRAPPED) + PADDING;
+    let mut needed: usize = contents.iter().map(|c| least(*c)).sum();
+    for (index, content) in contents.iter().enumerate() {
+        let whole = content + PADDING;
+        if *content <= WHOLE_UP_TO && needed - least(*content) + whole <= usize::from(width) {
+            needed = needed - least(*content) + whole;
+            if let Some(column) = table.column_mut(index) {
+                column.set_constraint(ColumnConstraint::ContentWidth);
+            }
+        }
+    }
 }
 
 struct CsvSink<'a> {
