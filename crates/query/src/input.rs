@@ -1,7 +1,8 @@
 //! Reading audit events from files and standard input, in chunks, on every core.
 //!
-//! One reader thread opens the inputs in order, undoes gzip (recognised by its magic
-//! bytes, whatever the file is called), and cuts the stream into chunks of whole lines.
+//! Reader threads (one per core at most, each with every n-th input) open the inputs,
+//! undo gzip (recognised by its magic bytes, whatever the file is called), and cut the
+//! stream into chunks of whole lines.
 //! The calling thread takes chunks in waves and hands each wave to rayon: every chunk
 //! is split into lines and decoded in parallel, folded into a partial result, and the
 //! partials are merged back on the calling thread in input order. At most a few waves of
@@ -188,6 +189,8 @@ enum Work {
     Document { input: usize, bytes: Bytes },
     /// The input broke off.
     Failed { input: usize, error: String },
+    /// Nothing more of this input.
+    End,
 }
 
 /// What one chunk made: the caller's partial result and the chunk's own accounting.
@@ -228,21 +231,41 @@ where
     check_inputs(inputs)?;
     let read = Arc::new(AtomicU64::new(0));
     let wave = rayon::current_num_threads().max(1) * 2;
-    let (tx, rx) = mpsc::sync_channel::<Work>(wave * 2);
+    // Files are read (and un-gzipped) by up to one thread per core, input `i` by reader
+    // `i % readers`, each into its own bounded channel; taking from the channels in input
+    // order keeps the order while decompression runs in parallel.
+    let readers = inputs.len().clamp(1, rayon::current_num_threads().max(1));
+    let capacity = (wave * 2 / readers).max(2);
     let mut stats = ScanStats::default();
     let mut lines_before: Vec<u64> = vec![0; inputs.len()];
     std::thread::scope(|scope| {
-        let reader_inputs = inputs.to_vec();
-        let reader_read = Arc::clone(&read);
         let chunk_bytes = options.chunk_bytes.max(1024);
-        scope.spawn(move || read_all(&reader_inputs, chunk_bytes, &reader_read, &tx));
+        let mut receivers = Vec::with_capacity(readers);
+        for reader in 0..readers {
+            let (tx, rx) = mpsc::sync_channel::<Work>(capacity);
+            receivers.push(rx);
+            let read = Arc::clone(&read);
+            scope.spawn(move || {
+                for index in (reader..inputs.len()).step_by(readers) {
+                    read_input(index, &inputs[index], chunk_bytes, &read, &tx);
+                    if tx.send(Work::End).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut ordered = Ordered {
+            receivers,
+            current: 0,
+            inputs: inputs.len(),
+        };
         loop {
-            let Ok(first) = rx.recv() else { break };
+            let Some(first) = ordered.next(true) else { break };
             let mut batch = vec![first];
             while batch.len() < wave {
-                match rx.try_recv() {
-                    Ok(work) => batch.push(work),
-                    Err(_) => break,
+                match ordered.next(false) {
+                    Some(work) => batch.push(work),
+                    None => break,
                 }
             }
             let done: Vec<Result<Done<P>, (usize, String)>> = batch
@@ -350,6 +373,7 @@ where
             }
         }
         Work::Failed { input, error } => return Err((input, error)),
+        Work::End => unreachable!("the end of an input is taken by `Ordered`"),
     }
     Ok(done)
 }
@@ -368,32 +392,58 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// The reader thread: every input in turn, as chunks of whole lines or whole documents.
-fn read_all(inputs: &[Input], chunk_bytes: usize, read: &Arc<AtomicU64>, tx: &mpsc::SyncSender<Work>) {
-    for (index, input) in inputs.iter().enumerate() {
-        let raw: Box<dyn Read + Send> = match input {
-            Input::Stdin => Box::new(io::stdin()),
-            Input::File(path) => match File::open(path) {
-                Ok(file) => Box::new(file),
-                Err(error) => {
-                    let _ = tx.send(Work::Failed {
-                        input: index,
-                        error: error.to_string(),
-                    });
-                    continue;
-                }
-            },
-        };
-        let counted = Counting {
-            inner: raw,
-            read: Arc::clone(read),
-        };
-        if let Err(error) = read_one(index, counted, chunk_bytes, tx) {
-            let _ = tx.send(Work::Failed {
-                input: index,
-                error: error.to_string(),
-            });
+/// The work of every reader, taken input by input in order.
+struct Ordered {
+    receivers: Vec<mpsc::Receiver<Work>>,
+    /// The input being taken.
+    current: usize,
+    inputs: usize,
+}
+
+impl Ordered {
+    /// The next piece of work in input order: waiting for it when `wait`, else only if
+    /// it is ready. `None` at the end (or, without `wait`, when nothing is ready).
+    fn next(&mut self, wait: bool) -> Option<Work> {
+        while self.current < self.inputs {
+            let receiver = &self.receivers[self.current % self.receivers.len()];
+            let work = if wait {
+                receiver.recv().ok()?
+            } else {
+                receiver.try_recv().ok()?
+            };
+            match work {
+                Work::End => self.current += 1,
+                work => return Some(work),
+            }
         }
+        None
+    }
+}
+
+/// One input, as chunks of whole lines or one whole document, on `tx`.
+fn read_input(index: usize, input: &Input, chunk_bytes: usize, read: &Arc<AtomicU64>, tx: &mpsc::SyncSender<Work>) {
+    let raw: Box<dyn Read + Send> = match input {
+        Input::Stdin => Box::new(io::stdin()),
+        Input::File(path) => match File::open(path) {
+            Ok(file) => Box::new(file),
+            Err(error) => {
+                let _ = tx.send(Work::Failed {
+                    input: index,
+                    error: error.to_string(),
+                });
+                return;
+            }
+        },
+    };
+    let counted = Counting {
+        inner: raw,
+        read: Arc::clone(read),
+    };
+    if let Err(error) = read_one(index, counted, chunk_bytes, tx) {
+        let _ = tx.send(Work::Failed {
+            input: index,
+            error: error.to_string(),
+        });
     }
 }
 
@@ -582,6 +632,42 @@ mod tests {
             stats.malformed_examples
         );
         assert_eq!(stats.bytes_read, text.len() as u64);
+    }
+
+    #[test]
+    fn many_inputs_read_in_parallel_keep_their_order() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = Vec::new();
+        let mut expected = Vec::new();
+        for file in 0..7 {
+            let mut text = String::new();
+            for i in 0..300 {
+                let id = format!("{file}-{i}");
+                text.push_str(&format!("{{\"auditID\":\"{id}\"}}\n"));
+                expected.push(id);
+            }
+            let path = dir.path().join(format!("part-{file}.log"));
+            if file % 2 == 0 {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(text.as_bytes()).unwrap();
+                std::fs::write(&path, gz.finish().unwrap()).unwrap();
+            } else {
+                std::fs::write(&path, text).unwrap();
+            }
+            inputs.push(Input::File(path));
+        }
+        let mut seen = Vec::new();
+        scan(
+            &inputs,
+            &ReadOptions { chunk_bytes: 2048 },
+            Vec::new,
+            |ids: &mut Vec<String>, event| ids.push(event.get_str("auditID").unwrap().to_owned()),
+            |ids| seen.extend(ids),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(seen, expected);
     }
 
     #[test]
