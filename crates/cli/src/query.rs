@@ -12,7 +12,9 @@ use auditflow_core::condition::{Condition, ConditionError, Path};
 use auditflow_query::input::{order_rotated, total_bytes};
 use auditflow_query::output::{self, Format};
 use auditflow_query::time::parse_bound;
-use auditflow_query::{Filter, Input, Query, ReadOptions, Request, ScanStats, TimeField, TimeWindow};
+use auditflow_query::{
+    Filter, Input, Query, ReadOptions, Request, ScanStats, TimeField, TimeWindow,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// What events to read and which of them to look at: shared by `query` and `rbac suggest`.
@@ -89,7 +91,12 @@ pub struct Args {
     condition: Option<String>,
     /// Count events per distinct value of these paths (comma-separated), most frequent
     /// first.
-    #[arg(long, value_name = "PATH,...", value_delimiter = ',', conflicts_with = "select")]
+    #[arg(
+        long,
+        value_name = "PATH,...",
+        value_delimiter = ',',
+        conflicts_with = "select"
+    )]
     group_by: Vec<String>,
     /// With `--group-by`: print every group with its count (the default).
     #[arg(long, requires = "group_by", conflicts_with = "top")]

@@ -260,7 +260,9 @@ where
             inputs: inputs.len(),
         };
         loop {
-            let Some(first) = ordered.next(true) else { break };
+            let Some(first) = ordered.next(true) else {
+                break;
+            };
             let mut batch = vec![first];
             while batch.len() < wave {
                 match ordered.next(false) {
@@ -286,7 +288,9 @@ where
                                     }
                                     Location::Item(item) => item,
                                 };
-                                stats.malformed_examples.push(format!("{} {place}: {why}", name()));
+                                stats
+                                    .malformed_examples
+                                    .push(format!("{} {place}: {why}", name()));
                             }
                         }
                         lines_before[done.input] += done.lines;
@@ -334,7 +338,8 @@ where
                         Err(error) => {
                             done.malformed_count += 1;
                             if done.malformed.len() < MALFORMED_EXAMPLES {
-                                done.malformed.push((Location::Line(line), error.to_string()));
+                                done.malformed
+                                    .push((Location::Line(line), error.to_string()));
                             }
                         }
                     }
@@ -421,7 +426,13 @@ impl Ordered {
 }
 
 /// One input, as chunks of whole lines or one whole document, on `tx`.
-fn read_input(index: usize, input: &Input, chunk_bytes: usize, read: &Arc<AtomicU64>, tx: &mpsc::SyncSender<Work>) {
+fn read_input(
+    index: usize,
+    input: &Input,
+    chunk_bytes: usize,
+    read: &Arc<AtomicU64>,
+    tx: &mpsc::SyncSender<Work>,
+) {
     let raw: Box<dyn Read + Send> = match input {
         Input::Stdin => Box::new(io::stdin()),
         Input::File(path) => match File::open(path) {
@@ -575,10 +586,20 @@ mod tests {
 
     #[test]
     fn logrotate_numbers_read_highest_first() {
-        let given = files(&["a/audit.log", "a/audit.log.1", "a/audit.log.10.gz", "a/audit.log.2.gz"]);
+        let given = files(&[
+            "a/audit.log",
+            "a/audit.log.1",
+            "a/audit.log.10.gz",
+            "a/audit.log.2.gz",
+        ]);
         assert_eq!(
             order_rotated(given),
-            files(&["a/audit.log.10.gz", "a/audit.log.2.gz", "a/audit.log.1", "a/audit.log"])
+            files(&[
+                "a/audit.log.10.gz",
+                "a/audit.log.2.gz",
+                "a/audit.log.1",
+                "a/audit.log"
+            ])
         );
     }
 
@@ -593,9 +614,13 @@ mod tests {
 
     #[test]
     fn documents_are_told_from_lines_by_their_start() {
-        assert!(is_document(b"  {\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\""));
+        assert!(is_document(
+            b"  {\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\""
+        ));
         assert!(is_document(b"[{\"kind\":\"Event\"}]"));
-        assert!(!is_document(b"{\"kind\":\"Event\",\"level\":\"Metadata\"}\n"));
+        assert!(!is_document(
+            b"{\"kind\":\"Event\",\"level\":\"Metadata\"}\n"
+        ));
     }
 
     fn count_events(inputs: &[Input], chunk_bytes: usize) -> (u64, ScanStats) {
@@ -681,6 +706,9 @@ mod tests {
             &mut |_| {},
         )
         .unwrap_err();
-        assert!(error.to_string().starts_with("/nonexistent/audit.log: "), "{error}");
+        assert!(
+            error.to_string().starts_with("/nonexistent/audit.log: "),
+            "{error}"
+        );
     }
 }

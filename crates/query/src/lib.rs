@@ -26,5 +26,5 @@ pub mod time;
 pub use input::{Input, InputError, ReadOptions, ScanStats};
 pub use output::Format;
 pub use query::{Filter, Query, Request};
-pub use suggest::{SuggestOptions, Subject};
+pub use suggest::{Subject, SuggestOptions};
 pub use time::{TimeField, TimeWindow};

@@ -54,7 +54,11 @@ pub trait Sink {
 
 /// Makes the sink for `format`. `width` is the terminal's width in columns, for tables
 /// (`None`: do not wrap).
-pub fn sink<'a>(format: Format, out: Box<dyn Write + 'a>, width: Option<u16>) -> Box<dyn Sink + 'a> {
+pub fn sink<'a>(
+    format: Format,
+    out: Box<dyn Write + 'a>,
+    width: Option<u16>,
+) -> Box<dyn Sink + 'a> {
     let writer = Writer { out, error: None };
     match format {
         Format::Table => Box::new(TableSink {
@@ -202,7 +206,12 @@ pub fn render_table(headers: &[String], rows: &[Vec<String>], width: Option<u16>
 /// breaks timestamps and names across lines. Instead, columns up to 40 characters wide
 /// are kept whole from the left (the time first) as long as every other column can still
 /// get 12 characters; what is left over wraps (URIs, long names).
-fn keep_narrow_columns_whole(table: &mut Table, headers: &[String], rows: &[Vec<String>], width: u16) {
+fn keep_narrow_columns_whole(
+    table: &mut Table,
+    headers: &[String],
+    rows: &[Vec<String>],
+    width: u16,
+) {
     const PADDING: usize = 2;
     const WRAPPED: usize = 12;
     const WHOLE_UP_TO: usize = 40;
@@ -243,7 +252,9 @@ impl Sink for CsvSink<'_> {
 
     fn events(&mut self, lines: &[u8]) {
         // A CSV answer is never asked for whole events; write them as they are.
-        let _ = self.csv.write_record([String::from_utf8_lossy(lines).trim_end()]);
+        let _ = self
+            .csv
+            .write_record([String::from_utf8_lossy(lines).trim_end()]);
     }
 
     fn finish(&mut self) {
@@ -380,9 +391,16 @@ mod tests {
             &[vec![long.clone(), "short".to_owned()]],
             Some(60),
         );
-        assert!(rendered.lines().all(|line| line.chars().count() <= 60), "{rendered}");
+        assert!(
+            rendered.lines().all(|line| line.chars().count() <= 60),
+            "{rendered}"
+        );
         assert_eq!(rendered.matches('x').count(), 200);
-        let unbounded = render_table(&["A".to_owned(), "B".to_owned()], &[vec![long, "s".to_owned()]], None);
+        let unbounded = render_table(
+            &["A".to_owned(), "B".to_owned()],
+            &[vec![long, "s".to_owned()]],
+            None,
+        );
         assert!(unbounded.lines().nth(1).unwrap().len() > 200);
     }
 

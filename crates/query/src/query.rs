@@ -33,7 +33,10 @@ pub struct Filter {
 pub enum Request {
     /// `--group-by`: events counted per distinct combination of the paths' values, most
     /// frequent first, the first `top` only when set.
-    Group { paths: Vec<Path>, top: Option<usize> },
+    Group {
+        paths: Vec<Path>,
+        top: Option<usize>,
+    },
     /// `--select`, or the default columns when `columns` is `None`.
     List { columns: Option<Vec<Path>> },
     /// The matching events themselves, as they were read (`--format ndjson` without
@@ -268,10 +271,11 @@ fn default_row(event: &Event, time_field: TimeField, classifier: &RbacDenial) ->
     let text = |path: [&str; 2]| event.get_path(path).and_then(Value::as_str);
     let string = |s: Option<String>| s.map_or(Value::Null, Value::String);
     let time = event.get_str(time_field.key()).map(str::to_owned);
-    let user = text(["user", "username"]).map(|user| match text(["impersonatedUser", "username"]) {
-        Some(as_user) => format!("{user} (as {as_user})"),
-        None => user.to_owned(),
-    });
+    let user =
+        text(["user", "username"]).map(|user| match text(["impersonatedUser", "username"]) {
+            Some(as_user) => format!("{user} (as {as_user})"),
+            None => user.to_owned(),
+        });
     let verb = event.get_str("verb").map(str::to_owned);
     let object_ref = event.get("objectRef").and_then(Value::as_object);
     let field = |key: &str| {
@@ -351,7 +355,10 @@ mod tests {
     fn group_keys_are_the_values_json_text_whichever_route_reads_them() {
         let json = r#"{"verb":"list","user":{"username":"bob","groups":["dev","system:authenticated"]},"requestURI":"/api?a=1\u0026b=2","responseStatus":{"code":403}}"#;
         assert_eq!(key(&["verb"], json), b"\"list\"");
-        assert_eq!(key(&["user.username", "responseStatus.code"], json), b"\"bob\"\x00403");
+        assert_eq!(
+            key(&["user.username", "responseStatus.code"], json),
+            b"\"bob\"\x00403"
+        );
         // Through an array: its first element, as `Path::first` reads it.
         assert_eq!(key(&["user.groups"], json), b"\"dev\"");
         // An escape is read through the parsed value, so the same text groups together.
@@ -368,7 +375,15 @@ mod tests {
         groups.insert(Vec::new(), 1);
         let sorted = sorted_groups(groups.clone(), 1, None);
         let keys: Vec<Value> = sorted.iter().map(|g| g.key[0].clone()).collect();
-        assert_eq!(keys, vec![Value::from("c"), Value::from("a"), Value::from("b"), Value::Null]);
+        assert_eq!(
+            keys,
+            vec![
+                Value::from("c"),
+                Value::from("a"),
+                Value::from("b"),
+                Value::Null
+            ]
+        );
         assert_eq!(sorted_groups(groups, 1, Some(2)).len(), 2);
     }
 }

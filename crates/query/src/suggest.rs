@@ -30,7 +30,10 @@ pub enum Subject {
     User(String),
     Group(String),
     /// Recognised from `system:serviceaccount:NAMESPACE:NAME`.
-    ServiceAccount { namespace: String, name: String },
+    ServiceAccount {
+        namespace: String,
+        name: String,
+    },
 }
 
 impl Subject {
@@ -239,7 +242,11 @@ fn denial(classifier: &RbacDenial, options: &SuggestOptions, event: &Event) -> O
                 .get_path(["impersonatedUser", "username"])
                 .and_then(Value::as_str)
                 == Some(user.as_str());
-            let holder = if impersonated { "impersonatedUser" } else { "user" };
+            let holder = if impersonated {
+                "impersonatedUser"
+            } else {
+                "user"
+            };
             let member = event
                 .get_path([holder, "groups"])
                 .and_then(Value::as_array)
@@ -286,7 +293,9 @@ impl Rule {
                     && self.resources.contains(resource)
                     && self.verbs.contains(verb)
                     && (self.resource_names.is_empty()
-                        || name.as_ref().is_some_and(|n| self.resource_names.contains(n)))
+                        || name
+                            .as_ref()
+                            .is_some_and(|n| self.resource_names.contains(n)))
             }
             Permission::NonResource { url, verb } => {
                 self.non_resource_urls.contains(url) && self.verbs.contains(verb)
@@ -320,6 +329,12 @@ impl Role {
 /// Names per verb of one resource: `None` for any name.
 type Names = Option<BTreeSet<String>>;
 
+/// Verb -> (names, denials) of one resource.
+type ByVerb<'a> = BTreeMap<&'a str, (Names, u64)>;
+
+/// A set of strings and how many denials it covers.
+type Covered<'a> = (BTreeSet<&'a str>, u64);
+
 /// The least roles that grant every denial in `denials` and nothing else: one per subject
 /// and scope (impersonation apart), sorted. Without `resource_names`, rules name no
 /// objects, except `impersonate` rules, which always keep the names they were refused
@@ -348,8 +363,7 @@ pub fn suggest(denials: &[Denied], resource_names: bool) -> Vec<Role> {
 
 fn rules(permissions: &[&Permission], keep_names: bool) -> Vec<Rule> {
     // api group -> resource -> verb -> (names, denials)
-    let mut resources: BTreeMap<&str, BTreeMap<&str, BTreeMap<&str, (Names, u64)>>> =
-        BTreeMap::new();
+    let mut resources: BTreeMap<&str, BTreeMap<&str, ByVerb>> = BTreeMap::new();
     // url -> verb -> denials
     let mut urls: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
     for permission in permissions {
@@ -385,9 +399,9 @@ fn rules(permissions: &[&Permission], keep_names: bool) -> Vec<Rule> {
     for (api_group, by_resource) in resources {
         // (verbs, names) -> (resources, denials): resources merged only where the cross
         // product stays exactly what was denied.
-        let mut merged: BTreeMap<(BTreeSet<&str>, Names), (BTreeSet<&str>, u64)> = BTreeMap::new();
+        let mut merged: BTreeMap<(BTreeSet<&str>, Names), Covered> = BTreeMap::new();
         for (resource, by_verb) in by_resource {
-            let mut per_names: BTreeMap<Names, (BTreeSet<&str>, u64)> = BTreeMap::new();
+            let mut per_names: BTreeMap<Names, Covered> = BTreeMap::new();
             for (verb, (names, count)) in by_verb {
                 let entry = per_names.entry(names).or_default();
                 entry.0.insert(verb);
@@ -410,10 +424,12 @@ fn rules(permissions: &[&Permission], keep_names: bool) -> Vec<Rule> {
             });
         }
     }
-    let mut merged_urls: BTreeMap<BTreeSet<&str>, (BTreeSet<&str>, u64)> = BTreeMap::new();
+    let mut merged_urls: BTreeMap<BTreeSet<&str>, Covered> = BTreeMap::new();
     for (url, by_verb) in urls {
         let count: u64 = by_verb.values().sum();
-        let entry = merged_urls.entry(by_verb.into_keys().collect()).or_default();
+        let entry = merged_urls
+            .entry(by_verb.into_keys().collect())
+            .or_default();
         entry.0.insert(url);
         entry.1 += count;
     }

@@ -64,13 +64,11 @@ pub fn parse_bound(text: &str, now: Timestamp) -> Result<Timestamp, BoundError> 
     if let Ok(time) = text.parse::<Timestamp>() {
         return Ok(time);
     }
-    let duration = text
-        .parse::<SignedDuration>()
-        .or_else(|_| {
-            // `2 days`, `1 week`: a day counts as 24 hours here.
-            text.parse::<jiff::Span>()
-                .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
-        });
+    let duration = text.parse::<SignedDuration>().or_else(|_| {
+        // `2 days`, `1 week`: a day counts as 24 hours here.
+        text.parse::<jiff::Span>()
+            .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+    });
     match duration {
         Ok(duration) if duration.is_negative() => Err(BoundError {
             text: text.to_owned(),
@@ -145,7 +143,10 @@ mod tests {
         assert_eq!(at("1h30m"), "2026-11-23T08:30:00Z");
         assert_eq!(at("2 days"), "2026-11-21T10:00:00Z");
         let error = parse_bound("yesterday", now()).unwrap_err();
-        assert!(error.to_string().starts_with("\"yesterday\" is neither"), "{error}");
+        assert!(
+            error.to_string().starts_with("\"yesterday\" is neither"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -171,6 +172,8 @@ mod tests {
             ..window
         };
         assert!(!stage.admits(&event("2026-11-23T08:30:00Z")));
-        assert!(TimeWindow::default().admits(&Event::from_bytes(Bytes::from_static(b"{}")).unwrap()));
+        assert!(
+            TimeWindow::default().admits(&Event::from_bytes(Bytes::from_static(b"{}")).unwrap())
+        );
     }
 }

@@ -2,7 +2,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn resource(scope: Option<&str>, group: &str, resource: &str, verb: &str, name: Option<&str>) -> Permission {
+fn resource(
+    scope: Option<&str>,
+    group: &str,
+    resource: &str,
+    verb: &str,
+    name: Option<&str>,
+) -> Permission {
     Permission::Resource {
         scope: scope.map_or(Scope::Cluster, |ns| Scope::Namespace(ns.to_owned())),
         api_group: group.to_owned(),
@@ -42,27 +48,65 @@ fn service_accounts_are_recognised_from_their_username() {
 #[test]
 fn resources_merge_only_where_they_were_denied_the_same_verbs() {
     let denials = vec![
-        denied("bob", resource(Some("dev"), "", "pods", "get", Some("web-1"))),
+        denied(
+            "bob",
+            resource(Some("dev"), "", "pods", "get", Some("web-1")),
+        ),
         denied("bob", resource(Some("dev"), "", "pods", "list", None)),
-        denied("bob", resource(Some("dev"), "", "secrets", "get", Some("db"))),
+        denied(
+            "bob",
+            resource(Some("dev"), "", "secrets", "get", Some("db")),
+        ),
         denied("bob", resource(Some("dev"), "", "secrets", "list", None)),
-        denied("bob", resource(Some("dev"), "", "configmaps", "get", Some("x"))),
-        denied("bob", resource(Some("dev"), "", "pods/log", "get", Some("web-1"))),
-        denied("bob", resource(Some("dev"), "apps", "deployments", "patch", Some("web"))),
+        denied(
+            "bob",
+            resource(Some("dev"), "", "configmaps", "get", Some("x")),
+        ),
+        denied(
+            "bob",
+            resource(Some("dev"), "", "pods/log", "get", Some("web-1")),
+        ),
+        denied(
+            "bob",
+            resource(Some("dev"), "apps", "deployments", "patch", Some("web")),
+        ),
     ];
     let roles = suggest(&denials, false);
     assert_eq!(roles.len(), 1);
-    let rules: Vec<(Vec<String>, Vec<String>, Vec<String>, u64)> = roles[0]
+    type Shape = (Vec<String>, Vec<String>, Vec<String>, u64);
+    let rules: Vec<Shape> = roles[0]
         .rules
         .iter()
-        .map(|r| (r.api_groups.clone(), r.resources.clone(), r.verbs.clone(), r.denials))
+        .map(|r| {
+            (
+                r.api_groups.clone(),
+                r.resources.clone(),
+                r.verbs.clone(),
+                r.denials,
+            )
+        })
         .collect();
     assert_eq!(
         rules,
         vec![
-            (strings(&[""]), strings(&["configmaps", "pods/log"]), strings(&["get"]), 2),
-            (strings(&[""]), strings(&["pods", "secrets"]), strings(&["get", "list"]), 4),
-            (strings(&["apps"]), strings(&["deployments"]), strings(&["patch"]), 1),
+            (
+                strings(&[""]),
+                strings(&["configmaps", "pods/log"]),
+                strings(&["get"]),
+                2
+            ),
+            (
+                strings(&[""]),
+                strings(&["pods", "secrets"]),
+                strings(&["get", "list"]),
+                4
+            ),
+            (
+                strings(&["apps"]),
+                strings(&["deployments"]),
+                strings(&["patch"]),
+                1
+            ),
         ]
     );
     assert_eq!(roles[0].scope, Scope::Namespace("dev".into()));
@@ -71,9 +115,18 @@ fn resources_merge_only_where_they_were_denied_the_same_verbs() {
 #[test]
 fn resource_names_narrow_rules_but_never_below_a_request_without_a_name() {
     let denials = vec![
-        denied("bob", resource(Some("dev"), "", "secrets", "get", Some("db"))),
-        denied("bob", resource(Some("dev"), "", "secrets", "get", Some("api"))),
-        denied("bob", resource(Some("dev"), "", "secrets", "delete", Some("db"))),
+        denied(
+            "bob",
+            resource(Some("dev"), "", "secrets", "get", Some("db")),
+        ),
+        denied(
+            "bob",
+            resource(Some("dev"), "", "secrets", "get", Some("api")),
+        ),
+        denied(
+            "bob",
+            resource(Some("dev"), "", "secrets", "delete", Some("db")),
+        ),
         denied("bob", resource(Some("dev"), "", "secrets", "list", None)),
     ];
     let roles = suggest(&denials, true);
@@ -95,9 +148,21 @@ fn resource_names_narrow_rules_but_never_below_a_request_without_a_name() {
 #[test]
 fn scopes_and_subjects_get_roles_of_their_own() {
     let denials = vec![
-        denied("system:serviceaccount:ci:deployer", resource(Some("prod"), "apps", "deployments", "patch", Some("web"))),
-        denied("system:serviceaccount:ci:deployer", resource(None, "", "nodes", "list", None)),
-        denied("bob", Permission::NonResource { url: "/metrics".into(), verb: "get".into() }),
+        denied(
+            "system:serviceaccount:ci:deployer",
+            resource(Some("prod"), "apps", "deployments", "patch", Some("web")),
+        ),
+        denied(
+            "system:serviceaccount:ci:deployer",
+            resource(None, "", "nodes", "list", None),
+        ),
+        denied(
+            "bob",
+            Permission::NonResource {
+                url: "/metrics".into(),
+                verb: "get".into(),
+            },
+        ),
         denied("bob", resource(None, "", "secrets", "list", None)),
     ];
     let roles = suggest(&denials, false);
@@ -123,7 +188,10 @@ fn scopes_and_subjects_get_roles_of_their_own() {
 #[test]
 fn impersonation_is_apart_and_keeps_its_names() {
     let denials = vec![
-        denied("bob", resource(None, "", "users", "impersonate", Some("jane"))),
+        denied(
+            "bob",
+            resource(None, "", "users", "impersonate", Some("jane")),
+        ),
         denied("bob", resource(Some("dev"), "", "pods", "get", Some("x"))),
     ];
     let roles = suggest(&denials, false);
@@ -131,7 +199,10 @@ fn impersonation_is_apart_and_keeps_its_names() {
     assert!(!roles[0].impersonation);
     assert!(roles[1].impersonation);
     assert_eq!(roles[1].rules[0].resource_names, strings(&["jane"]));
-    assert_eq!(roles[1].name(), "auditflow:suggested-impersonation:user:bob");
+    assert_eq!(
+        roles[1].name(),
+        "auditflow:suggested-impersonation:user:bob"
+    );
     let yaml = to_yaml(&roles);
     assert!(yaml.contains("# Refused impersonations"));
     assert!(yaml.find("kind: Role\n").unwrap() < yaml.find("# Refused impersonations").unwrap());
@@ -140,8 +211,14 @@ fn impersonation_is_apart_and_keeps_its_names() {
 #[test]
 fn the_yaml_reads_back_as_the_roles_and_bindings() {
     let denials = vec![
-        denied("system:serviceaccount:ci:deployer", resource(Some("prod"), "apps", "deployments", "patch", Some("web"))),
-        denied("https://issuer.example/#\"odd\" user", resource(None, "", "nodes", "list", None)),
+        denied(
+            "system:serviceaccount:ci:deployer",
+            resource(Some("prod"), "apps", "deployments", "patch", Some("web")),
+        ),
+        denied(
+            "https://issuer.example/#\"odd\" user",
+            resource(None, "", "nodes", "list", None),
+        ),
     ];
     let yaml = to_yaml(&suggest(&denials, true));
     let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
@@ -149,8 +226,14 @@ fn the_yaml_reads_back_as_the_roles_and_bindings() {
         .collect();
     assert_eq!(documents.len(), 4, "{yaml}");
     assert_eq!(documents[0]["kind"], "ClusterRole");
-    assert_eq!(documents[0]["metadata"]["name"], "auditflow:suggested:user:https:--issuer.example-#\"odd\" user");
-    assert_eq!(documents[1]["subjects"][0]["name"], "https://issuer.example/#\"odd\" user");
+    assert_eq!(
+        documents[0]["metadata"]["name"],
+        "auditflow:suggested:user:https:--issuer.example-#\"odd\" user"
+    );
+    assert_eq!(
+        documents[1]["subjects"][0]["name"],
+        "https://issuer.example/#\"odd\" user"
+    );
     assert_eq!(documents[2]["kind"], "Role");
     assert_eq!(documents[2]["metadata"]["namespace"], "prod");
     assert_eq!(documents[2]["rules"][0]["resourceNames"][0], "web");
@@ -163,9 +246,15 @@ fn the_yaml_reads_back_as_the_roles_and_bindings() {
 fn permission() -> impl Strategy<Value = Permission> {
     let scope = prop_oneof![Just(None), Just(Some("dev")), Just(Some("prod"))];
     let group = prop::sample::select(vec!["", "apps", "batch"]);
-    let resource = prop::sample::select(vec!["pods", "pods/log", "secrets", "deployments", "nodes"]);
+    let resource =
+        prop::sample::select(vec!["pods", "pods/log", "secrets", "deployments", "nodes"]);
     let verb = prop::sample::select(vec!["get", "list", "watch", "create", "patch", "delete"]);
-    let name = prop_oneof![Just(None), Just(Some("a")), Just(Some("b")), Just(Some("c"))];
+    let name = prop_oneof![
+        Just(None),
+        Just(Some("a")),
+        Just(Some("b")),
+        Just(Some("c"))
+    ];
     prop_oneof![
         8 => (scope, group, resource, verb, name)
             .prop_map(|(s, g, r, v, n)| self::resource(s, g, r, v, n)),
