@@ -235,7 +235,7 @@ where
     // `i % readers`, each into its own bounded channel; taking from the channels in input
     // order keeps the order while decompression runs in parallel.
     let readers = inputs.len().clamp(1, rayon::current_num_threads().max(1));
-    let capacity = (wave * 2 / readers).max(2);
+    let capacity = (wave / readers).max(1);
     let mut stats = ScanStats::default();
     let mut lines_before: Vec<u64> = vec![0; inputs.len()];
     std::thread::scope(|scope| {
