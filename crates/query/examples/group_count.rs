@@ -36,8 +36,14 @@ fn main() {
     let inputs: Vec<Input> = args.map(|a| Input::File(PathBuf::from(a))).collect();
     let started = Instant::now();
     let mut out = sink(Format::Table, Box::new(std::io::stdout()), None);
-    let summary = run(&query, &inputs, &ReadOptions::default(), out.as_mut(), &mut |_| {})
-        .expect("readable inputs");
+    let summary = run(
+        &query,
+        &inputs,
+        &ReadOptions::default(),
+        out.as_mut(),
+        &mut |_| {},
+    )
+    .expect("readable inputs");
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "{} events, {:.1} MB in {seconds:.2} s: {:.0} MB/s",
