@@ -1,5 +1,5 @@
-//! The `auditflow` binary: `run`, `validate`, `graph`, `plugins`, `webhook-kubeconfig`
-//! and `webhook-check`.
+//! The `auditflow` binary: `run`, `validate`, `graph`, `plugins`, `webhook-kubeconfig`,
+//! `webhook-check`, `policy`, `query` and `rbac`.
 //!
 //! # Layout
 //! - [`registry`]: the one list of plugins.
@@ -8,6 +8,7 @@
 //! - [`kubeconfig`] and [`webhook_check`]: write and check kube-apiserver's webhook
 //!   kubeconfig.
 //! - [`policy`]: `policy lint` and `policy explain`, for kube-apiserver audit Policy files.
+//! - [`query`] and [`rbac`]: questions asked of audit log files (`auditflow-query`).
 //!
 //! Exit codes: 0 ok; 1 the pipeline could not start or did not stop cleanly (a port in
 //! use, a drain timeout, a second signal); 2 the command line or the pipeline is invalid
@@ -17,6 +18,8 @@
 mod describe;
 mod kubeconfig;
 mod policy;
+mod query;
+mod rbac;
 mod registry;
 mod run;
 mod webhook_check;
@@ -82,6 +85,13 @@ enum Command {
     /// Check kube-apiserver audit Policy files (`lint`), or apply one to events (`explain`).
     #[command(subcommand)]
     Policy(policy::Command),
+    /// Filter, count and list audit events from files or standard input.
+    Query(query::Args),
+    /// RBAC from audit logs.
+    Rbac {
+        #[command(subcommand)]
+        command: rbac::Command,
+    },
 }
 
 fn main() -> ExitCode {
@@ -99,6 +109,8 @@ fn main() -> ExitCode {
         Command::WebhookKubeconfig(args) => kubeconfig::print(&args),
         Command::WebhookCheck(args) => webhook_check::check(&args),
         Command::Policy(command) => policy::run(command),
+        Command::Query(args) => query::run(&args),
+        Command::Rbac { command } => rbac::run(&command),
     }
 }
 

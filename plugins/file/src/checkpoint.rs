@@ -159,6 +159,7 @@ mod tests {
             path: "/var/log/audit.log".into(),
             offset,
             line: offset / 10,
+            size: Some(offset * 2),
         }
     }
 

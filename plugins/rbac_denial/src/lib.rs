@@ -106,6 +106,22 @@ impl DenialClass {
     }
 }
 
+/// What `rbac_denial` makes of one event, for tools that read audit logs outside a pipeline
+/// (`auditflow query`, `auditflow rbac suggest`): the same values the annotations carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classification {
+    pub class: DenialClass,
+    /// `authorization.k8s.io/reason`, when not empty (`rbac` only).
+    pub reason: Option<String>,
+    /// The rule the request lacked, as the `missing-permission` annotation carries it
+    /// (`verb`, `apiGroup`, `resource`, `resourceName`, `namespace` or `scope: cluster`,
+    /// or `nonResourceURL`; `rbac` only).
+    pub missing_permission: Option<Map<String, Value>>,
+    /// Whose permission was missing: the impersonated user under impersonation, the
+    /// impersonating one for a refused impersonation (`rbac` only).
+    pub denied_user: Option<String>,
+}
+
 /// The running `rbac_denial` transform.
 pub struct RbacDenial {
     id: String,
@@ -144,6 +160,21 @@ impl RbacDenial {
             forbid: Finder::new(b"\"forbid\""),
             resources: HashSet::new(),
         }
+    }
+
+    /// Classifies one event without tagging or counting it: `None` when it is no denial.
+    /// Takes the same cheap raw-bytes test first as the transform does.
+    pub fn classify_event(&self, event: &Event) -> Option<Classification> {
+        if !self.may_be_denial(event) {
+            return None;
+        }
+        let denial = self.classify(event)?;
+        Some(Classification {
+            class: denial.class,
+            reason: denial.reason,
+            missing_permission: denial.rule,
+            denied_user: denial.user,
+        })
     }
 
     /// The cheap test: can this event be a denial at all?
