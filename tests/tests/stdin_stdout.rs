@@ -240,8 +240,8 @@ fn a_hundred_thousand_events_arrive_complete_in_order_and_byte_equal() {
         .find(|line| line.contains("malformed"))
         .unwrap_or_else(|| panic!("no warning about the malformed line:\n{stderr}"));
     assert!(
-        warning.contains(&format!("line={}", MALFORMED_AFTER + 1)),
-        "the warning names the line number: {warning}"
+        warning.contains(&format!("record {}", MALFORMED_AFTER + 1)),
+        "the warning names the record number: {warning}"
     );
 }
 

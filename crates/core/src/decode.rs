@@ -259,17 +259,23 @@ fn lines(body: &Bytes, decoded: &mut Decoded) {
     }
 }
 
-/// Values one after another, in any layout.
+/// Values one after another, in any layout. Each is located by the line it starts on.
 fn stream(body: &Bytes, decoded: &mut Decoded) {
-    let mut number = 0;
+    let (mut counted_to, mut line) = (0, 1);
+    let mut line_at = |start: usize| {
+        line += memchr::memchr_iter(b'\n', &body[counted_to..start]).count();
+        counted_to = start;
+        line
+    };
     for frame in crate::framing::json_values(body) {
-        number += 1;
         match frame {
-            Frame::Line { line, .. } => {
-                push_record(decoded, line, || format!("document {number}"));
+            Frame::Line { line: record, .. } => {
+                let start = record.as_ptr() as usize - body.as_ptr() as usize;
+                let number = line_at(start);
+                push_record(decoded, record, || format!("line {number}"));
             }
-            Frame::Padding { len, .. } => decoded.malformed.push(Malformed {
-                location: format!("document {number}"),
+            Frame::Padding { len, end } => decoded.malformed.push(Malformed {
+                location: format!("line {}", line_at((end - len) as usize)),
                 reason: format!("{len} NUL bytes"),
                 kind: "malformed",
             }),

@@ -253,7 +253,14 @@ impl Framer {
                         state.depth = state.depth.saturating_sub(1);
                         if state.depth == 0 {
                             self.value = ValueState::default();
-                            return Some(self.cut(at + 1, at + 1));
+                            // The line end right after a value goes with it (NDJSON).
+                            let mut consumed = at + 1;
+                            match (self.buf.get(consumed), self.buf.get(consumed + 1)) {
+                                (Some(b'\n'), _) => consumed += 1,
+                                (Some(b'\r'), Some(b'\n')) => consumed += 2,
+                                _ => {}
+                            }
+                            return Some(self.cut(at + 1, consumed));
                         }
                     }
                     b'\n' => match self.buf.get(at + 1) {
@@ -438,10 +445,10 @@ mod tests {
             assert_eq!(
                 all(framing, 100, &input),
                 vec![
-                    line("{\"a\":1}", if framing == Framing::Lines { 8 } else { 7 }),
+                    line("{\"a\":1}", 8),
                     line("{\"b\":2}", 15),
                     Frame::Padding { len: 5, end: 20 },
-                    line("{\"c\":3}", if framing == Framing::Lines { 28 } else { 27 }),
+                    line("{\"c\":3}", 28),
                 ],
                 "{framing:?}"
             );
@@ -496,7 +503,7 @@ mod tests {
         framer.extend(b"{\"a\":\n");
         assert_eq!(frames(&mut framer), vec![]);
         framer.extend(b"  {\"b\":1}}\n{");
-        assert_eq!(frames(&mut framer), vec![line("{\"a\":\n  {\"b\":1}}", 16)]);
+        assert_eq!(frames(&mut framer), vec![line("{\"a\":\n  {\"b\":1}}", 17)]);
         framer.extend(b"}");
         assert_eq!(frames(&mut framer), vec![line("{}", 19)]);
     }
@@ -512,7 +519,7 @@ mod tests {
             records,
             vec![
                 line("{\"a\":[1,", 9),
-                line("{\"b\":2}", 16),
+                line("{\"b\":2}", 17),
                 line("not json", 26),
                 line("{\"c\":3}", 33),
             ]
@@ -524,7 +531,7 @@ mod tests {
         let records = all(Framing::JsonStream, 1000, b"{\"a\":\"cut\n  {\"b\":2}\n");
         assert_eq!(
             records,
-            vec![line("{\"a\":\"cut", 10), line("{\"b\":2}", 19)]
+            vec![line("{\"a\":\"cut", 10), line("{\"b\":2}", 20)]
         );
     }
 
@@ -541,7 +548,7 @@ mod tests {
                 Frame::Oversized {
                     start: 0,
                     len: 25,
-                    end: 25
+                    end: 26
                 },
                 line("{\"c\":3}", 33),
             ]
@@ -552,16 +559,13 @@ mod tests {
     fn json_values_share_the_body_and_skip_a_byte_order_mark() {
         let body = Bytes::from_static(b"\xef\xbb\xbf{\"a\":1}\n {\"b\":\n2}");
         let values: Vec<Frame> = json_values(&body).collect();
-        assert_eq!(values, vec![line("{\"a\":1}", 10), line("{\"b\":\n2}", 20)]);
+        assert_eq!(values, vec![line("{\"a\":1}", 11), line("{\"b\":\n2}", 20)]);
         for framing in [Framing::Lines, Framing::JsonStream] {
             let mut framer = Framer::new(framing, 100, 0);
             framer.extend(b"\xef\xbb");
             assert_eq!(frames(&mut framer), vec![]);
             framer.extend(b"\xbf{}\n");
-            assert_eq!(
-                frames(&mut framer),
-                vec![line("{}", if framing == Framing::Lines { 6 } else { 5 })]
-            );
+            assert_eq!(frames(&mut framer), vec![line("{}", 6)]);
         }
     }
 }

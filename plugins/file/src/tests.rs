@@ -195,7 +195,8 @@ async fn malformed_and_oversized_lines_are_counted_and_skipped() {
     );
     let mut source = start(dir.path(), json!({"max_line_bytes": 1000}));
     assert_eq!(source.ids(2).await, ids("a", 0..2));
-    assert_eq!(source.counts.malformed.load(Ordering::SeqCst), 2);
+    // `not json`, and the two items of `[1,2]` (an array is read as its items).
+    assert_eq!(source.counts.malformed.load(Ordering::SeqCst), 3);
     assert_eq!(source.counts.oversized.load(Ordering::SeqCst), 1);
     source.stop().await;
 }

@@ -87,6 +87,8 @@ impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
                 while let Some(frame) = framer.finish() {
                     decoder.frame(frame, &cx);
                 }
+                // Whitespace after the last record belongs to no frame; it was read.
+                decoder.read_bytes += (framer.offset() - decoder.offset) as usize;
                 decoder.flush(&cx).await?;
                 break;
             }
