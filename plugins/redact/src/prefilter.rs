@@ -25,6 +25,7 @@
 use memchr::memmem;
 use regex::bytes::{Regex, RegexSet};
 
+use crate::credential::CredentialNames;
 use crate::detector::{Detector, Enabled};
 
 /// The markers and shapes of the enabled detectors, as one literal search plus the
@@ -34,8 +35,31 @@ pub(crate) struct Prefilter {
     /// An alternation of literals, which the regex crate runs as one SIMD multi-literal
     /// search (Teddy / Aho-Corasick).
     markers: Option<Regex>,
+    /// Each literal (sorted, for a binary search after a hit) and what confirms it.
+    confirms: Vec<(Vec<u8>, Confirms)>,
     bootstrap_token: bool,
     custom: Option<CustomPrefilter>,
+}
+
+/// How a marker hit is confirmed, as a set: a literal that several detectors look for
+/// is a candidate when any of their checks says so.
+#[derive(Debug, Clone, Copy, Default)]
+struct Confirms(u8);
+
+impl Confirms {
+    /// Always a candidate.
+    const ANY: u8 = 1;
+    /// `token` as a key: a colon follows.
+    const KEY_COLON: u8 = 2;
+    /// `://` with `@` before the authority ends.
+    const USERINFO: u8 = 4;
+    /// The last word of a credential name (`PASSWORD`, `token`, `Secret`): an `env`
+    /// entry's `name`, or a flag or key that a value follows.
+    const CREDENTIAL_WORD: u8 = 8;
+    /// A well-known token prefix: token characters follow.
+    const TOKEN_PREFIX: u8 = 16;
+    /// `/env/` in a JSON patch path: an index (or `-`) follows.
+    const ENV_PATH: u8 = 32;
 }
 
 #[derive(Debug, Clone)]
@@ -46,47 +70,107 @@ struct CustomPrefilter {
     anchored: bool,
 }
 
+/// The prefixes of the well-known token formats (`known_tokens`).
+const TOKEN_PREFIXES: [&str; 13] = [
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xox",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "sk_live_",
+    "rk_live_",
+];
+
 impl Prefilter {
-    pub(crate) fn new(enabled: &Enabled, custom: &[&str]) -> Prefilter {
-        // Escapes are looked for apart (`escape_hit`). Every literal here is at least
-        // three bytes long and starts with a rare trigram, so the multi-literal search
+    pub(crate) fn new(enabled: &Enabled, names: &CredentialNames, custom: &[&str]) -> Prefilter {
+        // Escapes are looked for apart (`escape_hit`). Most literals here are at least
+        // three bytes long and start with a rare trigram, so the multi-literal search
         // (which fingerprints the first bytes) seldom stops on a false candidate:
         // `stringData"` rather than `"stringData"` (`"st` starts `"stage"`).
-        let mut literals: Vec<&str> = Vec::new();
+        let mut literals: Vec<(String, u8)> = Vec::new();
+        let mut add = |literal: &str, confirm: u8| literals.push((literal.to_owned(), confirm));
         if enabled.any(&[
             Detector::TokenReview,
             Detector::TokenRequest,
             Detector::PrivateKey,
         ]) {
-            literals.push("token");
+            add("token", Confirms::KEY_COLON);
         }
         if enabled.has(Detector::PrivateKey) {
-            literals.extend(["PRIVATE KEY", "client-key-data"]);
+            add("PRIVATE KEY", Confirms::ANY);
+            add("client-key-data", Confirms::ANY);
         }
         if enabled.has(Detector::SecretData) {
-            literals.extend(["\"data\"", "stringData\"", "last-applied-configuration"]);
+            for literal in ["\"data\"", "stringData\"", "last-applied-configuration"] {
+                add(literal, Confirms::ANY);
+            }
         }
         if enabled.has(Detector::Jwt) {
-            literals.push("eyJ");
+            add("eyJ", Confirms::ANY);
         }
         if enabled.has(Detector::Bearer) {
             // The scheme and the blank after it (a space, or a tab written `\t`), so
             // that `system:basic-user` is not a candidate.
-            literals.extend([
+            for literal in [
                 "earer ", "EARER ", "earer\\t", "EARER\\t", "asic ", "ASIC ", "asic\\t", "ASIC\\t",
-            ]);
+            ] {
+                add(literal, Confirms::ANY);
+            }
         }
         if enabled.has(Detector::UrlCredentials) {
-            literals.push("://");
+            add("://", Confirms::USERINFO);
         }
-        let alternation = literals
+        if enabled.any(&[
+            Detector::EnvSecret,
+            Detector::CliSecret,
+            Detector::KnownTokens,
+        ]) {
+            // The last word of a credential name as names are written: `DB_PASSWORD`,
+            // `--db-password`, `dbPassword` (and `aws_secret_access_key = ` for the AWS
+            // secret key that `known_tokens` finds by its name).
+            for word in names.final_words() {
+                let mut capitalized = word.to_owned();
+                if let Some(first) = capitalized.get_mut(..1) {
+                    first.make_ascii_uppercase();
+                }
+                for form in [word.to_owned(), word.to_uppercase(), capitalized] {
+                    add(&form, Confirms::CREDENTIAL_WORD);
+                }
+            }
+        }
+        if enabled.has(Detector::EnvSecret) {
+            // A JSON patch of an env value, entry or list, which does not carry the name.
+            add("/env/", Confirms::ENV_PATH);
+            add("/env\"", Confirms::ANY);
+            add("/env\\", Confirms::ANY);
+        }
+        if enabled.has(Detector::KnownTokens) {
+            for prefix in TOKEN_PREFIXES {
+                add(prefix, Confirms::TOKEN_PREFIX);
+            }
+        }
+        literals.sort();
+        let mut confirms: Vec<(Vec<u8>, Confirms)> = Vec::with_capacity(literals.len());
+        for (literal, confirm) in literals {
+            match confirms.last_mut() {
+                Some((last, kinds)) if *last == literal.as_bytes() => kinds.0 |= confirm,
+                _ => confirms.push((literal.into_bytes(), Confirms(confirm))),
+            }
+        }
+        let alternation = confirms
             .iter()
-            .map(|literal| regex::escape(literal))
+            .map(|(literal, _)| regex::escape(&String::from_utf8_lossy(literal)))
             .collect::<Vec<_>>()
             .join("|");
         // With every marker-bearing detector off, nothing is a marker (an empty
         // alternation would match everywhere).
-        let markers = (!literals.is_empty())
+        let markers = (!confirms.is_empty())
             .then(|| Regex::new(&alternation).expect("escaped literals form a valid regex"));
 
         let custom = (!custom.is_empty()).then(|| {
@@ -99,6 +183,7 @@ impl Prefilter {
         });
         Prefilter {
             markers,
+            confirms,
             bootstrap_token: enabled.has(Detector::BootstrapToken),
             custom,
         }
@@ -127,12 +212,39 @@ impl Prefilter {
         };
         let mut at = 0;
         while let Some(found) = markers.find_at(raw, at) {
-            if confirm(raw, found.as_bytes(), found.end()) {
+            if self.confirm(raw, found.start(), found.end()) {
                 return true;
             }
-            at = found.end();
+            // Not past the end: another literal may start inside this one.
+            at = found.start() + 1;
         }
         false
+    }
+
+    /// Whether a marker hit is a real candidate, looking at the bytes around it.
+    fn confirm(&self, raw: &[u8], start: usize, end: usize) -> bool {
+        let literal = &raw[start..end];
+        let Ok(index) = self
+            .confirms
+            .binary_search_by(|(known, _)| known.as_slice().cmp(literal))
+        else {
+            return true;
+        };
+        let kinds = self.confirms[index].1 .0;
+        let has = |kind: u8| kinds & kind != 0;
+        let rest = &raw[end..];
+        has(Confirms::ANY)
+            // A key or a `key:` line: `"token":`, `\"token\": `, `token: abc`. Not
+            // `"path":"token"` (in every pod with a projected service-account token)
+            // nor `/serviceaccounts/x/token"`.
+            || (has(Confirms::KEY_COLON) && colon_follows(rest))
+            || (has(Confirms::USERINFO) && authority_has_at(rest))
+            || (has(Confirms::CREDENTIAL_WORD) && credential_word_is_candidate(raw, start, end))
+            || (has(Confirms::TOKEN_PREFIX) && token_characters_follow(rest))
+            || (has(Confirms::ENV_PATH)
+                && rest
+                    .first()
+                    .is_some_and(|byte| byte.is_ascii_digit() || *byte == b'-'))
     }
 }
 
@@ -145,17 +257,63 @@ impl CustomPrefilter {
     }
 }
 
-/// Whether a marker hit is a real candidate, looking at the bytes after it.
-fn confirm(raw: &[u8], marker: &[u8], end: usize) -> bool {
-    let rest = &raw[end..];
-    match marker {
-        // A key or a `key:` line: `"token":`, `\"token\": `, `token: abc`. Not
-        // `"path":"token"` (in every pod with a projected service-account token) nor
-        // `/serviceaccounts/x/token"`.
-        b"token" => colon_follows(rest),
-        b"://" => authority_has_at(rest),
-        _ => true,
+/// The last word of a credential name at `start..end`: a candidate when it ends
+/// - a flag (`--db-password=`, `"--github-token"`, `--token x` in a shell string,
+///   `--clientSecret=`) or a `key = value` / `key: value` pair in text (the AWS secret
+///   key beside `aws_secret_access_key`): a word start before it (`-`, `_`, or a lower
+///   case letter before a capitalised word), and `=`, `:`, a blank or a quote closing a
+///   flag after it;
+/// - or the string value of a `name` member (`"name":"DB_PASSWORD"`, also escaped
+///   inside a string).
+///
+/// Keys and other values (`"path":"token"`, `"automountServiceAccountToken":true`)
+/// are not: `env_secret` and `cli_secret` never look there.
+fn credential_word_is_candidate(raw: &[u8], start: usize, end: usize) -> bool {
+    let after = raw.get(end).copied();
+    if !matches!(after, Some(b'"' | b'=' | b':' | b' ' | b'\\' | b'\'') | None) {
+        return false;
     }
+    let mut run = start;
+    while run > 0 && is_name_byte(raw[run - 1]) {
+        run -= 1;
+    }
+    let before = start.checked_sub(1).map(|at| raw[at]);
+    let capitalized = raw[start].is_ascii_uppercase()
+        && raw.get(start + 1).is_some_and(u8::is_ascii_lowercase);
+    let word_start = matches!(before, Some(b'-' | b'_'))
+        || (capitalized
+            && before.is_some_and(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit()));
+    let value_follows = matches!(after, Some(b'=' | b':' | b' ' | b'\''))
+        || raw[run] == b'-'
+        || after == Some(b'\\');
+    if word_start && value_follows {
+        return true;
+    }
+    // Back from the name's opening quote over `:` to `"name"`.
+    let mut before = raw[..run].iter().rev().copied().peekable();
+    let mut skip = |wanted: &[u8]| {
+        while before
+            .next_if(|byte| matches!(byte, b' ' | b'\\'))
+            .is_some()
+        {}
+        wanted
+            .iter()
+            .rev()
+            .all(|byte| before.next_if_eq(byte).is_some())
+    };
+    skip(b"\"") && skip(b":") && skip(b"\"") && skip(b"name")
+}
+
+fn is_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.')
+}
+
+/// After a token prefix: at least ten token characters.
+fn token_characters_follow(rest: &[u8]) -> bool {
+    rest.len() >= 10
+        && rest[..10]
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
 }
 
 /// A `\uXXXX` escape of a risky character, or `\/`.
@@ -234,9 +392,14 @@ fn is_anchored(source: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credential::{ENDINGS, LAST_WORDS};
+
+    fn names() -> CredentialNames {
+        CredentialNames::new(&LAST_WORDS, &ENDINGS)
+    }
 
     fn all() -> Prefilter {
-        Prefilter::new(&Enabled::all(), &[])
+        Prefilter::new(&Enabled::all(), &names(), &[])
     }
 
     #[test]
@@ -272,12 +435,46 @@ mod tests {
     }
 
     #[test]
+    fn credential_names_flags_and_token_prefixes_are_candidates() {
+        let prefilter = all();
+        for hit in [
+            &br#"{"name":"DB_PASSWORD","value":"x"}"#[..],
+            br#"{"value":"x","name" : "db_passwd"}"#,
+            br#""{"name":"GITHUB_TOKEN","value":"x"}""#,
+            br#"["--api-key=x"]"#,
+            br#"["--github-token","x"]"#,
+            br#""sh -c run --password x""#,
+            br#""--clientSecret=x""#,
+            br#""aws_secret_access_key = x""#,
+            br#""ghp_0123456789abcdef""#,
+            br#""AKIAIOSFODNN7EXAMPLE""#,
+            br#"{"op":"replace","path":"/spec/containers/0/env/0/value","value":"x"}"#,
+            br#"{"op":"add","path":"/spec/containers/0/env","value":[]}"#,
+        ] {
+            assert!(prefilter.hit(hit), "{}", String::from_utf8_lossy(hit));
+        }
+        for miss in [
+            &br#"{"name":"AUTHOR","value":"x"}"#[..],
+            br#"{"name":"TOKEN_TTL","value":"x"}"#,
+            br#"{"path":"token"}"#,
+            br#"{"automountServiceAccountToken":true,"serviceAccountName":"x"}"#,
+            br#"{"secretName":"x","key":"tls.key"}"#,
+            br#"["--token-ttl=3600","--authorization-mode=Node"]"#,
+            br#""authorization.k8s.io/decision""#,
+            br#""ghp_short""#,
+            br#""/api/v1/namespaces/a/envoy""#,
+        ] {
+            assert!(!prefilter.hit(miss), "{}", String::from_utf8_lossy(miss));
+        }
+    }
+
+    #[test]
     fn custom_patterns_are_checked_conservatively() {
-        let prefilter = Prefilter::new(&Enabled::none(), &["sk_live_[0-9a-z]+"]);
+        let prefilter = Prefilter::new(&Enabled::none(), &names(), &["sk_live_[0-9a-z]+"]);
         assert!(prefilter.hit(br#""key sk_live_abc""#));
         assert!(!prefilter.hit(br#""key sk_test_abc""#));
         assert!(prefilter.hit(br#""key sk\u005flive_abc""#));
-        let anchored = Prefilter::new(&Enabled::none(), &["^secret$"]);
+        let anchored = Prefilter::new(&Enabled::none(), &names(), &["^secret$"]);
         assert!(anchored.hit(br#"{"a":"secret"}"#));
         assert!(!anchored.hit(br#"[1,2.5,null]"#));
     }
