@@ -53,20 +53,6 @@ impl CredentialNames {
         }
     }
 
-    /// The words a name must end with for the rule to say yes (one per rule, lower
-    /// case): the prefilter looks for them.
-    pub(crate) fn final_words(&self) -> Vec<&str> {
-        let mut finals: Vec<&str> = self
-            .last_words
-            .iter()
-            .map(String::as_str)
-            .chain(self.endings.iter().filter_map(|words| words.last()).map(String::as_str))
-            .collect();
-        finals.sort_unstable();
-        finals.dedup();
-        finals
-    }
-
     /// Whether `name` says it holds a credential.
     pub(crate) fn matches(&self, name: &str) -> bool {
         let words = words(name);
@@ -167,18 +153,22 @@ fn words(name: &str) -> Vec<String> {
 
 /// `--name` or `-name` (a letter after the dashes): the name.
 fn flag_name(word: &str) -> Option<&str> {
-    let name = word
-        .strip_prefix("--")
-        .or_else(|| word.strip_prefix('-'))?;
+    let name = word.strip_prefix("--").or_else(|| word.strip_prefix('-'))?;
     name.starts_with(|c: char| c.is_ascii_alphabetic())
         .then_some(name)
-        .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        .filter(|name| {
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        })
 }
 
 /// Another flag rather than a value: `--port`, `-v`.
 pub(crate) fn is_flag(value: &str) -> bool {
     let mut chars = value.chars();
-    chars.next() == Some('-') && chars.next().is_some_and(|c| c == '-' || c.is_ascii_alphabetic())
+    chars.next() == Some('-')
+        && chars
+            .next()
+            .is_some_and(|c| c == '-' || c.is_ascii_alphabetic())
 }
 
 /// A value worth hiding: not empty, not a boolean (`--anonymous-auth=false`).

@@ -22,11 +22,14 @@
 //! neighbours: the string's quotes are non-word characters). A pattern with `^`/`$`
 //! anchors would not, so such a pattern makes every field with a string a candidate.
 
+use std::borrow::Cow;
+
 use memchr::memmem;
 use regex::bytes::{Regex, RegexSet};
 
-use crate::credential::CredentialNames;
+use crate::credential::{is_flag, is_secret_value, CredentialNames};
 use crate::detector::{Detector, Enabled};
+use crate::raw::{self, Kind, Node};
 
 /// The markers and shapes of the enabled detectors, as one literal search plus the
 /// checks that confirm a marker hit.
@@ -37,6 +40,8 @@ pub(crate) struct Prefilter {
     markers: Option<Regex>,
     /// Each literal (sorted, for a binary search after a hit) and what confirms it.
     confirms: Vec<(Vec<u8>, Confirms)>,
+    /// The credential-name rule, to read `env` and `args` lists that a hit points at.
+    names: CredentialNames,
     bootstrap_token: bool,
     custom: Option<CustomPrefilter>,
 }
@@ -53,13 +58,14 @@ impl Confirms {
     const KEY_COLON: u8 = 2;
     /// `://` with `@` before the authority ends.
     const USERINFO: u8 = 4;
-    /// The last word of a credential name (`PASSWORD`, `token`, `Secret`): an `env`
-    /// entry's `name`, or a flag or key that a value follows.
-    const CREDENTIAL_WORD: u8 = 8;
+    /// The `"env"` key: its list has an entry whose name says it holds a credential.
+    const ENV_LIST: u8 = 8;
+    /// The `"args"` or `"command"` key: its list has a credential flag with a value.
+    const ARGUMENTS: u8 = 16;
     /// A well-known token prefix: token characters follow.
-    const TOKEN_PREFIX: u8 = 16;
-    /// `/env/` in a JSON patch path: an index (or `-`) follows.
-    const ENV_PATH: u8 = 32;
+    const TOKEN_PREFIX: u8 = 32;
+    /// `/env`, `/args` or `/command` in a JSON patch path: the path ends there or goes on.
+    const PATCH_PATH: u8 = 64;
 }
 
 #[derive(Debug, Clone)]
@@ -126,33 +132,35 @@ impl Prefilter {
         if enabled.has(Detector::UrlCredentials) {
             add("://", Confirms::USERINFO);
         }
-        if enabled.any(&[
-            Detector::EnvSecret,
-            Detector::CliSecret,
-            Detector::KnownTokens,
-        ]) {
-            // The last word of a credential name as names are written: `DB_PASSWORD`,
-            // `--db-password`, `dbPassword` (and `aws_secret_access_key = ` for the AWS
-            // secret key that `known_tokens` finds by its name).
-            for word in names.final_words() {
-                let mut capitalized = word.to_owned();
-                if let Some(first) = capitalized.get_mut(..1) {
-                    first.make_ascii_uppercase();
-                }
-                for form in [word.to_owned(), word.to_uppercase(), capitalized] {
-                    add(&form, Confirms::CREDENTIAL_WORD);
-                }
-            }
-        }
+        // `env` and `args`/`command` lists are found by their keys, and the hit is
+        // confirmed by reading the list (it is small) with the walk's own rule: the
+        // last words of credential names (`auth`, `key`, `token`) are far too common in
+        // audit events to be markers themselves. A list inside a string is only read by
+        // the walk in `last-applied-configuration`, which is a marker already.
         if enabled.has(Detector::EnvSecret) {
+            add("\"env\"", Confirms::ENV_LIST);
             // A JSON patch of an env value, entry or list, which does not carry the name.
-            add("/env/", Confirms::ENV_PATH);
-            add("/env\"", Confirms::ANY);
-            add("/env\\", Confirms::ANY);
+            add("/env", Confirms::PATCH_PATH);
+        }
+        if enabled.has(Detector::CliSecret) {
+            add("\"args\"", Confirms::ARGUMENTS);
+            add("\"command\"", Confirms::ARGUMENTS);
+            add("/args", Confirms::PATCH_PATH);
+            add("/command", Confirms::PATCH_PATH);
         }
         if enabled.has(Detector::KnownTokens) {
             for prefix in TOKEN_PREFIXES {
                 add(prefix, Confirms::TOKEN_PREFIX);
+            }
+            // The AWS secret key beside its name, as the name is written in the AWS
+            // CLI's files, in environment variables and in JSON.
+            for name in [
+                "secret_access_key",
+                "SECRET_ACCESS_KEY",
+                "SecretAccessKey",
+                "secretAccessKey",
+            ] {
+                add(name, Confirms::ANY);
             }
         }
         literals.sort();
@@ -184,6 +192,7 @@ impl Prefilter {
         Prefilter {
             markers,
             confirms,
+            names: names.clone(),
             bootstrap_token: enabled.has(Detector::BootstrapToken),
             custom,
         }
@@ -239,12 +248,80 @@ impl Prefilter {
             // nor `/serviceaccounts/x/token"`.
             || (has(Confirms::KEY_COLON) && colon_follows(rest))
             || (has(Confirms::USERINFO) && authority_has_at(rest))
-            || (has(Confirms::CREDENTIAL_WORD) && credential_word_is_candidate(raw, start, end))
+            || (has(Confirms::ENV_LIST) && self.env_list_is_candidate(rest))
+            || (has(Confirms::ARGUMENTS) && self.arguments_are_candidate(rest))
             || (has(Confirms::TOKEN_PREFIX) && token_characters_follow(rest))
-            || (has(Confirms::ENV_PATH)
-                && rest
-                    .first()
-                    .is_some_and(|byte| byte.is_ascii_digit() || *byte == b'-'))
+            || (has(Confirms::PATCH_PATH)
+                && matches!(rest.first(), Some(b'/' | b'"' | b'\\') | None))
+    }
+}
+
+impl Prefilter {
+    /// After `"env"`: a list with an entry whose `name` says it holds a credential and
+    /// whose `value` could be one. Bytes that do not read as a list say yes.
+    fn env_list_is_candidate(&self, rest: &[u8]) -> bool {
+        let list = match member_value(rest) {
+            Member::Value(list) => list,
+            Member::Unreadable => return true,
+            Member::NotAKey => return false,
+        };
+        let Kind::Array(entries) = &list.kind else {
+            return false;
+        };
+        entries.iter().any(|entry| {
+            entry
+                .member_text("name")
+                .is_some_and(|name| self.names.matches(&name))
+                && entry
+                    .member("value")
+                    .and_then(Node::text)
+                    .is_some_and(|value| is_secret_value(&value))
+        })
+    }
+
+    /// After `"args"` or `"command"`: a list with a credential flag that has a value.
+    fn arguments_are_candidate(&self, rest: &[u8]) -> bool {
+        let list = match member_value(rest) {
+            Member::Value(list) => list,
+            Member::Unreadable => return true,
+            Member::NotAKey => return false,
+        };
+        let Kind::Array(items) = &list.kind else {
+            return false;
+        };
+        let texts: Vec<Option<Cow<'_, str>>> = items.iter().map(Node::text).collect();
+        let mut spans = Vec::new();
+        texts.iter().enumerate().any(|(at, text)| {
+            let Some(text) = text else { return false };
+            self.names.flag_spans(text, &mut spans);
+            let value_follows = || {
+                matches!(texts.get(at + 1), Some(Some(next)) if !is_flag(next) && is_secret_value(next))
+            };
+            !spans.is_empty() || (self.names.is_bare_flag(text) && value_follows())
+        })
+    }
+}
+
+/// What follows a quoted word that may be a key.
+enum Member<'a> {
+    /// Not a key (no `:` follows): a value, or text.
+    NotAKey,
+    /// A key whose value does not read as JSON here (cut short, nested too deep).
+    Unreadable,
+    Value(Node<'a>),
+}
+
+/// The value after a key's closing quote: `: [...]`.
+fn member_value(rest: &[u8]) -> Member<'_> {
+    let at = rest
+        .iter()
+        .position(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+    match at {
+        Some(at) if rest[at] == b':' => match raw::parse_prefix(&rest[at + 1..]) {
+            Some(value) => Member::Value(value),
+            None => Member::Unreadable,
+        },
+        _ => Member::NotAKey,
     }
 }
 
@@ -255,57 +332,6 @@ impl CustomPrefilter {
         }
         (self.anchored && memchr::memchr(b'"', raw).is_some()) || self.set.is_match(raw)
     }
-}
-
-/// The last word of a credential name at `start..end`: a candidate when it ends
-/// - a flag (`--db-password=`, `"--github-token"`, `--token x` in a shell string,
-///   `--clientSecret=`) or a `key = value` / `key: value` pair in text (the AWS secret
-///   key beside `aws_secret_access_key`): a word start before it (`-`, `_`, or a lower
-///   case letter before a capitalised word), and `=`, `:`, a blank or a quote closing a
-///   flag after it;
-/// - or the string value of a `name` member (`"name":"DB_PASSWORD"`, also escaped
-///   inside a string).
-///
-/// Keys and other values (`"path":"token"`, `"automountServiceAccountToken":true`)
-/// are not: `env_secret` and `cli_secret` never look there.
-fn credential_word_is_candidate(raw: &[u8], start: usize, end: usize) -> bool {
-    let after = raw.get(end).copied();
-    if !matches!(after, Some(b'"' | b'=' | b':' | b' ' | b'\\' | b'\'') | None) {
-        return false;
-    }
-    let mut run = start;
-    while run > 0 && is_name_byte(raw[run - 1]) {
-        run -= 1;
-    }
-    let before = start.checked_sub(1).map(|at| raw[at]);
-    let capitalized = raw[start].is_ascii_uppercase()
-        && raw.get(start + 1).is_some_and(u8::is_ascii_lowercase);
-    let word_start = matches!(before, Some(b'-' | b'_'))
-        || (capitalized
-            && before.is_some_and(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit()));
-    let value_follows = matches!(after, Some(b'=' | b':' | b' ' | b'\''))
-        || raw[run] == b'-'
-        || after == Some(b'\\');
-    if word_start && value_follows {
-        return true;
-    }
-    // Back from the name's opening quote over `:` to `"name"`.
-    let mut before = raw[..run].iter().rev().copied().peekable();
-    let mut skip = |wanted: &[u8]| {
-        while before
-            .next_if(|byte| matches!(byte, b' ' | b'\\'))
-            .is_some()
-        {}
-        wanted
-            .iter()
-            .rev()
-            .all(|byte| before.next_if_eq(byte).is_some())
-    };
-    skip(b"\"") && skip(b":") && skip(b"\"") && skip(b"name")
-}
-
-fn is_name_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.')
 }
 
 /// After a token prefix: at least ten token characters.
@@ -435,16 +461,17 @@ mod tests {
     }
 
     #[test]
-    fn credential_names_flags_and_token_prefixes_are_candidates() {
+    fn env_lists_argument_lists_and_token_prefixes_are_candidates() {
         let prefilter = all();
         for hit in [
-            &br#"{"name":"DB_PASSWORD","value":"x"}"#[..],
-            br#"{"value":"x","name" : "db_passwd"}"#,
-            br#""{"name":"GITHUB_TOKEN","value":"x"}""#,
-            br#"["--api-key=x"]"#,
-            br#"["--github-token","x"]"#,
-            br#""sh -c run --password x""#,
-            br#""--clientSecret=x""#,
+            &br#"{"env":[{"name":"DB_PASSWORD","value":"x"}]}"#[..],
+            br#"{"env": [ {"value":"x","name" : "db_passwd"} ] }"#,
+            br#"{"x":"{\"env\":[{\"name\":\"TOKEN\",\"value\":\"x\"}],\"kubectl.kubernetes.io/last-applied-configuration\":1}"}"#,
+            br#"{"args":["--api-key=x"]}"#,
+            br#"{"env":[{"name":"GITHUB_TOKEN","value":"x"}]}"#,
+            br#"{"args":["sh","-c","run --password x"]}"#,
+            br#"{"command" : ["run", "--clientSecret=x"]}"#,
+            br#"{"args":["--token","x"]}"#,
             br#""aws_secret_access_key = x""#,
             br#""ghp_0123456789abcdef""#,
             br#""AKIAIOSFODNN7EXAMPLE""#,
@@ -454,15 +481,18 @@ mod tests {
             assert!(prefilter.hit(hit), "{}", String::from_utf8_lossy(hit));
         }
         for miss in [
-            &br#"{"name":"AUTHOR","value":"x"}"#[..],
-            br#"{"name":"TOKEN_TTL","value":"x"}"#,
+            &br#"{"env":[{"name":"AUTHOR","value":"x"},{"name":"TOKEN_TTL","value":"x"}]}"#[..],
+            br#"{"env":[{"name":"DB_PASSWORD","valueFrom":{"secretKeyRef":{"name":"x"}}}]}"#,
+            br#"{"env":[{"name":"REGISTRY_AUTH","value":"false"}]}"#,
             br#"{"path":"token"}"#,
             br#"{"automountServiceAccountToken":true,"serviceAccountName":"x"}"#,
             br#"{"secretName":"x","key":"tls.key"}"#,
-            br#"["--token-ttl=3600","--authorization-mode=Node"]"#,
+            br#"{"args":["--token-ttl=3600","--authorization-mode=Node","--anonymous-auth=false"]}"#,
+            br#"{"command":["--token"]}"#,
             br#""authorization.k8s.io/decision""#,
             br#""ghp_short""#,
             br#""/api/v1/namespaces/a/envoy""#,
+            br#"{"env":"x","args":1,"command":{}}"#,
         ] {
             assert!(!prefilter.hit(miss), "{}", String::from_utf8_lossy(miss));
         }

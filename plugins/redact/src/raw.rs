@@ -75,6 +75,14 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<Node<'_>> {
     (parser.at == bytes.len()).then_some(node)
 }
 
+/// Parses the JSON value at the start of `bytes` (whitespace first allowed), ignoring
+/// what follows it.
+pub(crate) fn parse_prefix(bytes: &[u8]) -> Option<Node<'_>> {
+    let mut parser = Parser { bytes, at: 0 };
+    parser.skip_whitespace();
+    parser.value(0)
+}
+
 struct Parser<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -112,7 +120,9 @@ impl<'a> Parser<'a> {
             b'-' | b'0'..=b'9' => {
                 let end = self.bytes[start..]
                     .iter()
-                    .position(|byte| !matches!(byte, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .position(|byte| {
+                        !matches!(byte, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                    })
                     .map_or(self.bytes.len(), |length| start + length);
                 self.at = end;
                 Kind::Scalar(&self.bytes[start..end])
@@ -229,19 +239,18 @@ pub(crate) fn decode_mapped(raw: &[u8]) -> Option<(String, Vec<usize>)> {
             b'u' => {
                 let high = hex4(raw.get(at + 2..at + 6)?)?;
                 at += 6;
-                let code = if (0xd800..0xdc00).contains(&high)
-                    && raw.get(at..at + 2) == Some(b"\\u")
-                {
-                    match raw.get(at + 2..at + 6).and_then(hex4) {
-                        Some(low) if (0xdc00..0xe000).contains(&low) => {
-                            at += 6;
-                            0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00)
+                let code =
+                    if (0xd800..0xdc00).contains(&high) && raw.get(at..at + 2) == Some(b"\\u") {
+                        match raw.get(at + 2..at + 6).and_then(hex4) {
+                            Some(low) if (0xdc00..0xe000).contains(&low) => {
+                                at += 6;
+                                0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00)
+                            }
+                            _ => 0xfffd,
                         }
-                        _ => 0xfffd,
-                    }
-                } else {
-                    high
-                };
+                    } else {
+                        high
+                    };
                 let decoded = char::from_u32(code).unwrap_or('\u{fffd}');
                 text.push(decoded);
                 map.extend(std::iter::repeat_n(start, decoded.len_utf8()));
@@ -296,7 +305,10 @@ mod tests {
         assert_eq!(&bytes[items[0].start..items[0].end], b"1.50");
         assert_eq!(&bytes[items[1].start..items[1].end], br#""x\u0026y""#);
         assert_eq!(items[1].text().unwrap(), "x&y");
-        assert!(matches!(node.member("a").unwrap().kind, Kind::Scalar(b"true")));
+        assert!(matches!(
+            node.member("a").unwrap().kind,
+            Kind::Scalar(b"true")
+        ));
     }
 
     #[test]

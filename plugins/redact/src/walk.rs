@@ -392,10 +392,12 @@ impl Walker<'_> {
             return;
         };
         let inner = match raw::parse(text.as_bytes()) {
-            Some(inner @ Node {
-                kind: Kind::Object(_) | Kind::Array(_),
-                ..
-            }) => inner,
+            Some(
+                inner @ Node {
+                    kind: Kind::Object(_) | Kind::Array(_),
+                    ..
+                },
+            ) => inner,
             _ => return self.text(node, false),
         };
         let mut walker = Walker {
