@@ -423,6 +423,7 @@ impl Redactor {
             && self.fields.is_empty()
             && !self.text.prefilter().hit(event.raw())
             && !self.may_be_secret_body(event)
+            && !self.may_be_container_patch(event)
         {
             return outcome;
         }
@@ -464,7 +465,8 @@ impl Redactor {
                 || repeated
                 || !fields.is_empty()
                 || self.text.prefilter().hit(bytes)
-                || (is_body && self.may_be_secret_body(event));
+                || (is_body && self.may_be_secret_body(event))
+                || (key == "requestObject" && self.may_be_container_patch(event));
             if !candidate {
                 continue;
             }
@@ -522,6 +524,15 @@ impl Redactor {
                 .is_none_or(prefilter::may_name_secrets)
             && (event.raw_field("requestObject").is_some()
                 || event.raw_field("responseObject").is_some())
+    }
+
+    /// Whether the request is a JSON patch that could set a container's `env` or
+    /// `args` (`[{"op":"replace","path":"/spec/.../env/0/value","value":"..."}]`),
+    /// which does not carry the entry's name.
+    fn may_be_container_patch(&self, event: &Event) -> bool {
+        event
+            .raw_field("requestObject")
+            .is_some_and(|body| self.text.prefilter().may_patch_containers(body))
     }
 
     /// What `objectRef` says the bodies are.

@@ -36,36 +36,18 @@ use crate::raw::{self, Kind, Node};
 #[derive(Debug, Clone)]
 pub(crate) struct Prefilter {
     /// An alternation of literals, which the regex crate runs as one SIMD multi-literal
-    /// search (Teddy / Aho-Corasick).
+    /// search (Teddy / Aho-Corasick). It stays a plain alternation of literals, which
+    /// the regex crate runs without any automaton: checks on what follows a literal are
+    /// made here, after a hit.
     markers: Option<Regex>,
-    /// Each literal (sorted, for a binary search after a hit) and what confirms it.
-    confirms: Vec<(Vec<u8>, Confirms)>,
+    /// Each literal, sorted for a binary search after a hit, and what confirms it.
+    confirms: Vec<(Vec<u8>, Confirm)>,
     /// The credential-name rule, to read `env` and `args` lists that a hit points at.
     names: CredentialNames,
+    /// `env_secret` or `cli_secret` is on: JSON patches of containers are candidates.
+    patches: bool,
     bootstrap_token: bool,
     custom: Option<CustomPrefilter>,
-}
-
-/// How a marker hit is confirmed, as a set: a literal that several detectors look for
-/// is a candidate when any of their checks says so.
-#[derive(Debug, Clone, Copy, Default)]
-struct Confirms(u8);
-
-impl Confirms {
-    /// Always a candidate.
-    const ANY: u8 = 1;
-    /// `token` as a key: a colon follows.
-    const KEY_COLON: u8 = 2;
-    /// `://` with `@` before the authority ends.
-    const USERINFO: u8 = 4;
-    /// The `"env"` key: its list has an entry whose name says it holds a credential.
-    const ENV_LIST: u8 = 8;
-    /// The `"args"` or `"command"` key: its list has a credential flag with a value.
-    const ARGUMENTS: u8 = 16;
-    /// A well-known token prefix: token characters follow.
-    const TOKEN_PREFIX: u8 = 32;
-    /// `/env`, `/args` or `/command` in a JSON patch path: the path ends there or goes on.
-    const PATCH_PATH: u8 = 64;
 }
 
 #[derive(Debug, Clone)]
@@ -77,21 +59,34 @@ struct CustomPrefilter {
 }
 
 /// The prefixes of the well-known token formats (`known_tokens`).
-const TOKEN_PREFIXES: [&str; 13] = [
-    "ghp_",
-    "gho_",
-    "ghu_",
-    "ghs_",
-    "ghr_",
-    "github_pat_",
-    "glpat-",
-    "xox",
-    "AKIA",
-    "ASIA",
-    "AIza",
-    "sk_live_",
-    "rk_live_",
+/// (`github_pat_` and `sk_live_`/`rk_live_` are looked for by their tails.)
+const TOKEN_PREFIXES: [&str; 10] = [
+    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "xox", "AKIA", "ASIA", "AIza",
 ];
+
+/// How a marker hit is confirmed, by what follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirm {
+    /// Always a candidate.
+    Any,
+    /// A `token` key: a colon follows, maybe after quotes, blanks and escapes
+    /// (`"token":`, `\"token\": `, `token: abc`). Not `"path":"token"` (in every pod
+    /// with a projected service-account token) nor `/serviceaccounts/x/token"`.
+    KeyColon,
+    /// `://`: an `@` before the authority ends.
+    Userinfo,
+    /// `env"` after a quote (the `"env"` key): its list has an entry whose name says
+    /// it holds a credential.
+    EnvList,
+    /// `rgs"` or `mmand"` after `"a` or `"co` (the `"args"` and `"command"` keys): the
+    /// list has a credential flag with a value.
+    Arguments(&'static str),
+    /// A token prefix: ten token characters follow.
+    TokenCharacters,
+    /// The tail of a token prefix (`b_pat_`, `_live_`, chosen for a rare first three
+    /// bytes): its head comes before it and ten token characters follow.
+    TokenTail(&'static [&'static str]),
+}
 
 impl Prefilter {
     pub(crate) fn new(enabled: &Enabled, names: &CredentialNames, custom: &[&str]) -> Prefilter {
@@ -99,26 +94,28 @@ impl Prefilter {
         // three bytes long and start with a rare trigram, so the multi-literal search
         // (which fingerprints the first bytes) seldom stops on a false candidate:
         // `stringData"` rather than `"stringData"` (`"st` starts `"stage"`).
-        let mut literals: Vec<(String, u8)> = Vec::new();
-        let mut add = |literal: &str, confirm: u8| literals.push((literal.to_owned(), confirm));
+        let mut confirms: Vec<(Vec<u8>, Confirm)> = Vec::new();
+        let mut add = |literal: &str, confirm: Confirm| {
+            confirms.push((literal.as_bytes().to_vec(), confirm));
+        };
         if enabled.any(&[
             Detector::TokenReview,
             Detector::TokenRequest,
             Detector::PrivateKey,
         ]) {
-            add("token", Confirms::KEY_COLON);
+            add("token", Confirm::KeyColon);
         }
         if enabled.has(Detector::PrivateKey) {
-            add("PRIVATE KEY", Confirms::ANY);
-            add("client-key-data", Confirms::ANY);
+            add("PRIVATE KEY", Confirm::Any);
+            add("client-key-data", Confirm::Any);
         }
         if enabled.has(Detector::SecretData) {
             for literal in ["\"data\"", "stringData\"", "last-applied-configuration"] {
-                add(literal, Confirms::ANY);
+                add(literal, Confirm::Any);
             }
         }
         if enabled.has(Detector::Jwt) {
-            add("eyJ", Confirms::ANY);
+            add("eyJ", Confirm::Any);
         }
         if enabled.has(Detector::Bearer) {
             // The scheme and the blank after it (a space, or a tab written `\t`), so
@@ -126,51 +123,41 @@ impl Prefilter {
             for literal in [
                 "earer ", "EARER ", "earer\\t", "EARER\\t", "asic ", "ASIC ", "asic\\t", "ASIC\\t",
             ] {
-                add(literal, Confirms::ANY);
+                add(literal, Confirm::Any);
             }
         }
         if enabled.has(Detector::UrlCredentials) {
-            add("://", Confirms::USERINFO);
+            add("://", Confirm::Userinfo);
         }
-        // `env` and `args`/`command` lists are found by their keys, and the hit is
+        // `env` and `args`/`command` lists are found by their keys, and a hit is
         // confirmed by reading the list (it is small) with the walk's own rule: the
         // last words of credential names (`auth`, `key`, `token`) are far too common in
         // audit events to be markers themselves. A list inside a string is only read by
-        // the walk in `last-applied-configuration`, which is a marker already.
+        // the walk in `last-applied-configuration`, which is a marker already. JSON
+        // patches, which do not carry the names, are candidates by their shape
+        // ([`Prefilter::may_patch_containers`]). The literals are the keys' tails: the
+        // search fingerprints the first three bytes, and `"en`, `"ar`, `"co` start many
+        // keys.
         if enabled.has(Detector::EnvSecret) {
-            add("\"env\"", Confirms::ENV_LIST);
-            // A JSON patch of an env value, entry or list, which does not carry the name.
-            add("/env", Confirms::PATCH_PATH);
+            add("env\"", Confirm::EnvList);
         }
         if enabled.has(Detector::CliSecret) {
-            add("\"args\"", Confirms::ARGUMENTS);
-            add("\"command\"", Confirms::ARGUMENTS);
-            add("/args", Confirms::PATCH_PATH);
-            add("/command", Confirms::PATCH_PATH);
+            add("rgs\"", Confirm::Arguments("\"a"));
+            add("mmand\"", Confirm::Arguments("\"co"));
         }
         if enabled.has(Detector::KnownTokens) {
             for prefix in TOKEN_PREFIXES {
-                add(prefix, Confirms::TOKEN_PREFIX);
+                add(prefix, Confirm::TokenCharacters);
             }
+            add("b_pat_", Confirm::TokenTail(&["githu"]));
+            add("_live_", Confirm::TokenTail(&["sk", "rk"]));
             // The AWS secret key beside its name, as the name is written in the AWS
             // CLI's files, in environment variables and in JSON.
-            for name in [
-                "secret_access_key",
-                "SECRET_ACCESS_KEY",
-                "SecretAccessKey",
-                "secretAccessKey",
-            ] {
-                add(name, Confirms::ANY);
+            for name in ["ecret_access_key", "ECRET_ACCESS_KEY", "ecretAccessKey"] {
+                add(name, Confirm::Any);
             }
         }
-        literals.sort();
-        let mut confirms: Vec<(Vec<u8>, Confirms)> = Vec::with_capacity(literals.len());
-        for (literal, confirm) in literals {
-            match confirms.last_mut() {
-                Some((last, kinds)) if *last == literal.as_bytes() => kinds.0 |= confirm,
-                _ => confirms.push((literal.into_bytes(), Confirms(confirm))),
-            }
-        }
+        confirms.sort_by(|a, b| a.0.cmp(&b.0));
         let alternation = confirms
             .iter()
             .map(|(literal, _)| regex::escape(&String::from_utf8_lossy(literal)))
@@ -193,6 +180,7 @@ impl Prefilter {
             markers,
             confirms,
             names: names.clone(),
+            patches: enabled.any(&[Detector::EnvSecret, Detector::CliSecret]),
             bootstrap_token: enabled.has(Detector::BootstrapToken),
             custom,
         }
@@ -219,40 +207,51 @@ impl Prefilter {
         let Some(markers) = &self.markers else {
             return false;
         };
-        let mut at = 0;
-        while let Some(found) = markers.find_at(raw, at) {
-            if self.confirm(raw, found.start(), found.end()) {
-                return true;
-            }
-            // Not past the end: another literal may start inside this one.
-            at = found.start() + 1;
-        }
-        false
+        markers
+            .find_iter(raw)
+            .any(|found| self.confirm(raw, found.start(), found.end()))
     }
 
     /// Whether a marker hit is a real candidate, looking at the bytes around it.
     fn confirm(&self, raw: &[u8], start: usize, end: usize) -> bool {
-        let literal = &raw[start..end];
-        let Ok(index) = self
+        let confirm = self
             .confirms
-            .binary_search_by(|(known, _)| known.as_slice().cmp(literal))
-        else {
-            return true;
+            .binary_search_by(|(literal, _)| literal.as_slice().cmp(&raw[start..end]))
+            .map_or(Confirm::Any, |index| self.confirms[index].1);
+        let (before, rest) = (&raw[..start], &raw[end..]);
+        let token_characters = || {
+            rest.len() >= 10
+                && rest[..10]
+                    .iter()
+                    .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
         };
-        let kinds = self.confirms[index].1 .0;
-        let has = |kind: u8| kinds & kind != 0;
-        let rest = &raw[end..];
-        has(Confirms::ANY)
-            // A key or a `key:` line: `"token":`, `\"token\": `, `token: abc`. Not
-            // `"path":"token"` (in every pod with a projected service-account token)
-            // nor `/serviceaccounts/x/token"`.
-            || (has(Confirms::KEY_COLON) && colon_follows(rest))
-            || (has(Confirms::USERINFO) && authority_has_at(rest))
-            || (has(Confirms::ENV_LIST) && self.env_list_is_candidate(rest))
-            || (has(Confirms::ARGUMENTS) && self.arguments_are_candidate(rest))
-            || (has(Confirms::TOKEN_PREFIX) && token_characters_follow(rest))
-            || (has(Confirms::PATCH_PATH)
-                && matches!(rest.first(), Some(b'/' | b'"' | b'\\') | None))
+        match confirm {
+            Confirm::Any => true,
+            Confirm::KeyColon => colon_follows(rest),
+            Confirm::Userinfo => authority_has_at(rest),
+            Confirm::EnvList => before.ends_with(b"\"") && self.env_list_is_candidate(rest),
+            Confirm::Arguments(head) => {
+                before.ends_with(head.as_bytes()) && self.arguments_are_candidate(rest)
+            }
+            Confirm::TokenCharacters => token_characters(),
+            Confirm::TokenTail(heads) => {
+                heads.iter().any(|head| before.ends_with(head.as_bytes())) && token_characters()
+            }
+        }
+    }
+
+    /// Whether a request body is a JSON patch (`[{"op":...}]`) that `env_secret` or
+    /// `cli_secret` could find something in: it does not carry the names that the
+    /// markers look for.
+    pub(crate) fn may_patch_containers(&self, request_object: &[u8]) -> bool {
+        self.patches
+            && request_object
+                .iter()
+                .find(|byte| !byte.is_ascii_whitespace())
+                .is_some_and(|byte| *byte == b'[')
+            && [&b"/env"[..], b"/args", b"/command"]
+                .iter()
+                .any(|path| memmem::find(request_object, path).is_some())
     }
 }
 
@@ -332,14 +331,6 @@ impl CustomPrefilter {
         }
         (self.anchored && memchr::memchr(b'"', raw).is_some()) || self.set.is_match(raw)
     }
-}
-
-/// After a token prefix: at least ten token characters.
-fn token_characters_follow(rest: &[u8]) -> bool {
-    rest.len() >= 10
-        && rest[..10]
-            .iter()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
 }
 
 /// A `\uXXXX` escape of a risky character, or `\/`.
@@ -475,8 +466,9 @@ mod tests {
             br#""aws_secret_access_key = x""#,
             br#""ghp_0123456789abcdef""#,
             br#""AKIAIOSFODNN7EXAMPLE""#,
-            br#"{"op":"replace","path":"/spec/containers/0/env/0/value","value":"x"}"#,
-            br#"{"op":"add","path":"/spec/containers/0/env","value":[]}"#,
+            br#""github_pat_11ABCDEFG0123456789abc""#,
+            br#""rk_live_0123456789abcdef""#,
+            br#""key=AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY""#,
         ] {
             assert!(prefilter.hit(hit), "{}", String::from_utf8_lossy(hit));
         }
@@ -493,9 +485,21 @@ mod tests {
             br#""ghp_short""#,
             br#""/api/v1/namespaces/a/envoy""#,
             br#"{"env":"x","args":1,"command":{}}"#,
+            br#"{"kenv":[{"name":"DB_PASSWORD","value":"x"}],"cargs":["--token=x"]}"#,
         ] {
             assert!(!prefilter.hit(miss), "{}", String::from_utf8_lossy(miss));
         }
+    }
+
+    #[test]
+    fn json_patches_of_containers_are_candidates_by_their_shape() {
+        let prefilter = all();
+        assert!(prefilter.may_patch_containers(
+            br#" [{"op":"replace","path":"/spec/containers/0/env/0/value","value":"x"}]"#
+        ));
+        assert!(prefilter.may_patch_containers(br#"[{"op":"add","path":"/spec/args/-"}]"#));
+        assert!(!prefilter.may_patch_containers(br#"[{"op":"add","path":"/spec/replicas"}]"#));
+        assert!(!prefilter.may_patch_containers(br#"{"spec":{"path":"/env"}}"#));
     }
 
     #[test]

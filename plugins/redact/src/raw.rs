@@ -205,7 +205,7 @@ pub(crate) fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
     if memchr::memchr(b'\\', raw).is_none() {
         return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
     }
-    Some(Cow::Owned(decode_mapped(raw)?.0))
+    Some(Cow::Owned(unescape(raw, None)?))
 }
 
 /// The text of a string's bytes, and for each byte of the text (and one past its end)
@@ -214,8 +214,14 @@ pub(crate) fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
 ///
 /// A lone surrogate escape (`\ud800`, which no text can hold) reads as U+FFFD.
 pub(crate) fn decode_mapped(raw: &[u8]) -> Option<(String, Vec<usize>)> {
-    let mut text = String::with_capacity(raw.len());
     let mut map = Vec::with_capacity(raw.len() + 1);
+    let text = unescape(raw, Some(&mut map))?;
+    Some((text, map))
+}
+
+/// The text of a string's bytes, filling `map` (see [`decode_mapped`]) when given one.
+fn unescape(raw: &[u8], mut map: Option<&mut Vec<usize>>) -> Option<String> {
+    let mut text = String::with_capacity(raw.len());
     let mut at = 0;
     while at < raw.len() {
         let start = at;
@@ -223,7 +229,9 @@ pub(crate) fn decode_mapped(raw: &[u8]) -> Option<(String, Vec<usize>)> {
             // A run of plain bytes up to the next escape, copied as it is.
             let end = memchr::memchr(b'\\', &raw[at..]).map_or(raw.len(), |found| at + found);
             text.push_str(std::str::from_utf8(&raw[at..end]).ok()?);
-            map.extend(at..end);
+            if let Some(map) = map.as_deref_mut() {
+                map.extend(at..end);
+            }
             at = end;
             continue;
         }
@@ -253,17 +261,23 @@ pub(crate) fn decode_mapped(raw: &[u8]) -> Option<(String, Vec<usize>)> {
                     };
                 let decoded = char::from_u32(code).unwrap_or('\u{fffd}');
                 text.push(decoded);
-                map.extend(std::iter::repeat_n(start, decoded.len_utf8()));
+                if let Some(map) = map.as_deref_mut() {
+                    map.extend(std::iter::repeat_n(start, decoded.len_utf8()));
+                }
                 continue;
             }
             _ => return None,
         };
         at += 2;
         text.push(decoded);
-        map.push(start);
+        if let Some(map) = map.as_deref_mut() {
+            map.push(start);
+        }
     }
-    map.push(raw.len());
-    Some((text, map))
+    if let Some(map) = map {
+        map.push(raw.len());
+    }
+    Some(text)
 }
 
 fn hex4(hex: &[u8]) -> Option<u32> {

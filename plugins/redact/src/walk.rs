@@ -326,7 +326,7 @@ impl Walker<'_> {
                     self.leaves(item, detector);
                 }
             }
-            Kind::Str(raw) if raw.is_empty() => {}
+            Kind::Str([]) => {}
             Kind::Null => {}
             Kind::Str(_) | Kind::Scalar(_) => self.whole(node, detector),
         }
