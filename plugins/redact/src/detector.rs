@@ -6,7 +6,23 @@ use hmac::{Hmac, Mac};
 use regex::Regex;
 use sha2::Sha256;
 
+use crate::credential::CredentialNames;
 use crate::prefilter::Prefilter;
+
+/// Well-known credential formats, from the vendors' published descriptions (sources in
+/// docs/redact.md). Each starts at a word boundary, so that the tail of a longer word
+/// is not taken for a prefix; AWS key ids are exactly 20 characters.
+const KNOWN_TOKENS: &str = concat!(
+    r"(?-u:\b)(?:",
+    r"gh[pousr]_[A-Za-z0-9]{36,255}",
+    r"|github_pat_[A-Za-z0-9_]{22,255}",
+    r"|glpat-[A-Za-z0-9_.-]{20,}",
+    r"|xox[abpr]-[A-Za-z0-9-]{10,}",
+    r"|(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+    r"|AIza[A-Za-z0-9_-]{35}",
+    r"|[sr]k_live_[A-Za-z0-9]{16,}",
+    r")",
+);
 
 /// A built-in detector. The discriminant is its index in [`Detector::ALL`] and in the
 /// list of detector names (custom patterns follow).
@@ -20,12 +36,15 @@ pub(crate) enum Detector {
     BootstrapToken,
     PrivateKey,
     UrlCredentials,
+    EnvSecret,
+    CliSecret,
+    KnownTokens,
     /// The `fields` option.
     Fields,
 }
 
 impl Detector {
-    pub(crate) const ALL: [Detector; 9] = [
+    pub(crate) const ALL: [Detector; 12] = [
         Detector::TokenReview,
         Detector::TokenRequest,
         Detector::SecretData,
@@ -34,6 +53,9 @@ impl Detector {
         Detector::BootstrapToken,
         Detector::PrivateKey,
         Detector::UrlCredentials,
+        Detector::EnvSecret,
+        Detector::CliSecret,
+        Detector::KnownTokens,
         Detector::Fields,
     ];
 
@@ -48,6 +70,9 @@ impl Detector {
             Detector::BootstrapToken => "bootstrap_token",
             Detector::PrivateKey => "private_key",
             Detector::UrlCredentials => "url_credentials",
+            Detector::EnvSecret => "env_secret",
+            Detector::CliSecret => "cli_secret",
+            Detector::KnownTokens => "known_tokens",
             Detector::Fields => "fields",
         }
     }
@@ -59,16 +84,16 @@ impl Detector {
 
 /// Which built-in detectors are on.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Enabled([bool; 9]);
+pub(crate) struct Enabled([bool; 12]);
 
 impl Enabled {
     pub(crate) fn all() -> Enabled {
-        Enabled([true; 9])
+        Enabled([true; 12])
     }
 
     #[cfg(test)]
     pub(crate) fn none() -> Enabled {
-        Enabled([false; 9])
+        Enabled([false; 12])
     }
 
     pub(crate) fn set(&mut self, detector: Detector, on: bool) {
@@ -85,11 +110,11 @@ impl Enabled {
 }
 
 /// Where a secret sits inside a string, and which detector found it.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: usize,
-    end: usize,
-    detector: usize,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) detector: usize,
 }
 
 /// A custom pattern: its detector id, and the capture group holding the secret (`secret`
@@ -112,6 +137,12 @@ pub(crate) struct TextDetectors {
     basic: Option<Regex>,
     bootstrap_token: Option<Regex>,
     url_credentials: Option<Regex>,
+    known_tokens: Option<Regex>,
+    /// The AWS secret access key beside a name that says so
+    /// (`aws_secret_access_key = ...`).
+    aws_secret_key: Option<Regex>,
+    /// Whose flags `cli_secret` redacts; `None` when it is off.
+    flags: Option<CredentialNames>,
     custom: Vec<CustomPattern>,
 }
 
@@ -123,8 +154,10 @@ impl TextDetectors {
     pub(crate) fn new(
         enabled: &Enabled,
         prefilter: Prefilter,
+        names: &CredentialNames,
         custom: Vec<CustomPattern>,
     ) -> TextDetectors {
+        let known_tokens = enabled.has(Detector::KnownTokens);
         let private_key = enabled.has(Detector::PrivateKey);
         let bearer = enabled.has(Detector::Bearer);
         TextDetectors {
@@ -158,6 +191,13 @@ impl TextDetectors {
                 enabled.has(Detector::UrlCredentials),
                 r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:([^\s/?#@]+)@",
             ),
+            // The vendors' published formats; docs/redact.md gives the source of each.
+            known_tokens: regex(known_tokens, KNOWN_TOKENS),
+            aws_secret_key: regex(
+                known_tokens,
+                r#"(?i)secret_?access_?key\\?["']?[ \t]*[:=][ \t]*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|\z)"#,
+            ),
+            flags: enabled.has(Detector::CliSecret).then(|| names.clone()),
             custom,
         }
     }
@@ -166,12 +206,21 @@ impl TextDetectors {
         &self.prefilter
     }
 
-    /// The string with every secret in it replaced, and the detectors that found them
-    /// (one entry per secret); `None` when there is none.
-    pub(crate) fn redact(&self, text: &str, replacer: &Replacer) -> Option<(String, Vec<usize>)> {
+    /// The secrets in a string, in order and without overlaps. `flags`: the string is
+    /// an entry of a container's `command`/`args`, where `cli_secret` looks.
+    pub(crate) fn spans(&self, text: &str, flags: bool) -> Vec<Span> {
         let mut spans = Vec::new();
         if self.prefilter.text_hit(text) {
             self.built_in_spans(text, &mut spans);
+        }
+        if let Some(names) = self.flags.as_ref().filter(|_| flags) {
+            let mut ranges = Vec::new();
+            names.flag_spans(text, &mut ranges);
+            spans.extend(ranges.into_iter().map(|range| Span {
+                start: range.start,
+                end: range.end,
+                detector: Detector::CliSecret.id(),
+            }));
         }
         for pattern in &self.custom {
             match pattern.group {
@@ -193,8 +242,8 @@ impl TextDetectors {
             }
         }
         spans.retain(|span| span.end > span.start);
-        if spans.is_empty() {
-            return None;
+        if spans.len() < 2 {
+            return spans;
         }
         // Overlapping finds merge into one replacement (their union, so no part of
         // either survives), credited to the one that starts first; on a tie, to the
@@ -207,15 +256,7 @@ impl TextDetectors {
                 _ => merged.push(span),
             }
         }
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0;
-        for span in &merged {
-            out.push_str(&text[at..span.start]);
-            replacer.push(&text[span.start..span.end], &mut out);
-            at = span.end;
-        }
-        out.push_str(&text[at..]);
-        Some((out, merged.iter().map(|span| span.detector).collect()))
+        merged
     }
 
     fn built_in_spans(&self, text: &str, spans: &mut Vec<Span>) {
@@ -246,9 +287,11 @@ impl TextDetectors {
         group_spans(&self.url_credentials, Detector::UrlCredentials, &|_, _| {
             true
         });
+        group_spans(&self.aws_secret_key, Detector::KnownTokens, &|_, _| true);
         for (regex, detector) in [
             (&self.jwt, Detector::Jwt),
             (&self.bootstrap_token, Detector::BootstrapToken),
+            (&self.known_tokens, Detector::KnownTokens),
         ] {
             if let Some(regex) = regex {
                 spans.extend(regex.find_iter(text).map(|found| Span {
@@ -264,10 +307,12 @@ impl TextDetectors {
 /// Which detector a secret found by several is credited to (lower first); custom
 /// patterns come last.
 fn precedence(detector: usize) -> usize {
-    const ORDER: [Detector; 6] = [
+    const ORDER: [Detector; 8] = [
         Detector::PrivateKey,
         Detector::Bearer,
         Detector::UrlCredentials,
+        Detector::CliSecret,
+        Detector::KnownTokens,
         Detector::Jwt,
         Detector::BootstrapToken,
         Detector::Fields,
@@ -345,6 +390,7 @@ impl Replacer {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn replace(&self, secret: &str) -> String {
         let mut out = String::with_capacity(28);
         self.push(secret, &mut out);
@@ -355,16 +401,37 @@ impl Replacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credential::{ENDINGS, LAST_WORDS};
 
     fn detectors() -> TextDetectors {
         let enabled = Enabled::all();
-        TextDetectors::new(&enabled, Prefilter::new(&enabled, &[]), Vec::new())
+        let names = CredentialNames::new(&LAST_WORDS, &ENDINGS);
+        TextDetectors::new(
+            &enabled,
+            Prefilter::new(&enabled, &names, &[]),
+            &names,
+            Vec::new(),
+        )
+    }
+
+    fn redact(detectors: &TextDetectors, text: &str, replacer: &Replacer) -> Option<String> {
+        let spans = detectors.spans(text, false);
+        if spans.is_empty() {
+            return None;
+        }
+        let mut out = String::new();
+        let mut at = 0;
+        for span in spans {
+            out.push_str(&text[at..span.start]);
+            replacer.push(&text[span.start..span.end], &mut out);
+            at = span.end;
+        }
+        out.push_str(&text[at..]);
+        Some(out)
     }
 
     fn redacted(text: &str) -> Option<String> {
-        detectors()
-            .redact(text, &Replacer::Mask)
-            .map(|(text, _)| text)
+        redact(&detectors(), text, &Replacer::Mask)
     }
 
     #[test]
@@ -410,6 +477,53 @@ mod tests {
     }
 
     #[test]
+    fn well_known_token_formats_are_found_anywhere() {
+        let cases = [
+            (
+                "token ghp_0123456789abcdefABCDEF0123456789abcd ok",
+                "token [REDACTED] ok",
+            ),
+            (
+                "github_pat_11ABCDEFG0123456789abc_defghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVW",
+                "[REDACTED]",
+            ),
+            ("glpat-xxxxxxxxxxxxxxxxxxxx;", "[REDACTED];"),
+            (
+                "hook xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+                "hook [REDACTED]",
+            ),
+            ("id=AKIAIOSFODNN7EXAMPLE&x", "id=[REDACTED]&x"),
+            ("ASIAY34FZKBOKMUTVV7A", "[REDACTED]"),
+            ("key=AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", "key=[REDACTED]"),
+            ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "[REDACTED]"),
+            ("rk_live_51H8abcdefghijklmnopqrstu", "[REDACTED]"),
+            (
+                "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+                "[default]\naws_access_key_id = [REDACTED]\naws_secret_access_key = [REDACTED]\n",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redacted(text).as_deref(), Some(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn hash_looking_strings_match_no_format() {
+        for text in [
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "AKIAIOSFODNN7EXAMPLEAND_MORE",
+            "XAKIAIOSFODNN7EXAMPLE",
+            "ghp_short",
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "k8s.gcr.io/pause@sha256:927d98197ec1141a368550822d18fa1c60bdae27b78b0c004f705f548c07814f",
+        ] {
+            assert_eq!(redacted(text), None, "{text}");
+        }
+    }
+
+    #[test]
     fn strings_without_secrets_are_left_alone() {
         for text in [
             "Bearer realm=\"kubernetes\"",
@@ -434,6 +548,6 @@ mod tests {
         assert!(hashed.starts_with("hmac-sha256:"));
         assert_eq!(hashed.len(), "hmac-sha256:".len() + 16);
         let text = format!("Bearer {hashed}");
-        assert_eq!(detectors().redact(&text, &a), None);
+        assert_eq!(redact(&detectors(), &text, &a), None);
     }
 }

@@ -1,7 +1,8 @@
 //! `redact` transform: finds secrets anywhere in an audit event (TokenReview and
 //! TokenRequest tokens, Secret data, JWTs, bearer and basic credentials, bootstrap
-//! tokens, private keys, passwords in URLs, and the user's own patterns and paths) and
-//! replaces them, keeping the event valid JSON with the same structure.
+//! tokens, private keys, passwords in URLs, credentials in containers' `env` and
+//! command-line flags, well-known vendor token formats, and the user's own patterns and
+//! paths) and replaces them, keeping the event valid JSON with the same structure.
 //!
 //! # Layout
 //! - this module: the options, and the transform that applies them to each event.
@@ -9,17 +10,24 @@
 //!   parsed at all, and why JSON escapes cannot sneak a secret past it.
 //! - [`detector`]: detector names, the detectors that read inside strings, and what a
 //!   secret is replaced with (`[REDACTED]` or a keyed hash).
-//! - [`walk`]: the walk over one parsed field that finds secrets by position (a Secret's
-//!   `data`, a TokenReview's `spec.token`, ...) and by shape, as a list of edits.
+//! - [`credential`]: names that say they hold a credential (`DB_PASSWORD`,
+//!   `--github-token`), and the values of flags so named.
+//! - [`raw`]: a borrowed view of a field's JSON bytes, with the byte range of every value.
+//! - [`walk`]: the walk over one field that finds secrets by position (a Secret's
+//!   `data`, a TokenReview's `spec.token`, an `env` entry, ...) and by shape, as byte
+//!   ranges to replace.
 //!
 //! # The one design decision
-//! Work per top-level field, on raw bytes first. An event whose bytes show no marker of
+//! Work per top-level field, on raw bytes only. An event whose bytes show no marker of
 //! any secret is passed on untouched (its bytes are not even parsed); otherwise only the
-//! top-level fields that show one are parsed and walked, and only a field that really
-//! holds a secret is changed, so every other field keeps its original bytes.
+//! top-level fields that show one are read, and a field that really holds a secret gets
+//! the secret's characters spliced out of its bytes, so every other byte of the event
+//! (numbers, escapes, spacing, the other annotations) stays as it came.
 
+mod credential;
 mod detector;
 mod prefilter;
+mod raw;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -31,11 +39,13 @@ use auditflow_core::condition::Path;
 use auditflow_core::{
     Batch, BuildContext, BuildError, Event, Telemetry, Transform, TransformConfig, Validate,
 };
+use bytes::Bytes;
 use prometheus::IntCounter;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
+use credential::CredentialNames;
 use detector::{CustomPattern, Detector, Enabled, Replacer, TextDetectors, MASK};
 use prefilter::Prefilter;
 use walk::{Body, Rules};
@@ -73,6 +83,42 @@ pub struct RedactConfig {
     /// `hash_key: ${REDACT_HASH_KEY}`.
     #[serde(default)]
     pub hash_key: Option<HashKey>,
+    /// The names that say they hold a credential, for `env_secret` (an `env` entry's
+    /// `name`) and `cli_secret` (a flag's name).
+    #[serde(default)]
+    pub credential_names: CredentialNamesConfig,
+}
+
+/// The rule that says a name holds a credential. A name is cut into words at `_`, `-`,
+/// `.` and lower-to-upper case changes, and compared without case.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialNamesConfig {
+    /// A name whose last word is one of these holds a credential: `DB_PASSWORD`,
+    /// `--github-token`, `clientSecret` (but not `TOKEN_TTL` nor `AUTHOR`).
+    #[serde(default = "default_last_words")]
+    pub last_words: Vec<String>,
+    /// A name that ends with one of these (as words) holds a credential:
+    /// `api_key` matches `OPENAI_API_KEY`, `--api-key` and `apiKey`.
+    #[serde(default = "default_endings")]
+    pub endings: Vec<String>,
+}
+
+fn default_last_words() -> Vec<String> {
+    credential::LAST_WORDS.map(str::to_owned).to_vec()
+}
+
+fn default_endings() -> Vec<String> {
+    credential::ENDINGS.map(str::to_owned).to_vec()
+}
+
+impl Default for CredentialNamesConfig {
+    fn default() -> CredentialNamesConfig {
+        CredentialNamesConfig {
+            last_words: default_last_words(),
+            endings: default_endings(),
+        }
+    }
 }
 
 /// Each built-in detector, on (`true`, the default) or off.
@@ -105,6 +151,22 @@ pub struct DetectorsConfig {
     /// The password in `scheme://user:password@host`.
     #[serde(default = "on")]
     pub url_credentials: bool,
+    /// The `value` of a container's `env` entry whose `name` says it holds a credential
+    /// (see `credential_names`), in Pods, workload templates, lists, patches and
+    /// `last-applied-configuration`. `valueFrom` references are left alone.
+    #[serde(default = "on")]
+    pub env_secret: bool,
+    /// The value of a command-line flag in a container's `command`/`args` whose name
+    /// says it holds a credential: `--api-key=x`, `--password` then `x`, and
+    /// `sh -c "... --token=x ..."`.
+    #[serde(default = "on")]
+    pub cli_secret: bool,
+    /// Well-known vendor token formats in any string: GitHub (`ghp_`, `github_pat_`, ...),
+    /// GitLab (`glpat-`), Slack (`xoxb-`, ...), AWS key ids (`AKIA`, `ASIA`) and secret
+    /// keys beside `aws_secret_access_key`, Google API keys (`AIza`), Stripe live keys
+    /// (`sk_live_`, `rk_live_`).
+    #[serde(default = "on")]
+    pub known_tokens: bool,
 }
 
 fn on() -> bool {
@@ -122,6 +184,9 @@ impl Default for DetectorsConfig {
             bootstrap_token: true,
             private_key: true,
             url_credentials: true,
+            env_secret: true,
+            cli_secret: true,
+            known_tokens: true,
         }
     }
 }
@@ -138,6 +203,9 @@ impl DetectorsConfig {
             (Detector::BootstrapToken, self.bootstrap_token),
             (Detector::PrivateKey, self.private_key),
             (Detector::UrlCredentials, self.url_credentials),
+            (Detector::EnvSecret, self.env_secret),
+            (Detector::CliSecret, self.cli_secret),
+            (Detector::KnownTokens, self.known_tokens),
         ] {
             enabled.set(detector, on);
         }
@@ -201,6 +269,27 @@ impl Validate for RedactConfig {
                 ));
             }
         }
+        let lists = [
+            ("last_words", &self.credential_names.last_words),
+            ("endings", &self.credential_names.endings),
+        ];
+        for (list, words) in lists {
+            for (index, word) in words.iter().enumerate() {
+                let valid = word.bytes().any(|byte| byte.is_ascii_alphanumeric())
+                    && word
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+                if !valid {
+                    errors.push(BuildError::field(
+                        format!("credential_names.{list}[{index}]"),
+                        format!(
+                            "{word:?} is not a word of a name: use letters and digits, with \
+                             `_` or `-` between words (for instance `api_key`)"
+                        ),
+                    ));
+                }
+            }
+        }
         errors
     }
 }
@@ -212,12 +301,12 @@ impl TransformConfig for RedactConfig {
         }
         let redactor = Redactor::new(self);
         let counters = redactor
-            .names
+            .detector_names
             .iter()
             .map(|name| auditflow_metrics::redactions_total().with_label_values(&[&cx.id, name]))
             .collect();
         Ok(Box::new(Redact {
-            counts: vec![0; redactor.names.len()],
+            counts: vec![0; redactor.detector_names.len()],
             redactor,
             counters,
             id: cx.id,
@@ -244,8 +333,8 @@ impl Transform for Redact {
                 tracing::warn!(
                     component_id = %self.id,
                     fields = outcome.unparseable,
-                    "a field that may hold a secret could not be parsed (a number out of \
-                     range?); the whole field was replaced with [REDACTED]"
+                    "a field that may hold a secret is nested too deep to be read \
+                     (over 512 levels); the whole field was replaced with [REDACTED]"
                 );
                 self.telemetry
                     .errored("unparseable_field", outcome.unparseable);
@@ -262,7 +351,7 @@ impl Transform for Redact {
 /// What happened to one event.
 #[derive(Debug, Default)]
 struct Outcome {
-    /// Candidate fields that could not be parsed, replaced whole.
+    /// Candidate fields that could not be read (nested too deep), replaced whole.
     unparseable: usize,
 }
 
@@ -271,16 +360,25 @@ struct Redactor {
     enabled: Enabled,
     text: TextDetectors,
     replacer: Replacer,
+    names: CredentialNames,
     fields: Vec<Path>,
     /// Detector names by id: the built-ins, then the custom patterns.
-    names: Vec<String>,
+    detector_names: Vec<String>,
+}
+
+/// What to do with one top-level field.
+enum Plan {
+    /// Could not be read: replaced whole.
+    Unreadable,
+    /// Its new bytes, and the detector of each secret replaced in it.
+    Rewrite(Vec<u8>, Vec<usize>),
 }
 
 impl Redactor {
     fn new(config: &RedactConfig) -> Redactor {
         let mut enabled = config.detectors.enabled();
         enabled.set(Detector::Fields, !config.fields.is_empty());
-        let mut names: Vec<String> = Detector::ALL
+        let mut detector_names: Vec<String> = Detector::ALL
             .iter()
             .map(|detector| detector.name().to_owned())
             .collect();
@@ -291,24 +389,29 @@ impl Redactor {
                 .capture_names()
                 .position(|group| group == Some("secret"));
             custom.push(CustomPattern {
-                id: names.len(),
+                id: detector_names.len(),
                 regex,
                 group,
             });
-            names.push(name.clone());
+            detector_names.push(name.clone());
         }
+        let names = CredentialNames::new(
+            &config.credential_names.last_words,
+            &config.credential_names.endings,
+        );
         let sources: Vec<&str> = config.patterns.values().map(|p| p.as_str()).collect();
-        let prefilter = Prefilter::new(&enabled, &sources);
+        let prefilter = Prefilter::new(&enabled, &names, &sources);
         let replacer = match (&config.mode, &config.hash_key) {
             (Mode::Hash, Some(key)) => Replacer::hash(key.0.as_bytes()),
             _ => Replacer::Mask,
         };
         Redactor {
             enabled,
-            text: TextDetectors::new(&enabled, prefilter, custom),
+            text: TextDetectors::new(&enabled, prefilter, &names, custom),
             replacer,
-            fields: config.fields.clone(),
             names,
+            fields: config.fields.clone(),
+            detector_names,
         }
     }
 
@@ -320,6 +423,7 @@ impl Redactor {
             && self.fields.is_empty()
             && !self.text.prefilter().hit(event.raw())
             && !self.may_be_secret_body(event)
+            && !self.may_be_container_patch(event)
         {
             return outcome;
         }
@@ -328,67 +432,83 @@ impl Redactor {
             enabled: &self.enabled,
             text: &self.text,
             replacer: &self.replacer,
+            names: &self.names,
         };
         let mut body: Option<Body> = None;
-        let mut planned: Vec<(String, Option<Vec<walk::Edit>>)> = Vec::new();
+        let mut planned: Vec<(String, Plan)> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
         for key in event.keys() {
-            if planned.iter().any(|(done, _)| done == key) {
+            if seen.contains(&key) {
                 continue;
             }
+            seen.push(key);
+            let repeated = event.keys().filter(|other| *other == key).count() > 1;
             let is_body = key == "requestObject" || key == "responseObject";
             let fields: Vec<&Path> = self
                 .fields
                 .iter()
                 .filter(|path| path.segments()[0] == key)
                 .collect();
-            let candidate = match event.raw_field(key) {
-                // Changed upstream: already parsed, nothing to save.
-                None => true,
-                Some(raw) => {
-                    !fields.is_empty()
-                        || self.text.prefilter().hit(raw)
-                        || (is_body && self.may_be_secret_body(event))
+            // A field changed upstream is read from the bytes it will be written as.
+            let serialised;
+            let bytes = match event.raw_field(key) {
+                Some(bytes) => bytes,
+                None => {
+                    serialised = event
+                        .get(key)
+                        .and_then(|value| serde_json::to_vec(value).ok())
+                        .unwrap_or_default();
+                    &serialised[..]
                 }
             };
+            let candidate = event.raw_field(key).is_none()
+                || repeated
+                || !fields.is_empty()
+                || self.text.prefilter().hit(bytes)
+                || (is_body && self.may_be_secret_body(event))
+                || (key == "requestObject" && self.may_be_container_patch(event));
             if !candidate {
                 continue;
             }
-            let Some(value) = event.get(key) else {
-                planned.push((key.to_owned(), None));
-                continue;
-            };
             let body = match is_body {
                 true => *body.get_or_insert_with(|| self.body_of(event)),
                 false => Body::Plain,
             };
-            let edits = walk::edits(&rules, value, body, &fields);
-            if !edits.is_empty() {
-                planned.push((key.to_owned(), Some(edits)));
+            match walk::edits(&rules, bytes, body, &fields) {
+                None => planned.push((key.to_owned(), Plan::Unreadable)),
+                Some(edits) if edits.is_empty() && !repeated => {}
+                Some(edits) => {
+                    let hits = edits.iter().flat_map(|edit| edit.hits.iter().copied());
+                    let hits = hits.collect();
+                    let rewritten = walk::apply(bytes, &edits);
+                    planned.push((key.to_owned(), Plan::Rewrite(rewritten, hits)));
+                }
             }
         }
         if planned.is_empty() {
             return outcome;
         }
 
-        let mut fired = vec![false; self.names.len()];
-        for (key, edits) in planned {
-            let Some(edits) = edits else {
-                outcome.unparseable += 1;
-                replace_field(event, &key, Value::String(MASK.to_owned()));
-                continue;
-            };
-            for &hit in edits.iter().flat_map(|edit| &edit.hits) {
-                counts[hit] += 1;
-                fired[hit] = true;
+        let mut fired = vec![false; self.detector_names.len()];
+        for (key, plan) in planned {
+            // A repeated key: one copy stays, in the first one's place, holding the
+            // last one's value (the one JSON parsers keep): an earlier copy may hold a
+            // secret that no parser shows.
+            while event.keys().filter(|other| *other == key).count() > 1 {
+                event.remove(&key);
             }
-            if event.keys().filter(|other| *other == key).count() > 1 {
-                // A repeated key: every copy goes, the redacted last one (the one JSON
-                // parsers keep) comes back.
-                let mut value = event.get(&key).cloned().unwrap_or(Value::Null);
-                walk::apply(&mut value, edits);
-                replace_field(event, &key, value);
-            } else if let Some(value) = event.get_mut(&key) {
-                walk::apply(value, edits);
+            match plan {
+                Plan::Unreadable => {
+                    outcome.unparseable += 1;
+                    event.insert(&key, Value::String(MASK.to_owned()));
+                }
+                Plan::Rewrite(bytes, hits) => {
+                    for hit in hits {
+                        counts[hit] += 1;
+                        fired[hit] = true;
+                    }
+                    event.set_raw_field(&key, Bytes::from(bytes));
+                }
             }
         }
         self.annotate(event, &fired);
@@ -404,6 +524,15 @@ impl Redactor {
                 .is_none_or(prefilter::may_name_secrets)
             && (event.raw_field("requestObject").is_some()
                 || event.raw_field("responseObject").is_some())
+    }
+
+    /// Whether the request is a JSON patch that could set a container's `env` or
+    /// `args` (`[{"op":"replace","path":"/spec/.../env/0/value","value":"..."}]`),
+    /// which does not carry the entry's name.
+    fn may_be_container_patch(&self, event: &Event) -> bool {
+        event
+            .raw_field("requestObject")
+            .is_some_and(|body| self.text.prefilter().may_patch_containers(body))
     }
 
     /// What `objectRef` says the bodies are.
@@ -423,38 +552,28 @@ impl Redactor {
     }
 
     /// Adds the detectors that fired to `auditflow.io/redacted`, merged with what an
-    /// earlier `redact` put there, sorted.
+    /// earlier `redact` put there, sorted. The other annotations keep their bytes.
     fn annotate(&self, event: &mut Event, fired: &[bool]) {
         if !fired.contains(&true) {
             return;
         }
-        let annotations = event.annotations_mut();
         let mut names: Vec<&str> = self
-            .names
+            .detector_names
             .iter()
             .zip(fired)
             .filter(|(_, fired)| **fired)
             .map(|(name, _)| name.as_str())
             .collect();
-        let earlier = annotations
-            .get(REDACTED_ANNOTATION)
+        let earlier = event
+            .get_path(["annotations", REDACTED_ANNOTATION])
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_default();
         names.extend(earlier.split(',').filter(|name| !name.is_empty()));
         names.sort_unstable();
         names.dedup();
-        let value = names.join(",");
-        annotations.insert(REDACTED_ANNOTATION.to_owned(), Value::String(value));
+        event.add_annotation(REDACTED_ANNOTATION, &names.join(","));
     }
-}
-
-/// Replaces every copy of a top-level field with one value.
-fn replace_field(event: &mut Event, key: &str, value: Value) {
-    while event.keys().any(|other| other == key) {
-        event.remove(key);
-    }
-    event.insert(key, value);
 }
 
 #[cfg(test)]

@@ -22,18 +22,30 @@
 //! neighbours: the string's quotes are non-word characters). A pattern with `^`/`$`
 //! anchors would not, so such a pattern makes every field with a string a candidate.
 
+use std::borrow::Cow;
+
 use memchr::memmem;
 use regex::bytes::{Regex, RegexSet};
 
+use crate::credential::{is_flag, is_secret_value, CredentialNames};
 use crate::detector::{Detector, Enabled};
+use crate::raw::{self, Kind, Node};
 
 /// The markers and shapes of the enabled detectors, as one literal search plus the
 /// checks that confirm a marker hit.
 #[derive(Debug, Clone)]
 pub(crate) struct Prefilter {
     /// An alternation of literals, which the regex crate runs as one SIMD multi-literal
-    /// search (Teddy / Aho-Corasick).
+    /// search (Teddy / Aho-Corasick). It stays a plain alternation of literals, which
+    /// the regex crate runs without any automaton: checks on what follows a literal are
+    /// made here, after a hit.
     markers: Option<Regex>,
+    /// Each literal, sorted for a binary search after a hit, and what confirms it.
+    confirms: Vec<(Vec<u8>, Confirm)>,
+    /// The credential-name rule, to read `env` and `args` lists that a hit points at.
+    names: CredentialNames,
+    /// `env_secret` or `cli_secret` is on: JSON patches of containers are candidates.
+    patches: bool,
     bootstrap_token: bool,
     custom: Option<CustomPrefilter>,
 }
@@ -46,47 +58,114 @@ struct CustomPrefilter {
     anchored: bool,
 }
 
+/// The prefixes of the well-known token formats (`known_tokens`).
+/// (`github_pat_` and `sk_live_`/`rk_live_` are looked for by their tails.)
+const TOKEN_PREFIXES: [&str; 10] = [
+    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "xox", "AKIA", "ASIA", "AIza",
+];
+
+/// How a marker hit is confirmed, by what follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirm {
+    /// Always a candidate.
+    Any,
+    /// A `token` key: a colon follows, maybe after quotes, blanks and escapes
+    /// (`"token":`, `\"token\": `, `token: abc`). Not `"path":"token"` (in every pod
+    /// with a projected service-account token) nor `/serviceaccounts/x/token"`.
+    KeyColon,
+    /// `://`: an `@` before the authority ends.
+    Userinfo,
+    /// `env"` after a quote (the `"env"` key): its list has an entry whose name says
+    /// it holds a credential.
+    EnvList,
+    /// `rgs"` or `mmand"` after `"a` or `"co` (the `"args"` and `"command"` keys): the
+    /// list has a credential flag with a value.
+    Arguments(&'static str),
+    /// A token prefix: ten token characters follow.
+    TokenCharacters,
+    /// The tail of a token prefix (`b_pat_`, `_live_`, chosen for a rare first three
+    /// bytes): its head comes before it and ten token characters follow.
+    TokenTail(&'static [&'static str]),
+}
+
 impl Prefilter {
-    pub(crate) fn new(enabled: &Enabled, custom: &[&str]) -> Prefilter {
-        // Escapes are looked for apart (`escape_hit`). Every literal here is at least
-        // three bytes long and starts with a rare trigram, so the multi-literal search
+    pub(crate) fn new(enabled: &Enabled, names: &CredentialNames, custom: &[&str]) -> Prefilter {
+        // Escapes are looked for apart (`escape_hit`). Most literals here are at least
+        // three bytes long and start with a rare trigram, so the multi-literal search
         // (which fingerprints the first bytes) seldom stops on a false candidate:
         // `stringData"` rather than `"stringData"` (`"st` starts `"stage"`).
-        let mut literals: Vec<&str> = Vec::new();
+        let mut confirms: Vec<(Vec<u8>, Confirm)> = Vec::new();
+        let mut add = |literal: &str, confirm: Confirm| {
+            confirms.push((literal.as_bytes().to_vec(), confirm));
+        };
         if enabled.any(&[
             Detector::TokenReview,
             Detector::TokenRequest,
             Detector::PrivateKey,
         ]) {
-            literals.push("token");
+            add("token", Confirm::KeyColon);
         }
         if enabled.has(Detector::PrivateKey) {
-            literals.extend(["PRIVATE KEY", "client-key-data"]);
+            add("PRIVATE KEY", Confirm::Any);
+            add("client-key-data", Confirm::Any);
         }
         if enabled.has(Detector::SecretData) {
-            literals.extend(["\"data\"", "stringData\"", "last-applied-configuration"]);
+            for literal in ["\"data\"", "stringData\"", "last-applied-configuration"] {
+                add(literal, Confirm::Any);
+            }
         }
         if enabled.has(Detector::Jwt) {
-            literals.push("eyJ");
+            add("eyJ", Confirm::Any);
         }
         if enabled.has(Detector::Bearer) {
             // The scheme and the blank after it (a space, or a tab written `\t`), so
             // that `system:basic-user` is not a candidate.
-            literals.extend([
+            for literal in [
                 "earer ", "EARER ", "earer\\t", "EARER\\t", "asic ", "ASIC ", "asic\\t", "ASIC\\t",
-            ]);
+            ] {
+                add(literal, Confirm::Any);
+            }
         }
         if enabled.has(Detector::UrlCredentials) {
-            literals.push("://");
+            add("://", Confirm::Userinfo);
         }
-        let alternation = literals
+        // `env` and `args`/`command` lists are found by their keys, and a hit is
+        // confirmed by reading the list (it is small) with the walk's own rule: the
+        // last words of credential names (`auth`, `key`, `token`) are far too common in
+        // audit events to be markers themselves. A list inside a string is only read by
+        // the walk in `last-applied-configuration`, which is a marker already. JSON
+        // patches, which do not carry the names, are candidates by their shape
+        // ([`Prefilter::may_patch_containers`]). The literals are the keys' tails: the
+        // search fingerprints the first three bytes, and `"en`, `"ar`, `"co` start many
+        // keys.
+        if enabled.has(Detector::EnvSecret) {
+            add("env\"", Confirm::EnvList);
+        }
+        if enabled.has(Detector::CliSecret) {
+            add("rgs\"", Confirm::Arguments("\"a"));
+            add("mmand\"", Confirm::Arguments("\"co"));
+        }
+        if enabled.has(Detector::KnownTokens) {
+            for prefix in TOKEN_PREFIXES {
+                add(prefix, Confirm::TokenCharacters);
+            }
+            add("b_pat_", Confirm::TokenTail(&["githu"]));
+            add("_live_", Confirm::TokenTail(&["sk", "rk"]));
+            // The AWS secret key beside its name, as the name is written in the AWS
+            // CLI's files, in environment variables and in JSON.
+            for name in ["ecret_access_key", "ECRET_ACCESS_KEY", "ecretAccessKey"] {
+                add(name, Confirm::Any);
+            }
+        }
+        confirms.sort_by(|a, b| a.0.cmp(&b.0));
+        let alternation = confirms
             .iter()
-            .map(|literal| regex::escape(literal))
+            .map(|(literal, _)| regex::escape(&String::from_utf8_lossy(literal)))
             .collect::<Vec<_>>()
             .join("|");
         // With every marker-bearing detector off, nothing is a marker (an empty
         // alternation would match everywhere).
-        let markers = (!literals.is_empty())
+        let markers = (!confirms.is_empty())
             .then(|| Regex::new(&alternation).expect("escaped literals form a valid regex"));
 
         let custom = (!custom.is_empty()).then(|| {
@@ -99,6 +178,9 @@ impl Prefilter {
         });
         Prefilter {
             markers,
+            confirms,
+            names: names.clone(),
+            patches: enabled.any(&[Detector::EnvSecret, Detector::CliSecret]),
             bootstrap_token: enabled.has(Detector::BootstrapToken),
             custom,
         }
@@ -125,14 +207,120 @@ impl Prefilter {
         let Some(markers) = &self.markers else {
             return false;
         };
-        let mut at = 0;
-        while let Some(found) = markers.find_at(raw, at) {
-            if confirm(raw, found.as_bytes(), found.end()) {
-                return true;
+        markers
+            .find_iter(raw)
+            .any(|found| self.confirm(raw, found.start(), found.end()))
+    }
+
+    /// Whether a marker hit is a real candidate, looking at the bytes around it.
+    fn confirm(&self, raw: &[u8], start: usize, end: usize) -> bool {
+        let confirm = self
+            .confirms
+            .binary_search_by(|(literal, _)| literal.as_slice().cmp(&raw[start..end]))
+            .map_or(Confirm::Any, |index| self.confirms[index].1);
+        let (before, rest) = (&raw[..start], &raw[end..]);
+        let token_characters = || {
+            rest.len() >= 10
+                && rest[..10]
+                    .iter()
+                    .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
+        };
+        match confirm {
+            Confirm::Any => true,
+            Confirm::KeyColon => colon_follows(rest),
+            Confirm::Userinfo => authority_has_at(rest),
+            Confirm::EnvList => before.ends_with(b"\"") && self.env_list_is_candidate(rest),
+            Confirm::Arguments(head) => {
+                before.ends_with(head.as_bytes()) && self.arguments_are_candidate(rest)
             }
-            at = found.end();
+            Confirm::TokenCharacters => token_characters(),
+            Confirm::TokenTail(heads) => {
+                heads.iter().any(|head| before.ends_with(head.as_bytes())) && token_characters()
+            }
         }
-        false
+    }
+
+    /// Whether a request body is a JSON patch (`[{"op":...}]`) that `env_secret` or
+    /// `cli_secret` could find something in: it does not carry the names that the
+    /// markers look for.
+    pub(crate) fn may_patch_containers(&self, request_object: &[u8]) -> bool {
+        self.patches
+            && request_object
+                .iter()
+                .find(|byte| !byte.is_ascii_whitespace())
+                .is_some_and(|byte| *byte == b'[')
+            && [&b"/env"[..], b"/args", b"/command"]
+                .iter()
+                .any(|path| memmem::find(request_object, path).is_some())
+    }
+}
+
+impl Prefilter {
+    /// After `"env"`: a list with an entry whose `name` says it holds a credential and
+    /// whose `value` could be one. Bytes that do not read as a list say yes.
+    fn env_list_is_candidate(&self, rest: &[u8]) -> bool {
+        let list = match member_value(rest) {
+            Member::Value(list) => list,
+            Member::Unreadable => return true,
+            Member::NotAKey => return false,
+        };
+        let Kind::Array(entries) = &list.kind else {
+            return false;
+        };
+        entries.iter().any(|entry| {
+            entry
+                .member_text("name")
+                .is_some_and(|name| self.names.matches(&name))
+                && entry
+                    .member("value")
+                    .and_then(Node::text)
+                    .is_some_and(|value| is_secret_value(&value))
+        })
+    }
+
+    /// After `"args"` or `"command"`: a list with a credential flag that has a value.
+    fn arguments_are_candidate(&self, rest: &[u8]) -> bool {
+        let list = match member_value(rest) {
+            Member::Value(list) => list,
+            Member::Unreadable => return true,
+            Member::NotAKey => return false,
+        };
+        let Kind::Array(items) = &list.kind else {
+            return false;
+        };
+        let texts: Vec<Option<Cow<'_, str>>> = items.iter().map(Node::text).collect();
+        let mut spans = Vec::new();
+        texts.iter().enumerate().any(|(at, text)| {
+            let Some(text) = text else { return false };
+            self.names.flag_spans(text, &mut spans);
+            let value_follows = || {
+                matches!(texts.get(at + 1), Some(Some(next)) if !is_flag(next) && is_secret_value(next))
+            };
+            !spans.is_empty() || (self.names.is_bare_flag(text) && value_follows())
+        })
+    }
+}
+
+/// What follows a quoted word that may be a key.
+enum Member<'a> {
+    /// Not a key (no `:` follows): a value, or text.
+    NotAKey,
+    /// A key whose value does not read as JSON here (cut short, nested too deep).
+    Unreadable,
+    Value(Node<'a>),
+}
+
+/// The value after a key's closing quote: `: [...]`.
+fn member_value(rest: &[u8]) -> Member<'_> {
+    let at = rest
+        .iter()
+        .position(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+    match at {
+        Some(at) if rest[at] == b':' => match raw::parse_prefix(&rest[at + 1..]) {
+            Some(value) => Member::Value(value),
+            None => Member::Unreadable,
+        },
+        _ => Member::NotAKey,
     }
 }
 
@@ -142,19 +330,6 @@ impl CustomPrefilter {
             return true;
         }
         (self.anchored && memchr::memchr(b'"', raw).is_some()) || self.set.is_match(raw)
-    }
-}
-
-/// Whether a marker hit is a real candidate, looking at the bytes after it.
-fn confirm(raw: &[u8], marker: &[u8], end: usize) -> bool {
-    let rest = &raw[end..];
-    match marker {
-        // A key or a `key:` line: `"token":`, `\"token\": `, `token: abc`. Not
-        // `"path":"token"` (in every pod with a projected service-account token) nor
-        // `/serviceaccounts/x/token"`.
-        b"token" => colon_follows(rest),
-        b"://" => authority_has_at(rest),
-        _ => true,
     }
 }
 
@@ -234,9 +409,14 @@ fn is_anchored(source: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credential::{ENDINGS, LAST_WORDS};
+
+    fn names() -> CredentialNames {
+        CredentialNames::new(&LAST_WORDS, &ENDINGS)
+    }
 
     fn all() -> Prefilter {
-        Prefilter::new(&Enabled::all(), &[])
+        Prefilter::new(&Enabled::all(), &names(), &[])
     }
 
     #[test]
@@ -272,12 +452,63 @@ mod tests {
     }
 
     #[test]
+    fn env_lists_argument_lists_and_token_prefixes_are_candidates() {
+        let prefilter = all();
+        for hit in [
+            &br#"{"env":[{"name":"DB_PASSWORD","value":"x"}]}"#[..],
+            br#"{"env": [ {"value":"x","name" : "db_passwd"} ] }"#,
+            br#"{"x":"{\"env\":[{\"name\":\"TOKEN\",\"value\":\"x\"}],\"kubectl.kubernetes.io/last-applied-configuration\":1}"}"#,
+            br#"{"args":["--api-key=x"]}"#,
+            br#"{"env":[{"name":"GITHUB_TOKEN","value":"x"}]}"#,
+            br#"{"args":["sh","-c","run --password x"]}"#,
+            br#"{"command" : ["run", "--clientSecret=x"]}"#,
+            br#"{"args":["--token","x"]}"#,
+            br#""aws_secret_access_key = x""#,
+            br#""ghp_0123456789abcdef""#,
+            br#""AKIAIOSFODNN7EXAMPLE""#,
+            br#""github_pat_11ABCDEFG0123456789abc""#,
+            br#""rk_live_0123456789abcdef""#,
+            br#""key=AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY""#,
+        ] {
+            assert!(prefilter.hit(hit), "{}", String::from_utf8_lossy(hit));
+        }
+        for miss in [
+            &br#"{"env":[{"name":"AUTHOR","value":"x"},{"name":"TOKEN_TTL","value":"x"}]}"#[..],
+            br#"{"env":[{"name":"DB_PASSWORD","valueFrom":{"secretKeyRef":{"name":"x"}}}]}"#,
+            br#"{"env":[{"name":"REGISTRY_AUTH","value":"false"}]}"#,
+            br#"{"path":"token"}"#,
+            br#"{"automountServiceAccountToken":true,"serviceAccountName":"x"}"#,
+            br#"{"secretName":"x","key":"tls.key"}"#,
+            br#"{"args":["--token-ttl=3600","--authorization-mode=Node","--anonymous-auth=false"]}"#,
+            br#"{"command":["--token"]}"#,
+            br#""authorization.k8s.io/decision""#,
+            br#""ghp_short""#,
+            br#""/api/v1/namespaces/a/envoy""#,
+            br#"{"env":"x","args":1,"command":{}}"#,
+            br#"{"kenv":[{"name":"DB_PASSWORD","value":"x"}],"cargs":["--token=x"]}"#,
+        ] {
+            assert!(!prefilter.hit(miss), "{}", String::from_utf8_lossy(miss));
+        }
+    }
+
+    #[test]
+    fn json_patches_of_containers_are_candidates_by_their_shape() {
+        let prefilter = all();
+        assert!(prefilter.may_patch_containers(
+            br#" [{"op":"replace","path":"/spec/containers/0/env/0/value","value":"x"}]"#
+        ));
+        assert!(prefilter.may_patch_containers(br#"[{"op":"add","path":"/spec/args/-"}]"#));
+        assert!(!prefilter.may_patch_containers(br#"[{"op":"add","path":"/spec/replicas"}]"#));
+        assert!(!prefilter.may_patch_containers(br#"{"spec":{"path":"/env"}}"#));
+    }
+
+    #[test]
     fn custom_patterns_are_checked_conservatively() {
-        let prefilter = Prefilter::new(&Enabled::none(), &["sk_live_[0-9a-z]+"]);
+        let prefilter = Prefilter::new(&Enabled::none(), &names(), &["sk_live_[0-9a-z]+"]);
         assert!(prefilter.hit(br#""key sk_live_abc""#));
         assert!(!prefilter.hit(br#""key sk_test_abc""#));
         assert!(prefilter.hit(br#""key sk\u005flive_abc""#));
-        let anchored = Prefilter::new(&Enabled::none(), &["^secret$"]);
+        let anchored = Prefilter::new(&Enabled::none(), &names(), &["^secret$"]);
         assert!(anchored.hit(br#"{"a":"secret"}"#));
         assert!(!anchored.hit(br#"[1,2.5,null]"#));
     }

@@ -1,39 +1,30 @@
-//! Finding the secrets in one parsed top-level field, as a list of edits.
+//! Finding the secrets in one top-level field's bytes, as byte ranges to replace.
 //!
-//! The walk reads the value and records what to change (a path and a new value) instead
-//! of changing it: a candidate field without a secret is then never taken out of the
-//! event, so its original bytes are written unchanged.
+//! The walk reads a [`raw`] view of the field and records edits (a byte range and what
+//! to write there) instead of changing anything: a candidate field without a secret is
+//! then never touched, and a field with one is its own bytes with only the secrets'
+//! characters spliced out. A secret inside a string with escapes is mapped back to the
+//! escapes it was written with; a manifest inside `last-applied-configuration` is
+//! walked as JSON and its edits mapped back through the string's escapes the same way.
+
+use std::ops::Range;
 
 use auditflow_core::condition::Path;
-use serde_json::{Map, Value};
 
+use crate::credential::{is_flag, is_secret_value, CredentialNames};
 use crate::detector::{Detector, Enabled, Replacer, TextDetectors};
+use crate::raw::{self, Kind, Node};
 
 /// The annotation kubectl stores the applied manifest in (a JSON string).
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// One step into a JSON value.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum SegRef<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-/// A change to one value (always a leaf: a string, number or boolean).
+/// One replacement: the bytes at `range` become `with`.
 #[derive(Debug, Clone)]
 pub(crate) struct Edit {
-    pub(crate) path: Vec<Seg>,
-    pub(crate) value: Value,
+    pub(crate) range: Range<usize>,
+    pub(crate) with: String,
     /// The detector of each secret replaced.
     pub(crate) hits: Vec<usize>,
-    /// The whole value was replaced (rather than a part of a string).
-    whole: bool,
 }
 
 /// What the event's `objectRef` says a request or response body is.
@@ -75,122 +66,136 @@ pub(crate) struct Rules<'r> {
     pub(crate) enabled: &'r Enabled,
     pub(crate) text: &'r TextDetectors,
     pub(crate) replacer: &'r Replacer,
+    pub(crate) names: &'r CredentialNames,
 }
 
-/// Walks one top-level field and returns its edits, deduplicated.
-pub(crate) fn edits(rules: &Rules<'_>, value: &Value, body: Body, fields: &[&Path]) -> Vec<Edit> {
+/// Walks one top-level field's bytes and returns its edits, sorted and without
+/// overlaps; `None` when the bytes cannot be read (nested deeper than
+/// [`raw::MAX_DEPTH`]).
+pub(crate) fn edits(
+    rules: &Rules<'_>,
+    bytes: &[u8],
+    body: Body,
+    fields: &[&Path],
+) -> Option<Vec<Edit>> {
+    let node = raw::parse(bytes)?;
     let mut walker = Walker {
         rules,
-        path: Vec::new(),
         edits: Vec::new(),
     };
-    walker.value(value, Ctx::Body(body));
+    walker.value(&node, Ctx::Body(body));
     for field in fields {
-        walker.field(value, &field.segments()[1..]);
+        walker.field(&node, &field.segments()[1..]);
     }
-    let mut edits = walker.edits;
-    // One leaf can be found twice (a `fields` path over a string a detector also
-    // matched): the whole replacement wins.
-    edits.sort_by(|a, b| a.path.cmp(&b.path).then(b.whole.cmp(&a.whole)));
-    edits.dedup_by(|later, kept| later.path == kept.path);
-    edits
+    Some(settle(walker.edits))
 }
 
-/// Applies edits to the value they were found in.
-pub(crate) fn apply(value: &mut Value, edits: Vec<Edit>) {
+/// Sorts edits and drops those inside another (a `fields` path over a string that a
+/// detector also matched: the whole replacement wins).
+fn settle(mut edits: Vec<Edit>) -> Vec<Edit> {
+    edits.sort_by(|a, b| {
+        (a.range.start, std::cmp::Reverse(a.range.end))
+            .cmp(&(b.range.start, std::cmp::Reverse(b.range.end)))
+    });
+    let mut kept: Vec<Edit> = Vec::with_capacity(edits.len());
     for edit in edits {
-        let mut target = &mut *value;
-        for seg in &edit.path {
-            let next = match (target, seg) {
-                (Value::Object(map), Seg::Key(key)) => map.get_mut(key.as_str()),
-                (Value::Array(items), Seg::Index(index)) => items.get_mut(*index),
-                _ => None,
-            };
-            match next {
-                Some(next) => target = next,
-                None => unreachable!("edit paths come from walking this value"),
+        match kept.last_mut() {
+            Some(last) if edit.range.start < last.range.end => {
+                // Edits are whole values or parts of one string: one inside another,
+                // never across. Should that change, no byte of either survives.
+                debug_assert!(edit.range.end <= last.range.end, "{last:?} {edit:?}");
+                last.range.end = last.range.end.max(edit.range.end);
             }
+            _ => kept.push(edit),
         }
-        *target = edit.value;
     }
+    kept
 }
 
-struct Walker<'r, 'a> {
+/// `bytes` with the edits (sorted, without overlaps) applied.
+pub(crate) fn apply(bytes: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let grown: usize = edits.iter().map(|edit| edit.with.len()).sum();
+    let mut out = Vec::with_capacity(bytes.len() + grown);
+    let mut at = 0;
+    for edit in edits {
+        out.extend_from_slice(&bytes[at..edit.range.start]);
+        out.extend_from_slice(edit.with.as_bytes());
+        at = edit.range.end;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    out
+}
+
+struct Walker<'r> {
     rules: &'r Rules<'r>,
-    path: Vec<SegRef<'a>>,
     edits: Vec<Edit>,
 }
 
-impl<'a> Walker<'_, 'a> {
-    fn value(&mut self, value: &'a Value, ctx: Ctx) {
-        match value {
-            Value::String(text) => self.text(text),
-            Value::Array(items) => {
-                let patch = matches!(ctx, Ctx::Body(Body::Secret));
-                for (index, item) in items.iter().enumerate() {
-                    self.path.push(SegRef::Index(index));
-                    match item {
-                        Value::Object(op) if patch && patches_secret_data(op) => {
-                            self.json_patch_op(op)
-                        }
-                        item => self.value(item, Ctx::Plain),
+impl Walker<'_> {
+    fn value(&mut self, node: &Node<'_>, ctx: Ctx) {
+        match &node.kind {
+            Kind::Str(_) => self.text(node, false),
+            Kind::Array(items) => {
+                let body = match ctx {
+                    Ctx::Body(body) => Some(body),
+                    _ => None,
+                };
+                for item in items {
+                    match body {
+                        Some(body) if is_patch_op(item) => self.json_patch_op(item, body),
+                        _ => self.value(item, Ctx::Plain),
                     }
-                    self.path.pop();
                 }
             }
-            Value::Object(map) => self.object(map, ctx),
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            Kind::Object(members) => {
+                let role = self.role(node, ctx);
+                for (key, child) in members {
+                    self.member(role, key, child);
+                }
+            }
+            Kind::Scalar(_) | Kind::Null => {}
         }
     }
 
-    fn object(&mut self, map: &'a Map<String, Value>, ctx: Ctx) {
-        let role = self.role(map, ctx);
+    fn member(&mut self, role: Role, key: &str, child: &Node<'_>) {
         let enabled = self.rules.enabled;
-        for (key, child) in map {
-            self.path.push(SegRef::Key(key));
-            match (role, key.as_str()) {
-                (Role::Secret, "data" | "stringData") => self.leaves(child, Detector::SecretData),
-                (Role::SecretList, "items") => match child {
-                    Value::Array(items) => {
-                        for (index, item) in items.iter().enumerate() {
-                            self.path.push(SegRef::Index(index));
-                            self.value(item, Ctx::SecretItem);
-                            self.path.pop();
-                        }
+        match (role, key) {
+            (Role::Secret, "data" | "stringData") => self.leaves(child, Detector::SecretData),
+            (Role::SecretList, "items") => match &child.kind {
+                Kind::Array(items) => {
+                    for item in items {
+                        self.value(item, Ctx::SecretItem);
                     }
-                    child => self.value(child, Ctx::Plain),
-                },
-                (Role::TokenReview, "spec") => {
-                    self.value(child, Ctx::TokenOf(Detector::TokenReview))
                 }
-                (Role::TokenRequest, "status") => {
-                    self.value(child, Ctx::TokenOf(Detector::TokenRequest))
-                }
-                (Role::TokenOf(detector), "token") if is_secret_string(child) => {
-                    self.whole(child, detector)
-                }
-                (_, "token" | "client-key-data")
-                    if enabled.has(Detector::PrivateKey) && is_secret_string(child) =>
-                {
-                    self.whole(child, Detector::PrivateKey)
-                }
-                (_, LAST_APPLIED) => match child {
-                    Value::String(text) => self.embedded(text),
-                    child => self.value(child, Ctx::Plain),
-                },
                 _ => self.value(child, Ctx::Plain),
+            },
+            (Role::TokenReview, "spec") => self.value(child, Ctx::TokenOf(Detector::TokenReview)),
+            (Role::TokenRequest, "status") => {
+                self.value(child, Ctx::TokenOf(Detector::TokenRequest))
             }
-            self.path.pop();
+            (Role::TokenOf(detector), "token") if is_secret_string(child) => {
+                self.whole(child, detector)
+            }
+            (_, "token" | "client-key-data")
+                if enabled.has(Detector::PrivateKey) && is_secret_string(child) =>
+            {
+                self.whole(child, Detector::PrivateKey)
+            }
+            (_, LAST_APPLIED) if matches!(child.kind, Kind::Str(_)) => self.embedded(child),
+            (_, "env") if enabled.has(Detector::EnvSecret) => self.env_list(child),
+            (_, "command" | "args") => self.arguments(child),
+            _ => self.value(child, Ctx::Plain),
         }
     }
 
-    fn role(&self, map: &Map<String, Value>, ctx: Ctx) -> Role {
-        let kind = map.get("kind").and_then(Value::as_str);
-        let api_version = map.get("apiVersion").and_then(Value::as_str);
-        let core = matches!(api_version, None | Some("v1"));
-        let authentication =
-            api_version.is_none_or(|version| version.starts_with("authentication.k8s.io/"));
-        let role = match (ctx, kind) {
+    fn role(&self, node: &Node<'_>, ctx: Ctx) -> Role {
+        let kind = node.member_text("kind");
+        let api_version = node.member_text("apiVersion");
+        let core = matches!(api_version.as_deref(), None | Some("v1"));
+        let authentication = api_version
+            .as_deref()
+            .is_none_or(|version| version.starts_with("authentication.k8s.io/"));
+        let role = match (ctx, kind.as_deref()) {
             (Ctx::TokenOf(detector), _) => Role::TokenOf(detector),
             (Ctx::SecretItem | Ctx::Body(Body::Secret), None) => Role::Secret,
             (Ctx::Body(Body::TokenReview), None) => Role::TokenReview,
@@ -218,146 +223,277 @@ impl<'a> Walker<'_, 'a> {
         }
     }
 
-    /// A JSON patch operation on a Secret's `data`/`stringData`: its `value` is secret.
-    fn json_patch_op(&mut self, op: &'a Map<String, Value>) {
-        for (key, child) in op {
-            self.path.push(SegRef::Key(key));
-            if key == "value" {
-                self.leaves(child, Detector::SecretData);
+    /// An operation of a JSON patch (`{"op":"replace","path":"/data/x","value":"..."}`):
+    /// its `path` says what its `value` is.
+    fn json_patch_op(&mut self, op: &Node<'_>, body: Body) {
+        let Kind::Object(members) = &op.kind else {
+            return self.value(op, Ctx::Plain);
+        };
+        let path = op.member_text("path").unwrap_or_default();
+        let target = patch_target(&path, body, self.rules.enabled);
+        for (key, child) in members {
+            match (key.as_ref(), target) {
+                ("value", PatchTarget::SecretData) => self.leaves(child, Detector::SecretData),
+                ("value", PatchTarget::EnvValue) => self.env_value(child),
+                ("value", PatchTarget::EnvEntry) if matches!(child.kind, Kind::Object(_)) => {
+                    self.env_entry(child)
+                }
+                ("value", PatchTarget::EnvList) => self.env_list(child),
+                ("value", PatchTarget::Arguments) => self.arguments(child),
+                ("value", PatchTarget::Argument) if matches!(child.kind, Kind::Str(_)) => {
+                    self.text(child, true)
+                }
+                _ => self.value(child, Ctx::Plain),
+            }
+        }
+    }
+
+    /// A container's `env`: each entry whose `name` says it holds a credential has its
+    /// `value` replaced (`valueFrom` holds no secret, and is walked like anything else).
+    fn env_list(&mut self, node: &Node<'_>) {
+        match &node.kind {
+            Kind::Array(items) => {
+                for item in items {
+                    match item.kind {
+                        Kind::Object(_) => self.env_entry(item),
+                        _ => self.value(item, Ctx::Plain),
+                    }
+                }
+            }
+            _ => self.value(node, Ctx::Plain),
+        }
+    }
+
+    fn env_entry(&mut self, entry: &Node<'_>) {
+        let Kind::Object(members) = &entry.kind else {
+            return;
+        };
+        let credential = entry
+            .member_text("name")
+            .is_some_and(|name| self.rules.names.matches(&name));
+        for (key, child) in members {
+            if key == "value" && credential {
+                self.env_value(child);
             } else {
                 self.value(child, Ctx::Plain);
             }
-            self.path.pop();
         }
     }
 
-    /// Every scalar under `value` is a secret.
-    fn leaves(&mut self, value: &'a Value, detector: Detector) {
-        match value {
-            Value::Object(map) => {
-                for (key, child) in map {
-                    self.path.push(SegRef::Key(key));
-                    self.leaves(child, detector);
-                    self.path.pop();
-                }
-            }
-            Value::Array(items) => {
-                for (index, item) in items.iter().enumerate() {
-                    self.path.push(SegRef::Index(index));
-                    self.leaves(item, detector);
-                    self.path.pop();
-                }
-            }
-            Value::String(text) if text.is_empty() => {}
-            Value::Null => {}
-            value => self.whole(value, detector),
+    /// The value of a credential's env entry: replaced whole, unless it cannot be a
+    /// secret (empty, `true`, `false`).
+    fn env_value(&mut self, node: &Node<'_>) {
+        match node.text() {
+            Some(text) if is_secret_value(&text) => self.whole(node, Detector::EnvSecret),
+            _ => self.value(node, Ctx::Plain),
         }
     }
 
-    fn whole(&mut self, value: &Value, detector: Detector) {
-        let replacement = match value {
-            Value::String(text) => self.rules.replacer.replace(text),
-            other => self.rules.replacer.replace(&other.to_string()),
+    /// A container's `command` or `args`: flags are read along the list, so that the
+    /// value of `--password` is the next entry.
+    fn arguments(&mut self, node: &Node<'_>) {
+        let Kind::Array(items) = &node.kind else {
+            return self.value(node, Ctx::Plain);
         };
-        self.push_edit(Value::String(replacement), vec![detector.id()], true);
+        let flags = self.rules.enabled.has(Detector::CliSecret);
+        let mut awaiting_value = false;
+        for item in items {
+            let Some(text) = item.text() else {
+                self.value(item, Ctx::Plain);
+                awaiting_value = false;
+                continue;
+            };
+            if awaiting_value && !is_flag(&text) && is_secret_value(&text) {
+                self.whole(item, Detector::CliSecret);
+                awaiting_value = false;
+                continue;
+            }
+            self.text(item, flags);
+            awaiting_value = flags && self.rules.names.is_bare_flag(&text);
+        }
     }
 
-    fn text(&mut self, text: &str) {
-        if let Some((redacted, hits)) = self.rules.text.redact(text, self.rules.replacer) {
-            self.push_edit(Value::String(redacted), hits, false);
+    /// Every scalar under `node` is a secret.
+    fn leaves(&mut self, node: &Node<'_>, detector: Detector) {
+        match &node.kind {
+            Kind::Object(members) => {
+                for (_, child) in members {
+                    self.leaves(child, detector);
+                }
+            }
+            Kind::Array(items) => {
+                for item in items {
+                    self.leaves(item, detector);
+                }
+            }
+            Kind::Str([]) => {}
+            Kind::Null => {}
+            Kind::Str(_) | Kind::Scalar(_) => self.whole(node, detector),
+        }
+    }
+
+    /// Replaces a whole scalar with the replacement of its text, as a string.
+    fn whole(&mut self, node: &Node<'_>, detector: Detector) {
+        let secret = match &node.kind {
+            Kind::Str(_) => node.text().unwrap_or_default(),
+            Kind::Scalar(bytes) => String::from_utf8_lossy(bytes),
+            _ => return,
+        };
+        let mut with = String::with_capacity(30);
+        with.push('"');
+        self.rules.replacer.push(&secret, &mut with);
+        with.push('"');
+        self.edits.push(Edit {
+            range: node.start..node.end,
+            with,
+            hits: vec![detector.id()],
+        });
+    }
+
+    /// The secrets inside a string, each mapped back to the bytes it was written as.
+    fn text(&mut self, node: &Node<'_>, flags: bool) {
+        let (Kind::Str(raw), Some(text)) = (&node.kind, node.text()) else {
+            return;
+        };
+        let spans = self.rules.text.spans(&text, flags);
+        if spans.is_empty() {
+            return;
+        }
+        let inside = node.start + 1;
+        let map = match memchr::memchr(b'\\', raw) {
+            None => None,
+            Some(_) => match raw::decode_mapped(raw) {
+                Some((_, map)) => Some(map),
+                None => return,
+            },
+        };
+        let at = |offset: usize| inside + map.as_ref().map_or(offset, |map| map[offset]);
+        for span in spans {
+            let mut with = String::with_capacity(28);
+            self.rules
+                .replacer
+                .push(&text[span.start..span.end], &mut with);
+            self.edits.push(Edit {
+                range: at(span.start)..at(span.end),
+                with,
+                hits: vec![span.detector],
+            });
         }
     }
 
     /// A `last-applied-configuration` annotation: a whole manifest as a JSON string. It
-    /// is parsed, walked like any object, and written back (compact, keeping kubectl's
-    /// trailing newline) only when something in it changed.
-    fn embedded(&mut self, text: &str) {
-        let Ok(mut inner) = serde_json::from_str::<Value>(text) else {
-            return self.text(text);
-        };
-        if !inner.is_object() && !inner.is_array() {
-            return self.text(text);
-        }
-        let edits = edits(self.rules, &inner, Body::Plain, &[]);
-        if edits.is_empty() {
+    /// is walked like any object, and each of its edits is written back into the
+    /// string with the string's escaping.
+    fn embedded(&mut self, node: &Node<'_>) {
+        let Kind::Str(raw) = &node.kind else {
             return;
+        };
+        let Some((text, map)) = raw::decode_mapped(raw) else {
+            return;
+        };
+        let inner = match raw::parse(text.as_bytes()) {
+            Some(
+                inner @ Node {
+                    kind: Kind::Object(_) | Kind::Array(_),
+                    ..
+                },
+            ) => inner,
+            _ => return self.text(node, false),
+        };
+        let mut walker = Walker {
+            rules: self.rules,
+            edits: Vec::new(),
+        };
+        walker.value(&inner, Ctx::Body(Body::Plain));
+        let inside = node.start + 1;
+        for edit in settle(walker.edits) {
+            let mut with = String::with_capacity(edit.with.len() + 4);
+            raw::push_escaped(&edit.with, &mut with);
+            self.edits.push(Edit {
+                range: inside + map[edit.range.start]..inside + map[edit.range.end],
+                with,
+                hits: edit.hits,
+            });
         }
-        let hits = edits
-            .iter()
-            .flat_map(|edit| edit.hits.iter().copied())
-            .collect();
-        apply(&mut inner, edits);
-        let mut rewritten = inner.to_string();
-        if text.ends_with('\n') {
-            rewritten.push('\n');
-        }
-        self.push_edit(Value::String(rewritten), hits, false);
     }
 
     /// A `fields` path (after its top-level key), with the condition language's
     /// semantics: a segment of digits indexes an array, any other segment applies to
-    /// every element.
-    fn field(&mut self, value: &'a Value, rest: &[String]) {
+    /// every element. Every copy of a repeated key is followed.
+    fn field(&mut self, node: &Node<'_>, rest: &[String]) {
         let Some((segment, tail)) = rest.split_first() else {
-            return self.leaves(value, Detector::Fields);
+            return self.leaves(node, Detector::Fields);
         };
-        match value {
-            Value::Object(map) => {
-                if let Some((key, child)) = map.get_key_value(segment.as_str()) {
-                    self.path.push(SegRef::Key(key));
+        match &node.kind {
+            Kind::Object(members) => {
+                for (_, child) in members.iter().filter(|(key, _)| key == segment) {
                     self.field(child, tail);
-                    self.path.pop();
                 }
             }
-            Value::Array(items) => match segment.parse::<usize>() {
+            Kind::Array(items) => match segment.parse::<usize>() {
                 Ok(index) => {
                     if let Some(item) = items.get(index) {
-                        self.path.push(SegRef::Index(index));
                         self.field(item, tail);
-                        self.path.pop();
                     }
                 }
                 Err(_) => {
-                    for (index, item) in items.iter().enumerate() {
-                        self.path.push(SegRef::Index(index));
+                    for item in items {
                         self.field(item, rest);
-                        self.path.pop();
                     }
                 }
             },
             _ => {}
         }
     }
-
-    fn push_edit(&mut self, value: Value, hits: Vec<usize>, whole: bool) {
-        let path = self
-            .path
-            .iter()
-            .map(|seg| match seg {
-                SegRef::Key(key) => Seg::Key((*key).to_owned()),
-                SegRef::Index(index) => Seg::Index(*index),
-            })
-            .collect();
-        self.edits.push(Edit {
-            path,
-            value,
-            hits,
-            whole,
-        });
-    }
 }
 
-fn is_secret_string(value: &Value) -> bool {
-    matches!(value, Value::String(text) if !text.is_empty())
+fn is_secret_string(node: &Node<'_>) -> bool {
+    matches!(node.kind, Kind::Str(raw) if !raw.is_empty())
 }
 
-/// `{"op":"replace","path":"/data/password","value":"..."}` and the like.
-fn patches_secret_data(op: &Map<String, Value>) -> bool {
-    let Some(Value::String(path)) = op.get("path") else {
-        return false;
-    };
-    ["/data", "/stringData"].iter().any(|prefix| {
+/// `{"op": ..., "path": ...}`.
+fn is_patch_op(node: &Node<'_>) -> bool {
+    node.member_text("op").is_some() && node.member_text("path").is_some()
+}
+
+/// What the `value` of a JSON patch operation is, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatchTarget {
+    Plain,
+    /// Under a Secret's `data`/`stringData`.
+    SecretData,
+    /// `.../env/0/value`: the entry's name is not in the patch, so the value is taken
+    /// for a credential.
+    EnvValue,
+    /// `.../env/0` or `.../env/-`: one entry.
+    EnvEntry,
+    /// `.../env`: the list.
+    EnvList,
+    /// `.../command` or `.../args`: the list.
+    Arguments,
+    /// `.../args/0`: one entry.
+    Argument,
+}
+
+fn patch_target(path: &str, body: Body, enabled: &Enabled) -> PatchTarget {
+    let under = |prefix: &str| {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    };
+    if body == Body::Secret && (under("/data") || under("/stringData")) {
+        return PatchTarget::SecretData;
+    }
+    let segments: Vec<&str> = path.rsplit('/').take(3).collect();
+    let is_index = |segment: &str| {
+        segment == "-" || (!segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let env = enabled.has(Detector::EnvSecret);
+    match segments.as_slice() {
+        ["value", index, "env"] if env && is_index(index) => PatchTarget::EnvValue,
+        [index, "env", ..] if env && is_index(index) => PatchTarget::EnvEntry,
+        ["env", ..] if env => PatchTarget::EnvList,
+        ["command" | "args", ..] => PatchTarget::Arguments,
+        [index, "command" | "args", ..] if is_index(index) => PatchTarget::Argument,
+        _ => PatchTarget::Plain,
+    }
 }
