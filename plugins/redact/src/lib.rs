@@ -334,7 +334,7 @@ impl Transform for Redact {
                     component_id = %self.id,
                     fields = outcome.unparseable,
                     "a field that may hold a secret is nested too deep to be read \
-                     (over 512 levels); the whole field was replaced with [REDACTED]"
+                     (over 10,000 levels); the whole field was replaced with [REDACTED]"
                 );
                 self.telemetry
                     .errored("unparseable_field", outcome.unparseable);

@@ -13,9 +13,12 @@
 
 use std::borrow::Cow;
 
-/// How deep the view goes. The walk recurses, and runs on the pipeline's worker
-/// threads: a field nested deeper is refused, and the caller replaces it whole.
-pub(crate) const MAX_DEPTH: usize = 512;
+/// How deep the view goes: as deep as the event decoder accepts (10,000 levels, the
+/// limit kube-apiserver's own decoder has), so that a secret nested anywhere in an
+/// accepted event is redacted in place. The walk recurses; the pipeline's runtime threads
+/// reserve stacks for that depth (`auditflow run`). A field nested deeper (only a
+/// transform upstream could make one) is refused, and the caller replaces it whole.
+pub(crate) const MAX_DEPTH: usize = 10_000;
 
 /// One JSON value inside a field's bytes.
 #[derive(Debug)]
@@ -330,10 +333,18 @@ mod tests {
         for bad in [&b"{"[..], b"[1,]", b"{\"a\" 1}", b"\"x", b"nul", b"{} x"] {
             assert!(parse(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
-        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
-        assert!(parse(deep.as_bytes()).is_none());
-        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert!(parse(ok.as_bytes()).is_some());
+        // On a stack as large as the runtime's threads have.
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(|| {
+                let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+                assert!(parse(deep.as_bytes()).is_none());
+                let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+                assert!(parse(ok.as_bytes()).is_some());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

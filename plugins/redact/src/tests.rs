@@ -202,19 +202,27 @@ fn a_number_serde_cannot_hold_keeps_its_digits_beside_a_secret() {
 
 #[test]
 fn a_field_nested_too_deep_to_read_is_replaced_whole() {
-    // Set by a transform upstream (the decoder refuses such depth today).
-    let mut deep = json!("Bearer abc123def456");
-    for _ in 0..600 {
-        deep = json!([deep]);
-    }
-    let mut input = event(r#"{"verb":"get","requestObject":{}}"#);
-    input.insert("requestObject", deep);
-    let mut transform = redact_with(json!({}), "deep");
-    let out = run_transform(transform.as_mut(), vec![input]);
-    assert_eq!(
-        String::from_utf8(out[0].to_json_bytes().to_vec()).unwrap(),
-        r#"{"verb":"get","requestObject":"[REDACTED]"}"#
-    );
+    // Only a transform upstream could set such a field: the decoder refuses it. Run on a
+    // stack as large as the runtime's threads have.
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(|| {
+            let mut deep = json!("Bearer abc123def456");
+            for _ in 0..10_001 {
+                deep = json!([deep]);
+            }
+            let mut input = event(r#"{"verb":"get","requestObject":{}}"#);
+            input.insert("requestObject", deep);
+            let mut transform = redact_with(json!({}), "deep");
+            let out = run_transform(transform.as_mut(), vec![input]);
+            assert_eq!(
+                String::from_utf8(out[0].to_json_bytes().to_vec()).unwrap(),
+                r#"{"verb":"get","requestObject":"[REDACTED]"}"#
+            );
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 #[test]
