@@ -6,6 +6,7 @@
 //!   became of them.
 //! - [`CollectSink`]: keeps what it receives, optionally slowly or not at all.
 //! - [`run_transform`]: runs a transform over events, synchronously.
+//! - [`RecordingTelemetry`]: the counters a component reported, for asserting on them.
 //! - [`compliance`]: the checks every plugin passes.
 
 pub mod compliance;
@@ -148,4 +149,70 @@ pub fn run_transform(transform: &mut dyn Transform, events: Vec<Event>) -> Vec<E
 pub fn event(json: &str) -> Event {
     Event::from_bytes(bytes::Bytes::copy_from_slice(json.as_bytes()))
         .unwrap_or_else(|error| panic!("fixture is not a JSON object: {error}: {json}"))
+}
+
+/// Telemetry that records every count a component reports, for tests that assert what it
+/// counted (`discarded` by reason, `errored` by type, `received`/`sent` totals).
+#[derive(Debug, Default)]
+pub struct RecordingTelemetry {
+    recorded: Mutex<Recorded>,
+}
+
+/// What a [`RecordingTelemetry`] has seen so far.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// (events, bytes) received.
+    pub received: (usize, usize),
+    /// (events, bytes) sent.
+    pub sent: (usize, usize),
+    /// Every `discarded` call, in order.
+    pub discarded: Vec<(&'static str, usize)>,
+    /// Every `errored` call, in order.
+    pub errored: Vec<(&'static str, usize)>,
+    /// The net change of the buffer gauge.
+    pub buffer: i64,
+}
+
+impl RecordingTelemetry {
+    /// A copy of everything recorded so far.
+    pub fn recorded(&self) -> Recorded {
+        self.lock().clone()
+    }
+
+    /// Events discarded with `reason`, over all calls.
+    pub fn discarded_events(&self, reason: &str) -> usize {
+        let recorded = self.lock();
+        recorded
+            .discarded
+            .iter()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl auditflow_core::Telemetry for RecordingTelemetry {
+    fn received(&self, events: usize, bytes: usize) {
+        let mut recorded = self.lock();
+        recorded.received.0 += events;
+        recorded.received.1 += bytes;
+    }
+    fn sent(&self, events: usize, bytes: usize) {
+        let mut recorded = self.lock();
+        recorded.sent.0 += events;
+        recorded.sent.1 += bytes;
+    }
+    fn discarded(&self, reason: &'static str, events: usize) {
+        self.lock().discarded.push((reason, events));
+    }
+    fn errored(&self, error_type: &'static str, count: usize) {
+        self.lock().errored.push((error_type, count));
+    }
+    fn buffer_changed(&self, delta_events: i64) {
+        self.lock().buffer += delta_events;
+    }
 }

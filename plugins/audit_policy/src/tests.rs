@@ -1,5 +1,3 @@
-use std::sync::Mutex;
-
 use auditflow_core::decode::{decode, Shape};
 use auditflow_core::NoTelemetry;
 use auditflow_testkit::events::audit_log_events;
@@ -339,18 +337,7 @@ fn omit_managed_fields_the_rule_wins_when_set() {
     );
 }
 
-#[derive(Default)]
-struct Discards(Mutex<Vec<(&'static str, usize)>>);
-
-impl Telemetry for Discards {
-    fn received(&self, _: usize, _: usize) {}
-    fn sent(&self, _: usize, _: usize) {}
-    fn discarded(&self, reason: &'static str, events: usize) {
-        self.0.lock().unwrap().push((reason, events));
-    }
-    fn errored(&self, _: &'static str, _: usize) {}
-    fn buffer_changed(&self, _: i64) {}
-}
+type Discards = auditflow_testkit::RecordingTelemetry;
 
 fn transform(p: Policy) -> (AuditPolicy, Arc<Discards>) {
     let discards = Arc::new(Discards::default());
@@ -433,7 +420,7 @@ fn level_none_and_omitted_stages_drop_the_event_as_filtered() {
     let out = run_transform(&mut t, events);
     let stages: Vec<&str> = out.iter().map(|e| e.get_str("stage").unwrap()).collect();
     assert_eq!(stages, ["ResponseComplete", "Panic"]);
-    assert_eq!(discards.0.lock().unwrap().as_slice(), [("filtered", 3)]);
+    assert_eq!(discards.recorded().discarded, [("filtered", 3)]);
 }
 
 #[test]
@@ -510,7 +497,7 @@ fn the_capture_under_its_own_policy_is_unchanged() {
         assert!(!out.is_modified());
         assert_eq!(out.raw(), original.raw());
     }
-    assert!(discards.0.lock().unwrap().is_empty());
+    assert!(discards.recorded().discarded.is_empty());
 }
 
 #[test]
@@ -609,9 +596,8 @@ fn a_stricter_policy_gives_what_kube_apiserver_would_have_logged() {
     }
     assert_eq!(
         discards
-            .0
-            .lock()
-            .unwrap()
+            .recorded()
+            .discarded
             .iter()
             .map(|(_, n)| n)
             .sum::<usize>(),

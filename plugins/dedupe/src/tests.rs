@@ -1,33 +1,10 @@
-use std::sync::Mutex;
-
 use auditflow_core::decode::{decode, Shape};
 use auditflow_testkit::events::{audit_log_events, WEBHOOK_EVENT_LIST};
 use auditflow_testkit::{event, run_transform};
 
 use super::*;
 
-#[derive(Default)]
-struct Discards(Mutex<Vec<(&'static str, usize)>>);
-
-impl Telemetry for Discards {
-    fn received(&self, _: usize, _: usize) {}
-    fn sent(&self, _: usize, _: usize) {}
-    fn discarded(&self, reason: &'static str, events: usize) {
-        self.0.lock().unwrap().push((reason, events));
-    }
-    fn errored(&self, _: &'static str, _: usize) {}
-    fn buffer_changed(&self, _: i64) {}
-}
-
-impl Discards {
-    fn total(&self, reason: &str) -> usize {
-        let seen = self.0.lock().unwrap();
-        seen.iter()
-            .filter(|(r, _)| *r == reason)
-            .map(|(_, n)| n)
-            .sum()
-    }
-}
+type Discards = auditflow_testkit::RecordingTelemetry;
 
 fn config(options: serde_json::Value) -> DedupeConfig {
     serde_json::from_value(options).unwrap()
@@ -78,7 +55,7 @@ fn a_resent_webhook_batch_is_dropped_whole_and_counted() {
     // kube-apiserver resends the same bytes after an error.
     let resent = decode(&body, Shape::EventList).unwrap().events;
     assert!(run_transform(&mut dedupe, resent).is_empty());
-    assert_eq!(discards.total("duplicate"), 140);
+    assert_eq!(discards.discarded_events("duplicate"), 140);
     assert_eq!(dedupe.len(), 140);
 }
 
@@ -102,7 +79,7 @@ fn stages_of_one_request_are_different_keys() {
             ("b".into(), "ResponseComplete".into())
         ]
     );
-    assert_eq!(discards.total("duplicate"), 1);
+    assert_eq!(discards.discarded_events("duplicate"), 1);
 }
 
 #[test]
@@ -117,7 +94,7 @@ fn the_real_log_replayed_after_a_crash_is_dropped_and_the_rest_kept() {
     );
     let kept = run_transform(&mut dedupe, events.clone());
     assert_eq!(ids(&kept), ids(&events[100..]));
-    assert_eq!(discards.total("duplicate"), 100);
+    assert_eq!(discards.discarded_events("duplicate"), 100);
 }
 
 #[test]
@@ -172,7 +149,7 @@ fn events_without_any_key_field_are_kept() {
     let bare = event(r#"{"verb":"get"}"#);
     let kept = run_transform(&mut dedupe, vec![bare.clone(), bare.clone(), bare]);
     assert_eq!(kept.len(), 3);
-    assert_eq!(discards.total("duplicate"), 0);
+    assert_eq!(discards.discarded_events("duplicate"), 0);
     assert!(dedupe.is_empty());
 }
 

@@ -1,33 +1,11 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use auditflow_testkit::events::audit_log_events;
 use auditflow_testkit::{event, run_transform};
 
 use super::*;
 
-#[derive(Default)]
-struct Discards(Mutex<Vec<(&'static str, usize)>>);
-
-impl Telemetry for Discards {
-    fn received(&self, _: usize, _: usize) {}
-    fn sent(&self, _: usize, _: usize) {}
-    fn discarded(&self, reason: &'static str, events: usize) {
-        self.0.lock().unwrap().push((reason, events));
-    }
-    fn errored(&self, _: &'static str, _: usize) {}
-    fn buffer_changed(&self, _: i64) {}
-}
-
-impl Discards {
-    fn total(&self, reason: &str) -> usize {
-        let seen = self.0.lock().unwrap();
-        seen.iter()
-            .filter(|(r, _)| *r == reason)
-            .map(|(_, n)| n)
-            .sum()
-    }
-}
+type Discards = auditflow_testkit::RecordingTelemetry;
 
 fn config(options: serde_json::Value) -> SampleConfig {
     serde_json::from_value(options).unwrap()
@@ -113,7 +91,7 @@ fn keeps_about_one_in_rate_of_100_000_requests() {
             kept.abs_diff(expected) <= tolerance,
             "rate {rate}: kept {kept}, expected {expected} ± {tolerance}"
         );
-        assert_eq!(discards.total("sampled"), 100_000 - kept);
+        assert_eq!(discards.discarded_events("sampled"), 100_000 - kept);
     }
 }
 
@@ -174,7 +152,10 @@ fn errors_and_denials_are_always_kept_and_not_annotated() {
         assert!(!kept.is_modified(), "an excluded event leaves as it came");
     }
     assert!(out.iter().any(|e| *e == tagged && sample_rate(e).is_none()));
-    assert_eq!(discards.total("sampled"), events.len() + 1 - out.len());
+    assert_eq!(
+        discards.discarded_events("sampled"),
+        events.len() + 1 - out.len()
+    );
 }
 
 #[test]
@@ -201,7 +182,7 @@ fn events_without_the_key_are_kept() {
     let out = run_transform(&mut sample, vec![without, null]);
     assert_eq!(out.len(), 2);
     assert!(out.iter().all(|e| !e.is_modified()));
-    assert_eq!(discards.total("sampled"), 0);
+    assert_eq!(discards.discarded_events("sampled"), 0);
 }
 
 #[test]
