@@ -260,8 +260,13 @@ fn pretty_printed_events_one_after_another_are_a_stream_for_stdin_webhook_and_fi
         r#"{"auditID":"p2","verb":"get"}"#,
         r#"{"auditID":"p3","verb":"get"}"#,
     ];
-    let run = run_pipeline(&workspace, "{ type: stdin }", pretty.as_bytes(), 3);
-    assert_eq!(run.out, expected, "stdin");
+    let run = run_pipeline(
+        &workspace,
+        "{ type: stdin, framing: json_stream }",
+        pretty.as_bytes(),
+        3,
+    );
+    assert_eq!(run.out, expected, "stdin with framing: json_stream");
     let run = through_webhook(
         &workspace,
         &[("application/json", pretty.as_bytes().to_vec())],

@@ -226,13 +226,25 @@ impl Framer {
         }
         let mut state = self.value;
         let mut at = self.scanned;
+        // NUL bytes are rare: find the first once, and scan only up to it.
+        let end = memchr::memchr(0, &self.buf[at..]).map_or(self.buf.len(), |nul| at + nul);
         while at < self.buf.len() {
-            let byte = self.buf[at];
-            if byte == 0 {
+            if at == end {
                 // A crash cut the value short: it ends here.
                 self.value = ValueState::default();
                 return Some(self.cut(at, at));
             }
+            if state.in_string && !state.escaped {
+                // Most of an event is string content: jump to what can end or escape it.
+                match memchr::memchr3(b'"', b'\\', b'\n', &self.buf[at..end]) {
+                    Some(skip) => at += skip,
+                    None => {
+                        at = end;
+                        continue;
+                    }
+                }
+            }
+            let byte = self.buf[at];
             if state.in_string {
                 if byte == b'\n' {
                     // JSON strings hold no raw newline: the value was cut short here.
