@@ -361,3 +361,39 @@ pub fn assert_golden(name: &str, actual: &str) {
         }
     }
 }
+
+/// `auditflow <args>` as a command that sees none of the test environment's `AUDITFLOW_*`
+/// (or `E2E_*`) variables: only what the test sets reaches the binary.
+pub fn clean_command(args: &[&str]) -> Command {
+    let mut command = Command::new(auditflow_bin());
+    command.args(args);
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("AUDITFLOW_") || text.starts_with("E2E_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Runs [`clean_command`] in `dir` with `env`, feeds `input` on stdin and closes it, and
+/// waits for the process to end.
+pub fn run_to_end(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: &[u8],
+) -> std::process::Output {
+    let mut child = clean_command(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run auditflow");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    std::io::Write::write_all(&mut stdin, input).expect("write auditflow's stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wait for auditflow")
+}

@@ -2,11 +2,10 @@
 //! one, `${VAR:-default}` interpolation, and `AUDITFLOW_<SECTION>__<ID>__<OPTION>`
 //! overrides. Each is shown by what the running pipeline does with its input.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use auditflow_e2e::{auditflow_bin, Workspace};
+use auditflow_e2e::{run_to_end, Workspace};
 
 const SHORT: &str = r#"{"verb":"get","n":1}"#;
 
@@ -18,25 +17,7 @@ fn long_line() -> String {
 /// Runs `auditflow <args>` in `dir` with `env` (and no other `AUDITFLOW_*` variables),
 /// feeding `input` on stdin and closing it.
 fn auditflow(dir: &Path, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
-    let mut command = Command::new(auditflow_bin());
-    command.args(args).current_dir(dir);
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("AUDITFLOW_") || text.starts_with("E2E_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run auditflow");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    child.wait_with_output().expect("wait for auditflow")
+    run_to_end(dir, args, env, input.as_bytes())
 }
 
 /// `run` with `SHORT` and a long line as input; returns stdout's lines.

@@ -3,33 +3,15 @@
 //! id characters, inputs naming a sink), lists replaced on merge, and nested and list
 //! overrides from `AUDITFLOW_<SECTION>__...` variables.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use auditflow_e2e::audit_lines::audit_line;
-use auditflow_e2e::{auditflow_bin, Workspace};
+use auditflow_e2e::{run_to_end, Workspace};
 
 /// Runs the binary in `dir` with only the `AUDITFLOW_*` variables given in `env`.
 fn auditflow(dir: &Path, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
-    let mut command = Command::new(auditflow_bin());
-    command.args(args).current_dir(dir);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AUDITFLOW_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run auditflow");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    child.wait_with_output().expect("wait for auditflow")
+    run_to_end(dir, args, env, input.as_bytes())
 }
 
 fn stdout(output: &Output) -> String {

@@ -2,9 +2,8 @@
 //! when the test runs, so a new example is covered the moment it is added.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use auditflow_e2e::{auditflow_bin, repo_root};
+use auditflow_e2e::{clean_command, repo_root};
 
 fn pipeline_files(dir: &Path, found: &mut Vec<PathBuf>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -52,13 +51,8 @@ fn every_pipeline_file_validates() {
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         let relative = file.strip_prefix(&root).unwrap();
-        let mut command = Command::new(auditflow_bin());
-        command.arg("validate").arg(relative).current_dir(&root);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("AUDITFLOW_") {
-                command.env_remove(name);
-            }
-        }
+        let mut command = clean_command(&["validate"]);
+        command.arg(relative).current_dir(&root);
         // Secrets and addresses come from the environment; any value does for checking.
         for name in required_variables(&text) {
             command.env(name, "dummy-value-for-validate");

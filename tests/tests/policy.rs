@@ -6,11 +6,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::{
-    auditflow_bin, free_port, http_get, metric, repo_root, wait_ready, Auditflow, Workspace,
+    free_port, http_get, metric, repo_root, run_to_end, wait_ready, Auditflow, Workspace,
 };
 use serde_json::Value;
 
@@ -26,23 +26,7 @@ fn fixtures() -> PathBuf {
 /// Runs the binary in `dir` (file names in messages stay relative), with `stdin`, and no
 /// `AUDITFLOW_*` overrides from the test's environment.
 fn auditflow(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut command = Command::new(auditflow_bin());
-    command
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AUDITFLOW_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command.spawn().expect("start auditflow");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
+    run_to_end(dir, args, &[], stdin)
 }
 
 fn golden(name: &str) -> String {

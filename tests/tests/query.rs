@@ -8,9 +8,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use auditflow_e2e::{auditflow_bin, repo_root};
+use auditflow_e2e::{clean_command, repo_root};
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures").join(name)
@@ -33,18 +33,12 @@ fn webhook_bodies() -> Vec<PathBuf> {
 /// Runs the binary with `args`, `stdin` on standard input, and `COLUMNS` as given (unset
 /// otherwise); standard output and error are pipes, as in a script.
 fn auditflow(args: &[&str], stdin: Option<&[u8]>, columns: Option<&str>) -> Output {
-    let mut command = Command::new(auditflow_bin());
+    let mut command = clean_command(args);
     command
-        .args(args)
         .env_remove("COLUMNS")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AUDITFLOW_") {
-            command.env_remove(name);
-        }
-    }
     if let Some(columns) = columns {
         command.env("COLUMNS", columns);
     }

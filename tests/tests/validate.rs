@@ -7,21 +7,17 @@
 //! checked to hold the types these pipelines use and then replaced by `<known types>`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use auditflow_e2e::{assert_golden, auditflow_bin, Workspace};
+use auditflow_e2e::{assert_golden, clean_command, Workspace};
 
 /// Runs the binary in `dir` (so that file names in messages are relative) with no
 /// `AUDITFLOW_*` overrides from the test's environment.
 fn auditflow(dir: &Path, args: &[&str]) -> Output {
-    let mut command = Command::new(auditflow_bin());
-    command.args(args).current_dir(dir);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AUDITFLOW_") {
-            command.env_remove(name);
-        }
-    }
-    command.output().expect("run auditflow")
+    clean_command(args)
+        .current_dir(dir)
+        .output()
+        .expect("run auditflow")
 }
 
 /// Replaces the list after each "known <kind> types: " (up to `;` or the end of the line)
