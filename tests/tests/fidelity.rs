@@ -42,6 +42,26 @@ fn run_pipeline(workspace: &Workspace, source: &str, stdin: &[u8], expect: usize
     let mut input = auditflow.take_stdin();
     input.write_all(stdin).unwrap();
     input.flush().unwrap();
+    let mut out = receive(&lines, expect, &auditflow);
+    let metrics = scrape_settled(&address);
+    drop(input);
+    auditflow.signal(libc::SIGTERM);
+    let status = auditflow.wait_timeout(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", auditflow.stderr());
+    out.extend(lines.try_iter());
+    Run {
+        out,
+        metrics,
+        stderr: auditflow.stderr(),
+    }
+}
+
+/// The first `expect` lines of output, failing the test after 30 s without them.
+fn receive(
+    lines: &std::sync::mpsc::Receiver<String>,
+    expect: usize,
+    auditflow: &Auditflow,
+) -> Vec<String> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.len() < expect {
@@ -55,17 +75,7 @@ fn run_pipeline(workspace: &Workspace, source: &str, stdin: &[u8], expect: usize
             ),
         }
     }
-    let metrics = scrape_settled(&address);
-    drop(input);
-    auditflow.signal(libc::SIGTERM);
-    let status = auditflow.wait_timeout(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", auditflow.stderr());
-    out.extend(lines.try_iter());
-    Run {
-        out,
-        metrics,
-        stderr: auditflow.stderr(),
-    }
+    out
 }
 
 struct Run {
@@ -150,18 +160,7 @@ fn through_webhook(workspace: &Workspace, bodies: &[(&str, Vec<u8>)], expect: us
         let (status, reply) = post(&address, content_type, body);
         assert_eq!(status, 200, "{content_type}: {reply}");
     }
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while out.len() < expect {
-        match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => out.push(line),
-            Err(_) => assert!(
-                Instant::now() < deadline,
-                "{} of {expect} arrived",
-                out.len()
-            ),
-        }
-    }
+    let mut out = receive(&lines, expect, &auditflow);
     let text = scrape_settled(&metrics);
     auditflow.signal(libc::SIGTERM);
     assert_eq!(
