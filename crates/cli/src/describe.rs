@@ -68,7 +68,19 @@ fn to_dot(pipeline: &Pipeline) -> String {
     }
     for component in &pipeline.components {
         for input in &component.inputs {
-            let _ = writeln!(dot, "  {input:?} -> {:?};", component.id);
+            // A dead-letter edge starts at its component, dashed and labelled.
+            match auditflow_core::dead_letter::component_of(input) {
+                Some(of) => {
+                    let _ = writeln!(
+                        dot,
+                        "  {of:?} -> {:?} [style=dashed, color=red, label=\"dead_letter\"];",
+                        component.id
+                    );
+                }
+                None => {
+                    let _ = writeln!(dot, "  {input:?} -> {:?};", component.id);
+                }
+            }
         }
     }
     dot.push_str("}\n");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use auditflow_core::ComponentKind;
+use auditflow_core::{dead_letter, ComponentKind};
 use figment::providers::{Env, Format, Json, Toml, Yaml};
 use figment::Figment;
 use schemars::JsonSchema;
@@ -68,6 +68,9 @@ pub struct Component {
     pub config: AnyConfig,
     /// Where a sink's input waits (`buffer`); always `Memory` for sources and transforms.
     pub buffer: BufferConfig,
+    /// How many bytes of a refused record a dead letter keeps (`max_dead_letter_bytes`,
+    /// sources and sinks; 1 MiB unless set).
+    pub max_dead_letter_bytes: usize,
     /// The file that defined it (for messages at run time).
     pub file: String,
 }
@@ -483,6 +486,26 @@ fn check_component(
         }
         (_, None) => BufferConfig::default(),
     };
+    // `max_dead_letter_bytes` is the engine's too, common to every source and sink.
+    let max_dead_letter_bytes = match (kind, options.remove("max_dead_letter_bytes")) {
+        (ComponentKind::Transform, Some(value)) => {
+            options.insert("max_dead_letter_bytes".to_owned(), value);
+            auditflow_core::dead_letter::DEFAULT_MAX_BYTES
+        }
+        (_, None | Some(Value::Null)) => auditflow_core::dead_letter::DEFAULT_MAX_BYTES,
+        (_, Some(value)) => match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(bytes) if bytes > 0 => bytes,
+            _ => {
+                fail(
+                    format!("{here}.max_dead_letter_bytes"),
+                    format!(
+                        "expected a positive number of bytes (the default is 1048576, 1 MiB), found {value}"
+                    ),
+                );
+                auditflow_core::dead_letter::DEFAULT_MAX_BYTES
+            }
+        },
+    };
     for problem in buffer.validate() {
         let field = problem.field.unwrap_or_default();
         fail(format!("{here}.{field}"), problem.message);
@@ -533,6 +556,7 @@ fn check_component(
         inputs,
         config,
         buffer,
+        max_dead_letter_bytes,
         file,
     })
 }
@@ -610,6 +634,33 @@ fn check_graph(top: &Map<String, Value>, origin: &Origin, errors: &mut Vec<Confi
             ));
         }
         for input in inputs {
+            if let Some(of) = dead_letter::component_of(input) {
+                match nodes.get(of) {
+                    Some((ComponentKind::Transform, _)) => errors.push(ConfigError::new(
+                        file.clone(),
+                        format!("{here}.inputs"),
+                        format!("`{input}`: only sources and sinks have a dead-letter output; `{of}` is a transform"),
+                    )),
+                    Some(_) => {
+                        read.insert(input.as_str());
+                    }
+                    None => errors.push(ConfigError::new(
+                        file.clone(),
+                        format!("{here}.inputs"),
+                        format!(
+                            "`{input}` names the dead letters of `{of}`, which is no source or sink{}",
+                            suggestion(
+                                of,
+                                nodes
+                                    .iter()
+                                    .filter(|(_, (k, _))| *k != ComponentKind::Transform)
+                                    .map(|(id, _)| id.as_str())
+                            )
+                        ),
+                    )),
+                }
+                continue;
+            }
             match nodes.get(input) {
                 None => errors.push(ConfigError::new(
                     file.clone(),
@@ -628,7 +679,7 @@ fn check_graph(top: &Map<String, Value>, origin: &Origin, errors: &mut Vec<Confi
                 Some((ComponentKind::Sink, _)) => errors.push(ConfigError::new(
                     file.clone(),
                     format!("{here}.inputs"),
-                    format!("`{input}` is a sink; inputs name sources and transforms"),
+                    format!("`{input}` is a sink; inputs name sources and transforms (and `{input}.dead_letter`, the events its destination refused)"),
                 )),
                 Some(_) => {
                     read.insert(input.as_str());
@@ -647,18 +698,23 @@ fn check_graph(top: &Map<String, Value>, origin: &Origin, errors: &mut Vec<Confi
     }
     for cycle in cycles(&nodes) {
         let first = &cycle[0];
+        let section = nodes
+            .get(first)
+            .map_or("transforms", |(kind, _)| kind.section());
         errors.push(ConfigError::new(
-            origin.of(&["transforms", first]),
-            format!("transforms.{first}.inputs"),
+            origin.of(&[section, first]),
+            format!("{section}.{first}.inputs"),
             format!("cycle: {}", cycle.join(" -> ")),
         ));
     }
 }
 
-/// Every elementary cycle through transforms, each once, starting at its smallest id.
+/// Every elementary cycle through transforms (and sinks, through their dead letters),
+/// each once, starting at its smallest id.
 fn cycles(nodes: &BTreeMap<String, (ComponentKind, Vec<String>)>) -> Vec<Vec<String>> {
-    // Edges go from a component to the components it reads from; a cycle read backwards
-    // is still the same cycle, and printed in data-flow order below.
+    // Edges go from a component to the components it reads from (`x.dead_letter` is read
+    // from `x`); a cycle read backwards is still the same cycle, and printed in data-flow
+    // order below.
     fn visit<'a>(
         node: &'a str,
         start: &'a str,
@@ -670,6 +726,7 @@ fn cycles(nodes: &BTreeMap<String, (ComponentKind, Vec<String>)>) -> Vec<Vec<Str
             return;
         };
         for input in inputs {
+            let input = dead_letter::component_of(input).unwrap_or(input);
             if input == start {
                 let mut cycle: Vec<String> = path.iter().rev().map(|s| s.to_string()).collect();
                 // Data flows from input to reader: reverse, then rotate to the smallest.
@@ -677,7 +734,7 @@ fn cycles(nodes: &BTreeMap<String, (ComponentKind, Vec<String>)>) -> Vec<Vec<Str
                 cycle.rotate_left(smallest);
                 cycle.push(cycle[0].clone());
                 found.insert(cycle);
-            } else if input.as_str() > start && !path.contains(&input.as_str()) {
+            } else if input > start && !path.contains(&input) {
                 path.push(input);
                 visit(input, start, nodes, path, found);
                 path.pop();
@@ -686,7 +743,7 @@ fn cycles(nodes: &BTreeMap<String, (ComponentKind, Vec<String>)>) -> Vec<Vec<Str
     }
     let mut found = BTreeSet::new();
     for (id, (kind, _)) in nodes {
-        if *kind == ComponentKind::Transform {
+        if *kind != ComponentKind::Source {
             let mut path = vec![id.as_str()];
             visit(id, id, nodes, &mut path, &mut found);
         }

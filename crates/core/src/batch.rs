@@ -38,6 +38,12 @@ impl Batch {
         }
     }
 
+    /// A batch carrying finalizers taken from other batches (dead letters, which are
+    /// acknowledged with the data they stand for).
+    pub fn with_finalizers(events: Vec<Event>, finalizers: Finalizers) -> Batch {
+        Batch { events, finalizers }
+    }
+
     pub fn len(&self) -> usize {
         self.events.len()
     }

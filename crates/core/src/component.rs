@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::batch::Batch;
 use crate::channel::{Output, Receiver};
+use crate::dead_letter::DeadLetterOutput;
 
 /// What a component is in the pipeline graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,6 +65,9 @@ pub trait Telemetry: Send + Sync + 'static {
     fn errored(&self, error_type: &'static str, count: usize);
     /// Events entering (+) or leaving (-) the channel in front of this component.
     fn buffer_changed(&self, delta_events: i64);
+    /// Dead letters sent on `<id>.dead_letter` (each refusal is also counted by
+    /// [`Telemetry::discarded`] under its reason).
+    fn dead_lettered(&self, _events: usize) {}
 }
 
 /// Telemetry that records nothing (benchmarks, unit tests).
@@ -181,6 +185,8 @@ pub struct SourceContext {
     /// the final checkpoint, and return.
     pub shutdown: Shutdown,
     pub telemetry: Arc<dyn Telemetry>,
+    /// Where refused records go (`<id>.dead_letter`), when something reads them.
+    pub dead_letter: DeadLetterOutput,
 }
 
 /// What a sink runs with.
@@ -189,6 +195,9 @@ pub struct SinkContext {
     /// Batches to deliver; `None` once every upstream has finished (then flush and return).
     pub input: Receiver,
     pub telemetry: Arc<dyn Telemetry>,
+    /// Where events the destination refused for good go (`<id>.dead_letter`), when
+    /// something reads them.
+    pub dead_letter: DeadLetterOutput,
 }
 
 /// Produces batches until its input ends or shutdown is signalled.

@@ -85,6 +85,11 @@ pub struct Malformed {
     /// The bounded reason it is counted under: `malformed` or `too_deep`
     /// ([`crate::DecodeError::reason`]).
     pub kind: &'static str,
+    /// The item's bytes, sharing the body's (for its dead letter).
+    pub raw: Bytes,
+    /// Its position among the body's top-level items, from 0; `None` for a line or value
+    /// of a stream.
+    pub item: Option<usize>,
 }
 
 impl fmt::Display for Malformed {
@@ -188,7 +193,17 @@ fn object(body: &Bytes, shape: Shape, decoded: &mut Decoded) -> Result<(), Refus
         (_, Some("EventList") | None, Some(items)) => items_of(body, &items, "items", decoded),
         (_, Some("EventList"), None) => {}
         (Shape::Json, Some("Event") | None, None) => {
-            push_event(decoded, body.slice_ref(trim(body)), || "the body".into());
+            let raw = body.slice_ref(trim(body));
+            match Event::from_bytes(raw.clone()) {
+                Ok(event) => decoded.events.push(event),
+                Err(error) => decoded.malformed.push(Malformed {
+                    location: "the body".into(),
+                    reason: error.to_string(),
+                    kind: error.reason(),
+                    raw,
+                    item: None,
+                }),
+            }
         }
         (Shape::Json, Some(kind), _) => {
             return Err(Refused(format!(
@@ -237,10 +252,21 @@ fn items_of(body: &Bytes, items: &[&RawValue], field: &str, decoded: &mut Decode
                 location: location(),
                 reason: format!("expected an object, found {}", json_kind(raw)),
                 kind: "malformed",
+                raw: body.slice_ref(raw),
+                item: Some(index),
             });
             continue;
         }
-        push_event(decoded, body.slice_ref(raw), location);
+        match Event::from_bytes(body.slice_ref(raw)) {
+            Ok(event) => decoded.events.push(event),
+            Err(error) => decoded.malformed.push(Malformed {
+                location: location(),
+                reason: error.to_string(),
+                kind: error.reason(),
+                raw: body.slice_ref(raw),
+                item: Some(index),
+            }),
+        }
     }
 }
 
@@ -278,6 +304,8 @@ fn stream(body: &Bytes, decoded: &mut Decoded) {
                 location: format!("line {}", line_at((end - len) as usize)),
                 reason: format!("{len} NUL bytes"),
                 kind: "malformed",
+                raw: body.slice((end - len) as usize..end as usize),
+                item: None,
             }),
             Frame::Oversized { .. } => unreachable!("json_values has no size limit"),
         }
@@ -299,6 +327,8 @@ fn push_record(decoded: &mut Decoded, raw: Bytes, location: impl Fn() -> String)
                     location: location(),
                     reason: error.to_string(),
                     kind: error.reason(),
+                    raw,
+                    item: None,
                 });
                 return;
             }
@@ -315,17 +345,8 @@ fn push_record(decoded: &mut Decoded, raw: Bytes, location: impl Fn() -> String)
             location: location(),
             reason: refused.0,
             kind: "malformed",
-        }),
-    }
-}
-
-fn push_event(decoded: &mut Decoded, raw: Bytes, location: impl FnOnce() -> String) {
-    match Event::from_bytes(raw) {
-        Ok(event) => decoded.events.push(event),
-        Err(error) => decoded.malformed.push(Malformed {
-            location: location(),
-            reason: error.to_string(),
-            kind: error.reason(),
+            raw,
+            item: None,
         }),
     }
 }
@@ -727,11 +748,15 @@ mod tests {
                         location: "items[1]".into(),
                         reason: "expected an object, found a number".into(),
                         kind: "malformed",
+                        raw: Bytes::from_static(b"17"),
+                        item: Some(1),
                     },
                     Malformed {
                         location: "items[3]".into(),
                         reason: "expected an object, found a string".into(),
                         kind: "malformed",
+                        raw: Bytes::from_static(b"\"x\""),
+                        item: Some(3),
                     },
                 ]
             );

@@ -13,6 +13,8 @@
 //!   events that share the body's bytes; used by the webhook and kafka sources.
 //! - `scan`: the validating JSON scanner behind [`Event::from_bytes`](event::Event::from_bytes).
 //! - [`condition`]: the expression language of `filter`, `sample` and `redact`.
+//! - [`dead_letter`]: the `<id>.dead_letter` output of sources and sinks, and the
+//!   `DeadLetter` event shape.
 //! - [`channel`]: the bounded channel between components, which is the backpressure.
 //! - [`component`]: the traits plugins implement and the contexts they run in.
 //!
@@ -26,6 +28,7 @@ pub mod batch;
 pub mod channel;
 pub mod component;
 pub mod condition;
+pub mod dead_letter;
 pub mod decode;
 pub mod event;
 pub mod finalize;
@@ -40,5 +43,6 @@ pub use component::{
     ShutdownTrigger, Sink, SinkConfig, SinkContext, Source, SourceConfig, SourceContext, Telemetry,
     Transform, TransformConfig, Validate,
 };
+pub use dead_letter::{DeadLetter, DeadLetterOutput, Location};
 pub use event::{DecodeError, Event};
 pub use finalize::{BatchNotifier, BatchReceiver, BatchStatus, Finalizer, Finalizers};

@@ -16,12 +16,18 @@
 //!
 //! Warnings go through a [`LogLimiter`]: at most [`WARNINGS_PER_MINUTE`] per component and
 //! reason, then one line saying how many were suppressed. The metrics count every one.
+//!
+//! With a connected `<id>.dead_letter` output ([`RecordDecoder::with_dead_letters`]), each
+//! refused record (not NUL padding) also becomes a dead letter holding its bytes, which the
+//! source takes with [`RecordDecoder::take_dead_letters`] and sends with the batch's
+//! acknowledgement.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::component::Telemetry;
+use crate::dead_letter::{DeadLetter, DeadLetterOutput, Location};
 use crate::decode::{self, Decoded};
 use crate::event::Event;
 use crate::framing::Frame;
@@ -110,6 +116,8 @@ pub struct RecordDecoder {
     component_id: String,
     limiter: LogLimiter,
     scratch: Decoded,
+    dead_letter: Option<DeadLetterOutput>,
+    letters: Vec<Event>,
 }
 
 impl RecordDecoder {
@@ -118,18 +126,31 @@ impl RecordDecoder {
             component_id: component_id.into(),
             limiter: LogLimiter::default(),
             scratch: Decoded::default(),
+            dead_letter: None,
+            letters: Vec::new(),
         }
     }
 
+    /// Makes a dead letter of each refused record when `output` is connected.
+    pub fn with_dead_letters(mut self, output: &DeadLetterOutput) -> RecordDecoder {
+        self.dead_letter = Some(output.clone()).filter(DeadLetterOutput::is_connected);
+        self
+    }
+
+    /// The dead letters made since the last call, in the order of the records.
+    pub fn take_dead_letters(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.letters)
+    }
+
     /// Decodes `frame`, appending its events to `events` and counting refusals on
-    /// `telemetry`. `location` names where the record sits (`audit.log:17`, `line 17`) for
-    /// the warnings; it is only called when one is logged.
+    /// `telemetry`. `location` names where the record sits (file, record number and first
+    /// byte) for the warnings and dead letters; it is only called when one is made.
     pub fn decode(
         &mut self,
         frame: Frame,
         telemetry: &dyn Telemetry,
         events: &mut Vec<Event>,
-        location: impl Fn() -> String,
+        location: impl Fn() -> Location,
     ) -> Read {
         match frame {
             Frame::Line { line, .. } => self.record(line, telemetry, events, &location),
@@ -140,6 +161,18 @@ impl RecordDecoder {
                     tracing::warn!(component_id = %self.component_id, location = %location(),
                         offset = start, bytes = len,
                         "skipping a record longer than max_line_bytes");
+                }
+                if let Some(output) = &self.dead_letter {
+                    let error = format!("a record of {len} bytes, longer than max_line_bytes");
+                    self.letters.extend(output.letter(&DeadLetter {
+                        reason: "oversized",
+                        error: &error,
+                        location: &location(),
+                        status: None,
+                        reply: None,
+                        raw: b"",
+                        truncated: true,
+                    }));
                 }
                 Read {
                     records: 1,
@@ -171,7 +204,7 @@ impl RecordDecoder {
         line: Bytes,
         telemetry: &dyn Telemetry,
         events: &mut Vec<Event>,
-        location: &impl Fn() -> String,
+        location: &impl Fn() -> Location,
     ) -> Read {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Read::default();
@@ -189,7 +222,8 @@ impl RecordDecoder {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    self.refused(error.reason(), &error.to_string(), telemetry, location);
+                    let reason = error.reason();
+                    self.refused(reason, &error.to_string(), &line, telemetry, location);
                     return Read {
                         records: 1,
                         events: 0,
@@ -207,12 +241,18 @@ impl RecordDecoder {
                 for malformed in std::mem::take(&mut self.scratch.malformed) {
                     records += 1;
                     let message = malformed.to_string();
-                    self.refused(malformed.kind, &message, telemetry, location);
+                    self.refused(
+                        malformed.kind,
+                        &message,
+                        &malformed.raw,
+                        telemetry,
+                        location,
+                    );
                 }
             }
             Err(refused) => {
                 records += 1;
-                self.refused("malformed", &refused.0, telemetry, location);
+                self.refused("malformed", &refused.0, &line, telemetry, location);
             }
         }
         Read {
@@ -225,14 +265,26 @@ impl RecordDecoder {
         &mut self,
         reason: &'static str,
         error: &str,
+        raw: &[u8],
         telemetry: &dyn Telemetry,
-        location: &impl Fn() -> String,
+        location: &impl Fn() -> Location,
     ) {
         telemetry.discarded(reason, 1);
         if let Some(suppressed) = self.limiter.allow(reason) {
             self.summarise(reason, suppressed);
             tracing::warn!(component_id = %self.component_id, location = %location(), reason,
                 %error, "skipping a record that is not an audit event");
+        }
+        if let Some(output) = &self.dead_letter {
+            self.letters.extend(output.letter(&DeadLetter {
+                reason,
+                error,
+                location: &location(),
+                status: None,
+                reply: None,
+                raw,
+                truncated: false,
+            }));
         }
     }
 
@@ -277,7 +329,11 @@ mod tests {
         let mut records = 0;
         while let Some(frame) = framer.next_frame() {
             records += decoder
-                .decode(frame, &NoTelemetry, &mut events, || "here".into())
+                .decode(frame, &NoTelemetry, &mut events, || Location::File {
+                    file: "here".into(),
+                    line: 1,
+                    offset: 0,
+                })
                 .records;
         }
         let ids: Vec<&str> = events.iter().filter_map(|e| e.get_str("auditID")).collect();

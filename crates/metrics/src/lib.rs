@@ -70,6 +70,7 @@ struct ComponentSeries {
     sent_bytes: IntCounterVec,
     errors: IntCounterVec,
     discarded: IntCounterVec,
+    dead_letters: IntCounterVec,
     buffer_events: IntGaugeVec,
 }
 
@@ -110,6 +111,11 @@ static COMPONENT: LazyLock<ComponentSeries> = LazyLock::new(|| {
             "Events a component dropped, by reason (sampled, filtered, malformed, oversized, rejected).",
             &with("reason"),
         ),
+        dead_letters: counter_vec(
+            names::COMPONENT_DEAD_LETTER_EVENTS_TOTAL,
+            "Dead letters a source or sink sent on its <id>.dead_letter output.",
+            COMPONENT_LABELS,
+        ),
         buffer_events: gauge_vec(
             names::BUFFER_EVENTS,
             "Events waiting in the channel in front of a component.",
@@ -125,6 +131,7 @@ pub struct ComponentMetrics {
     received_bytes: IntCounter,
     sent_events: IntCounter,
     sent_bytes: IntCounter,
+    dead_letters: IntCounter,
     buffer_events: IntGauge,
 }
 
@@ -138,6 +145,7 @@ impl ComponentMetrics {
             received_bytes: series.received_bytes.with_label_values(&labels),
             sent_events: series.sent_events.with_label_values(&labels),
             sent_bytes: series.sent_bytes.with_label_values(&labels),
+            dead_letters: series.dead_letters.with_label_values(&labels),
             buffer_events: series.buffer_events.with_label_values(&labels),
             labels: labels.map(str::to_owned),
         })
@@ -175,6 +183,10 @@ impl Telemetry for ComponentMetrics {
 
     fn buffer_changed(&self, delta_events: i64) {
         self.buffer_events.add(delta_events);
+    }
+
+    fn dead_lettered(&self, events: usize) {
+        self.dead_letters.inc_by(events as u64);
     }
 }
 

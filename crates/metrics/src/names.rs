@@ -6,6 +6,7 @@ pub const COMPONENT_SENT_EVENTS_TOTAL: &str = "auditflow_component_sent_events_t
 pub const COMPONENT_SENT_BYTES_TOTAL: &str = "auditflow_component_sent_bytes_total";
 pub const COMPONENT_ERRORS_TOTAL: &str = "auditflow_component_errors_total";
 pub const COMPONENT_DISCARDED_EVENTS_TOTAL: &str = "auditflow_component_discarded_events_total";
+pub const COMPONENT_DEAD_LETTER_EVENTS_TOTAL: &str = "auditflow_component_dead_letter_events_total";
 pub const BUFFER_EVENTS: &str = "auditflow_buffer_events";
 pub const BUFFER_BYTES: &str = "auditflow_buffer_bytes";
 pub const BUFFER_MAX_BYTES: &str = "auditflow_buffer_max_bytes";

@@ -22,6 +22,7 @@ pub async fn check_sink(
         id: "compliance".into(),
         input: rx,
         telemetry,
+        dead_letter: auditflow_core::DeadLetterOutput::disconnected("compliance"),
     };
     let run = tokio::spawn(sink.run(cx));
     let mut receivers = Vec::new();

@@ -20,8 +20,8 @@ use auditflow_buffer::DiskBufferOptions;
 use auditflow_config::{AnyConfig, BufferConfig, ConfigError, Pipeline};
 use auditflow_core::channel::{self, Output, Receiver, Sender};
 use auditflow_core::{
-    BuildContext, ComponentError, ComponentKind, Shutdown, ShutdownTrigger, Sink, SinkContext,
-    Source, SourceContext, Telemetry, Transform,
+    dead_letter, BuildContext, ComponentError, ComponentKind, DeadLetterOutput, NoTelemetry,
+    Shutdown, ShutdownTrigger, Sink, SinkContext, Source, SourceContext, Telemetry, Transform,
 };
 use auditflow_metrics::ComponentMetrics;
 use tokio::task::JoinSet;
@@ -49,6 +49,8 @@ pub struct TopologyBuilder {
     nodes: BTreeMap<String, Node>,
     /// Sinks whose input goes through a disk buffer.
     disk_buffers: BTreeMap<String, DiskBufferOptions>,
+    /// `max_dead_letter_bytes` of the components that set it.
+    dead_letter_max_bytes: BTreeMap<String, usize>,
 }
 
 impl TopologyBuilder {
@@ -99,6 +101,12 @@ impl TopologyBuilder {
         self.disk_buffers.insert(id.to_owned(), options);
     }
 
+    /// Keeps at most `max_bytes` of each refused record in `id`'s dead letters (default
+    /// [`dead_letter::DEFAULT_MAX_BYTES`]).
+    pub fn max_dead_letter_bytes(&mut self, id: &str, max_bytes: usize) {
+        self.dead_letter_max_bytes.insert(id.to_owned(), max_bytes);
+    }
+
     fn insert(
         &mut self,
         id: &str,
@@ -142,10 +150,30 @@ impl TopologyBuilder {
             Output::new(targets, Arc::clone(telemetry))
         };
         let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
+        let mut dead_letters: BTreeMap<String, DeadLetterOutput> = BTreeMap::new();
         for (id, node) in &self.nodes {
             if node.kind != ComponentKind::Sink {
                 outputs.insert(id.clone(), output_of(id, &node.telemetry));
             }
+            let output_id = dead_letter::output_id(id);
+            let read = self
+                .nodes
+                .values()
+                .any(|reader| reader.inputs.contains(&output_id));
+            let output = match read && node.kind != ComponentKind::Transform {
+                // The dead letters are counted on their own; `sent` stays the main output's.
+                true => DeadLetterOutput::new(
+                    id,
+                    output_of(&output_id, &(Arc::new(NoTelemetry) as Arc<dyn Telemetry>)),
+                    self.dead_letter_max_bytes
+                        .get(id)
+                        .copied()
+                        .unwrap_or(dead_letter::DEFAULT_MAX_BYTES),
+                    Arc::clone(&node.telemetry),
+                ),
+                false => DeadLetterOutput::disconnected(id),
+            };
+            dead_letters.insert(id.clone(), output);
         }
         drop(senders);
 
@@ -165,6 +193,7 @@ impl TopologyBuilder {
                         tasks.spawn(async move { (relay_id, relay.await) });
                     }
                     let cx = SinkContext {
+                        dead_letter: dead_letters.remove(&id).expect("every sink has one"),
                         id: id.clone(),
                         input,
                         telemetry,
@@ -183,6 +212,7 @@ impl TopologyBuilder {
                 }
                 Built::Source(source) => {
                     let cx = SourceContext {
+                        dead_letter: dead_letters.remove(&id).expect("every source has one"),
                         id: id.clone(),
                         out: outputs.remove(&id).expect("every source has an output"),
                         shutdown: shutdown.clone(),
@@ -287,13 +317,15 @@ pub fn build(pipeline: &Pipeline) -> Result<TopologyBuilder, Vec<ConfigError>> {
         };
         let inputs: Vec<&str> = component.inputs.iter().map(String::as_str).collect();
         let built = match &component.config {
-            AnyConfig::Source(config) => config
-                .build(cx)
-                .map(|source| builder.source(&component.id, source, telemetry)),
+            AnyConfig::Source(config) => config.build(cx).map(|source| {
+                builder.source(&component.id, source, telemetry);
+                builder.max_dead_letter_bytes(&component.id, component.max_dead_letter_bytes);
+            }),
             AnyConfig::Transform(config) => config
                 .build(cx)
                 .map(|transform| builder.transform(&component.id, &inputs, transform, telemetry)),
             AnyConfig::Sink(config) => config.build(cx).map(|sink| {
+                builder.max_dead_letter_bytes(&component.id, component.max_dead_letter_bytes);
                 builder.sink(&component.id, &inputs, sink, telemetry);
                 if let BufferConfig::Disk(disk) = &component.buffer {
                     let options = DiskBufferOptions {

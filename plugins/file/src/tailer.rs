@@ -31,8 +31,10 @@ use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::records::RecordDecoder;
+use auditflow_core::Location;
 use auditflow_core::{
-    Batch, BatchNotifier, BatchStatus, ComponentError, Event, Source, SourceContext, Telemetry,
+    Batch, BatchNotifier, BatchStatus, ComponentError, Event, Finalizers, Source, SourceContext,
+    Telemetry,
 };
 use flate2::read::MultiGzDecoder;
 use globset::GlobSet;
@@ -230,10 +232,12 @@ fn take_frame(
         fill.lines += 1;
     }
     fill.bytes += (end - read.offset) as usize;
-    read.offset = end;
+    let start = std::mem::replace(&mut read.offset, end);
     let line = read.line;
-    records.decode(frame, telemetry, &mut fill.events, || {
-        format!("{}:{line}", path.display())
+    records.decode(frame, telemetry, &mut fill.events, || Location::File {
+        file: path.display().to_string(),
+        line,
+        offset: start,
     });
 }
 
@@ -983,9 +987,12 @@ impl Source for Tailer {
             out,
             mut shutdown,
             telemetry,
+            dead_letter,
             ..
         } = cx;
         let telemetry = &*telemetry;
+        self.records = std::mem::replace(&mut self.records, RecordDecoder::new(&self.id))
+            .with_dead_letters(&dead_letter);
         let mut next_scan = Instant::now();
         let mut next_checkpoint = Instant::now();
         'running: loop {
@@ -1018,19 +1025,26 @@ impl Source for Tailer {
                     };
                     progressed = true;
                     telemetry.received(fill.lines, fill.bytes);
-                    if fill.events.is_empty() {
+                    let letters = self.records.take_dead_letters();
+                    if fill.events.is_empty() && letters.is_empty() {
                         self.push_pending(key, fill.end, Some(BatchStatus::Delivered));
                         continue;
                     }
                     let (finalizer, receiver) = BatchNotifier::new();
+                    // The dead letters hold the checkpoint like the events do.
+                    let letters_finalizer = Finalizers::from(finalizer.clone());
                     let batch = Batch::with_finalizer(fill.events, finalizer);
                     // Registered once sent: a batch that shutdown stops before it is sent
                     // was never in the pipeline, so it is not lost, just not read yet
                     // (the checkpoint stays before it).
+                    let send = async {
+                        dead_letter.send(letters, letters_finalizer).await?;
+                        out.send(batch).await
+                    };
                     tokio::select! {
                         biased;
                         _ = shutdown.wait() => break 'running,
-                        sent = out.send(batch) => sent?,
+                        sent = send => sent?,
                     }
                     let seq = self.push_pending(key, fill.end, None);
                     self.acks.spawn(async move {
@@ -1062,6 +1076,7 @@ impl Source for Tailer {
 
         // Stop reading; let the pipeline drain; commit what it delivered.
         drop(out);
+        drop(dead_letter);
         let deadline = Instant::now() + SHUTDOWN_ACK_WAIT;
         while !self.acks.is_empty() {
             match tokio::time::timeout_at(deadline, self.acks.join_next()).await {

@@ -76,6 +76,7 @@ fn start(dir: &Path, extra: serde_json::Value) -> Running {
         out: Output::new(vec![tx], Arc::clone(&telemetry)),
         shutdown,
         telemetry,
+        dead_letter: auditflow_core::DeadLetterOutput::disconnected("logs"),
     };
     Running {
         trigger,

@@ -300,6 +300,7 @@ fn context() -> (
         out: Output::new(vec![tx], Arc::clone(&telemetry)),
         shutdown,
         telemetry,
+        dead_letter: auditflow_core::DeadLetterOutput::disconnected("gen"),
     };
     (cx, rx, trigger)
 }

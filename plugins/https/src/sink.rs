@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use auditflow_core::{
-    Batch, BatchStatus, BuildError, ComponentError, Event, Finalizers, Sink, SinkContext, Telemetry,
+    Batch, BatchStatus, BuildError, ComponentError, DeadLetter, DeadLetterOutput, Event,
+    Finalizers, Location, Sink, SinkContext, Telemetry,
 };
 use base64::Engine;
 use bytes::Bytes;
@@ -215,7 +216,7 @@ impl Sink for HttpsSink {
                 let Some(batch) = sealed.pop_front() else {
                     break;
                 };
-                requests.spawn(Arc::clone(&self.shared).deliver(batch));
+                requests.spawn(Arc::clone(&self.shared).deliver(batch, cx.dead_letter.clone()));
             }
             if input_done && sealed.is_empty() {
                 if !open.events.is_empty() {
@@ -310,34 +311,89 @@ enum Attempt {
 
 /// Why a request was given up.
 enum GaveUp {
-    Refused,
-    OutOfTime,
+    /// The destination's status and reply (lossy UTF-8, cut at 4 KiB).
+    Refused {
+        status: StatusCode,
+        reply: String,
+    },
+    OutOfTime {
+        last_error: String,
+    },
 }
 
 impl Shared {
     /// Sends one request batch until it is delivered or given up, and resolves its
     /// finalizers accordingly.
-    async fn deliver(self: Arc<Self>, batch: RequestBatch) {
+    ///
+    /// Events given up go to `dead_letter` when something reads it (they are then kept
+    /// until the request ends), and the source is acknowledged once they are delivered
+    /// there.
+    async fn deliver(self: Arc<Self>, batch: RequestBatch, dead_letter: DeadLetterOutput) {
         let inflight = auditflow_metrics::sink_inflight_requests().with_label_values(&[&self.id]);
         inflight.inc();
         let count = batch.events.len();
         let (body, plain_bytes) =
             encode::body(&batch.events, self.encoding, self.compression, batch.bytes);
-        // The body holds everything now; the events' memory can go.
-        drop(batch.events);
+        // The body holds everything now; the events' memory can go, unless they may
+        // become dead letters.
+        let events = match dead_letter.is_connected() {
+            true => batch.events,
+            false => {
+                drop(batch.events);
+                Vec::new()
+            }
+        };
         match self.send(body, count).await {
             Ok(()) => {
                 self.telemetry.sent(count, plain_bytes);
                 batch.finalizers.resolve(BatchStatus::Delivered);
             }
             Err(reason) => {
-                let error_type = match reason {
-                    GaveUp::Refused => "rejected",
-                    GaveUp::OutOfTime => "retries_exhausted",
+                let (error_type, status, reply) = match &reason {
+                    GaveUp::Refused { status, reply } => {
+                        ("rejected", Some(status.as_u16()), Some(reply.as_str()))
+                    }
+                    GaveUp::OutOfTime { .. } => ("retries_exhausted", None, None),
                 };
                 self.telemetry.errored(error_type, count);
                 self.telemetry.discarded(error_type, count);
-                batch.finalizers.resolve(BatchStatus::Rejected);
+                if !dead_letter.is_connected() {
+                    batch.finalizers.resolve(BatchStatus::Rejected);
+                    inflight.dec();
+                    return;
+                }
+                let error = match &reason {
+                    GaveUp::Refused { status, .. } => {
+                        format!("{} refused the request with {status}", self.authority)
+                    }
+                    GaveUp::OutOfTime { last_error } => format!(
+                        "gave up after request.retry_max_duration_secs; last error: {last_error}"
+                    ),
+                };
+                let location = Location::Destination {
+                    destination: self.uri.to_string(),
+                };
+                let letters = events
+                    .iter()
+                    .filter_map(|event| {
+                        // As sent: after the transforms (redaction included).
+                        let json = event.to_json_bytes();
+                        dead_letter.letter(&DeadLetter {
+                            reason: error_type,
+                            error: &error,
+                            location: &location,
+                            status,
+                            reply,
+                            raw: &json,
+                            truncated: false,
+                        })
+                    })
+                    .collect();
+                // The sink's input is this task's caller: waiting here is back-pressure.
+                if dead_letter.send(letters, batch.finalizers).await.is_err() {
+                    tracing::error!(component_id = %self.id, events = count,
+                        "{}: the dead-letter output closed before {count} refused events reached it; they are lost", self.name);
+                }
             }
         }
         inflight.dec();
@@ -371,7 +427,11 @@ impl Shared {
                         self.name,
                         self.authority
                     );
-                    return Err(GaveUp::Refused);
+                    let end = body.len().min(auditflow_core::dead_letter::MAX_REPLY_BYTES);
+                    return Err(GaveUp::Refused {
+                        status,
+                        reply: String::from_utf8_lossy(&body[..end]).into_owned(),
+                    });
                 }
                 Attempt::Failed {
                     problem,
@@ -395,7 +455,9 @@ impl Shared {
                         started.elapsed().as_secs_f64(),
                         limit.as_secs()
                     );
-                    return Err(GaveUp::OutOfTime);
+                    return Err(GaveUp::OutOfTime {
+                        last_error: problem,
+                    });
                 }
             }
             if tls {

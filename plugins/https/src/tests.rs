@@ -211,11 +211,13 @@ fn run_pipeline(
         out: Output::new(vec![tx], Arc::clone(&telemetry)),
         shutdown,
         telemetry: Arc::clone(&telemetry),
+        dead_letter: auditflow_core::DeadLetterOutput::disconnected("memory"),
     }));
     let sink = tokio::spawn(sink.run(SinkContext {
         id: "out".into(),
         input: rx,
         telemetry,
+        dead_letter: auditflow_core::DeadLetterOutput::disconnected("out"),
     }));
     (probe, source, sink)
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use auditflow_core::{
-    BatchStatus, BuildContext, BuildError, ComponentError, Event, Sink, SinkConfig, SinkContext,
-    Validate,
+    BatchStatus, BuildContext, BuildError, ComponentError, DeadLetter, Event, Location, Sink,
+    SinkConfig, SinkContext, Validate,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -166,40 +166,71 @@ impl Sink for KafkaSink {
             let mut reports = Vec::with_capacity(batch.len());
             let mut bytes = 0;
             let mut refused = Vec::new();
+            // With dead letters, each payload is kept until its message's fate is known.
+            let keep = cx.dead_letter.is_connected();
             for event in &batch.events {
                 let payload = event.to_json_bytes();
                 bytes += payload.len();
                 let key = key_of(event, &self.key_field);
-                match self.produce(&producer, key, &payload).await {
-                    Ok(report) => reports.push(report),
-                    Err(error) => refused.push(error),
+                let produced = self.produce(&producer, key, &payload).await;
+                let kept = keep.then(|| payload.clone());
+                match produced {
+                    Ok(report) => reports.push((report, kept)),
+                    Err(error) => refused.push((error, kept)),
                 }
             }
             let telemetry = Arc::clone(&cx.telemetry);
             let id = id.clone();
+            let dead_letter = cx.dead_letter.clone();
+            let location = Location::Destination {
+                destination: self.topic.clone(),
+            };
             deliveries.spawn(async move {
                 let events = reports.len() + refused.len();
                 let mut failed = refused;
-                for report in reports {
+                for (report, payload) in reports {
                     match report.await {
                         Ok(Ok(_)) => {}
-                        Ok(Err((error, _))) => failed.push(error),
-                        Err(_) => failed.push(KafkaError::Canceled),
+                        Ok(Err((error, _))) => failed.push((error, payload)),
+                        Err(_) => failed.push((KafkaError::Canceled, payload)),
                     }
                 }
                 if failed.is_empty() {
                     telemetry.sent(events, bytes);
                     finalizers.resolve(BatchStatus::Delivered);
-                } else {
-                    telemetry.sent(events - failed.len(), 0);
-                    telemetry.errored("rejected", failed.len());
-                    tracing::error!(
-                        component_id = %id,
-                        events = failed.len(),
-                        error = %failed[0],
-                        "kafka refused messages for good; their batch is rejected"
-                    );
+                    return;
+                }
+                telemetry.sent(events - failed.len(), 0);
+                telemetry.errored("rejected", failed.len());
+                telemetry.discarded("rejected", failed.len());
+                tracing::error!(
+                    component_id = %id,
+                    events = failed.len(),
+                    error = %failed[0].0,
+                    dead_letters = dead_letter.is_connected(),
+                    "kafka refused messages for good; their batch is rejected"
+                );
+                if !dead_letter.is_connected() {
                     finalizers.resolve(BatchStatus::Rejected);
+                    return;
+                }
+                let letters = failed
+                    .iter()
+                    .filter_map(|(error, payload)| {
+                        dead_letter.letter(&DeadLetter {
+                            reason: "rejected",
+                            error: &error.to_string(),
+                            location: &location,
+                            status: None,
+                            reply: None,
+                            raw: payload.as_deref().unwrap_or_default(),
+                            truncated: false,
+                        })
+                    })
+                    .collect();
+                if dead_letter.send(letters, finalizers).await.is_err() {
+                    tracing::error!(component_id = %id,
+                        "the dead-letter output closed before the refused messages reached it; they are lost");
                 }
             });
             while deliveries.try_join_next().is_some() {}

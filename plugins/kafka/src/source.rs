@@ -25,8 +25,9 @@ use auditflow_core::channel::Closed;
 use auditflow_core::decode::{decode_into, Decoded, Shape};
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
-    Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, Output, Source,
-    SourceConfig, SourceContext, Telemetry, Validate,
+    Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, DeadLetter,
+    DeadLetterOutput, Event, Finalizers, Location, Output, Source, SourceConfig, SourceContext,
+    Telemetry, Validate,
 };
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
@@ -208,6 +209,7 @@ impl Source for KafkaSource {
             out,
             mut shutdown,
             telemetry,
+            dead_letter,
         } = cx;
         let shared = Arc::new(Shared::default());
         let context = GroupContext {
@@ -234,7 +236,7 @@ impl Source for KafkaSource {
             Arc::clone(&consumer),
             Arc::clone(&shared),
         ));
-        let mut reader = Reader::new(id.clone(), self.decoding, telemetry);
+        let mut reader = Reader::new(id.clone(), self.decoding, telemetry, dead_letter);
         let mut pending: Option<SendFuture> = None;
         let mut paused = false;
         let mut commit_tick = tokio::time::interval(self.commit_interval);
@@ -574,14 +576,25 @@ struct Reader {
     read_bytes: usize,
     /// Warnings about malformed content, at a bounded rate.
     warnings: LogLimiter,
+    /// Where refused messages and records go, when something reads `<id>.dead_letter`.
+    dead_letter: DeadLetterOutput,
+    /// The batch's dead letters; they are committed with it.
+    letters: Vec<Event>,
 }
 
 impl Reader {
-    fn new(id: String, decoding: Decoding, telemetry: Arc<dyn Telemetry>) -> Reader {
+    fn new(
+        id: String,
+        decoding: Decoding,
+        telemetry: Arc<dyn Telemetry>,
+        dead_letter: DeadLetterOutput,
+    ) -> Reader {
         Reader {
             id,
             decoding,
             telemetry,
+            dead_letter,
+            letters: Vec::new(),
             decoded: Decoded::default(),
             bytes: 0,
             spans: Vec::new(),
@@ -611,7 +624,7 @@ impl Reader {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let payload = message.payload();
         let before = self.decoded.events.len();
-        let malformed = self.decode(payload);
+        let malformed = self.decode(payload, (topic, partition, offset));
         let decoded = self.decoded.events.len() - before;
         let payload_len = payload.map_or(0, <[u8]>::len);
         self.bytes += payload_len;
@@ -653,20 +666,57 @@ impl Reader {
     /// whole message) were not events, and the first problem.
     /// Decodes a message into `self.decoded.events`; counts what is not an event (by
     /// reason: `malformed`, `too_deep`) and returns how many, with the first problem.
-    fn decode(&mut self, payload: Option<&[u8]>) -> Option<(usize, String)> {
+    fn decode(
+        &mut self,
+        payload: Option<&[u8]>,
+        (topic, partition, offset): (&str, i32, i64),
+    ) -> Option<(usize, String)> {
+        let location = || Location::Kafka {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        };
         let Some(payload) = payload.filter(|payload| !payload.is_empty()) else {
             self.telemetry.discarded("malformed", 1);
-            return Some((1, "the message has no payload".into()));
+            let error = "the message has no payload";
+            self.letters.extend(self.dead_letter.letter(&DeadLetter {
+                reason: "malformed",
+                error,
+                location: &location(),
+                status: None,
+                reply: None,
+                raw: b"",
+                truncated: false,
+            }));
+            return Some((1, error.into()));
         };
         // The one copy out of librdkafka's buffer: every event is a slice of it.
         let payload = Bytes::copy_from_slice(payload);
         if let Err(refused) = decode_into(&payload, self.decoding.shape(), &mut self.decoded) {
             self.telemetry.discarded("malformed", 1);
+            self.letters.extend(self.dead_letter.letter(&DeadLetter {
+                reason: "malformed",
+                error: &refused.0,
+                location: &location(),
+                status: None,
+                reply: None,
+                raw: &payload,
+                truncated: false,
+            }));
             return Some((1, refused.0));
         }
         let first = self.decoded.malformed.first()?.to_string();
         for malformed in &self.decoded.malformed {
             self.telemetry.discarded(malformed.kind, 1);
+            self.letters.extend(self.dead_letter.letter(&DeadLetter {
+                reason: malformed.kind,
+                error: &malformed.to_string(),
+                location: &location(),
+                status: None,
+                reply: None,
+                raw: &malformed.raw,
+                truncated: false,
+            }));
         }
         let count = self.decoded.malformed.len();
         self.decoded.malformed.clear();
@@ -686,7 +736,8 @@ impl Reader {
         self.spans.clear();
         self.bytes = 0;
         let events = std::mem::take(&mut self.decoded.events);
-        if events.is_empty() {
+        let letters = std::mem::take(&mut self.letters);
+        if events.is_empty() && letters.is_empty() {
             // Nothing but malformed messages: skipped, so their offsets are done.
             acknowledge(shared, &offsets, BatchStatus::Delivered, &self.id);
             return None;
@@ -699,8 +750,13 @@ impl Reader {
             acknowledge(&shared_for_ack, &offsets, status, &id);
         });
         let out = out.clone();
-        let mut send: SendFuture =
-            Box::pin(async move { out.send(Batch::with_finalizer(events, finalizer)).await });
+        let dead_letter = self.dead_letter.clone();
+        let mut send: SendFuture = Box::pin(async move {
+            // The dead letters hold the commit like the events do.
+            let letters_finalizer = Finalizers::from(finalizer.clone());
+            dead_letter.send(letters, letters_finalizer).await?;
+            out.send(Batch::with_finalizer(events, finalizer)).await
+        });
         // Most sends find room at once; only a full pipeline leaves one pending.
         let waker = std::task::Waker::noop();
         match send
@@ -734,12 +790,19 @@ fn acknowledge(shared: &Shared, offsets: &BatchOffsets, status: BatchStatus, id:
 
 #[cfg(test)]
 mod tests {
+    /// Where the test messages sit (for dead letters, which these tests do not read).
+    const AT: (&str, i32, i64) = ("audit", 0, 0);
     use auditflow_core::NoTelemetry;
 
     use super::*;
 
     fn reader(decoding: Decoding) -> Reader {
-        Reader::new("kafka".into(), decoding, Arc::new(NoTelemetry))
+        Reader::new(
+            "kafka".into(),
+            decoding,
+            Arc::new(NoTelemetry),
+            DeadLetterOutput::disconnected("kafka"),
+        )
     }
 
     fn ids(reader: &Reader) -> Vec<&str> {
@@ -751,8 +814,8 @@ mod tests {
     fn a_message_without_payload_is_one_malformed_record() {
         let mut reader = reader(Decoding::Json);
         let expected = Some((1, "the message has no payload".to_owned()));
-        assert_eq!(reader.decode(None), expected);
-        assert_eq!(reader.decode(Some(b"")), expected);
+        assert_eq!(reader.decode(None, AT), expected);
+        assert_eq!(reader.decode(Some(b""), AT), expected);
         assert!(reader.decoded.events.is_empty());
     }
 
@@ -760,15 +823,18 @@ mod tests {
     fn each_bad_item_counts_and_the_first_is_named() {
         let mut reader = reader(Decoding::EventList);
         let payload = br#"{"kind":"EventList","items":[{"auditID":"a"},7,"x",{"auditID":"b"}]}"#;
-        let (count, error) = reader.decode(Some(payload)).unwrap();
+        let (count, error) = reader.decode(Some(payload), AT).unwrap();
         assert_eq!(count, 2);
         assert!(error.starts_with("items[1]: "), "{error}");
         // Even when not one item is an event: every item is counted, nothing refused.
-        assert_eq!(reader.decode(Some(br#"{"items":[1,2,3]}"#)).unwrap().0, 3);
+        assert_eq!(
+            reader.decode(Some(br#"{"items":[1,2,3]}"#), AT).unwrap().0,
+            3
+        );
 
         let mut lines = self::reader(Decoding::Ndjson);
         let payload = b"{\"auditID\":\"c\"}\n\n{oops\n{\"auditID\":\"d\"}";
-        let (count, error) = lines.decode(Some(payload)).unwrap();
+        let (count, error) = lines.decode(Some(payload), AT).unwrap();
         assert_eq!(count, 1);
         assert!(error.starts_with("line 3: "), "{error}");
         assert_eq!(ids(&reader), ["a", "b"]);
@@ -778,12 +844,12 @@ mod tests {
     #[test]
     fn messages_accumulate_into_one_batch() {
         let mut reader = reader(Decoding::Json);
-        assert_eq!(reader.decode(Some(br#"{"auditID":"a"}"#)), None);
+        assert_eq!(reader.decode(Some(br#"{"auditID":"a"}"#), AT), None);
         assert_eq!(
-            reader.decode(Some(b"[1,2]")).map(|(count, _)| count),
+            reader.decode(Some(b"[1,2]"), AT).map(|(count, _)| count),
             Some(1)
         );
-        assert_eq!(reader.decode(Some(b"{\"auditID\":\"b\"}\n")), None);
+        assert_eq!(reader.decode(Some(b"{\"auditID\":\"b\"}\n"), AT), None);
         assert_eq!(ids(&reader), ["a", "b"]);
         assert!(reader.decoded.malformed.is_empty());
     }

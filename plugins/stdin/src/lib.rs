@@ -8,14 +8,17 @@
 //! skipped; one over `max_line_bytes` is skipped the same way (reason `oversized`) without
 //! being held in memory. A leading UTF-8 byte-order mark and NUL padding are skipped
 //! (the latter counted as `nul_padding`). See `auditflow_core::records`.
+//!
+//! Refused records go to `<id>.dead_letter` where something reads it, located as
+//! `{"file":"-","line":<record number>,"offset":<first byte>}`.
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::records::RecordDecoder;
 use auditflow_core::{
-    Batch, BuildContext, BuildError, ComponentError, Event, Source, SourceConfig, SourceContext,
-    Validate,
+    Batch, BuildContext, BuildError, ComponentError, Event, Finalizers, Location, Source,
+    SourceConfig, SourceContext, Validate,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -124,7 +127,7 @@ impl Decoder {
             read_bytes: 0,
             offset: 0,
             record: 0,
-            records: RecordDecoder::new(cx.id.clone()),
+            records: RecordDecoder::new(cx.id.clone()).with_dead_letters(&cx.dead_letter),
         }
     }
 
@@ -136,7 +139,7 @@ impl Decoder {
         };
         self.read_bytes += (end - self.offset) as usize;
         self.bytes += (end - self.offset) as usize;
-        self.offset = end;
+        let start = std::mem::replace(&mut self.offset, end);
         if !matches!(frame, Frame::Padding { .. }) {
             self.record += 1;
         }
@@ -144,7 +147,11 @@ impl Decoder {
         let read = self
             .records
             .decode(frame, cx.telemetry.as_ref(), &mut self.events, || {
-                format!("standard input, record {record}")
+                Location::File {
+                    file: "-".into(),
+                    line: record,
+                    offset: start,
+                }
             });
         self.read_records += read.records;
     }
@@ -157,6 +164,10 @@ impl Decoder {
         if self.read_records > 0 || self.read_bytes > 0 {
             cx.telemetry.received(self.read_records, self.read_bytes);
             (self.read_records, self.read_bytes) = (0, 0);
+        }
+        let letters = self.records.take_dead_letters();
+        if !letters.is_empty() {
+            cx.dead_letter.send(letters, Finalizers::new()).await?;
         }
         if self.events.is_empty() {
             return Ok(());
@@ -213,6 +224,7 @@ mod tests {
             out: Output::new(vec![tx], Arc::new(NoTelemetry)),
             shutdown,
             telemetry: counts,
+            dead_letter: auditflow_core::DeadLetterOutput::disconnected("in"),
         };
         let source = Box::new(LineSource {
             reader,

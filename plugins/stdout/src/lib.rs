@@ -110,6 +110,7 @@ mod tests {
             id: "out".into(),
             input: rx,
             telemetry: std::sync::Arc::new(auditflow_core::NoTelemetry),
+            dead_letter: auditflow_core::DeadLetterOutput::disconnected("out"),
         };
         let error = sink
             .run(cx)

@@ -15,8 +15,8 @@ use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::decode::{decode, Decoded, Shape};
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
-    Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, Event, Output, Source,
-    SourceContext, Telemetry,
+    Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, DeadLetter, DeadLetterOutput,
+    Event, Finalizers, Location, Output, Source, SourceContext, Telemetry,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -106,6 +106,8 @@ struct State {
     budget: Arc<Semaphore>,
     /// Warnings about items that are not events, at a bounded rate per reason.
     warnings: std::sync::Mutex<LogLimiter>,
+    /// Where refused bodies and items go, when something reads `<id>.dead_letter`.
+    dead_letter: DeadLetterOutput,
 }
 
 #[async_trait]
@@ -139,8 +141,10 @@ impl Source for WebhookSource {
             id: id.clone(),
             out: cx.out.clone(),
             telemetry: Arc::clone(&cx.telemetry),
+            dead_letter: cx.dead_letter.clone(),
         });
         drop(cx.out);
+        drop(cx.dead_letter);
         tracing::info!(
             component_id = %id,
             %address,
@@ -400,7 +404,7 @@ impl State {
     ) -> Response<AnswerBody> {
         let started = Instant::now();
         let (head, mut body) = request.into_parts();
-        let (Ok(reply) | Err(reply)) = self.respond(&head, &mut body).await;
+        let (Ok(reply) | Err(reply)) = self.respond(&head, &mut body, peer).await;
         let code = reply.status.as_str().to_owned();
         auditflow_metrics::webhook_requests_total()
             .with_label_values(&[self.id.as_str(), code.as_str()])
@@ -433,7 +437,12 @@ impl State {
     }
 
     /// The checks, cheapest first, then the body. `Err` is an early answer.
-    async fn respond(&self, request: &Parts, body: &mut Incoming) -> Result<Reply, Reply> {
+    async fn respond(
+        &self,
+        request: &Parts,
+        body: &mut Incoming,
+        peer: SocketAddr,
+    ) -> Result<Reply, Reply> {
         self.authenticate(&request.headers)?;
         if request.uri.path() != self.settings.path {
             return Err(Reply::error(
@@ -499,6 +508,23 @@ impl State {
             Ok(decoded) => decoded,
             Err(refused) => {
                 self.telemetry.received(0, body_len);
+                // The client hears 400 either way; with dead letters, only once the body
+                // is kept (or 503 and a retry, if it could not be).
+                let letter = self.dead_letter.letter(&DeadLetter {
+                    reason: "malformed",
+                    error: &refused.0,
+                    location: &Location::Peer {
+                        peer: peer.to_string(),
+                        item: None,
+                    },
+                    status: None,
+                    reply: None,
+                    raw: &body,
+                    truncated: false,
+                });
+                if let Some(letter) = letter {
+                    self.deliver(Vec::new(), vec![letter]).await?;
+                }
                 return Err(Reply::error(StatusCode::BAD_REQUEST, refused.0));
             }
         };
@@ -520,8 +546,31 @@ impl State {
                 }
             }
         }
+        let letters: Vec<Event> = match self.dead_letter.is_connected() {
+            true => {
+                let peer = peer.to_string();
+                malformed
+                    .iter()
+                    .filter_map(|item| {
+                        self.dead_letter.letter(&DeadLetter {
+                            reason: item.kind,
+                            error: &item.to_string(),
+                            location: &Location::Peer {
+                                peer: peer.clone(),
+                                item: item.item,
+                            },
+                            status: None,
+                            reply: None,
+                            raw: &item.raw,
+                            truncated: false,
+                        })
+                    })
+                    .collect()
+            }
+            false => Vec::new(),
+        };
         let accepted = events.len();
-        self.deliver(events).await?;
+        self.deliver(events, letters).await?;
         drop(permit);
         let mut answer = serde_json::json!({ "accepted": accepted, "malformed": malformed.len() });
         if checks > 0 {
@@ -730,8 +779,36 @@ impl State {
     }
 
     /// Sends the events in batches and, with acknowledgements, waits for their delivery.
-    async fn deliver(&self, mut events: Vec<Event>) -> Result<(), Reply> {
+    async fn deliver(&self, mut events: Vec<Event>, letters: Vec<Event>) -> Result<(), Reply> {
         let mut receivers: Vec<BatchReceiver> = Vec::new();
+        if !letters.is_empty() {
+            let finalizers = if self.settings.acknowledgements {
+                let (finalizer, receiver) = BatchNotifier::new();
+                receivers.push(receiver);
+                Finalizers::from(finalizer)
+            } else {
+                Finalizers::new()
+            };
+            let sent = self.dead_letter.send(letters, finalizers);
+            match tokio::time::timeout(self.settings.accept_timeout, sent).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_closed)) => {
+                    return Err(Reply::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the pipeline is shutting down: retry later",
+                    ))
+                }
+                Err(_) => {
+                    return Err(Reply::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the dead-letter output did not take the refused items within accept_timeout_ms ({} ms): retry later",
+                            self.settings.accept_timeout.as_millis()
+                        ),
+                    ))
+                }
+            }
+        }
         while !events.is_empty() {
             let chunk = take_chunk(&mut events);
             let batch = if self.settings.acknowledgements {

@@ -137,6 +137,7 @@ async fn answer_when_the_sink_says(verdict: Option<BatchStatus>, ack_timeout_ms:
         out: Output::new(vec![tx], Arc::new(NoTelemetry)),
         shutdown,
         telemetry: Arc::new(NoTelemetry),
+        dead_letter: auditflow_core::DeadLetterOutput::disconnected("webhook"),
     };
     let running = tokio::spawn(source.run(cx));
     let sink = tokio::spawn(async move {
