@@ -136,7 +136,8 @@ impl Auditflow {
         Auditflow::spawn(workspace, &["run".as_ref(), pipeline.as_os_str()], &[])
     }
 
-    /// Starts the binary with any arguments and extra environment.
+    /// Starts the binary with any arguments and extra environment (and `--threads
+    /// $E2E_THREADS` after `run`'s arguments when that variable is set).
     pub fn spawn(
         workspace: &Workspace,
         args: &[&std::ffi::OsStr],
@@ -146,8 +147,16 @@ impl Auditflow {
             .path()
             .join(format!("auditflow-{}.stderr", unique()));
         let stderr = std::fs::File::create(&stderr_log).expect("create the stderr log");
+        // `E2E_THREADS=8` runs every pipeline of the suite on that many worker threads
+        // (and so transforms at that concurrency).
+        let threads = std::env::var("E2E_THREADS")
+            .ok()
+            .filter(|_| args.first().is_some_and(|first| *first == "run"))
+            .map(|threads| vec!["--threads".to_owned(), threads])
+            .unwrap_or_default();
         let child = Command::new(auditflow_bin())
             .args(args)
+            .args(threads)
             .envs(env.iter().copied())
             .env("AUDITFLOW_LOG", "info")
             .stdin(Stdio::piped())

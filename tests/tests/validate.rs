@@ -303,3 +303,16 @@ fn run_of_a_bad_pipeline_exits_2_with_the_problem_on_stderr() {
         "{stderr}"
     );
 }
+
+#[test]
+fn concurrency_is_a_positive_number_and_not_for_dedupe() {
+    check(
+        "concurrency",
+        &[(
+            "pipeline.yaml",
+            "sources:\n  in:\n    type: stdin\ntransforms:\n  once:\n    type: dedupe\n    inputs: [in]\n    concurrency: 4\n\
+             \x20 none:\n    type: filter\n    inputs: [once]\n    condition: 'verb != \"watch\"'\n    concurrency: 0\n\
+             sinks:\n  out:\n    type: stdout\n    inputs: [none]\n",
+        )],
+    );
+}

@@ -71,6 +71,9 @@ pub struct Component {
     /// How many bytes of a refused record a dead letter keeps (`max_dead_letter_bytes`,
     /// sources and sinks; 1 MiB unless set).
     pub max_dead_letter_bytes: usize,
+    /// How many batches a transform may process at once (`concurrency`); `None`: one per
+    /// worker thread, or one for a transform that keeps state across batches.
+    pub concurrency: Option<usize>,
     /// The file that defined it (for messages at run time).
     pub file: String,
 }
@@ -506,6 +509,27 @@ fn check_component(
             }
         },
     };
+    // `concurrency` is the engine's, common to every transform.
+    let concurrency = match (kind, options.remove("concurrency")) {
+        (ComponentKind::Transform, None | Some(Value::Null)) => None,
+        (ComponentKind::Transform, Some(value)) => {
+            match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    fail(
+                        format!("{here}.concurrency"),
+                        format!("expected a number of batches, at least 1, found {value}"),
+                    );
+                    None
+                }
+            }
+        }
+        (_, Some(value)) => {
+            options.insert("concurrency".to_owned(), value);
+            None
+        }
+        (_, None) => None,
+    };
     for problem in buffer.validate() {
         let field = problem.field.unwrap_or_default();
         fail(format!("{here}.{field}"), problem.message);
@@ -538,7 +562,15 @@ fn check_component(
             return None;
         }
     };
-    let problems = config.validate();
+    let mut problems = config.validate();
+    if let (AnyConfig::Transform(transform), Some(batches)) = (&config, concurrency) {
+        if batches > 1 && transform.one_batch_at_a_time() {
+            problems.push(auditflow_core::BuildError::field(
+                "concurrency",
+                format!("a `{type_name}` transform keeps state across batches and processes one batch at a time; remove `concurrency`"),
+            ));
+        }
+    }
     if !problems.is_empty() {
         for problem in problems {
             let location = match &problem.field {
@@ -557,6 +589,7 @@ fn check_component(
         config,
         buffer,
         max_dead_letter_bytes,
+        concurrency,
         file,
     })
 }

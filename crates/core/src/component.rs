@@ -206,10 +206,22 @@ pub trait Source: Send {
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError>;
 }
 
-/// Changes batches in place: drops events, edits fields. Runs synchronously on the
-/// transform's task.
+/// Changes batches in place: drops events, edits fields. Runs synchronously, on the
+/// runtime's worker threads.
+///
+/// A transform that keeps no state from one batch to the next offers copies of itself
+/// ([`Transform::fork`]); the topology then runs up to `concurrency` batches at once, each
+/// on its own copy, and passes them on in the order they came in.
 pub trait Transform: Send {
     fn transform(&mut self, batch: &mut Batch);
+
+    /// Another instance that may transform batches at the same time as this one (sharing
+    /// counters and compiled options, not per-batch scratch space). `None`, the default,
+    /// says the transform keeps state across batches (`dedupe`'s window) and must see them
+    /// one at a time, in order.
+    fn fork(&self) -> Option<Box<dyn Transform>> {
+        None
+    }
 }
 
 /// Delivers batches and resolves their finalizers.
@@ -234,6 +246,13 @@ pub trait SourceConfig: Validate + fmt::Debug + Send + Sync {
 /// A transform's options.
 pub trait TransformConfig: Validate + fmt::Debug + Send + Sync {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError>;
+
+    /// Whether the transform keeps state across batches, so that it must process them one
+    /// at a time (its [`Transform::fork`] gives `None`); `validate` then refuses a
+    /// `concurrency` above 1.
+    fn one_batch_at_a_time(&self) -> bool {
+        false
+    }
 }
 
 /// A sink's options.

@@ -51,6 +51,8 @@ pub struct TopologyBuilder {
     disk_buffers: BTreeMap<String, DiskBufferOptions>,
     /// `max_dead_letter_bytes` of the components that set it.
     dead_letter_max_bytes: BTreeMap<String, usize>,
+    /// `concurrency` of the transforms that set it.
+    concurrency: BTreeMap<String, usize>,
 }
 
 impl TopologyBuilder {
@@ -107,6 +109,12 @@ impl TopologyBuilder {
         self.dead_letter_max_bytes.insert(id.to_owned(), max_bytes);
     }
 
+    /// Lets transform `id` process up to `batches` batches at once (when it can: see
+    /// [`Transform::fork`]). Unset, it is the runtime's number of worker threads.
+    pub fn concurrency(&mut self, id: &str, batches: usize) {
+        self.concurrency.insert(id.to_owned(), batches.max(1));
+    }
+
     fn insert(
         &mut self,
         id: &str,
@@ -131,6 +139,7 @@ impl TopologyBuilder {
     /// a source sends waits on a component that is not there yet.
     pub fn start(mut self) -> Running {
         let (trigger, shutdown) = Shutdown::new();
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
         let mut senders: BTreeMap<String, Sender> = BTreeMap::new();
         let mut receivers: BTreeMap<String, Receiver> = BTreeMap::new();
         for (id, node) in &self.nodes {
@@ -205,8 +214,19 @@ impl TopologyBuilder {
                         .remove(&id)
                         .expect("every transform has a channel");
                     let output = outputs.remove(&id).expect("every transform has an output");
+                    let wanted = self.concurrency.get(&id).copied().unwrap_or(workers);
+                    let mut copies = vec![transform];
+                    while copies.len() < wanted {
+                        match copies[0].fork() {
+                            Some(copy) => copies.push(copy),
+                            None => break,
+                        }
+                    }
                     tasks.spawn(async move {
-                        let result = run_transform(transform, input, output).await;
+                        let result = match copies.len() {
+                            1 => run_transform(copies.pop().expect("one"), input, output).await,
+                            _ => run_concurrently(copies, input, output).await,
+                        };
                         (id, result)
                     });
                 }
@@ -240,6 +260,46 @@ async fn run_transform(
         output.send(batch).await?;
     }
     Ok(())
+}
+
+/// Runs up to `copies.len()` batches at once, each on its own copy of the transform as a
+/// task of its own (so on any worker thread), and sends them on in the order they came.
+///
+/// At most that many batches are taken from the input before the oldest is sent: a slow
+/// output is back-pressure here as for any transform.
+async fn run_concurrently(
+    mut idle: Vec<Box<dyn Transform>>,
+    mut input: Receiver,
+    output: Output,
+) -> Result<(), ComponentError> {
+    type Running = tokio::task::JoinHandle<(Box<dyn Transform>, auditflow_core::Batch)>;
+    let mut running: std::collections::VecDeque<Running> = std::collections::VecDeque::new();
+    let mut input_done = false;
+    loop {
+        tokio::select! {
+            // The oldest batch first: order is what the next component sees.
+            biased;
+            done = async { running.front_mut().expect("checked").await }, if !running.is_empty() => {
+                running.pop_front();
+                let (transform, batch) = done.map_err(|error| {
+                    ComponentError::Fatal(format!("transforming a batch failed: {error}"))
+                })?;
+                idle.push(transform);
+                output.send(batch).await?;
+            }
+            batch = input.recv(), if !idle.is_empty() && !input_done => match batch {
+                Some(mut batch) => {
+                    let mut transform = idle.pop().expect("checked");
+                    running.push_back(tokio::spawn(async move {
+                        transform.transform(&mut batch);
+                        (transform, batch)
+                    }));
+                }
+                None => input_done = true,
+            },
+            else => return Ok(()),
+        }
+    }
 }
 
 /// A component that failed while running.
@@ -321,9 +381,12 @@ pub fn build(pipeline: &Pipeline) -> Result<TopologyBuilder, Vec<ConfigError>> {
                 builder.source(&component.id, source, telemetry);
                 builder.max_dead_letter_bytes(&component.id, component.max_dead_letter_bytes);
             }),
-            AnyConfig::Transform(config) => config
-                .build(cx)
-                .map(|transform| builder.transform(&component.id, &inputs, transform, telemetry)),
+            AnyConfig::Transform(config) => config.build(cx).map(|transform| {
+                if let Some(batches) = component.concurrency {
+                    builder.concurrency(&component.id, batches);
+                }
+                builder.transform(&component.id, &inputs, transform, telemetry);
+            }),
             AnyConfig::Sink(config) => config.build(cx).map(|sink| {
                 builder.max_dead_letter_bytes(&component.id, component.max_dead_letter_bytes);
                 builder.sink(&component.id, &inputs, sink, telemetry);

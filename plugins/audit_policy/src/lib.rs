@@ -125,6 +125,7 @@ impl TransformConfig for AuditPolicyConfig {
 }
 
 /// The running `audit_policy` transform.
+#[derive(Clone)]
 pub struct AuditPolicy {
     policy: Arc<Policy>,
     needs: Needs,
@@ -146,6 +147,10 @@ impl AuditPolicy {
 }
 
 impl Transform for AuditPolicy {
+    fn fork(&self) -> Option<Box<dyn Transform>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn transform(&mut self, batch: &mut Batch) {
         let before = batch.events.len();
         batch.events.retain_mut(|event| {

@@ -81,6 +81,11 @@ impl Validate for DedupeConfig {
 }
 
 impl TransformConfig for DedupeConfig {
+    /// The window of keys seen spans batches.
+    fn one_batch_at_a_time(&self) -> bool {
+        true
+    }
+
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError> {
         Ok(Box::new(Dedupe::new(
             self,

@@ -40,6 +40,7 @@ impl TransformConfig for FilterConfig {
 }
 
 /// The running `filter` transform.
+#[derive(Clone)]
 pub struct Filter {
     condition: Condition,
     telemetry: Arc<dyn Telemetry>,
@@ -55,6 +56,10 @@ impl Filter {
 }
 
 impl Transform for Filter {
+    fn fork(&self) -> Option<Box<dyn Transform>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn transform(&mut self, batch: &mut Batch) {
         let before = batch.events.len();
         batch.events.retain(|event| self.condition.matches(event));

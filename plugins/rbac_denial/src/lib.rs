@@ -123,6 +123,7 @@ pub struct Classification {
 }
 
 /// The running `rbac_denial` transform.
+#[derive(Clone)]
 pub struct RbacDenial {
     id: String,
     denial_key: String,
@@ -303,6 +304,10 @@ impl RbacDenial {
 }
 
 impl Transform for RbacDenial {
+    fn fork(&self) -> Option<Box<dyn Transform>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn transform(&mut self, batch: &mut Batch) {
         for event in &mut batch.events {
             if !self.may_be_denial(event) {

@@ -307,7 +307,7 @@ impl TransformConfig for RedactConfig {
             .collect();
         Ok(Box::new(Redact {
             counts: vec![0; redactor.detector_names.len()],
-            redactor,
+            redactor: Arc::new(redactor),
             counters,
             id: cx.id,
             telemetry: cx.telemetry,
@@ -316,7 +316,8 @@ impl TransformConfig for RedactConfig {
 }
 
 struct Redact {
-    redactor: Redactor,
+    /// Compiled once, shared by the copies that run batches at the same time.
+    redactor: Arc<Redactor>,
     /// `auditflow_redactions_total` per detector, resolved once.
     counters: Vec<IntCounter>,
     /// This batch's counts per detector.
@@ -326,6 +327,16 @@ struct Redact {
 }
 
 impl Transform for Redact {
+    fn fork(&self) -> Option<Box<dyn Transform>> {
+        Some(Box::new(Redact {
+            redactor: Arc::clone(&self.redactor),
+            counters: self.counters.clone(),
+            counts: vec![0; self.counts.len()],
+            id: self.id.clone(),
+            telemetry: Arc::clone(&self.telemetry),
+        }))
+    }
+
     fn transform(&mut self, batch: &mut Batch) {
         for event in &mut batch.events {
             let outcome = self.redactor.redact(event, &mut self.counts);

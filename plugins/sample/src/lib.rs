@@ -66,7 +66,9 @@ impl TransformConfig for SampleConfig {
     }
 }
 
-/// The running `sample` transform.
+/// The running `sample` transform. It keeps no state: whether an event is kept depends
+/// on its key alone, so batches may be sampled at the same time.
+#[derive(Clone)]
 pub struct Sample {
     rate: u64,
     rate_text: String,
@@ -106,6 +108,10 @@ impl Sample {
 }
 
 impl Transform for Sample {
+    fn fork(&self) -> Option<Box<dyn Transform>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn transform(&mut self, batch: &mut Batch) {
         let before = batch.events.len();
         batch.events.retain_mut(|event| {
