@@ -332,21 +332,46 @@ impl Shared {
         let inflight = auditflow_metrics::sink_inflight_requests().with_label_values(&[&self.id]);
         inflight.inc();
         let count = batch.events.len();
-        let (body, plain_bytes) =
-            encode::body(&batch.events, self.encoding, self.compression, batch.bytes);
+        let RequestBatch {
+            events,
+            bytes,
+            finalizers,
+            ..
+        } = batch;
+        // Compressing up to `batch.max_bytes` (1 MiB by default) is CPU work of several
+        // milliseconds: it runs on a blocking thread, not on the runtime's workers.
+        let (encoding, compression) = (self.encoding, self.compression);
+        let ((body, plain_bytes), events) = match compression {
+            Compression::None => (encode::body(&events, encoding, compression, bytes), events),
+            _ => match tokio::task::spawn_blocking(move || {
+                (encode::body(&events, encoding, compression, bytes), events)
+            })
+            .await
+            {
+                Ok(encoded) => encoded,
+                Err(error) => {
+                    tracing::error!(component_id = %self.id, %error,
+                        "{}: encoding a request of {count} events failed; they are not delivered", self.name);
+                    self.telemetry.errored("encoding", count);
+                    finalizers.resolve(BatchStatus::Errored);
+                    inflight.dec();
+                    return;
+                }
+            },
+        };
         // The body holds everything now; the events' memory can go, unless they may
         // become dead letters.
         let events = match dead_letter.is_connected() {
-            true => batch.events,
+            true => events,
             false => {
-                drop(batch.events);
+                drop(events);
                 Vec::new()
             }
         };
         match self.send(body, count).await {
             Ok(()) => {
                 self.telemetry.sent(count, plain_bytes);
-                batch.finalizers.resolve(BatchStatus::Delivered);
+                finalizers.resolve(BatchStatus::Delivered);
             }
             Err(reason) => {
                 let (error_type, status, reply) = match &reason {
@@ -358,7 +383,7 @@ impl Shared {
                 self.telemetry.errored(error_type, count);
                 self.telemetry.discarded(error_type, count);
                 if !dead_letter.is_connected() {
-                    batch.finalizers.resolve(BatchStatus::Rejected);
+                    finalizers.resolve(BatchStatus::Rejected);
                     inflight.dec();
                     return;
                 }
@@ -390,7 +415,7 @@ impl Shared {
                     })
                     .collect();
                 // The sink's input is this task's caller: waiting here is back-pressure.
-                if dead_letter.send(letters, batch.finalizers).await.is_err() {
+                if dead_letter.send(letters, finalizers).await.is_err() {
                     tracing::error!(component_id = %self.id, events = count,
                         "{}: the dead-letter output closed before {count} refused events reached it; they are lost", self.name);
                 }

@@ -12,7 +12,7 @@ use auditflow_core::{
     SourceContext, Telemetry, Validate,
 };
 use auditflow_testkit::events::{audit_log_events, audit_log_lines};
-use auditflow_testkit::{compliance, MemorySource, SourceProbe};
+use auditflow_testkit::{compliance, MemorySource, RecordingTelemetry, SourceProbe};
 use serde_json::{json, Value};
 use tls_server::{Pki, Recorded, Reply, ServerOptions, TestServer};
 
@@ -85,28 +85,6 @@ fn build(id: &str, options: Value, telemetry: Arc<dyn Telemetry>) -> Box<dyn Sin
             telemetry,
         })
         .expect("the sink builds")
-}
-
-/// Counts what the sink reports, by kind.
-#[derive(Default)]
-struct Counts {
-    sent_events: AtomicUsize,
-    errored: Mutex<Vec<(&'static str, usize)>>,
-    discarded: Mutex<Vec<(&'static str, usize)>>,
-}
-
-impl Telemetry for Counts {
-    fn received(&self, _: usize, _: usize) {}
-    fn sent(&self, events: usize, _: usize) {
-        self.sent_events.fetch_add(events, Ordering::SeqCst);
-    }
-    fn discarded(&self, reason: &'static str, events: usize) {
-        self.discarded.lock().unwrap().push((reason, events));
-    }
-    fn errored(&self, error_type: &'static str, count: usize) {
-        self.errored.lock().unwrap().push((error_type, count));
-    }
-    fn buffer_changed(&self, _: i64) {}
 }
 
 /// Everything logged while the guard lives (on this thread: `#[tokio::test]` runs every
@@ -338,7 +316,7 @@ async fn a_client_certificate_gets_through_a_server_that_requires_one() {
 async fn without_the_client_certificate_nothing_is_acknowledged_and_the_log_says_why() {
     let logs = Logs::capture();
     let setup = Setup::new(ServerOptions::default().require_client_cert());
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(RecordingTelemetry::default());
     let sink = build(
         "no_client_cert",
         setup.options(json!({
@@ -357,10 +335,7 @@ async fn without_the_client_certificate_nothing_is_acknowledged_and_the_log_says
             && (logs.contains("CertificateRequired") || logs.contains("reset")),
         "logs:\n{logs}"
     );
-    assert_eq!(
-        *counts.errored.lock().unwrap(),
-        [("retries_exhausted", 245)]
-    );
+    assert_eq!(counts.recorded().errored, [("retries_exhausted", 245)]);
 }
 
 #[tokio::test]
@@ -369,7 +344,7 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_acknowledges_nothing() {
     let setup = Setup::new(ServerOptions::default());
     let other = Pki::new("somebody else");
     std::fs::write(setup.dir.path().join("other-ca.pem"), &other.ca_pem).unwrap();
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(RecordingTelemetry::default());
     let sink = build(
         "wrong_ca",
         setup.options(json!({
@@ -381,11 +356,8 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_acknowledges_nothing() {
     let statuses = compliance::check_sink(sink, batches_of(100), Duration::from_secs(10)).await;
     assert_eq!(statuses, vec![BatchStatus::Rejected; 3]);
     assert!(setup.server.requests().is_empty(), "nothing got through");
-    assert_eq!(counts.sent_events.load(Ordering::SeqCst), 0);
-    assert_eq!(
-        *counts.discarded.lock().unwrap(),
-        [("retries_exhausted", 245)]
-    );
+    assert_eq!(counts.recorded().sent.0, 0);
+    assert_eq!(counts.recorded().discarded, [("retries_exhausted", 245)]);
     let logs = logs.text();
     let expected = format!(
         "sinks.wrong_ca: TLS handshake with {} failed: invalid peer certificate: UnknownIssuer; check tls.ca_file",
@@ -529,7 +501,7 @@ async fn a_400_rejects_its_batch_logs_the_body_and_the_next_batch_goes_through()
     let setup = Setup::new(ServerOptions::replies(vec![
         Reply::status(400).body("event 17: requestReceivedTimestamp is not a timestamp")
     ]));
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(RecordingTelemetry::default());
     let sink = build(
         "bad_request",
         setup.options(json!({
@@ -548,9 +520,9 @@ async fn a_400_rejects_its_batch_logs_the_body_and_the_next_batch_goes_through()
         ]
     );
     assert_eq!(setup.server.requests().len(), 3, "the 400 was not retried");
-    assert_eq!(counts.sent_events.load(Ordering::SeqCst), 145);
-    assert_eq!(*counts.errored.lock().unwrap(), [("rejected", 100)]);
-    assert_eq!(*counts.discarded.lock().unwrap(), [("rejected", 100)]);
+    assert_eq!(counts.recorded().sent.0, 145);
+    assert_eq!(counts.recorded().errored, [("rejected", 100)]);
+    assert_eq!(counts.recorded().discarded, [("rejected", 100)]);
     let logs = logs.text();
     assert!(
         logs.contains("refused a request of 100 events with 400 Bad Request")

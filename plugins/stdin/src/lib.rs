@@ -182,31 +182,11 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use auditflow_core::channel;
-    use auditflow_core::{NoTelemetry, Output, Shutdown, Telemetry};
-
-    /// Counts what the source reports.
-    #[derive(Default)]
-    struct Counts {
-        received: Mutex<(usize, usize)>,
-        discarded: Mutex<Vec<(&'static str, usize)>>,
-    }
-
-    impl Telemetry for Counts {
-        fn received(&self, events: usize, bytes: usize) {
-            let mut received = self.received.lock().unwrap();
-            received.0 += events;
-            received.1 += bytes;
-        }
-        fn sent(&self, _: usize, _: usize) {}
-        fn discarded(&self, reason: &'static str, events: usize) {
-            self.discarded.lock().unwrap().push((reason, events));
-        }
-        fn errored(&self, _: &'static str, _: usize) {}
-        fn buffer_changed(&self, _: i64) {}
-    }
+    use auditflow_core::{NoTelemetry, Output, Shutdown};
+    use auditflow_testkit::RecordingTelemetry;
 
     /// Runs a source over `reader` to its end (or, with `stop_after`, until that many
     /// events came out, then shuts it down); returns the batches.
@@ -214,7 +194,7 @@ mod tests {
         reader: R,
         max_line_bytes: usize,
         framing: Framing,
-        counts: Arc<Counts>,
+        counts: Arc<RecordingTelemetry>,
         stop_after: Option<usize>,
     ) -> Vec<Vec<Event>> {
         let (tx, mut rx) = channel::channel(64, Arc::new(NoTelemetry));
@@ -257,12 +237,12 @@ mod tests {
             "\u{feff}{{\"n\":1}}\n  \nnot json\n{long}\n[1,2]\n{{\"n\":2}}\r\n\0\0\0{{\"n\":3}}"
         );
         for framing in [Framing::JsonStream, Framing::Lines] {
-            let counts = Arc::new(Counts::default());
+            let counts = Arc::new(RecordingTelemetry::default());
             let reader = std::io::Cursor::new(input.clone().into_bytes());
             let batches = run(reader, 100, framing, Arc::clone(&counts), None).await;
             let events: Vec<Event> = batches.concat();
             assert_eq!(text(&events), [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
-            let mut discarded = counts.discarded.lock().unwrap().clone();
+            let mut discarded = counts.recorded().discarded;
             discarded.sort();
             assert_eq!(
                 discarded,
@@ -277,14 +257,14 @@ mod tests {
             );
             // Seven records that could be events (not the blank line, not the padding:
             // the array holds two); every byte read.
-            assert_eq!(*counts.received.lock().unwrap(), (7, input.len()));
+            assert_eq!(counts.recorded().received, (7, input.len()));
         }
     }
 
     #[tokio::test]
     async fn pretty_printed_events_one_after_another_are_read_as_they_are() {
         let input = "{\n  \"n\": 1.50,\n  \"u\": \"a\\u0026b\"\n}\n{\n  \"n\": 2\n}{\"n\":3}";
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(RecordingTelemetry::default());
         let reader = std::io::Cursor::new(input.as_bytes().to_vec());
         let batches = run(reader, 1024, Framing::JsonStream, counts, None).await;
         assert_eq!(
@@ -296,7 +276,7 @@ mod tests {
     #[tokio::test]
     async fn batches_hold_at_most_max_batch_events() {
         let input: String = (0..2500).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(RecordingTelemetry::default());
         let batches = run(
             std::io::Cursor::new(input.into_bytes()),
             1024,
@@ -321,7 +301,7 @@ mod tests {
             .unwrap();
         // The writer stays open: the source must stop on shutdown (triggered once both
         // events came out), not on end of input.
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(RecordingTelemetry::default());
         let batches = run(reader, 1024, Framing::JsonStream, counts, Some(2)).await;
         assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
         drop(writer);
