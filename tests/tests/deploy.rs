@@ -398,6 +398,94 @@ fn images_are_this_version() {
     );
 }
 
+/// Whether every `key: value` of `selector` is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_mapping()
+        .is_some_and(|selector| !selector.is_empty())
+        && selector
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+/// What the schemas cannot see and the API server or the controllers would: a Deployment
+/// whose selector misses its own pods is refused; a Service, PodDisruptionBudget or
+/// HorizontalPodAutoscaler that points at nothing is accepted and does nothing.
+#[test]
+fn selectors_and_references_reach_the_pods() {
+    let objects = objects();
+    let deployments = of_kind(&objects, "Deployment");
+    for deployment in &deployments {
+        let pod_labels = &deployment.value["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            selects(
+                &deployment.value["spec"]["selector"]["matchLabels"],
+                pod_labels
+            ),
+            "{}: spec.selector does not select its own template",
+            deployment.id()
+        );
+    }
+    let pods_of = |namespace: &str, selector: &Value| -> Vec<String> {
+        deployments
+            .iter()
+            .filter(|deployment| deployment.namespace() == namespace)
+            .filter(|deployment| {
+                selects(
+                    selector,
+                    &deployment.value["spec"]["template"]["metadata"]["labels"],
+                )
+            })
+            .map(|deployment| deployment.name().to_owned())
+            .collect()
+    };
+    for service in of_kind(&objects, "Service") {
+        let selected = pods_of(service.namespace(), &service.value["spec"]["selector"]);
+        assert_eq!(selected.len(), 1, "{} selects {selected:?}", service.id());
+    }
+    for budget in of_kind(&objects, "PodDisruptionBudget") {
+        let selected = pods_of(
+            budget.namespace(),
+            &budget.value["spec"]["selector"]["matchLabels"],
+        );
+        assert_eq!(selected.len(), 1, "{} selects {selected:?}", budget.id());
+    }
+    for autoscaler in of_kind(&objects, "HorizontalPodAutoscaler") {
+        let target = autoscaler.str_at("spec.scaleTargetRef.name");
+        assert_eq!(autoscaler.str_at("spec.scaleTargetRef.kind"), "Deployment");
+        assert!(
+            find(&objects, "Deployment", autoscaler.namespace(), target).is_some(),
+            "{}: Deployment {target} is not in deploy/",
+            autoscaler.id()
+        );
+        for metric in seq(&autoscaler.value["spec"]["metrics"]) {
+            let name = metric["external"]["metric"]["name"].as_str().unwrap_or("");
+            assert!(
+                exported_metrics().contains(name),
+                "{}: external metric {name:?} is not one auditflow exports",
+                autoscaler.id()
+            );
+        }
+    }
+    // Every namespaced object lives in a namespace deploy/ creates, or in kube-system.
+    let namespaces: BTreeSet<&str> = of_kind(&objects, "Namespace")
+        .iter()
+        .map(|namespace| namespace.name())
+        .chain(["kube-system"])
+        .collect();
+    for doc in &objects {
+        let namespaced = !doc.namespace().is_empty();
+        assert!(
+            !namespaced || namespaces.contains(doc.namespace()),
+            "{}: namespace {} is created nowhere",
+            doc.id(),
+            doc.namespace()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Deployments, their ConfigMaps, Secrets and probes
 
