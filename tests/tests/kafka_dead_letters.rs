@@ -53,7 +53,6 @@ fn raw_bytes(letter: &Value) -> Vec<u8> {
 
 fn stop(mut auditflow: Auditflow) -> String {
     auditflow.signal(libc::SIGTERM);
-    drop(stdin);
     let status = auditflow.wait_timeout(Duration::from_secs(60));
     let stderr = auditflow.stderr();
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
