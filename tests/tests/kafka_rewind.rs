@@ -7,7 +7,7 @@
 //! the acknowledgement of the first batch it gets (it drops the batch's finalizers, as a
 //! crashed sink or a timed-out shutdown does) and delivers everything after.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditflow_core::channel::{channel, Output};
@@ -65,69 +65,42 @@ fn an_errored_batch_is_read_again_without_a_restart_and_nothing_is_lost() {
         dead_letter: DeadLetterOutput::disconnected("in"),
     }));
 
-    // The sink: loses the first batch's acknowledgement, delivers every other batch.
-    // `deliveries[i]` counts how many times event `i` was delivered; `before_reread` is how
-    // many events were delivered between the lost batch and the first event of it coming
-    // again: everything in flight behind the lost batch when the source rewound.
-    let (deliveries, lost, before_reread, received) = runtime.block_on(async {
-        let mut deliveries = vec![0u32; EVENTS];
-        let mut distinct = 0;
-        let mut lost: Vec<usize> = Vec::new();
-        let mut delivered_since_loss = 0usize;
-        let mut before_reread = None;
-        let mut received = 0usize;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while distinct < EVENTS {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(Some(mut batch)) = tokio::time::timeout(left, input.recv()).await else {
-                panic!("{distinct} of {EVENTS} events delivered within 180 s");
-            };
-            received += 1;
-            let indexes: Vec<usize> = batch
-                .events
-                .iter()
-                .map(|event| line_index(std::str::from_utf8(event.raw()).expect("UTF-8")))
-                .collect();
-            if received == 1 {
-                lost = indexes;
-                drop(batch.take_finalizers());
-                continue;
+    // The sink: loses the first batch's acknowledgement, delivers every other batch, and
+    // keeps delivering until the source stops (what is read again must get through for the
+    // commits to reach the end).
+    let seen = Arc::new(Mutex::new(Seen {
+        deliveries: vec![0; EVENTS],
+        ..Seen::default()
+    }));
+    let sink = runtime.spawn({
+        let seen = Arc::clone(&seen);
+        async move {
+            while let Some(mut batch) = input.recv().await {
+                let indexes: Vec<usize> = batch
+                    .events
+                    .iter()
+                    .map(|event| line_index(std::str::from_utf8(event.raw()).expect("UTF-8")))
+                    .collect();
+                let lose = seen.lock().unwrap().record(indexes);
+                if lose {
+                    drop(batch.take_finalizers());
+                } else {
+                    batch.resolve(BatchStatus::Delivered);
+                }
             }
-            if before_reread.is_none() && indexes.contains(&lost[0]) {
-                before_reread = Some(delivered_since_loss);
-            }
-            for &i in &indexes {
-                distinct += usize::from(deliveries[i] == 0);
-                deliveries[i] += 1;
-            }
-            delivered_since_loss += indexes.len();
-            batch.resolve(BatchStatus::Delivered);
         }
-        (deliveries, lost, before_reread, received)
     });
 
-    assert!(!lost.is_empty(), "the first batch held events");
-    assert!(
-        !running.is_finished(),
-        "the source stopped instead of reading again"
-    );
-    let before_reread = before_reread.expect("the lost batch was read again");
-    let total: u32 = deliveries.iter().sum();
-    let duplicates = total as usize - EVENTS;
-    eprintln!(
-        "lost batch: {} events; {received} batches; {before_reread} events delivered before it came again; {duplicates} duplicates",
-        lost.len()
-    );
-    // Every event arrived; what comes twice is at most what was in flight behind the lost
-    // batch when the source sought back (its partitions' batches delivered meanwhile).
-    for (i, count) in deliveries.iter().enumerate() {
-        assert!(*count >= 1, "event {i} lost");
-        assert!(*count <= 2, "event {i} delivered {count} times");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while seen.lock().unwrap().distinct < EVENTS {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {EVENTS} events delivered within 180 s",
+            seen.lock().unwrap().distinct
+        );
+        assert!(!running.is_finished(), "the source stopped");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        duplicates <= before_reread,
-        "{duplicates} duplicates, but only {before_reread} events were in flight behind the lost batch"
-    );
 
     // The commits go on past the lost batch, to the end of every partition, while the
     // source keeps running.
@@ -141,21 +114,16 @@ fn an_errored_batch_is_read_again_without_a_restart_and_nothing_is_lost() {
             Instant::now() < deadline,
             "committed {committed:?}, log ends {ends:?}"
         );
+        assert!(!running.is_finished(), "the source stopped");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!running.is_finished(), "the source stopped");
 
     trigger.trigger();
     runtime.block_on(async {
-        // Batches still in the channel are delivered so the shutdown does not wait on them.
-        let drain = async {
-            while let Some(batch) = input.recv().await {
-                batch.resolve(BatchStatus::Delivered);
-            }
-        };
         let stopped = tokio::time::timeout(Duration::from_secs(60), async {
-            let (result, ()) = tokio::join!(running, drain);
-            result
+            let (source, sink) = tokio::join!(running, sink);
+            sink.expect("the sink task");
+            source
         })
         .await
         .expect("the source stops within 60 s");
@@ -163,4 +131,61 @@ fn an_errored_batch_is_read_again_without_a_restart_and_nothing_is_lost() {
             .expect("the source task")
             .expect("the source stops cleanly");
     });
+
+    let seen = seen.lock().unwrap();
+    assert!(!seen.lost.is_empty(), "the first batch held events");
+    let before_reread = seen.before_reread.expect("the lost batch was read again");
+    let total: u32 = seen.deliveries.iter().sum();
+    let duplicates = total as usize - EVENTS;
+    eprintln!(
+        "lost batch: {} events; {} batches; {before_reread} events delivered before it came again; {duplicates} duplicates",
+        seen.lost.len(),
+        seen.batches,
+    );
+    // Every event arrived; what comes twice is at most what was in flight behind the lost
+    // batch when the source sought back (its partitions' batches delivered meanwhile).
+    for (i, count) in seen.deliveries.iter().enumerate() {
+        assert!(*count >= 1, "event {i} lost");
+        assert!(*count <= 2, "event {i} delivered {count} times");
+    }
+    assert!(
+        duplicates <= before_reread,
+        "{duplicates} duplicates, but only {before_reread} events were in flight behind the lost batch"
+    );
+}
+
+/// What the sink got.
+#[derive(Default)]
+struct Seen {
+    /// How many times each event was delivered.
+    deliveries: Vec<u32>,
+    /// Events delivered at least once.
+    distinct: usize,
+    /// The events of the batch whose acknowledgement was lost.
+    lost: Vec<usize>,
+    batches: usize,
+    delivered_since_loss: usize,
+    /// Events delivered between the lost batch and the first of its events coming again:
+    /// everything in flight behind it when the source sought back.
+    before_reread: Option<usize>,
+}
+
+impl Seen {
+    /// Records a batch; returns whether to lose its acknowledgement (the first batch's).
+    fn record(&mut self, indexes: Vec<usize>) -> bool {
+        self.batches += 1;
+        if self.batches == 1 {
+            self.lost = indexes;
+            return true;
+        }
+        if self.before_reread.is_none() && indexes.contains(&self.lost[0]) {
+            self.before_reread = Some(self.delivered_since_loss);
+        }
+        for &i in &indexes {
+            self.distinct += usize::from(self.deliveries[i] == 0);
+            self.deliveries[i] += 1;
+        }
+        self.delivered_since_loss += indexes.len();
+        false
+    }
 }
