@@ -4,11 +4,15 @@
 //! offset ranges of successive batches are increasing and disjoint. Per partition the
 //! tracker keeps a queue of the batches still in flight; an acknowledgement marks its
 //! entry, and the committable offset advances over the acknowledged prefix of the queue
-//! only. A batch that is not `Delivered` stays at the front and holds the commit back, so
-//! its messages are read again after a restart or a rebalance.
+//! only. A batch that is not `Delivered` stays at the front and holds the commit back.
 //!
-//! Each assignment of a partition gets a new generation: acknowledgements for batches
-//! read under an earlier assignment (the partition was revoked meanwhile) are ignored.
+//! A batch finalised without a verdict (`Errored`) asks for a rewind of its partitions:
+//! the reading task then seeks each one back to the first offset of the first batch not
+//! yet delivered there, [`OffsetTracker::rewind`] forgets every batch in flight in it,
+//! and the messages are read again (the batches after it are read twice: at-least-once).
+//!
+//! Each assignment of a partition, and each rewind, gets a new generation:
+//! acknowledgements for batches read under an earlier one are ignored.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,6 +24,8 @@ pub type Partition = (String, i32);
 pub struct Span {
     pub topic: String,
     pub partition: i32,
+    /// The offset of the batch's first message in the partition (where a rewind seeks).
+    pub first_offset: i64,
     /// The offset after the batch's last message in the partition.
     pub next_offset: i64,
 }
@@ -34,6 +40,7 @@ pub struct BatchOffsets {
 #[derive(Debug)]
 struct InFlight {
     seq: u64,
+    first_offset: i64,
     next_offset: i64,
     state: Ack,
 }
@@ -42,8 +49,9 @@ struct InFlight {
 enum Ack {
     Waiting,
     Delivered,
-    /// Resolved without delivery: holds the commit back, but nothing waits for it.
-    Abandoned,
+    /// Resolved without delivery: holds the commit back until its partition is rewound;
+    /// nothing waits for it.
+    Errored,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +62,8 @@ struct PartitionState {
     committable: Option<i64>,
     /// The offset last handed to a commit.
     committed: Option<i64>,
+    /// An `Errored` batch waits for this partition to be read again from before it.
+    rewind_requested: bool,
 }
 
 /// Offsets of in-flight batches for every partition this consumer reads.
@@ -92,6 +102,7 @@ impl OffsetTracker {
             };
             state.in_flight.push_back(InFlight {
                 seq,
+                first_offset: span.first_offset,
                 next_offset: span.next_offset,
                 state: Ack::Waiting,
             });
@@ -106,13 +117,64 @@ impl OffsetTracker {
         self.resolve(batch, Ack::Delivered);
     }
 
-    /// Marks a batch lost without delivery: the commit stops before it for good (its
-    /// messages are read again after a restart or a rebalance).
-    pub fn abandoned(&mut self, batch: &BatchOffsets) {
-        self.resolve(batch, Ack::Abandoned);
+    /// Marks a batch lost without delivery: the commit stops before it, and its partitions
+    /// (those still read under the generation it was read in) ask for a rewind. Returns
+    /// whether any did.
+    pub fn errored(&mut self, batch: &BatchOffsets) -> bool {
+        self.resolve(batch, Ack::Errored)
     }
 
-    fn resolve(&mut self, batch: &BatchOffsets, ack: Ack) {
+    /// Whether some partition waits for a rewind.
+    pub fn rewind_requested(&self) -> bool {
+        self.partitions.values().any(|state| state.rewind_requested)
+    }
+
+    /// Rewinds every partition that asked for it: returns where to seek each one (the first
+    /// offset of its first batch not delivered), gives it a new generation so that late
+    /// acknowledgements of the batches in flight are ignored, and forgets those batches.
+    /// Their messages are read again from the returned offset; the committable offset stays
+    /// where it was (it is at or before the seek offset).
+    ///
+    /// Every batch read so far must be registered first, or a batch registered later would
+    /// cover offsets past the seek offset under the new generation.
+    pub fn rewind(&mut self) -> Vec<(Partition, i64)> {
+        let mut seeks = Vec::new();
+        for (key, state) in &mut self.partitions {
+            if !std::mem::take(&mut state.rewind_requested) {
+                continue;
+            }
+            // The front is the first batch not delivered: delivered ones leave the queue.
+            let Some(front) = state.in_flight.front() else {
+                continue;
+            };
+            seeks.push((key.clone(), front.first_offset));
+            self.next_generation += 1;
+            state.generation = self.next_generation;
+            state.in_flight.clear();
+        }
+        seeks.sort();
+        seeks
+    }
+
+    /// Undoes a rewind whose seek failed: the partition is held at `offset` again (nothing
+    /// past it is committed, whatever is delivered meanwhile) and asks for another rewind.
+    pub fn hold(&mut self, key: &Partition, offset: i64) {
+        let Some(state) = self.partitions.get_mut(key) else {
+            return;
+        };
+        // Sequence 0 sorts first; the batch that had it belongs to an older generation.
+        state.in_flight.push_front(InFlight {
+            seq: 0,
+            first_offset: offset,
+            next_offset: offset,
+            state: Ack::Errored,
+        });
+        state.rewind_requested = true;
+    }
+
+    /// Returns whether the acknowledgement asked for a rewind of some partition.
+    fn resolve(&mut self, batch: &BatchOffsets, ack: Ack) -> bool {
+        let mut rewind = false;
         for (key, generation) in &batch.parts {
             let Some(state) = self.partitions.get_mut(key) else {
                 continue;
@@ -125,6 +187,10 @@ impl OffsetTracker {
                 .binary_search_by_key(&batch.seq, |entry| entry.seq)
             {
                 state.in_flight[index].state = ack;
+                if ack == Ack::Errored {
+                    state.rewind_requested = true;
+                    rewind = true;
+                }
             }
             while state
                 .in_flight
@@ -135,6 +201,7 @@ impl OffsetTracker {
                 state.committable = Some(entry.next_offset);
             }
         }
+        rewind
     }
 
     /// Offsets that advanced since the last call, marked as committed.
@@ -186,11 +253,13 @@ impl OffsetTracker {
 mod tests {
     use super::*;
 
-    fn span(partition: i32, next_offset: i64) -> Span {
+    /// Offsets `first..next` of partition `partition`.
+    fn span(partition: i32, offsets: std::ops::Range<i64>) -> Span {
         Span {
             topic: "audit".into(),
             partition,
-            next_offset,
+            first_offset: offsets.start,
+            next_offset: offsets.end,
         }
     }
 
@@ -201,9 +270,9 @@ mod tests {
     #[test]
     fn commits_only_the_delivered_prefix_of_out_of_order_acknowledgements() {
         let mut tracker = OffsetTracker::new();
-        let first = tracker.register(&[span(0, 10)]);
-        let second = tracker.register(&[span(0, 20), span(1, 5)]);
-        let third = tracker.register(&[span(0, 30)]);
+        let first = tracker.register(&[span(0, 0..10)]);
+        let second = tracker.register(&[span(0, 10..20), span(1, 0..5)]);
+        let third = tracker.register(&[span(0, 20..30)]);
 
         tracker.delivered(&third);
         tracker.delivered(&second);
@@ -218,24 +287,107 @@ mod tests {
     }
 
     #[test]
-    fn an_undelivered_batch_holds_the_commit_back() {
+    fn an_errored_batch_holds_the_commit_back_until_its_partition_is_rewound() {
         let mut tracker = OffsetTracker::new();
-        let errored = tracker.register(&[span(0, 10)]);
-        let later = tracker.register(&[span(0, 20)]);
+        let errored = tracker.register(&[span(0, 0..10)]);
+        let later = tracker.register(&[span(0, 10..20)]);
         tracker.delivered(&later);
-        tracker.abandoned(&errored);
+        assert!(tracker.errored(&errored), "asks for a rewind");
+        assert!(tracker.rewind_requested());
         assert!(tracker.take_commits(None).is_empty());
         assert_eq!(tracker.position(&key(0)), None);
         // Nothing is waited for any more: a revoke or shutdown does not stall on it.
         assert_eq!(tracker.in_flight(None), 0);
+
+        assert_eq!(tracker.rewind(), vec![(key(0), 0)]);
+        assert!(!tracker.rewind_requested());
+        assert!(tracker.rewind().is_empty(), "rewound twice");
+        // Read again from 0: both batches once more, delivered this time.
+        let again = tracker.register(&[span(0, 0..20)]);
+        tracker.delivered(&again);
+        assert_eq!(tracker.take_commits(None), vec![(key(0), 20)]);
+    }
+
+    #[test]
+    fn a_rewind_seeks_to_the_first_batch_not_delivered_and_ignores_late_acknowledgements() {
+        let mut tracker = OffsetTracker::new();
+        let delivered = tracker.register(&[span(0, 0..10)]);
+        let waiting = tracker.register(&[span(0, 10..20)]);
+        let errored = tracker.register(&[span(0, 20..30)]);
+        let after = tracker.register(&[span(0, 30..40)]);
+        tracker.delivered(&delivered);
+        tracker.errored(&errored);
+        assert_eq!(tracker.take_commits(None), vec![(key(0), 10)]);
+        // The batch still waiting before the errored one is read again too: nothing is
+        // skipped, even if it would have been delivered.
+        assert_eq!(tracker.rewind(), vec![(key(0), 10)]);
+        tracker.delivered(&waiting);
+        tracker.delivered(&after);
+        assert!(
+            tracker.take_commits(None).is_empty(),
+            "a late acknowledgement from before the rewind moved the commit"
+        );
+        assert_eq!(tracker.position(&key(0)), Some(10));
+        // A late `Errored` from before the rewind asks for nothing.
+        assert!(!tracker.errored(&after));
+        assert!(tracker.rewind().is_empty());
+
+        let reread = tracker.register(&[span(0, 10..40)]);
+        tracker.delivered(&reread);
+        assert_eq!(tracker.take_commits(None), vec![(key(0), 40)]);
+    }
+
+    #[test]
+    fn a_rewind_touches_only_the_partitions_of_the_errored_batch() {
+        let mut tracker = OffsetTracker::new();
+        let first = tracker.register(&[span(0, 0..10), span(1, 100..105)]);
+        let errored = tracker.register(&[span(0, 10..20), span(1, 105..110)]);
+        let other = tracker.register(&[span(2, 50..60)]);
+        tracker.delivered(&first);
+        tracker.errored(&errored);
+        assert_eq!(tracker.rewind(), vec![(key(0), 10), (key(1), 105)]);
+        // Partition 2 keeps its batch in flight, and its acknowledgement counts.
+        assert_eq!(tracker.in_flight(None), 1);
+        tracker.delivered(&other);
+        let mut commits = tracker.take_commits(None);
+        commits.sort();
+        assert_eq!(commits, vec![(key(0), 10), (key(1), 105), (key(2), 60)]);
+    }
+
+    #[test]
+    fn a_failed_seek_holds_the_partition_until_a_rewind_succeeds() {
+        let mut tracker = OffsetTracker::new();
+        let errored = tracker.register(&[span(0, 0..10)]);
+        tracker.errored(&errored);
+        assert_eq!(tracker.rewind(), vec![(key(0), 0)]);
+        tracker.hold(&key(0), 0);
+        // The consumer went on past the failed seek: what it delivers is not committed.
+        let past = tracker.register(&[span(0, 10..20)]);
+        tracker.delivered(&past);
+        assert!(tracker.take_commits(None).is_empty());
+        assert!(tracker.rewind_requested());
+        assert_eq!(tracker.rewind(), vec![(key(0), 0)]);
+        let again = tracker.register(&[span(0, 0..20)]);
+        tracker.delivered(&again);
+        assert_eq!(tracker.take_commits(None), vec![(key(0), 20)]);
+    }
+
+    #[test]
+    fn a_partition_revoked_before_its_rewind_is_not_sought() {
+        let mut tracker = OffsetTracker::new();
+        let errored = tracker.register(&[span(0, 0..10)]);
+        tracker.errored(&errored);
+        tracker.revoke(&[key(0)]);
+        assert!(!tracker.rewind_requested());
+        assert!(tracker.rewind().is_empty());
     }
 
     #[test]
     fn acknowledgements_from_a_revoked_assignment_are_ignored() {
         let mut tracker = OffsetTracker::new();
-        let old = tracker.register(&[span(0, 10)]);
+        let old = tracker.register(&[span(0, 0..10)]);
         tracker.revoke(&[key(0)]);
-        let new = tracker.register(&[span(0, 50)]);
+        let new = tracker.register(&[span(0, 40..50)]);
         tracker.delivered(&old);
         assert!(tracker.take_commits(None).is_empty());
         tracker.delivered(&new);
@@ -245,7 +397,7 @@ mod tests {
     #[test]
     fn commits_can_be_limited_to_revoked_partitions() {
         let mut tracker = OffsetTracker::new();
-        let batch = tracker.register(&[span(0, 10), span(1, 7)]);
+        let batch = tracker.register(&[span(0, 0..10), span(1, 0..7)]);
         tracker.delivered(&batch);
         assert_eq!(tracker.take_commits(Some(&[key(1)])), vec![(key(1), 7)]);
         assert_eq!(tracker.take_commits(None), vec![(key(0), 10)]);

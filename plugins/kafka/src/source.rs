@@ -10,6 +10,11 @@
 //! (librdkafka leaves the group when the application stops polling for
 //! `max.poll.interval.ms`) and serves rebalances; pausing stops the fetches. Once the
 //! batch is taken the partitions resume from where the consumer stopped.
+//!
+//! A batch finalised without a verdict (`Errored`: a sink failed, a shutdown timed out)
+//! is not skipped: its acknowledgement asks the reading task to rewind its partitions,
+//! and the reading task seeks each back to the first offset not yet delivered there and
+//! reads on from it, without a restart. What was in flight after it comes twice.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -48,6 +53,10 @@ const REVOKE_WAIT: Duration = Duration::from_secs(10);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 /// How often `auditflow_kafka_consumer_lag` is refreshed from the brokers' watermarks.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a seek back to an unacknowledged offset may wait for librdkafka.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a failed seek back waits before it is tried again.
+const SEEK_RETRY: Duration = Duration::from_secs(1);
 
 /// Reads audit events from Kafka topics as one member of a consumer group.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -259,6 +268,18 @@ impl Source for KafkaSource {
                         pending = reader.flush(&out, &shared);
                     }
                 }
+                // An `Errored` batch: read its partitions again from before it.
+                _ = shared.rewind.notified(), if pending.is_none() => {
+                    // Every message read so far is registered before the tracker rewinds,
+                    // so no batch registered later covers offsets past the seek.
+                    pending = reader.flush(&out, &shared);
+                    if pending.is_some() && !paused {
+                        set_paused(&consumer, &id, true);
+                        paused = true;
+                    }
+                    let seeks = shared.lock().rewind();
+                    seek_back(&consumer, &shared, &id, seeks).await;
+                }
                 _ = commit_tick.tick() => commit(&*consumer, &shared, None, CommitMode::Async, &id),
                 message = consumer.recv() => {
                     reader.push(message);
@@ -325,6 +346,8 @@ struct Shared {
     rebalanced: AtomicBool,
     /// The source is leaving: revokes commit what they can without waiting.
     closing: AtomicBool,
+    /// Signalled when an `Errored` batch asks for its partitions to be read again.
+    rewind: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -657,6 +680,7 @@ impl Reader {
             None => self.spans.push(Span {
                 topic: topic.to_owned(),
                 partition,
+                first_offset: offset,
                 next_offset: offset + 1,
             }),
         }
@@ -693,9 +717,10 @@ impl Reader {
         // The one copy out of librdkafka's buffer: every event is a slice of it.
         let payload = Bytes::copy_from_slice(payload);
         if let Err(refused) = decode_into(&payload, self.decoding.shape(), &mut self.decoded) {
-            self.telemetry.discarded("malformed", 1);
+            let reason = refused_reason(&payload, self.decoding);
+            self.telemetry.discarded(reason, 1);
             self.letters.extend(self.dead_letter.letter(&DeadLetter {
-                reason: "malformed",
+                reason,
                 error: &refused.0,
                 location: &location(),
                 status: None,
@@ -770,6 +795,19 @@ impl Reader {
     }
 }
 
+/// The reason a whole message was refused under: `too_deep` for a single event nested
+/// deeper than kube-apiserver allows (the refusal itself does not say; this parses the
+/// refused payload once more, which only refusals pay for), `malformed` otherwise.
+fn refused_reason(payload: &Bytes, decoding: Decoding) -> &'static str {
+    match decoding {
+        Decoding::Json => Event::from_bytes(payload.clone())
+            .err()
+            .map_or("malformed", |error| error.reason()),
+        // Their items are refused one by one, each with its own reason.
+        Decoding::EventList | Decoding::Ndjson => "malformed",
+    }
+}
+
 fn acknowledge(shared: &Shared, offsets: &BatchOffsets, status: BatchStatus, id: &str) {
     let mut tracker = shared.lock();
     match status {
@@ -777,15 +815,82 @@ fn acknowledge(shared: &Shared, offsets: &BatchOffsets, status: BatchStatus, id:
         // would not change the verdict.
         BatchStatus::Delivered | BatchStatus::Rejected => tracker.delivered(offsets),
         BatchStatus::Errored => {
-            tracker.abandoned(offsets);
-            tracing::warn!(
-                component_id = %id,
-                "a kafka batch was lost without delivery; its partitions are not committed past it and are read again after a restart or rebalance"
-            );
+            if tracker.errored(offsets) {
+                tracing::warn!(
+                    component_id = %id,
+                    "a kafka batch was finalised without delivery; its partitions are read again from its first message"
+                );
+                // One stored permit is enough: a rewind takes every request at once.
+                shared.rewind.notify_one();
+            }
         }
     }
     drop(tracker);
     shared.acknowledged.notify_all();
+}
+
+/// Seeks partitions back to offsets to read again, off the runtime's threads (librdkafka
+/// waits for its fetcher to take the new position), each within [`SEEK_TIMEOUT`].
+async fn seek_back(
+    consumer: &Arc<Consumer_>,
+    shared: &Arc<Shared>,
+    id: &str,
+    seeks: Vec<(Partition, i64)>,
+) {
+    if seeks.is_empty() {
+        return;
+    }
+    let consumer_ = Arc::clone(consumer);
+    let seeks_ = seeks.clone();
+    let sought = tokio::task::spawn_blocking(move || {
+        seeks_
+            .into_iter()
+            .map(|((topic, partition), offset)| {
+                consumer_
+                    .seek(&topic, partition, Offset::Offset(offset), SEEK_TIMEOUT)
+                    .map_err(|error| error.to_string())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let results = match sought {
+        Ok(results) => results,
+        Err(error) => {
+            let error = format!("the seek task failed: {error}");
+            seeks.iter().map(|_| Err(error.clone())).collect()
+        }
+    };
+    let mut failed = false;
+    for (((topic, partition), offset), result) in seeks.iter().zip(results) {
+        match result {
+            Ok(()) => tracing::warn!(
+                component_id = %id,
+                topic,
+                partition,
+                offset,
+                "kafka partition sought back to its first unacknowledged message after a batch was not delivered; reading it again (messages after it may come twice)"
+            ),
+            Err(error) => {
+                tracing::error!(
+                    component_id = %id,
+                    topic,
+                    partition,
+                    offset,
+                    %error,
+                    "cannot seek a kafka partition back to its first unacknowledged message; nothing past it is committed, and the seek is tried again in {SEEK_RETRY:?}"
+                );
+                shared.lock().hold(&(topic.clone(), *partition), *offset);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(SEEK_RETRY).await;
+            shared.rewind.notify_one();
+        });
+    }
 }
 
 #[cfg(test)]
@@ -839,6 +944,22 @@ mod tests {
         assert!(error.starts_with("line 3: "), "{error}");
         assert_eq!(ids(&reader), ["a", "b"]);
         assert_eq!(ids(&lines), ["c", "d"]);
+    }
+
+    #[test]
+    fn a_message_nested_too_deep_is_counted_as_too_deep() {
+        let deep = format!("{}1{}", "[".repeat(10_001), "]".repeat(10_001));
+        let payload = Bytes::from(format!(r#"{{"auditID":"deep","requestObject":{deep}}}"#));
+        assert_eq!(refused_reason(&payload, Decoding::Json), "too_deep");
+        assert_eq!(
+            refused_reason(&Bytes::from_static(b"{oops"), Decoding::Json),
+            "malformed"
+        );
+        let mut reader = reader(Decoding::Json);
+        assert_eq!(
+            reader.decode(Some(&payload), AT).map(|(count, _)| count),
+            Some(1)
+        );
     }
 
     #[test]
