@@ -14,6 +14,9 @@
 //!   whose first line changed) is read again from 0 as a new entry; the old entry keeps its
 //!   fingerprint and position, so a copy that the globs match resumes where reading stopped.
 //! - **Deletion**: the open handle is drained for up to `rotate_wait`, then closed.
+//! - **Back-pressure**: while a full pipeline holds a batch back, scans and checkpoint
+//!   writes go on, so a file rotated and deleted during a long outage is still known, and
+//!   what it loses is counted (once, across restarts too).
 //! - **Idle files** at their end for `rotate_wait` are closed and remembered by inode, size
 //!   and mtime, so that a later scan reopens them only when they change.
 //!
