@@ -5,6 +5,7 @@
 //! command (`scripts/test`) builds it before running the tests.
 
 pub mod audit_lines;
+pub mod collector;
 pub mod kafka;
 pub mod tls;
 pub mod webhook_client;

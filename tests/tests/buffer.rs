@@ -5,101 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
-use auditflow_e2e::tls::{Pki, PkiFiles, Reply, ServerOptions, TestServer};
+use auditflow_e2e::collector::{duplicates, Collector};
 use auditflow_e2e::webhook_client::WebhookClient;
 use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
-
-/// An HTTPS collector that can be taken down (it then answers 503) and brought back.
-struct Collector {
-    server: TestServer,
-    up: Arc<AtomicBool>,
-    files: PkiFiles,
-}
-
-impl Collector {
-    fn start(workspace: &Workspace, up: bool) -> Collector {
-        let pki = Pki::new("collector");
-        let files = pki.write_to(workspace.path());
-        let up = Arc::new(AtomicBool::new(up));
-        let flag = Arc::clone(&up);
-        let server = TestServer::start(
-            &pki,
-            ServerOptions::responder(move |_| {
-                if flag.load(Ordering::SeqCst) {
-                    Reply::ok()
-                } else {
-                    Reply::status(503)
-                }
-            }),
-        );
-        Collector { server, up, files }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-    }
-
-    /// The auditIDs of every event in a request the collector accepted, with repeats.
-    fn delivered(&self) -> Vec<String> {
-        self.server
-            .requests()
-            .iter()
-            .filter(|request| request.reply.code() == Some(200))
-            .flat_map(|request| {
-                request
-                    .body_str()
-                    .lines()
-                    .filter(|line| !line.is_empty())
-                    .map(|line| {
-                        let event: serde_json::Value = serde_json::from_str(line).expect("NDJSON");
-                        event["auditID"].as_str().expect("an auditID").to_owned()
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        done: impl Fn(&[String]) -> bool,
-    ) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let delivered = self.delivered();
-            if done(&delivered) {
-                return delivered;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} within {timeout:?}: {} events delivered",
-                delivered.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The https sink's options, pointed at this collector.
-    fn sink_options(&self) -> String {
-        format!(
-            r#"    type: https
-    uri: {uri}
-    encoding: ndjson
-    batch: {{ max_events: 200, timeout_ms: 50 }}
-    request: {{ retry_initial_backoff_ms: 50, retry_max_backoff_ms: 250 }}
-    tls: {{ ca_file: {ca} }}
-"#,
-            uri = self.server.url("/ingest"),
-            ca = self.files.ca.display()
-        )
-    }
-}
 
 fn metrics_text(address: &str) -> String {
     http_get(address, "/metrics")
@@ -125,10 +38,6 @@ fn wait_metric(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn duplicates(delivered: &[String]) -> usize {
-    delivered.len() - delivered.iter().collect::<BTreeSet<_>>().len()
 }
 
 /// A small deterministic generator, seeded from the clock (the seed is printed).

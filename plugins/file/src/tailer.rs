@@ -14,6 +14,9 @@
 //!   whose first line changed) is read again from 0 as a new entry; the old entry keeps its
 //!   fingerprint and position, so a copy that the globs match resumes where reading stopped.
 //! - **Deletion**: the open handle is drained for up to `rotate_wait`, then closed.
+//! - **Back-pressure**: while a full pipeline holds a batch back, scans and checkpoint
+//!   writes go on, so a file rotated and deleted during a long outage is still known, and
+//!   what it loses is counted (once, across restarts too).
 //! - **Idle files** at their end for `rotate_wait` are closed and remembered by inode, size
 //!   and mtime, so that a later scan reopens them only when they change.
 //!
@@ -192,6 +195,23 @@ struct Fill {
     bytes: usize,
 }
 
+/// When the next directory scan and the next checkpoint write are due.
+struct Timers {
+    next_scan: Instant,
+    next_checkpoint: Instant,
+}
+
+impl Timers {
+    /// The next moment there is housekeeping to do.
+    fn wake(&self, dirty: bool) -> Instant {
+        if dirty {
+            self.next_scan.min(self.next_checkpoint)
+        } else {
+            self.next_scan
+        }
+    }
+}
+
 struct Ack {
     key: u64,
     seq: u64,
@@ -259,6 +279,12 @@ pub struct Tailer {
     metrics: FileMetrics,
     /// Frames into events; counts and warns (rate-limited) about what it refuses.
     records: RecordDecoder,
+    /// The entry whose batch waits to be sent: scans go on meanwhile, and must not forget
+    /// it before its batch is registered.
+    sending: Option<u64>,
+    /// Lost bytes were just reported: the checkpoint must say so at once, or a crash before
+    /// the next periodic write would have the restart report them again.
+    checkpoint_now: bool,
 }
 
 impl Tailer {
@@ -282,6 +308,8 @@ impl Tailer {
             acks: JoinSet::new(),
             dirty: false,
             records: RecordDecoder::new(id),
+            sending: None,
+            checkpoint_now: false,
             metrics: FileMetrics {
                 lag_bytes: auditflow_metrics::file_checkpoint_lag_bytes()
                     .with_label_values(&labels),
@@ -714,7 +742,12 @@ impl Tailer {
             };
             if let Some(since) = entry.gone_since {
                 if now.duration_since(since) >= wait {
-                    let unread = entry.size.saturating_sub(reader.framer.offset());
+                    // The size through the handle: the last scan may predate the last write.
+                    let size = match &reader.input {
+                        Input::Plain(file) => file.metadata().map_or(entry.size, |meta| meta.len()),
+                        Input::Gzip(_) => entry.size,
+                    };
+                    let unread = size.saturating_sub(reader.framer.offset());
                     if unread > 0 {
                         self.metrics.lost_bytes.inc_by(unread);
                         tracing::error!(component_id = %self.id, file = %entry.path.display(),
@@ -738,6 +771,8 @@ impl Tailer {
             // Counted once: a restart counts only what stays unacknowledged of what was read.
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.size = read;
+                self.dirty = true;
+                self.checkpoint_now = true;
             }
         }
         for key in closing {
@@ -754,9 +789,13 @@ impl Tailer {
             }
             let lost = entry.size.saturating_sub(entry.committed.offset);
             if lost > 0 {
+                // Counted once: the next checkpoint says nothing more is missing from it, so
+                // a later restart does not count these bytes again.
+                let size = std::mem::replace(&mut entry.size, entry.committed.offset);
+                self.dirty = true;
                 self.metrics.lost_bytes.inc_by(lost);
                 tracing::error!(component_id = %self.id, file = %entry.path.display(),
-                    checkpoint = entry.committed.offset, size = entry.size, lost_bytes = lost,
+                    checkpoint = entry.committed.offset, size, lost_bytes = lost,
                     "a file the checkpoint names is gone with bytes never acknowledged: they are lost (deleted or rotated away while auditflow was stopped or blocked); a disk buffer on the sinks, or more --audit-log-maxbackup, keeps them");
             }
         }
@@ -767,7 +806,7 @@ impl Tailer {
     fn forget_old(&mut self, now: Instant) {
         let mut forgotten = Vec::new();
         for (&key, entry) in &self.entries {
-            if entry.reader.is_some() || !entry.pending.is_empty() {
+            if entry.reader.is_some() || !entry.pending.is_empty() || self.sending == Some(key) {
                 continue;
             }
             if entry.retired || now.duration_since(entry.last_seen) >= RETENTION {
@@ -945,7 +984,10 @@ impl Tailer {
             })
             .collect();
         match self.store.write(&records) {
-            Ok(()) => self.dirty = false,
+            Ok(()) => {
+                self.dirty = false;
+                self.checkpoint_now = false;
+            }
             Err(error) => {
                 telemetry.errored("checkpoint", 1);
                 tracing::error!(component_id = %self.id, file = %self.store.path().display(),
@@ -971,6 +1013,25 @@ impl Tailer {
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 
+    /// Scans when a scan is due, and writes the checkpoint when it is due and changed.
+    fn housekeep(&mut self, timers: &mut Timers, telemetry: &dyn Telemetry) {
+        let now = Instant::now();
+        if now >= timers.next_scan {
+            self.scan();
+            timers.next_scan = now + self.settings.glob_interval;
+            if self.scans == 1 {
+                self.account_missing_at_start();
+                // Remember where reading starts (read_from: end) before anything else.
+                self.write_checkpoint(telemetry);
+                timers.next_checkpoint = now + CHECKPOINT_INTERVAL;
+            }
+        }
+        if self.dirty && (now >= timers.next_checkpoint || self.checkpoint_now) {
+            self.write_checkpoint(telemetry);
+            timers.next_checkpoint = now + CHECKPOINT_INTERVAL;
+        }
+    }
+
     fn open_keys(&self) -> Vec<u64> {
         self.entries
             .iter()
@@ -993,8 +1054,10 @@ impl Source for Tailer {
         let telemetry = &*telemetry;
         self.records = std::mem::replace(&mut self.records, RecordDecoder::new(&self.id))
             .with_dead_letters(&dead_letter);
-        let mut next_scan = Instant::now();
-        let mut next_checkpoint = Instant::now();
+        let mut timers = Timers {
+            next_scan: Instant::now(),
+            next_checkpoint: Instant::now(),
+        };
         'running: loop {
             while let Some(done) = self.acks.try_join_next() {
                 self.acked(done);
@@ -1002,21 +1065,7 @@ impl Source for Tailer {
             if shutdown.is_triggered() {
                 break;
             }
-            let now = Instant::now();
-            if now >= next_scan {
-                self.scan();
-                next_scan = now + self.settings.glob_interval;
-                if self.scans == 1 {
-                    self.account_missing_at_start();
-                    // Remember where reading starts (read_from: end) before anything else.
-                    self.write_checkpoint(telemetry);
-                    next_checkpoint = now + CHECKPOINT_INTERVAL;
-                }
-            }
-            if self.dirty && now >= next_checkpoint {
-                self.write_checkpoint(telemetry);
-                next_checkpoint = now + CHECKPOINT_INTERVAL;
-            }
+            self.housekeep(&mut timers, telemetry);
             let mut progressed = false;
             for key in self.open_keys() {
                 while self.acks.len() < MAX_BATCHES_IN_FLIGHT {
@@ -1041,10 +1090,28 @@ impl Source for Tailer {
                         dead_letter.send(letters, letters_finalizer).await?;
                         out.send(batch).await
                     };
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.wait() => break 'running,
-                        sent = send => sent?,
+                    tokio::pin!(send);
+                    // A full pipeline can hold this send for as long as a destination is
+                    // down. Files keep being rotated and deleted meanwhile: scanning goes on,
+                    // so that every file is known, checkpointed, and its loss counted if it
+                    // is deleted before it could be read.
+                    self.sending = Some(key);
+                    let sent = loop {
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.wait() => break None,
+                            sent = &mut send => break Some(sent),
+                            Some(done) = self.acks.join_next(), if !self.acks.is_empty() => self.acked(done),
+                            _ = tokio::time::sleep_until(timers.wake(self.dirty)) => {
+                                self.housekeep(&mut timers, telemetry);
+                                self.update_lag();
+                            }
+                        }
+                    };
+                    self.sending = None;
+                    match sent {
+                        None => break 'running,
+                        Some(sent) => sent?,
                     }
                     let seq = self.push_pending(key, fill.end, None);
                     self.acks.spawn(async move {
@@ -1062,10 +1129,7 @@ impl Source for Tailer {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let mut wake = next_scan.min(Instant::now() + POLL_INTERVAL);
-            if self.dirty {
-                wake = wake.min(next_checkpoint);
-            }
+            let wake = timers.wake(self.dirty).min(Instant::now() + POLL_INTERVAL);
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
@@ -1082,10 +1146,10 @@ impl Source for Tailer {
             match tokio::time::timeout_at(deadline, self.acks.join_next()).await {
                 Ok(Some(done)) => {
                     self.acked(done);
-                    if Instant::now() >= next_checkpoint {
+                    if Instant::now() >= timers.next_checkpoint {
                         // The process may be stopped before the wait ends.
                         self.write_checkpoint(telemetry);
-                        next_checkpoint = Instant::now() + CHECKPOINT_INTERVAL;
+                        timers.next_checkpoint = Instant::now() + CHECKPOINT_INTERVAL;
                     }
                 }
                 Ok(None) => break,
