@@ -73,6 +73,8 @@ pub struct Settings {
     pub fingerprint: FingerprintMode,
     pub max_line_bytes: usize,
     pub framing: Framing,
+    /// How each record holds events (`decoding`).
+    pub envelope: auditflow_core::envelope::Envelope,
     pub rotate_wait: Duration,
 }
 
@@ -268,6 +270,7 @@ impl Tailer {
             .map_err(|error| format!("{}: {error}", data_dir.display()))?;
         let records = store.load()?;
         let labels = [id];
+        let records_decoder = RecordDecoder::new(id).with_envelope(settings.envelope.clone());
         let mut tailer = Tailer {
             id: id.to_owned(),
             settings,
@@ -281,7 +284,7 @@ impl Tailer {
             settled: HashMap::new(),
             acks: JoinSet::new(),
             dirty: false,
-            records: RecordDecoder::new(id),
+            records: records_decoder,
             metrics: FileMetrics {
                 lag_bytes: auditflow_metrics::file_checkpoint_lag_bytes()
                     .with_label_values(&labels),
