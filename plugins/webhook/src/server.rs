@@ -438,8 +438,11 @@ impl State {
                 .and_then(|e| e.as_str())
                 .unwrap_or("");
             tracing::debug!(component_id = %self.id, %peer, status = %code, error, request_id, "webhook request not accepted now");
-        } else if let Some(request_id) = request_id {
-            tracing::debug!(component_id = %self.id, %peer, request_id, "firehose request delivered");
+        }
+        if let Some(request_id) = request_id {
+            // Firehose sends a request per buffer interval (60 s by default): few enough
+            // to log each one with its id, which is what its own error logs name.
+            tracing::info!(component_id = %self.id, %peer, request_id, status = %code, "answered a firehose request");
         }
         let reply = match request_id {
             Some(request_id) => firehose::answer(reply, request_id),
