@@ -40,14 +40,22 @@ fn diagnostic_batches(events: &[&'static str]) -> (Vec<String>, Vec<&'static str
         }
         n += 1;
         if n % 4 == 0 {
-            let category = if n % 8 == 0 { "guard" } else { "kube-apiserver" };
+            let category = if n % 8 == 0 {
+                "guard"
+            } else {
+                "kube-apiserver"
+            };
             records.push(format!(
                 r#"{{"time":"2026-12-01T04:00:00Z","category":"{category}","operationName":"Microsoft.ContainerService/managedClusters/diagnosticLogs/Read","properties":{{"log":"I1201 04:00:00.000000 1 handler.go:286] line {n}\n","stream":"stderr","pod":"kube-apiserver-5d9f"}}}}"#
             ));
             continue;
         }
         let Some(event) = next.next() else { break };
-        let category = if n % 5 == 0 { "kube-audit-admin" } else { "kube-audit" };
+        let category = if n % 5 == 0 {
+            "kube-audit-admin"
+        } else {
+            "kube-audit"
+        };
         let log = if n % 3 == 0 {
             (*event).to_owned()
         } else {
@@ -144,18 +152,25 @@ fn aks_event_hub_messages_through_a_kafka_broker_come_out_byte_for_byte() {
     // Two partitions: the order holds within each message, not across them.
     let expected: HashSet<&str> = wrapped.iter().copied().collect();
     let got: HashSet<&str> = arrived.iter().map(String::as_str).collect();
-    assert_eq!(got, expected, "the events differ from the strings they were wrapped in");
+    assert_eq!(
+        got, expected,
+        "the events differ from the strings they were wrapped in"
+    );
     let (_, text) = auditflow_e2e::http_get(&metrics, "/metrics").unwrap();
     let not_audit = auditflow_e2e::metric(
         &text,
         "auditflow_component_discarded_events_total",
         &[("component_id", "eventhub"), ("reason", "not_audit")],
     );
-    let others = batches.len() * 20 - wrapped.len();
-    assert!(
-        not_audit.is_some_and(|n| n as usize >= others.saturating_sub(20)),
-        "{not_audit:?} of {others}"
-    );
+    let others: usize = batches
+        .iter()
+        .map(|batch| {
+            batch.matches(r#""category":"kube-apiserver""#).count()
+                + batch.matches(r#""category":"guard""#).count()
+        })
+        .sum();
+    assert!(others > 50);
+    assert_eq!(not_audit, Some(others as f64));
 }
 
 /// A CloudWatch Logs subscription payload holding `events` from EKS's audit stream.
@@ -313,16 +328,35 @@ sinks:
     let events = fixture_events();
 
     // A wrong access key: 401 in the contract's shape, and nothing delivered.
-    let wrong = post(&client, "req-wrong-key", "not-the-key", &firehose_body("req-wrong-key", &[cloudwatch_payload(&events[..3])]), false).await;
+    let wrong = post(
+        &client,
+        "req-wrong-key",
+        "not-the-key",
+        &firehose_body("req-wrong-key", &[cloudwatch_payload(&events[..3])]),
+        false,
+    )
+    .await;
     assert_eq!(wrong.status, 401);
     let body = contract_body(&wrong, "req-wrong-key");
-    assert!(body["errorMessage"].as_str().unwrap().contains("access key"));
+    assert!(body["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("access key"));
 
     // CloudWatch's CONTROL_MESSAGE: acknowledged, nothing to deliver.
     let control = r#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1764561600000,"message":"CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}"#;
-    let answer = post(&client, "req-control", ACCESS_KEY, &firehose_body("req-control", &[control.to_owned()]), false).await;
+    let answer = post(
+        &client,
+        "req-control",
+        ACCESS_KEY,
+        &firehose_body("req-control", &[control.to_owned()]),
+        false,
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert!(contract_body(&answer, "req-control").get("errorMessage").is_none());
+    assert!(contract_body(&answer, "req-control")
+        .get("errorMessage")
+        .is_none());
 
     // Most events in gzip payloads, two requests, one of them gzip as a whole.
     let (first, rest) = events.split_at(events.len() / 2);
@@ -330,7 +364,14 @@ sinks:
     for (i, (part, compress)) in [(first, false), (rest, true)].into_iter().enumerate() {
         let payloads: Vec<String> = part.chunks(25).map(cloudwatch_payload).collect();
         let id = format!("req-data-{i}");
-        let answer = post(&client, &id, ACCESS_KEY, &firehose_body(&id, &payloads), compress).await;
+        let answer = post(
+            &client,
+            &id,
+            ACCESS_KEY,
+            &firehose_body(&id, &payloads),
+            compress,
+        )
+        .await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         contract_body(&answer, &id);
     }
@@ -373,7 +414,11 @@ sinks:
 
 /// An Event Hubs source whose `librdkafka_options` say `security.protocol: <protocol>` and
 /// SASL PLAIN with `$ConnectionString`, into stdout; `extra` adds options.
-fn event_hub_pipeline(workspace: &Workspace, protocol: &str, extra: &str) -> (std::path::PathBuf, String) {
+fn event_hub_pipeline(
+    workspace: &Workspace,
+    protocol: &str,
+    extra: &str,
+) -> (std::path::PathBuf, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
     let file = workspace.write(
         &format!("event-hub-{protocol}-{}.yaml", extra.len()),
@@ -399,7 +444,11 @@ fn event_hub_sasl_options_reach_librdkafka() {
     let mut auditflow = Auditflow::run(&workspace, &file);
     wait_ready(&metrics, Duration::from_secs(20));
     auditflow.signal(libc::SIGTERM);
-    assert!(auditflow.wait_timeout(Duration::from_secs(30)).success(), "{}", auditflow.stderr());
+    assert!(
+        auditflow.wait_timeout(Duration::from_secs(30)).success(),
+        "{}",
+        auditflow.stderr()
+    );
 
     // TLS needs OpenSSL, which this build leaves out: librdkafka refuses the option when
     // the pipeline starts, and the error names the file, the source and the field.
@@ -414,7 +463,11 @@ fn event_hub_sasl_options_reach_librdkafka() {
     );
 
     // A misspelt property fails the same way: the options are not dropped on the way.
-    let (file, _) = event_hub_pipeline(&workspace, "sasl_plaintext", "      sasl.mechanismz: PLAIN\n");
+    let (file, _) = event_hub_pipeline(
+        &workspace,
+        "sasl_plaintext",
+        "      sasl.mechanismz: PLAIN\n",
+    );
     let output = run_to_end(workspace.path(), &["run", file.to_str().unwrap()], &[], b"");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());

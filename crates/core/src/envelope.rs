@@ -202,7 +202,11 @@ fn azure_records(body: &Bytes, decoded: &mut Decoded) -> Result<(), Refused> {
         let record: AzureRecord = match parse(&raw) {
             Ok(record) => record,
             Err(error) => {
-                refuse(decoded, "malformed", format!("not a diagnostic record: {error}"));
+                refuse(
+                    decoded,
+                    "malformed",
+                    format!("not a diagnostic record: {error}"),
+                );
                 continue;
             }
         };
@@ -395,7 +399,12 @@ mod tests {
             EVENT_B
         );
         let body = Bytes::from(body);
-        let decoded = decode(&body, Shape::Json, &envelope(Decoding::AzureDiagnosticRecords)).unwrap();
+        let decoded = decode(
+            &body,
+            Shape::Json,
+            &envelope(Decoding::AzureDiagnosticRecords),
+        )
+        .unwrap();
         let raws: Vec<&[u8]> = decoded.events.iter().map(|e| e.raw().as_ref()).collect();
         assert_eq!(raws, [EVENT_A.as_bytes(), EVENT_B.as_bytes()]);
         // The object is the body's own bytes, not a copy.
@@ -415,7 +424,9 @@ mod tests {
                 ("records[4]", "malformed")
             ]
         );
-        assert!(decoded.malformed[0].raw.starts_with(b"{\"category\":\"kube-apiserver\""));
+        assert!(decoded.malformed[0]
+            .raw
+            .starts_with(b"{\"category\":\"kube-apiserver\""));
         assert_eq!(decoded.malformed[1].item, Some(3));
     }
 
@@ -423,10 +434,15 @@ mod tests {
     fn bodies_that_are_not_diagnostic_records_are_refused() {
         let azure = envelope(Decoding::AzureDiagnosticRecords);
         for body in [r#"{"items":[]}"#, "nope", r#"{"records":{}}"#] {
-            assert!(decode(&Bytes::from(body), Shape::Json, &azure).is_err(), "{body}");
+            assert!(
+                decode(&Bytes::from(body), Shape::Json, &azure).is_err(),
+                "{body}"
+            );
         }
         let decoded = decode(
-            &Bytes::from_static(br#"{"records":[{"category":"kube-audit","properties":{"log":"{\"auditID\":"}}]}"#),
+            &Bytes::from_static(
+                br#"{"records":[{"category":"kube-audit","properties":{"log":"{\"auditID\":"}}]}"#,
+            ),
             Shape::Json,
             &azure,
         )
@@ -457,7 +473,11 @@ mod tests {
     fn cloudwatch_payloads_plain_or_gzip_yield_each_message() {
         let payload = cloudwatch(
             "DATA_MESSAGE",
-            &[string(EVENT_A), string(EVENT_B), string("I1201 10:00:00 klog line")],
+            &[
+                string(EVENT_A),
+                string(EVENT_B),
+                string("I1201 10:00:00 klog line"),
+            ],
         );
         let logs = envelope(Decoding::CloudwatchLogs);
         for body in [Bytes::from(payload.clone()), gzip(payload.as_bytes())] {
@@ -473,13 +493,20 @@ mod tests {
     #[test]
     fn control_messages_hold_nothing_and_other_message_types_are_refused() {
         let logs = envelope(Decoding::CloudwatchLogs);
-        let control = cloudwatch("CONTROL_MESSAGE", &[string("CWL CONTROL MESSAGE: Checking health of destination Firehose.")]);
+        let control = cloudwatch(
+            "CONTROL_MESSAGE",
+            &[string(
+                "CWL CONTROL MESSAGE: Checking health of destination Firehose.",
+            )],
+        );
         let decoded = decode(&gzip(control.as_bytes()), Shape::Json, &logs).unwrap();
         assert!(decoded.events.is_empty() && decoded.malformed.is_empty());
-        assert!(decode(&Bytes::from(cloudwatch("OTHER", &[])), Shape::Json, &logs)
-            .unwrap_err()
-            .0
-            .starts_with("messageType"));
+        assert!(
+            decode(&Bytes::from(cloudwatch("OTHER", &[])), Shape::Json, &logs)
+                .unwrap_err()
+                .0
+                .starts_with("messageType")
+        );
         assert!(decode(&Bytes::from_static(b"\x1f\x8bnot gzip"), Shape::Json, &logs).is_err());
     }
 

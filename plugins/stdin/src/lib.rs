@@ -14,8 +14,8 @@
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
-use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
+use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::records::RecordDecoder;
 use auditflow_core::{
     Batch, BuildContext, BuildError, ComponentError, Event, Finalizers, Location, Source,

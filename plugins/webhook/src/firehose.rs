@@ -244,7 +244,10 @@ mod tests {
         assert_eq!(ok.body["requestId"], "r-9");
         assert!(ok.body["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
         assert!(ok.body.get("errorMessage").is_none());
-        let busy = answer(Reply::error(StatusCode::SERVICE_UNAVAILABLE, "later"), "r-9");
+        let busy = answer(
+            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "later"),
+            "r-9",
+        );
         assert_eq!(busy.body["errorMessage"], "later");
         assert_eq!(busy.headers.len(), 1, "Retry-After stays");
     }
