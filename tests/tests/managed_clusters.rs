@@ -39,8 +39,8 @@ fn diagnostic_batches(events: &[&'static str]) -> (Vec<String>, Vec<&'static str
             records.clear();
         }
         n += 1;
-        if n % 4 == 0 {
-            let category = if n % 8 == 0 {
+        if n.is_multiple_of(4) {
+            let category = if n.is_multiple_of(8) {
                 "guard"
             } else {
                 "kube-apiserver"
@@ -51,12 +51,12 @@ fn diagnostic_batches(events: &[&'static str]) -> (Vec<String>, Vec<&'static str
             continue;
         }
         let Some(event) = next.next() else { break };
-        let category = if n % 5 == 0 {
+        let category = if n.is_multiple_of(5) {
             "kube-audit-admin"
         } else {
             "kube-audit"
         };
-        let log = if n % 3 == 0 {
+        let log = if n.is_multiple_of(3) {
             (*event).to_owned()
         } else {
             serde_json::to_string(&format!("{event}\n")).unwrap()

@@ -258,14 +258,15 @@ impl Validate for WebhookConfig {
             problems.push(BuildError::field("keep_envelope_fields", problem));
         }
         match (&self.auth, self.protocol) {
-            (Some(AuthConfig::AccessKeys(keys)), Protocol::Firehose) => {
-                if keys.is_empty() || keys.iter().any(|key| key.0.is_empty()) {
-                    problems.push(BuildError::field(
-                        "auth.access_keys",
-                        "list at least one access key, none of them empty, or remove auth",
-                    ));
-                }
+            (Some(AuthConfig::AccessKeys(keys)), Protocol::Firehose)
+                if keys.is_empty() || keys.iter().any(|key| key.0.is_empty()) =>
+            {
+                problems.push(BuildError::field(
+                    "auth.access_keys",
+                    "list at least one access key, none of them empty, or remove auth",
+                ))
             }
+            (Some(AuthConfig::AccessKeys(_)), Protocol::Firehose) => {}
             (Some(AuthConfig::AccessKeys(_)), Protocol::KubeApiserver) => {
                 problems.push(BuildError::field(
                     "auth.access_keys",
