@@ -66,8 +66,11 @@ impl Decoded {
     /// receiver whose client should hear that the request can never succeed. An empty
     /// `EventList` is not refused: it holds no problem either.
     pub fn require_events(self) -> Result<Decoded, Refused> {
-        match self.malformed.first() {
-            Some(first) if self.events.is_empty() => Err(Refused(match self.malformed.len() {
+        // Records that are not audit events (another log category) are no problem of
+        // the request's: they are counted, and the request succeeds.
+        let problems = self.malformed.iter().filter(|m| m.kind != "not_audit");
+        match problems.clone().next() {
+            Some(first) if self.events.is_empty() => Err(Refused(match problems.count() {
                 1 => first.to_string(),
                 n => format!("{first} (and {} more items that are not events)", n - 1),
             })),
@@ -82,7 +85,7 @@ pub struct Malformed {
     /// `items[17]`, `[3]`, `line 5` or `the body`.
     pub location: String,
     pub reason: String,
-    /// The bounded reason it is counted under: `malformed` or `too_deep`
+    /// The bounded reason it is counted under: `malformed`, `too_deep` or `not_audit`
     /// ([`crate::DecodeError::reason`]).
     pub kind: &'static str,
     /// The item's bytes, sharing the body's (for its dead letter).

@@ -11,6 +11,8 @@
 //!   reason and warned about at a bounded rate.
 //! - [`decode`]: request bodies and message payloads (EventList, array, NDJSON) into
 //!   events that share the body's bytes; used by the webhook and kafka sources.
+//! - [`envelope`]: cloud envelopes around events (Azure diagnostic records, CloudWatch
+//!   Logs payloads), the sources' `decoding` option.
 //! - `scan`: the validating JSON scanner behind [`Event::from_bytes`](event::Event::from_bytes).
 //! - [`condition`]: the expression language of `filter`, `sample` and `redact`.
 //! - [`dead_letter`]: the `<id>.dead_letter` output of sources and sinks, and the
@@ -30,6 +32,7 @@ pub mod component;
 pub mod condition;
 pub mod dead_letter;
 pub mod decode;
+pub mod envelope;
 pub mod event;
 pub mod finalize;
 pub mod framing;

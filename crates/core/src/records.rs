@@ -29,6 +29,7 @@ use bytes::Bytes;
 use crate::component::Telemetry;
 use crate::dead_letter::{DeadLetter, DeadLetterOutput, Location};
 use crate::decode::{self, Decoded};
+use crate::envelope::{self, Decoding, Envelope};
 use crate::event::Event;
 use crate::framing::Frame;
 
@@ -118,6 +119,8 @@ pub struct RecordDecoder {
     scratch: Decoded,
     dead_letter: Option<DeadLetterOutput>,
     letters: Vec<Event>,
+    /// How a record holds events (`decoding`): audit events, or a cloud envelope.
+    envelope: Envelope,
 }
 
 impl RecordDecoder {
@@ -128,12 +131,20 @@ impl RecordDecoder {
             scratch: Decoded::default(),
             dead_letter: None,
             letters: Vec::new(),
+            envelope: Envelope::default(),
         }
     }
 
     /// Makes a dead letter of each refused record when `output` is connected.
     pub fn with_dead_letters(mut self, output: &DeadLetterOutput) -> RecordDecoder {
         self.dead_letter = Some(output.clone()).filter(DeadLetterOutput::is_connected);
+        self
+    }
+
+    /// Reads each record as `envelope` says (a cloud envelope per record, say, one
+    /// Azure diagnostic-records batch per line); refused items go where refused records go.
+    pub fn with_envelope(mut self, envelope: Envelope) -> RecordDecoder {
+        self.envelope = envelope;
         self
     }
 
@@ -211,7 +222,7 @@ impl RecordDecoder {
         }
         let before = events.len();
         // The common case, one event, without a detour.
-        if line.first() == Some(&b'{') {
+        if line.first() == Some(&b'{') && self.envelope.decoding == Decoding::Audit {
             match Event::from_bytes(line.clone()) {
                 Ok(event) if !decode::is_event_list(&event) => {
                     events.push(event);
@@ -233,7 +244,12 @@ impl RecordDecoder {
         }
         // An EventList or an array on one record: its items, as the webhook takes them.
         std::mem::swap(&mut self.scratch.events, events);
-        let result = decode::decode_into(&line, decode::Shape::Json, &mut self.scratch);
+        let result = envelope::decode_into(
+            &line,
+            decode::Shape::Json,
+            &self.envelope,
+            &mut self.scratch,
+        );
         std::mem::swap(&mut self.scratch.events, events);
         let mut records = events.len() - before;
         match result {

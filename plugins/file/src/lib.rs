@@ -27,6 +27,7 @@ pub use sink::FileSinkConfig;
 
 use std::time::Duration;
 
+use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::framing::Framing;
 use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -65,6 +66,16 @@ pub struct FileConfig {
     /// back to back, or pretty-printed over several lines, as `jq .` writes them).
     #[serde(default)]
     pub framing: Framing,
+    /// How each record holds events: `audit` (default: an event, an `EventList` or an
+    /// array), `azure_diagnostic_records` (one `{"records":[...]}` batch per record, as
+    /// exported to a storage account) or `cloudwatch_logs` (one CloudWatch Logs
+    /// subscription payload per record).
+    #[serde(default)]
+    pub decoding: Decoding,
+    /// Envelope fields kept on every event as annotations (`cloudwatch_logs` only):
+    /// `logGroup` (`auditflow.io/log-group`), `logStream` (`auditflow.io/log-stream`).
+    #[serde(default)]
+    pub keep_envelope_fields: Vec<EnvelopeField>,
     /// How long to keep reading a file after it was renamed away or deleted (or has not
     /// grown), in seconds, before closing it.
     #[serde(default = "default_rotate_wait_secs")]
@@ -142,7 +153,19 @@ impl Validate for FileConfig {
         if self.max_line_bytes == 0 {
             errors.push(BuildError::field("max_line_bytes", "must be at least 1"));
         }
+        if let Some(problem) = self.envelope().problem() {
+            errors.push(BuildError::field("keep_envelope_fields", problem));
+        }
         errors
+    }
+}
+
+impl FileConfig {
+    fn envelope(&self) -> Envelope {
+        Envelope {
+            decoding: self.decoding,
+            keep: self.keep_envelope_fields.clone(),
+        }
     }
 }
 
@@ -160,6 +183,7 @@ impl SourceConfig for FileConfig {
             fingerprint: self.fingerprint,
             max_line_bytes: self.max_line_bytes,
             framing: self.framing,
+            envelope: self.envelope(),
             rotate_wait: Duration::from_secs(self.rotate_wait_secs),
         };
         let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings).map_err(|message| {

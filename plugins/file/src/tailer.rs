@@ -76,6 +76,8 @@ pub struct Settings {
     pub fingerprint: FingerprintMode,
     pub max_line_bytes: usize,
     pub framing: Framing,
+    /// How each record holds events (`decoding`).
+    pub envelope: auditflow_core::envelope::Envelope,
     pub rotate_wait: Duration,
 }
 
@@ -294,6 +296,7 @@ impl Tailer {
             .map_err(|error| format!("{}: {error}", data_dir.display()))?;
         let records = store.load()?;
         let labels = [id];
+        let records_decoder = RecordDecoder::new(id).with_envelope(settings.envelope.clone());
         let mut tailer = Tailer {
             id: id.to_owned(),
             settings,
@@ -307,7 +310,7 @@ impl Tailer {
             settled: HashMap::new(),
             acks: JoinSet::new(),
             dirty: false,
-            records: RecordDecoder::new(id),
+            records: records_decoder,
             sending: None,
             checkpoint_now: false,
             metrics: FileMetrics {

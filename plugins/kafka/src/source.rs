@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::channel::Closed;
-use auditflow_core::decode::{decode_into, Decoded, Shape};
+use auditflow_core::decode::{Decoded, Shape};
+use auditflow_core::envelope::{self, Envelope, EnvelopeField};
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
     Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, DeadLetter,
@@ -71,9 +72,15 @@ pub struct KafkaSourceConfig {
     /// Where a group without a committed offset starts in a partition.
     #[serde(default)]
     pub auto_offset_reset: AutoOffsetReset,
-    /// How a message holds events: `json` (one event), `event_list`, `ndjson`.
+    /// How a message holds events: `json` (one event), `event_list`, `ndjson`, `audit`
+    /// (any of those, or a JSON array), `azure_diagnostic_records` (an AKS audit Event Hub)
+    /// or `cloudwatch_logs` (a CloudWatch Logs subscription payload, gzip or not).
     #[serde(default)]
     pub decoding: Decoding,
+    /// Envelope fields kept on every event as annotations (`cloudwatch_logs` only):
+    /// `logGroup` (`auditflow.io/log-group`), `logStream` (`auditflow.io/log-stream`).
+    #[serde(default)]
+    pub keep_envelope_fields: Vec<EnvelopeField>,
     /// How often delivered offsets are committed, in milliseconds.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
@@ -104,6 +111,13 @@ pub enum Decoding {
     EventList,
     /// Newline-delimited JSON events; blank lines are ignored.
     Ndjson,
+    /// Whichever the message holds: an event, an `EventList`, a JSON array, or NDJSON.
+    Audit,
+    /// Azure Monitor diagnostic records, `{"records":[...]}`, as AKS streams its audit log
+    /// to an Event Hub; records of other categories are counted as `not_audit`.
+    AzureDiagnosticRecords,
+    /// A CloudWatch Logs subscription payload (EKS), gzip-compressed or not.
+    CloudwatchLogs,
 }
 
 impl Decoding {
@@ -112,6 +126,23 @@ impl Decoding {
             Decoding::Json => Shape::Event,
             Decoding::EventList => Shape::EventList,
             Decoding::Ndjson => Shape::Ndjson,
+            Decoding::Audit | Decoding::AzureDiagnosticRecords | Decoding::CloudwatchLogs => {
+                Shape::Json
+            }
+        }
+    }
+
+    fn envelope(self, keep: &[EnvelopeField]) -> Envelope {
+        let decoding = match self {
+            Decoding::AzureDiagnosticRecords => envelope::Decoding::AzureDiagnosticRecords,
+            Decoding::CloudwatchLogs => envelope::Decoding::CloudwatchLogs,
+            Decoding::Json | Decoding::EventList | Decoding::Ndjson | Decoding::Audit => {
+                envelope::Decoding::Audit
+            }
+        };
+        Envelope {
+            decoding,
+            keep: keep.to_vec(),
         }
     }
 }
@@ -171,6 +202,9 @@ impl Validate for KafkaSourceConfig {
                 "must be at least 1",
             ));
         }
+        if let Some(problem) = self.decoding.envelope(&self.keep_envelope_fields).problem() {
+            errors.push(BuildError::field("keep_envelope_fields", problem));
+        }
         for key in OWNED_OPTIONS {
             if self.librdkafka_options.contains_key(*key) {
                 errors.push(BuildError::field(
@@ -194,6 +228,7 @@ impl SourceConfig for KafkaSourceConfig {
             config,
             topics: self.topics.clone(),
             decoding: self.decoding,
+            envelope: self.decoding.envelope(&self.keep_envelope_fields),
             commit_interval: Duration::from_millis(self.commit_interval_ms),
         }))
     }
@@ -204,6 +239,7 @@ pub struct KafkaSource {
     config: ClientConfig,
     topics: Vec<String>,
     decoding: Decoding,
+    envelope: Envelope,
     commit_interval: Duration,
 }
 
@@ -246,6 +282,7 @@ impl Source for KafkaSource {
             Arc::clone(&shared),
         ));
         let mut reader = Reader::new(id.clone(), self.decoding, telemetry, dead_letter);
+        reader.envelope = self.envelope.clone();
         let mut pending: Option<SendFuture> = None;
         let mut paused = false;
         let mut commit_tick = tokio::time::interval(self.commit_interval);
@@ -588,6 +625,8 @@ fn measure_lag(id: &str, consumer: &Consumer_, shared: &Shared) {
 struct Reader {
     id: String,
     decoding: Decoding,
+    /// The cloud envelope the messages come in, if any (from `decoding`).
+    envelope: Envelope,
     telemetry: Arc<dyn Telemetry>,
     /// The batch's events (and the current message's malformed records).
     decoded: Decoded,
@@ -615,6 +654,7 @@ impl Reader {
         Reader {
             id,
             decoding,
+            envelope: decoding.envelope(&[]),
             telemetry,
             dead_letter,
             letters: Vec::new(),
@@ -716,7 +756,12 @@ impl Reader {
         };
         // The one copy out of librdkafka's buffer: every event is a slice of it.
         let payload = Bytes::copy_from_slice(payload);
-        if let Err(refused) = decode_into(&payload, self.decoding.shape(), &mut self.decoded) {
+        if let Err(refused) = envelope::decode_into(
+            &payload,
+            self.decoding.shape(),
+            &self.envelope,
+            &mut self.decoded,
+        ) {
             let reason = refused_reason(&payload, self.decoding);
             self.telemetry.discarded(reason, 1);
             self.letters.extend(self.dead_letter.letter(&DeadLetter {
@@ -803,8 +848,12 @@ fn refused_reason(payload: &Bytes, decoding: Decoding) -> &'static str {
         Decoding::Json => Event::from_bytes(payload.clone())
             .err()
             .map_or("malformed", |error| error.reason()),
-        // Their items are refused one by one, each with its own reason.
-        Decoding::EventList | Decoding::Ndjson => "malformed",
+        // Their items (or records) are refused one by one, each with its own reason.
+        Decoding::EventList
+        | Decoding::Ndjson
+        | Decoding::Audit
+        | Decoding::AzureDiagnosticRecords
+        | Decoding::CloudwatchLogs => "malformed",
     }
 }
 

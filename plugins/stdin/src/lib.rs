@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::records::RecordDecoder;
 use auditflow_core::{
@@ -36,6 +37,16 @@ pub struct StdinConfig {
     /// over several lines as `jq .` writes them).
     #[serde(default)]
     pub framing: Framing,
+    /// How each record holds events: `audit` (default: an event, an `EventList` or an
+    /// array), `azure_diagnostic_records` (one `{"records":[...]}` batch per record, as
+    /// an Event Hub capture holds them) or `cloudwatch_logs` (one CloudWatch Logs
+    /// subscription payload per record).
+    #[serde(default)]
+    pub decoding: Decoding,
+    /// Envelope fields kept on every event as annotations (`cloudwatch_logs` only):
+    /// `logGroup` (`auditflow.io/log-group`), `logStream` (`auditflow.io/log-stream`).
+    #[serde(default)]
+    pub keep_envelope_fields: Vec<EnvelopeField>,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -44,10 +55,23 @@ fn default_max_line_bytes() -> usize {
 
 impl Validate for StdinConfig {
     fn validate(&self) -> Vec<BuildError> {
+        let mut errors = Vec::new();
         if self.max_line_bytes == 0 {
-            return vec![BuildError::field("max_line_bytes", "must be at least 1")];
+            errors.push(BuildError::field("max_line_bytes", "must be at least 1"));
         }
-        Vec::new()
+        if let Some(problem) = self.envelope().problem() {
+            errors.push(BuildError::field("keep_envelope_fields", problem));
+        }
+        errors
+    }
+}
+
+impl StdinConfig {
+    fn envelope(&self) -> Envelope {
+        Envelope {
+            decoding: self.decoding,
+            keep: self.keep_envelope_fields.clone(),
+        }
     }
 }
 
@@ -57,6 +81,7 @@ impl SourceConfig for StdinConfig {
             reader: tokio::io::stdin(),
             max_line_bytes: self.max_line_bytes,
             framing: self.framing,
+            envelope: self.envelope(),
         }))
     }
 }
@@ -66,13 +91,15 @@ pub struct LineSource<R> {
     pub reader: R,
     pub max_line_bytes: usize,
     pub framing: Framing,
+    /// How each record holds events.
+    pub envelope: Envelope,
 }
 
 #[async_trait]
 impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
     async fn run(mut self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
         let mut framer = Framer::new(self.framing, self.max_line_bytes, 0);
-        let mut decoder = Decoder::new(&cx);
+        let mut decoder = Decoder::new(&cx, self.envelope.clone());
         loop {
             let read = tokio::select! {
                 biased;
@@ -119,7 +146,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(cx: &SourceContext) -> Decoder {
+    fn new(cx: &SourceContext, envelope: Envelope) -> Decoder {
         Decoder {
             events: Vec::new(),
             bytes: 0,
@@ -127,7 +154,9 @@ impl Decoder {
             read_bytes: 0,
             offset: 0,
             record: 0,
-            records: RecordDecoder::new(cx.id.clone()).with_dead_letters(&cx.dead_letter),
+            records: RecordDecoder::new(cx.id.clone())
+                .with_dead_letters(&cx.dead_letter)
+                .with_envelope(envelope),
         }
     }
 
@@ -210,6 +239,7 @@ mod tests {
             reader,
             max_line_bytes,
             framing,
+            envelope: Default::default(),
         });
         let task = tokio::spawn(source.run(cx));
         let mut batches = Vec::new();

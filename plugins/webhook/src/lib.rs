@@ -14,6 +14,8 @@
 //!   events by [`auditflow_core::decode`], which the `kafka` source shares.
 //! - `connection`: one connection's life: the idle watch, lingering closes, and the
 //!   response body that keeps a refused request's body unread until the answer is out.
+//! - [`firehose`]: `protocol: firehose`, Amazon Data Firehose's HTTP endpoint delivery
+//!   (EKS audit logs from CloudWatch Logs), and the `decoding` of bodies.
 //! - `tls`: the rustls server configuration (ring; mTLS when `client_ca_file` is set).
 //!
 //! # The one design decision
@@ -23,6 +25,7 @@
 //! bounded by: a byte budget (4 × `max_body_bytes`) shared by every request in flight.
 
 mod connection;
+pub mod firehose;
 pub mod server;
 mod tls;
 
@@ -31,10 +34,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::firehose::Protocol;
 
 /// Receives kube-apiserver's audit webhook batches (`EventList`) over HTTPS.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -95,6 +101,20 @@ pub struct WebhookConfig {
     /// is counted (`auditflow_webhook_checks_total`) and dropped.
     #[serde(default)]
     pub pass_check_events: bool,
+    /// What the client speaks: `kube_apiserver` (default: the audit webhook backend) or
+    /// `firehose` (Amazon Data Firehose's HTTP endpoint delivery, for EKS audit logs
+    /// through CloudWatch Logs; answers `{"requestId","timestamp"}`).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// How a body (with `firehose`: each record) holds events: `audit` (default),
+    /// `azure_diagnostic_records` or `cloudwatch_logs` (what Firehose carries from a
+    /// CloudWatch Logs subscription).
+    #[serde(default)]
+    pub decoding: Decoding,
+    /// Envelope fields kept on every event as annotations (`cloudwatch_logs` only):
+    /// `logGroup` (`auditflow.io/log-group`), `logStream` (`auditflow.io/log-stream`).
+    #[serde(default)]
+    pub keep_envelope_fields: Vec<EnvelopeField>,
 }
 
 /// The annotation that marks the test event `auditflow webhook-check` sends.
@@ -123,6 +143,9 @@ pub enum AuthConfig {
     BearerTokens(Vec<Token>),
     /// A file with one token per line; blank lines and lines starting with `#` are skipped.
     BearerTokensFile(PathBuf),
+    /// `protocol: firehose` only: the access keys a request may carry in
+    /// `X-Amz-Firehose-Access-Key` (the destination's access key; use `${VAR}`).
+    AccessKeys(Vec<Token>),
 }
 
 /// A secret that never shows in logs or `Debug` output.
@@ -231,6 +254,31 @@ impl Validate for WebhookConfig {
                 std::time::SystemTime::now(),
             ));
         }
+        if let Some(problem) = self.envelope().problem() {
+            problems.push(BuildError::field("keep_envelope_fields", problem));
+        }
+        match (&self.auth, self.protocol) {
+            (Some(AuthConfig::AccessKeys(keys)), Protocol::Firehose)
+                if keys.is_empty() || keys.iter().any(|key| key.0.is_empty()) =>
+            {
+                problems.push(BuildError::field(
+                    "auth.access_keys",
+                    "list at least one access key, none of them empty, or remove auth",
+                ))
+            }
+            (Some(AuthConfig::AccessKeys(_)), Protocol::Firehose) => {}
+            (Some(AuthConfig::AccessKeys(_)), Protocol::KubeApiserver) => {
+                problems.push(BuildError::field(
+                    "auth.access_keys",
+                    "only protocol: firehose sends access keys; kube-apiserver sends bearer tokens (auth.bearer_tokens)",
+                ))
+            }
+            (Some(_), Protocol::Firehose) => problems.push(BuildError::field(
+                "auth",
+                "Firehose sends its access key in X-Amz-Firehose-Access-Key, not a bearer token: use auth.access_keys",
+            )),
+            _ => {}
+        }
         if let Some(AuthConfig::BearerTokens(tokens)) = &self.auth {
             if tokens.is_empty() {
                 problems.push(BuildError::field(
@@ -262,6 +310,15 @@ fn token_problem(token: &str) -> Option<&'static str> {
     }
 }
 
+impl WebhookConfig {
+    fn envelope(&self) -> Envelope {
+        Envelope {
+            decoding: self.decoding,
+            keep: self.keep_envelope_fields.clone(),
+        }
+    }
+}
+
 impl SourceConfig for WebhookConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let tls = self.tls.as_ref().map(tls::server_config).transpose()?;
@@ -271,6 +328,9 @@ impl SourceConfig for WebhookConfig {
                 Some(tokens.iter().map(|t| TokenDigest::of(&t.0)).collect())
             }
             Some(AuthConfig::BearerTokensFile(path)) => Some(read_tokens_file(path)?),
+            Some(AuthConfig::AccessKeys(keys)) => {
+                Some(keys.iter().map(|k| TokenDigest::of(&k.0)).collect())
+            }
         };
         // Bound here, not in `run`, so that a busy port fails `auditflow run` at start
         // with the option's name rather than later as a runtime failure.
@@ -297,6 +357,11 @@ impl SourceConfig for WebhookConfig {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
             pass_check_events: self.pass_check_events,
+            decoding: std::sync::Arc::new(firehose::BodyDecoding {
+                protocol: self.protocol,
+                envelope: self.envelope(),
+                max_record_bytes: self.max_body_bytes,
+            }),
         };
         Ok(Box::new(server::WebhookSource::new(
             listener, tls, settings, &cx.id,

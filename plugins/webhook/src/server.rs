@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
-use auditflow_core::decode::{decode, Decoded, Shape};
+use auditflow_core::decode::{Decoded, Shape};
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
     Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, DeadLetter, DeadLetterOutput,
@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{ActiveRequest, Activity, AnswerBody, Lingering};
+use crate::firehose::{self, BodyDecoding, Protocol};
 use crate::{TokenDigest, CHECK_ANNOTATION};
 
 /// What a 503 asks the client to wait, in seconds.
@@ -70,6 +71,8 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     /// Pass `webhook-check` test events on to the pipeline instead of dropping them.
     pub pass_check_events: bool,
+    /// The protocol, and how its bodies hold events (`decoding`).
+    pub decoding: Arc<BodyDecoding>,
 }
 
 /// The built source: a bound listener waiting to be served.
@@ -351,14 +354,14 @@ async fn serve<S>(
 }
 
 /// An answer: status, message, and whether the client should retry later.
-struct Reply {
-    status: StatusCode,
-    body: serde_json::Value,
-    headers: Vec<(header::HeaderName, HeaderValue)>,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) body: serde_json::Value,
+    pub(crate) headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl Reply {
-    fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Reply {
         let mut reply = Reply {
             status,
             body: serde_json::json!({ "error": message.into() }),
@@ -405,6 +408,15 @@ impl State {
         let started = Instant::now();
         let (head, mut body) = request.into_parts();
         let (Ok(reply) | Err(reply)) = self.respond(&head, &mut body, peer).await;
+        let request_id = match self.settings.decoding.protocol {
+            Protocol::KubeApiserver => None,
+            Protocol::Firehose => Some(
+                head.headers
+                    .get(firehose::REQUEST_ID_HEADER)
+                    .and_then(|id| id.to_str().ok())
+                    .unwrap_or(""),
+            ),
+        };
         let code = reply.status.as_str().to_owned();
         auditflow_metrics::webhook_requests_total()
             .with_label_values(&[self.id.as_str(), code.as_str()])
@@ -418,15 +430,24 @@ impl State {
                 .get("error")
                 .and_then(|e| e.as_str())
                 .unwrap_or("");
-            tracing::warn!(component_id = %self.id, %peer, status = %code, error, "refused a webhook request");
+            tracing::warn!(component_id = %self.id, %peer, status = %code, error, request_id, "refused a webhook request");
         } else if reply.status.is_server_error() {
             let error = reply
                 .body
                 .get("error")
                 .and_then(|e| e.as_str())
                 .unwrap_or("");
-            tracing::debug!(component_id = %self.id, %peer, status = %code, error, "webhook request not accepted now");
+            tracing::debug!(component_id = %self.id, %peer, status = %code, error, request_id, "webhook request not accepted now");
         }
+        if let Some(request_id) = request_id {
+            // Firehose sends a request per buffer interval (60 s by default): few enough
+            // to log each one with its id, which is what its own error logs name.
+            tracing::info!(component_id = %self.id, %peer, request_id, status = %code, "answered a firehose request");
+        }
+        let reply = match request_id {
+            Some(request_id) => firehose::answer(reply, request_id),
+            None => reply,
+        };
         reply.into_response(body, active)
     }
 
@@ -443,6 +464,9 @@ impl State {
         body: &mut Incoming,
         peer: SocketAddr,
     ) -> Result<Reply, Reply> {
+        if self.settings.decoding.protocol == Protocol::Firehose {
+            firehose::request_id(&request.headers)?;
+        }
         self.authenticate(&request.headers)?;
         if request.uri.path() != self.settings.path {
             return Err(Reply::error(
@@ -492,7 +516,8 @@ impl State {
         let decoded = if body_len > INLINE_DECODE_BYTES {
             {
                 let body = body.clone();
-                tokio::task::spawn_blocking(move || decode(&body, shape))
+                let decoding = Arc::clone(&self.settings.decoding);
+                tokio::task::spawn_blocking(move || decoding.decode(&body, shape))
             }
             .await
             .map_err(|error| {
@@ -502,7 +527,7 @@ impl State {
                 )
             })?
         } else {
-            decode(&body, shape)
+            self.settings.decoding.decode(&body, shape)
         };
         let decoded = match decoded.and_then(Decoded::require_events) {
             Ok(decoded) => decoded,
@@ -610,6 +635,9 @@ impl State {
         let Some(tokens) = &self.settings.tokens else {
             return Ok(());
         };
+        if self.settings.decoding.protocol == Protocol::Firehose {
+            return firehose::authenticate(headers, tokens);
+        }
         let unauthorized = |message: &str| {
             Reply::error(StatusCode::UNAUTHORIZED, message)
                 .with_header(header::WWW_AUTHENTICATE, "Bearer realm=\"auditflow\"")
