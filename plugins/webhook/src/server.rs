@@ -907,8 +907,8 @@ pub fn decode_body(
             max: max_body_bytes,
             exceeded: false,
         });
-        let inflated = std::io::Write::write_all(&mut inflater, body)
-            .and_then(|()| inflater.try_finish());
+        let inflated =
+            std::io::Write::write_all(&mut inflater, body).and_then(|()| inflater.try_finish());
         if let Err(error) = inflated {
             return Err(if inflater.get_ref().exceeded {
                 (
