@@ -70,6 +70,9 @@ pub struct Framer {
     value: ValueState,
     /// At the very start of the stream, where a UTF-8 byte-order mark is skipped.
     at_start: bool,
+    /// NUL bytes dropped so far in a run whose end has not arrived yet: a run is reported
+    /// once, when it ends, however many reads it spans.
+    padding: u64,
 }
 
 /// Where a JSON-stream scan is inside the current value.
@@ -78,6 +81,9 @@ struct ValueState {
     depth: u32,
     in_string: bool,
     escaped: bool,
+    /// In a record that does not start a JSON value: it is one line, however the reads
+    /// cut it.
+    in_line: bool,
 }
 
 impl Framer {
@@ -92,6 +98,7 @@ impl Framer {
             skipping: None,
             value: ValueState::default(),
             at_start: offset == 0,
+            padding: 0,
         }
     }
 
@@ -153,6 +160,12 @@ impl Framer {
         if let Some(frame) = self.next_frame() {
             return Some(frame);
         }
+        if self.padding > 0 {
+            return Some(Frame::Padding {
+                len: std::mem::take(&mut self.padding),
+                end: self.offset,
+            });
+        }
         self.at_start = false;
         self.value = ValueState::default();
         self.scanned = 0;
@@ -175,16 +188,21 @@ impl Framer {
         Some(self.cut(len, len))
     }
 
-    /// A run of NUL bytes at the start of the buffer, dropped (all of it that is here).
+    /// A run of NUL bytes at the start of the buffer, dropped (all of it that is here) and
+    /// reported once something else follows it.
     fn skip_padding(&mut self) -> Option<Frame> {
         let run = self.buf.iter().take_while(|&&b| b == 0).count();
-        if run == 0 {
+        if run > 0 {
+            let _ = self.buf.split_to(run);
+            self.offset += run as u64;
+            self.padding += run as u64;
+        }
+        if self.padding == 0 || self.buf.is_empty() {
+            // The run may go on in the next read.
             return None;
         }
-        let _ = self.buf.split_to(run);
-        self.offset += run as u64;
         Some(Frame::Padding {
-            len: run as u64,
+            len: std::mem::take(&mut self.padding),
             end: self.offset,
         })
     }
@@ -205,6 +223,9 @@ impl Framer {
     }
 
     fn next_value(&mut self) -> Option<Frame> {
+        if self.value.in_line {
+            return self.next_stray_line();
+        }
         if self.skipping.is_none() && self.scanned == 0 {
             // Between values: whitespace belongs to no record.
             let blank = self
@@ -221,7 +242,10 @@ impl Framer {
                 Some(0) => return self.skip_padding(),
                 Some(b'{' | b'[') => {}
                 // Not a value that can hold events: one line of it is one bad record.
-                Some(_) => return self.next_line(),
+                Some(_) => {
+                    self.value.in_line = true;
+                    return self.next_stray_line();
+                }
             }
         }
         let mut state = self.value;
@@ -296,15 +320,27 @@ impl Framer {
         None
     }
 
+    /// In a JSON stream, a line that is not a JSON value, to its end.
+    fn next_stray_line(&mut self) -> Option<Frame> {
+        let frame = self.next_line();
+        if frame.is_some() {
+            self.value.in_line = false;
+        }
+        frame
+    }
+
     /// Past `max_bytes` without an end: drop what is held and keep skipping.
     fn drop_if_oversized(&mut self) {
-        let held = self.scanned;
+        // A `\r` last may be the start of the `\r\n` that `cut` leaves out of the record:
+        // it stays held until the next byte says.
+        let kept = usize::from(self.scanned > 0 && self.buf[self.scanned - 1] == b'\r');
+        let held = self.scanned - kept;
         if held > self.max_bytes || (self.skipping.is_some() && held > 0) {
             let (start, dropped) = self.skipping.unwrap_or((self.offset, 0));
             self.skipping = Some((start, dropped + held as u64));
             let _ = self.buf.split_to(held);
             self.offset += held as u64;
-            self.scanned = 0;
+            self.scanned = kept;
         }
     }
 
@@ -315,16 +351,16 @@ impl Framer {
         let start = self.offset;
         let mut record = self.buf.split_to(consumed).freeze();
         self.offset += consumed as u64;
-        if let Some((start, dropped)) = self.skipping.take() {
-            return Frame::Oversized {
-                start,
-                len: dropped + len as u64,
-                end: self.offset,
-            };
-        }
         record.truncate(len);
         if record.last() == Some(&b'\r') {
             record.truncate(len - 1);
+        }
+        if let Some((start, dropped)) = self.skipping.take() {
+            return Frame::Oversized {
+                start,
+                len: dropped + record.len() as u64,
+                end: self.offset,
+            };
         }
         if record.len() > self.max_bytes {
             return Frame::Oversized {
@@ -358,15 +394,18 @@ pub fn json_values(body: &Bytes) -> impl Iterator<Item = Frame> + '_ {
         framer.finish()
     })
     .map(move |frame| match frame {
-        // The record starts at the first non-blank byte after the previous one.
+        // The record starts after the whitespace that follows the previous one (and after
+        // a byte-order mark at the very start, the only place the framer skips one).
         Frame::Line { line, end } => {
-            let blank = body[previous_end..]
+            let mut start = previous_end;
+            if start == 0 && body.starts_with(b"\xef\xbb\xbf") {
+                start = 3;
+            }
+            start += body[start..]
                 .iter()
-                .take_while(|b| {
-                    b.is_ascii_whitespace() || **b == 0xEF || **b == 0xBB || **b == 0xBF
-                })
+                .take_while(|b| b.is_ascii_whitespace())
                 .count();
-            let start = previous_end + blank;
+            debug_assert_eq!(body.get(start..start + line.len()), Some(&line[..]));
             previous_end = end as usize;
             Frame::Line {
                 line: body.slice(start..start + line.len()),
@@ -472,19 +511,116 @@ mod tests {
         let mut framer = Framer::lines(16, 0);
         framer.extend(b"{\"a\":1}\n");
         framer.extend(&[0; 1000]);
+        assert_eq!(frames(&mut framer), vec![line("{\"a\":1}", 8)]);
+        assert_eq!(framer.pending_bytes(), 0);
+        assert_eq!(framer.offset(), 1008);
+        framer.extend(b"{\"b\":2}\n");
         assert_eq!(
             frames(&mut framer),
             vec![
-                line("{\"a\":1}", 8),
                 Frame::Padding {
                     len: 1000,
                     end: 1008
-                }
+                },
+                line("{\"b\":2}", 1016)
             ]
         );
-        assert_eq!(framer.pending_bytes(), 0);
-        framer.extend(b"{\"b\":2}\n");
-        assert_eq!(frames(&mut framer), vec![line("{\"b\":2}", 1016)]);
+    }
+
+    /// Each input framed whole and one byte at a time.
+    fn framed_both_ways(framing: Framing, max_bytes: usize, input: &[u8]) -> Vec<Frame> {
+        let whole = all(framing, max_bytes, input);
+        let mut framer = Framer::new(framing, max_bytes, 0);
+        let mut bytewise = Vec::new();
+        for byte in input {
+            framer.extend(std::slice::from_ref(byte));
+            bytewise.extend(frames(&mut framer));
+        }
+        bytewise.extend(std::iter::from_fn(|| framer.finish()));
+        assert_eq!(
+            whole,
+            bytewise,
+            "{framing:?} {:?}",
+            String::from_utf8_lossy(input)
+        );
+        whole
+    }
+
+    #[test]
+    fn a_stray_line_in_a_json_stream_is_one_record_whatever_the_reads() {
+        // What is left of a pretty-printed event torn by a crash: lines that start no
+        // value, one of them holding a closing brace.
+        let input = b"  \"resource\": \"leases\",\n    \"namespace\": \"x\"\n  }\n{\"a\":1}";
+        assert_eq!(
+            framed_both_ways(Framing::JsonStream, 1000, input),
+            vec![
+                line("\"resource\": \"leases\",", 24),
+                line("\"namespace\": \"x\"", 45),
+                line("}", 49),
+                line("{\"a\":1}", 56),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_of_max_bytes_ending_in_crlf_is_kept_whatever_the_reads() {
+        assert_eq!(
+            framed_both_ways(Framing::Lines, 7, b"{\"a\":1}\r\n{\"b\":22}\r\n"),
+            vec![
+                line("{\"a\":1}", 9),
+                Frame::Oversized {
+                    start: 9,
+                    len: 8,
+                    end: 19
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_after_a_value_is_part_of_the_next_record() {
+        // It panicked: the mark was taken for blank space, and the record cut past the end.
+        let body = Bytes::from_static(b"\xef\xbb\xbf {}\xef\xbb\xbf{\"a\":1}");
+        let records: Vec<Bytes> = json_values(&body)
+            .map(|frame| match frame {
+                Frame::Line { line, .. } => line,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(records, [&b"{}"[..], &b"\xef\xbb\xbf{\"a\":1}"[..]]);
+    }
+
+    #[test]
+    fn a_nul_run_over_many_reads_is_reported_once() {
+        for framing in [Framing::Lines, Framing::JsonStream] {
+            let mut input = b"{\"a\":1}\n".to_vec();
+            input.extend([0; 8192]);
+            input.extend(b"{\"b\":2}\n");
+            input.extend([0; 3000]);
+            let mut framer = Framer::new(framing, 100, 0);
+            let mut got = Vec::new();
+            for chunk in input.chunks(1000) {
+                framer.extend(chunk);
+                got.extend(frames(&mut framer));
+            }
+            got.extend(std::iter::from_fn(|| framer.finish()));
+            assert_eq!(
+                got,
+                vec![
+                    line("{\"a\":1}", 8),
+                    Frame::Padding {
+                        len: 8192,
+                        end: 8200
+                    },
+                    line("{\"b\":2}", 8208),
+                    Frame::Padding {
+                        len: 3000,
+                        end: 11208
+                    },
+                ],
+                "{framing:?}"
+            );
+        }
     }
 
     #[test]

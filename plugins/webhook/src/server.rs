@@ -984,3 +984,62 @@ impl std::io::Write for Capped {
         Ok(())
     }
 }
+
+/// A request body that arrived whole into its events, as a POST to the webhook takes it:
+/// the `Content-Type` (JSON, none, or NDJSON) and `Content-Encoding` (none, `identity`,
+/// `gzip`) checks, gzip inflated to at most `max_body_bytes`, the byte-order mark skipped,
+/// then the split into events by [`auditflow_core::decode`]. The server runs the same steps
+/// while the body streams in; this one is for callers that hold the body already (the
+/// fuzz targets, tools).
+///
+/// # Errors
+/// The status and message a client would get: 415 for an unsupported `Content-Type` or
+/// `Content-Encoding`, 413 when the body inflates past `max_body_bytes`, 400 when it is
+/// not valid gzip or holds no event. The size of `body` itself is not checked.
+pub fn decode_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_body_bytes: usize,
+) -> Result<Decoded, (StatusCode, String)> {
+    let refusal = |reply: Reply| {
+        let message = reply.body["error"].as_str().unwrap_or_default().to_owned();
+        (reply.status, message)
+    };
+    let shape = content_type(headers).map_err(refusal)?;
+    let body = if content_encoding(headers).map_err(refusal)? {
+        let mut inflater = flate2::write::MultiGzDecoder::new(Capped {
+            buf: Vec::new(),
+            max: max_body_bytes,
+            exceeded: false,
+        });
+        let inflated =
+            std::io::Write::write_all(&mut inflater, body).and_then(|()| inflater.try_finish());
+        if let Err(error) = inflated {
+            return Err(if inflater.get_ref().exceeded {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body decompresses to more bytes than allowed, over max_body_bytes ({max_body_bytes})"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not valid gzip: {error}"),
+                )
+            });
+        }
+        match inflater.finish() {
+            Ok(capped) => Bytes::from(capped.buf),
+            Err(error) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not valid gzip: {error}"),
+                ))
+            }
+        }
+    } else {
+        Bytes::copy_from_slice(body)
+    };
+    decode(&body, shape)
+        .and_then(Decoded::require_events)
+        .map_err(|refused| (StatusCode::BAD_REQUEST, refused.0))
+}

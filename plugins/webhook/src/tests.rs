@@ -202,3 +202,56 @@ async fn the_answer_follows_the_sinks_verdict() {
         "{unanswered}"
     );
 }
+
+#[test]
+fn a_whole_body_decodes_as_a_post_would_take_it() {
+    use hyper::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+    use hyper::StatusCode;
+
+    let headers = |content_type: &'static str, encoding: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if !encoding.is_empty() {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        }
+        headers
+    };
+    let list = WEBHOOK_EVENT_LIST.as_bytes();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(list).unwrap();
+    let gzipped = gz.finish().unwrap();
+
+    let plain = server::decode_body(&headers("application/json", ""), list, 1 << 20).unwrap();
+    let inflated =
+        server::decode_body(&headers("application/json", "gzip"), &gzipped, 1 << 20).unwrap();
+    let raw = |decoded: &auditflow_core::decode::Decoded| -> Vec<String> {
+        decoded
+            .events
+            .iter()
+            .map(|event| String::from_utf8(event.raw().to_vec()).unwrap())
+            .collect()
+    };
+    assert_eq!(raw(&plain), items_of(WEBHOOK_EVENT_LIST));
+    assert_eq!(raw(&inflated), raw(&plain));
+
+    let ndjson = b"{\"auditID\":\"a\"}\n\n{\"auditID\":\"b\"}\n";
+    let decoded =
+        server::decode_body(&headers("application/x-ndjson", "identity"), ndjson, 1024).unwrap();
+    assert_eq!(decoded.events.len(), 2);
+
+    let refused = |headers: HeaderMap, body: &[u8], max: usize| {
+        server::decode_body(&headers, body, max).unwrap_err()
+    };
+    let (status, message) = refused(headers("text/plain", ""), list, 1 << 20);
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{message}");
+    let (status, message) = refused(headers("application/json", "br"), list, 1 << 20);
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{message}");
+    let (status, message) = refused(headers("application/json", "gzip"), &gzipped, 100);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{message}");
+    assert!(message.contains("max_body_bytes (100)"), "{message}");
+    let (status, message) = refused(headers("application/json", "gzip"), list, 1 << 20);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+    assert!(message.contains("not valid gzip"), "{message}");
+    let (status, message) = refused(headers("application/json", ""), b"[7]", 1 << 20);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+}
