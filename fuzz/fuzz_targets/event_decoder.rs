@@ -130,7 +130,13 @@ fuzz_target!(|data: &[u8]| {
     let mut events = Vec::new();
     let mut records = 0;
     for frame in whole {
-        let read = decoder.decode(frame, &NoTelemetry, &mut events, String::new);
+        let read = decoder.decode(frame, &NoTelemetry, &mut events, || {
+            auditflow_core::Location::File {
+                file: "fuzz".into(),
+                line: 0,
+                offset: 0,
+            }
+        });
         assert!(read.events <= read.records, "{read:?}");
         records += read.records;
     }

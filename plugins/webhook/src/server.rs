@@ -1039,7 +1039,7 @@ pub fn decode_body(
     } else {
         Bytes::copy_from_slice(body)
     };
-    decode(&body, shape)
+    auditflow_core::decode::decode(&body, shape)
         .and_then(Decoded::require_events)
         .map_err(|refused| (StatusCode::BAD_REQUEST, refused.0))
 }
