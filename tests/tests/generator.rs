@@ -98,5 +98,8 @@ fn the_bench_pipelines_validate() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 9, "the bench's nine pipelines");
+    assert_eq!(
+        checked, 12,
+        "the bench's nine pipelines and the three of the thread sweep"
+    );
 }
