@@ -6,6 +6,7 @@
 
 pub mod audit_lines;
 pub mod collector;
+pub mod dead_letters;
 pub mod kafka;
 pub mod tls;
 pub mod webhook_client;

@@ -5,51 +5,14 @@
 //! through, and the source's offsets are committed past the refused ones.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
+use auditflow_e2e::dead_letters::{raw_bytes, wait_lines};
 use auditflow_e2e::kafka::{line_index, Broker};
 use auditflow_e2e::{http_get, metric, Auditflow, Workspace};
-use base64::Engine as _;
 use serde_json::Value;
-
-/// The lines of `path` as JSON, once there are `count` of them.
-fn wait_lines(path: &Path, count: usize, timeout: Duration, auditflow: &Auditflow) -> Vec<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("a dead letter is one JSON line"))
-            .collect();
-        if lines.len() >= count {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {count} lines in {} within {timeout:?}; stderr:\n{}",
-            lines.len(),
-            path.display(),
-            auditflow.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `raw` as the bytes it stands for.
-fn raw_bytes(letter: &Value) -> Vec<u8> {
-    let raw = letter["raw"].as_str().expect("raw is a string");
-    match letter.get("raw_encoding").and_then(Value::as_str) {
-        Some("base64") => base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .expect("raw is base64"),
-        None => raw.as_bytes().to_vec(),
-        Some(other) => panic!("unknown raw_encoding {other}"),
-    }
-}
 
 fn stop(mut auditflow: Auditflow) -> String {
     auditflow.signal(libc::SIGTERM);

@@ -807,6 +807,29 @@ impl State {
     }
 
     /// Sends the events in batches and, with acknowledgements, waits for their delivery.
+    /// Waits up to `accept_timeout` for an output to take a batch; `503` (retry later)
+    /// when it did not (`late` says which output) or the pipeline is stopping.
+    async fn taken_in_time(
+        &self,
+        send: impl std::future::Future<Output = Result<(), auditflow_core::channel::Closed>>,
+        late: &str,
+    ) -> Result<(), Reply> {
+        match tokio::time::timeout(self.settings.accept_timeout, send).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_closed)) => Err(Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pipeline is shutting down: retry later",
+            )),
+            Err(_) => Err(Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{late} within accept_timeout_ms ({} ms): retry later",
+                    self.settings.accept_timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
     async fn deliver(&self, mut events: Vec<Event>, letters: Vec<Event>) -> Result<(), Reply> {
         let mut receivers: Vec<BatchReceiver> = Vec::new();
         if !letters.is_empty() {
@@ -818,24 +841,11 @@ impl State {
                 Finalizers::new()
             };
             let sent = self.dead_letter.send(letters, finalizers);
-            match tokio::time::timeout(self.settings.accept_timeout, sent).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_closed)) => {
-                    return Err(Reply::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the pipeline is shutting down: retry later",
-                    ))
-                }
-                Err(_) => {
-                    return Err(Reply::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "the dead-letter output did not take the refused items within accept_timeout_ms ({} ms): retry later",
-                            self.settings.accept_timeout.as_millis()
-                        ),
-                    ))
-                }
-            }
+            self.taken_in_time(
+                sent,
+                "the dead-letter output did not take the refused items",
+            )
+            .await?;
         }
         while !events.is_empty() {
             let chunk = take_chunk(&mut events);
@@ -846,24 +856,8 @@ impl State {
             } else {
                 Batch::new(chunk)
             };
-            match tokio::time::timeout(self.settings.accept_timeout, self.out.send(batch)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_closed)) => {
-                    return Err(Reply::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the pipeline is shutting down: retry later",
-                    ))
-                }
-                Err(_) => {
-                    return Err(Reply::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "the pipeline did not take the events within accept_timeout_ms ({} ms): retry later",
-                            self.settings.accept_timeout.as_millis()
-                        ),
-                    ))
-                }
-            }
+            self.taken_in_time(self.out.send(batch), "the pipeline did not take the events")
+                .await?;
         }
         let verdict = tokio::time::timeout(self.settings.ack_timeout, async {
             let mut worst = BatchStatus::Delivered;
