@@ -112,6 +112,24 @@ impl Workspace {
     }
 
     /// Writes `name` in the workspace and returns its path.
+    /// Writes `pipeline.yaml`: a `data_dir` in the workspace, `/metrics` served on
+    /// `address` (`127.0.0.1:0` for any free port), then `components` (the `sources:`,
+    /// `transforms:` and `sinks:` sections as YAML).
+    pub fn pipeline_with_metrics(
+        &self,
+        address: impl std::fmt::Display,
+        components: &str,
+    ) -> PathBuf {
+        let data_dir = self.path().join("data");
+        self.write(
+            "pipeline.yaml",
+            &format!(
+                "data_dir: {}\nmetrics:\n  address: {address}\n{components}",
+                data_dir.display()
+            ),
+        )
+    }
+
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write a workspace file");

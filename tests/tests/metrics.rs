@@ -37,15 +37,11 @@ fn value(text: &str, name: &str, id: &str) -> f64 {
 fn every_component_reports_the_engine_series_and_counts_what_went_through() {
     let workspace = Workspace::new();
     let address = "127.0.0.1:0";
-    let pipeline = workspace.write(
-        "pipeline.yaml",
-        &format!(
-            "data_dir: {}\nmetrics:\n  address: {address}\n\
-             sources:\n  in:\n    type: stdin\n\
+    let pipeline = workspace.pipeline_with_metrics(
+        address,
+        "sources:\n  in:\n    type: stdin\n\
              sinks:\n  out:\n    type: stdout\n    inputs: [in]\n  \
              drop:\n    type: blackhole\n    inputs: [in]\n",
-            workspace.path().join("data").display()
-        ),
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let lines = auditflow.stdout_lines();

@@ -108,13 +108,9 @@ fn ready_answers_503_until_every_component_is_built_and_started() {
 fn other_methods_get_405_and_head_answers_like_get_without_a_body() {
     let workspace = Workspace::new();
     let address = "127.0.0.1:0";
-    let pipeline = workspace.write(
-        "pipeline.yaml",
-        &format!(
-            "data_dir: {}\nmetrics:\n  address: {address}\n\
-             sources:\n  in: {{ type: stdin }}\nsinks:\n  out: {{ type: blackhole, inputs: [in] }}\n",
-            workspace.path().join("data").display()
-        ),
+    let pipeline = workspace.pipeline_with_metrics(
+        address,
+        "sources:\n  in: { type: stdin }\nsinks:\n  out: { type: blackhole, inputs: [in] }\n",
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let address = auditflow.metrics_address(Duration::from_secs(20));

@@ -72,13 +72,9 @@ fn a_busy_metrics_port_is_a_start_failure_exit_1() {
     let workspace = Workspace::new();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
-    let pipeline = workspace.write(
-        "pipeline.yaml",
-        &format!(
-            "data_dir: {}\nmetrics:\n  address: {address}\n\
-             sources:\n  in: {{ type: stdin }}\nsinks:\n  out: {{ type: blackhole, inputs: [in] }}\n",
-            workspace.path().join("data").display()
-        ),
+    let pipeline = workspace.pipeline_with_metrics(
+        address,
+        "sources:\n  in: { type: stdin }\nsinks:\n  out: { type: blackhole, inputs: [in] }\n",
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let status = auditflow.wait_timeout(Duration::from_secs(20));
