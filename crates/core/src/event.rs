@@ -116,7 +116,8 @@ impl Event {
     ///
     /// An object spread over several lines (pretty-printed) is made compact once, so that
     /// every event can be written as one line: the whitespace between tokens is removed
-    /// and nothing else changes (numbers and escapes keep their spelling).
+    /// and nothing else changes (numbers and escapes keep their spelling). Spaces and tabs
+    /// around the object are left out, so an event's bytes always start with `{`.
     ///
     /// # Errors
     /// Anything but one JSON object (RFC 8259), with the position of the problem; see
@@ -134,7 +135,24 @@ impl Event {
             index(&raw)?;
             return Event::from_bytes(Bytes::from(minify(&raw)));
         }
-        let fields = index(&raw)?;
+        let mut fields = index(&raw)?;
+        let is_space = |byte: &u8| matches!(byte, b' ' | b'\t');
+        if raw.first().is_some_and(is_space) || raw.last().is_some_and(is_space) {
+            // Whitespace around the object is not part of the event: an event's bytes
+            // always start with `{`, wherever they are written next.
+            let start = raw.iter().position(|byte| !is_space(byte)).unwrap_or(0);
+            let end = raw
+                .iter()
+                .rposition(|byte| !is_space(byte))
+                .map_or(0, |at| at + 1);
+            let raw = raw.slice(start..end);
+            fields = index(&raw)?;
+            return Ok(Event {
+                raw,
+                fields,
+                modified: false,
+            });
+        }
         Ok(Event {
             raw,
             fields,
@@ -657,6 +675,17 @@ mod tests {
         let event = event(text);
         assert_eq!(event.get_str("kind"), Some("Event"));
         assert_eq!(written(&event), text);
+    }
+
+    #[test]
+    fn whitespace_around_the_object_is_left_out() {
+        let text = "\t\t {\"auditID\":\"c\", \"verb\":\"patch\"} \t";
+        let mut event = event(text);
+        assert_eq!(written(&event), "{\"auditID\":\"c\", \"verb\":\"patch\"}");
+        assert_eq!(event.get_str("verb"), Some("patch"));
+        event.add_annotation("a", "b");
+        assert!(written(&event).starts_with("{\"auditID\":\"c\""));
+        assert!(Event::from_bytes(Bytes::from_static(b"  \t ")).is_err());
     }
 
     #[test]
