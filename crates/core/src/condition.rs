@@ -190,6 +190,11 @@ impl Expr {
             // the value at its end is read: `responseStatus.code` on every event must not
             // build the whole `responseStatus`.
             Expr::Test(path, test) => match event.raw_path(&path.segments) {
+                // A whole top-level object or array: parsed once and cached by the event,
+                // cheaper than reading its bytes for every test that looks at it.
+                RawLookup::Found([b'{' | b'[', ..]) if path.segments.len() == 1 => {
+                    test.eval_parsed(path, event)
+                }
                 RawLookup::Found(raw) => test
                     .eval_raw(raw)
                     .unwrap_or_else(|| test.eval_parsed(path, event)),
@@ -1136,7 +1141,13 @@ mod tests {
         assert_eq!(e.raw_path(&["a", "x"]), RawLookup::Missing);
         assert_eq!(e.raw_path(&["z", "x"]), RawLookup::Missing);
         assert_eq!(e.raw_path(&["d", "e"]), RawLookup::Unavailable);
-        assert_eq!(e.raw_path(&["a"]), RawLookup::Unavailable);
+        assert_eq!(
+            e.raw_path(&["a"]),
+            RawLookup::Found(br#"{"b":{"c":"x"},"b":{"c":[1]}}"#.as_slice())
+        );
+        let numbers = event(r#"{"n":1e400,"m":1}"#);
+        assert_eq!(numbers.raw_path(&["n"]), RawLookup::Unavailable);
+        assert_eq!(numbers.raw_path(&["m"]), RawLookup::Unavailable);
         let escaped = event(r#"{"a":{"\u0062":1}}"#);
         assert_eq!(escaped.raw_path(&["a", "b"]), RawLookup::Unavailable);
         // Reading the field caches it; the parsed value is then the cheaper route.

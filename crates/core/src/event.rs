@@ -11,10 +11,11 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::scan::{self, SyntaxError};
 
@@ -61,13 +62,107 @@ impl From<SyntaxError> for DecodeError {
 }
 
 /// One event: a JSON object whose top-level fields are parsed on demand.
+///
+/// # Layout
+/// An event decoded from bytes holds those bytes (shared, not copied) and a small index of
+/// its top-level members (byte spans, kept inline: no allocation for an audit event's 14
+/// to 18 fields). The well-known audit keys are found through a table, not a scan. Values
+/// are parsed only when read as [`Value`]s, into a cache shared by the event's clones; the
+/// string and number accessors ([`Event::get_str`], [`Event::str_at`], [`Event::u64_at`])
+/// read the bytes and parse nothing. The first change moves the event to a list of fields
+/// that point back at the untouched spans, so a changed event still writes the bytes of
+/// every field nobody changed.
 #[derive(Clone)]
 pub struct Event {
     raw: Bytes,
-    fields: Vec<Field>,
-    modified: bool,
+    /// The top-level members as they came, in order (a repeated key appears twice).
+    members: SmallVec<[Member; INLINE_MEMBERS]>,
+    /// Where each of [`KNOWN_KEYS`] sits in `members`: the last member with that key,
+    /// [`ABSENT`] when there is none, or [`UNINDEXED`] when the event has too many members
+    /// for a byte (then the members are searched).
+    known: [u8; KNOWN_KEYS.len()],
+    /// Unescaped keys of the members whose keys hold escapes, by member index (rare:
+    /// Kubernetes keys need none). `None` when no key has an escape.
+    escaped_keys: Option<Box<[(u32, Box<str>)]>>,
+    /// Values parsed from the members' bytes, one slot per member, made on the first read
+    /// and shared by clones (the bytes they come from are shared and never change).
+    parsed: OnceLock<Arc<[OnceLock<Option<Value>>]>>,
+    /// The fields once any has changed, in order; `None` while the event is its bytes.
+    changed: Option<Box<Vec<Field>>>,
 }
 
+/// Members kept inline. kube-apiserver's `Event` has 18 top-level fields.
+const INLINE_MEMBERS: usize = 20;
+
+/// The top-level keys of kube-apiserver's `audit.k8s.io/v1` `Event`, looked up without a
+/// scan.
+const KNOWN_KEYS: [&str; 18] = [
+    "kind",
+    "apiVersion",
+    "level",
+    "auditID",
+    "stage",
+    "requestURI",
+    "verb",
+    "user",
+    "impersonatedUser",
+    "sourceIPs",
+    "userAgent",
+    "objectRef",
+    "responseStatus",
+    "requestObject",
+    "responseObject",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+    "annotations",
+];
+
+const ABSENT: u8 = u8::MAX;
+const UNINDEXED: u8 = u8::MAX - 1;
+
+/// The position of `key` in [`KNOWN_KEYS`]: by length first, so that most keys cost one
+/// or two comparisons.
+fn known_key(key: &[u8]) -> Option<usize> {
+    let candidates: &[usize] = match key.len() {
+        4 => &[0, 6, 7],
+        5 => &[2, 4],
+        7 => &[3],
+        9 => &[9, 10, 11],
+        10 => &[1, 5],
+        11 => &[17],
+        13 => &[13],
+        14 => &[12, 14, 16],
+        16 => &[8],
+        24 => &[15],
+        _ => return None,
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(|&known| KNOWN_KEYS[known].as_bytes() == key)
+}
+
+/// One top-level member: where its key (between the quotes, escapes as they came) and its
+/// value sit in the event's bytes.
+#[derive(Clone, Copy)]
+struct Member {
+    key_start: u32,
+    key_end: u32,
+    value_start: u32,
+    value_end: u32,
+}
+
+impl Member {
+    fn key(&self) -> Range<usize> {
+        self.key_start as usize..self.key_end as usize
+    }
+
+    fn value(&self) -> Range<usize> {
+        self.value_start as usize..self.value_end as usize
+    }
+}
+
+/// A field of a changed event.
 #[derive(Clone)]
 struct Field {
     key: Key,
@@ -76,24 +171,19 @@ struct Field {
 
 #[derive(Clone)]
 enum Key {
-    /// The key's characters inside `raw` (a key without escapes, the usual case).
-    Span(u32, u32),
+    /// The key of `members[i]`, as it came.
+    Member(u32),
     Owned(Box<str>),
 }
 
 #[derive(Clone)]
 enum Slot {
-    /// The value's bytes inside `raw`, parsed on first read. `None` in the cache means
-    /// the bytes are valid JSON that `serde_json::Value` cannot hold (a number like
-    /// `1e400`): the field reads as absent and is still written out unchanged.
-    Span {
-        start: u32,
-        end: u32,
-        parsed: OnceLock<Option<Value>>,
-    },
+    /// The value of `members[i]`, untouched.
+    Member(u32),
     Owned(Value),
     /// New JSON bytes given by a transform that edited part of the value
-    /// ([`Event::set_raw_field`]): written verbatim, parsed on first read.
+    /// ([`Event::set_raw_field`]): written verbatim, parsed on first read. `None` in the
+    /// cache means valid JSON that `Value` cannot hold (a number like `1e400`).
     Raw {
         bytes: Bytes,
         parsed: OnceLock<Option<Value>>,
@@ -109,6 +199,14 @@ pub enum RawLookup<'a> {
     Missing,
     /// The bytes cannot answer cheaply: use the parsed value.
     Unavailable,
+}
+
+/// Where a top-level field's value is, for reading.
+enum Found<'a> {
+    /// `members[i]`'s value, untouched.
+    Member(usize),
+    Owned(&'a Value),
+    Raw(&'a Bytes, &'a OnceLock<Option<Value>>),
 }
 
 impl Event {
@@ -135,28 +233,27 @@ impl Event {
             index(&raw)?;
             return Event::from_bytes(Bytes::from(minify(&raw)));
         }
-        let mut fields = index(&raw)?;
         let is_space = |byte: &u8| matches!(byte, b' ' | b'\t');
         if raw.first().is_some_and(is_space) || raw.last().is_some_and(is_space) {
             // Whitespace around the object is not part of the event: an event's bytes
-            // always start with `{`, wherever they are written next.
+            // always start with `{`, wherever they are written next. Validated where it
+            // stands first, so that errors point into the input as given.
+            index(&raw)?;
             let start = raw.iter().position(|byte| !is_space(byte)).unwrap_or(0);
             let end = raw
                 .iter()
                 .rposition(|byte| !is_space(byte))
                 .map_or(0, |at| at + 1);
-            let raw = raw.slice(start..end);
-            fields = index(&raw)?;
-            return Ok(Event {
-                raw,
-                fields,
-                modified: false,
-            });
+            return Event::from_bytes(raw.slice(start..end));
         }
+        let index = index(&raw)?;
         Ok(Event {
             raw,
-            fields,
-            modified: false,
+            members: index.members,
+            known: index.known,
+            escaped_keys: index.escaped_keys,
+            parsed: OnceLock::new(),
+            changed: None,
         })
     }
 
@@ -171,8 +268,11 @@ impl Event {
             .collect();
         Event {
             raw: Bytes::new(),
-            fields,
-            modified: true,
+            members: SmallVec::new(),
+            known: [ABSENT; KNOWN_KEYS.len()],
+            escaped_keys: None,
+            parsed: OnceLock::new(),
+            changed: Some(Box::new(fields)),
         }
     }
 
@@ -184,43 +284,47 @@ impl Event {
 
     /// Whether any field was changed, added or removed since decoding.
     pub fn is_modified(&self) -> bool {
-        self.modified
+        self.changed.is_some()
     }
 
-    /// The raw JSON bytes of a top-level field that has not been changed.
+    /// The raw JSON bytes of a top-level field that has not been changed (or was given
+    /// as bytes through [`Event::set_raw_field`]); `None` when absent or set as a value.
     pub fn raw_field(&self, key: &str) -> Option<&[u8]> {
-        match &self.field(key)?.value {
-            Slot::Span { start, end, .. } => Some(&self.raw[*start as usize..*end as usize]),
-            Slot::Raw { bytes, .. } => Some(bytes),
-            Slot::Owned(_) => None,
+        match self.find(key)? {
+            Found::Member(i) => Some(&self.raw[self.members[i].value()]),
+            Found::Raw(bytes, _) => Some(bytes),
+            Found::Owned(_) => None,
         }
     }
 
-    /// The raw JSON bytes at a path of object keys (`["responseStatus", "code"]`) inside
-    /// an unchanged top-level field, found without parsing the field: only the final
-    /// value is left for the caller to read, however large the objects around it.
+    /// The raw JSON bytes at a path of object keys (`["responseStatus", "code"]`, or one
+    /// top-level key) inside an unchanged top-level field, found without parsing the
+    /// field: only the final value is left for the caller to read, however large the
+    /// objects around it.
     ///
     /// Agrees with [`Event::get_path`]: duplicate keys read the last one, and a field that
     /// `get` reads as absent (it holds a number out of range) reads as
-    /// [`RawLookup::Unavailable`]. Anything the bytes cannot settle cheaply (a path of one
-    /// key, a changed or already-parsed field, a key with escapes, an array on the way)
+    /// [`RawLookup::Unavailable`]. Anything the bytes cannot settle cheaply (a changed or
+    /// already-parsed field, a key with escapes, an array on the way, a top-level number)
     /// is `Unavailable` too, and the caller takes the parsed route.
     pub fn raw_path<S: AsRef<str>>(&self, path: &[S]) -> RawLookup<'_> {
-        let Some((first, rest)) = path.split_first().filter(|(_, rest)| !rest.is_empty()) else {
-            // A top-level field alone: `get` reads it as cheaply, and caches it.
+        let Some((first, rest)) = path.split_first() else {
             return RawLookup::Unavailable;
         };
-        let Some(field) = self.field(first.as_ref()) else {
-            return RawLookup::Missing;
+        let (mut value, parsed) = match self.find(first.as_ref()) {
+            None => return RawLookup::Missing,
+            Some(Found::Member(i)) => (&self.raw[self.members[i].value()], self.cached(i)),
+            Some(Found::Raw(bytes, parsed)) => (&bytes[..], parsed.get()),
+            Some(Found::Owned(_)) => return RawLookup::Unavailable,
         };
-        let (mut value, parsed) = match &field.value {
-            Slot::Span { start, end, parsed } => {
-                (&self.raw[*start as usize..*end as usize], parsed)
-            }
-            Slot::Raw { bytes, parsed } => (&bytes[..], parsed),
-            Slot::Owned(_) => return RawLookup::Unavailable,
-        };
-        if parsed.get().is_some() {
+        if rest.is_empty() {
+            // A number may be one `get` reads as absent (out of range): let it decide.
+            return match value.first() {
+                Some(b'-' | b'0'..=b'9') => RawLookup::Unavailable,
+                _ => RawLookup::Found(value),
+            };
+        }
+        if parsed.is_some() {
             // Already parsed: walking the value is cheaper than scanning the bytes.
             return RawLookup::Unavailable;
         }
@@ -245,13 +349,53 @@ impl Event {
 
     /// A top-level field, parsed on first access.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        let field = self.field(key)?;
-        self.slot_value(&field.value)
+        match self.find(key)? {
+            Found::Member(i) => self.member_value(i),
+            Found::Owned(value) => Some(value),
+            Found::Raw(bytes, parsed) => parsed.get_or_init(|| parse_value(bytes).ok()).as_ref(),
+        }
     }
 
-    /// A top-level string field.
+    /// A top-level string field. A string without escapes is read from the bytes, without
+    /// parsing the field.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.get(key)?.as_str()
+        self.str_at(&[key])
+    }
+
+    /// The string at a path of object keys (`["objectRef", "resource"]`), as
+    /// [`Event::get_path`] finds it; `None` when absent or not a string. A string without
+    /// escapes is read from the bytes, without parsing the objects around it.
+    pub fn str_at<S: AsRef<str>>(&self, path: &[S]) -> Option<&str> {
+        match self.raw_path(path) {
+            RawLookup::Found(bytes) => match bytes {
+                [b'"', inner @ .., b'"'] if memchr::memchr(b'\\', inner).is_none() => {
+                    // The decoder checked the bytes are UTF-8.
+                    std::str::from_utf8(inner).ok()
+                }
+                [b'"', ..] => self.get_path(path.iter().map(AsRef::as_ref))?.as_str(),
+                _ => None,
+            },
+            RawLookup::Missing => None,
+            RawLookup::Unavailable => self.get_path(path.iter().map(AsRef::as_ref))?.as_str(),
+        }
+    }
+
+    /// The non-negative integer at a path of object keys (`["responseStatus", "code"]`),
+    /// as [`Event::get_path`] finds it; `None` when absent, not a number, or not an
+    /// integer in `u64`'s range. Read from the bytes where the path allows.
+    pub fn u64_at<S: AsRef<str>>(&self, path: &[S]) -> Option<u64> {
+        match self.raw_path(path) {
+            RawLookup::Found(bytes) if bytes.first().is_some_and(u8::is_ascii_digit) => {
+                match bytes.iter().all(u8::is_ascii_digit) {
+                    // Digits only: an integer (JSON has no leading zeros but `0`).
+                    true => std::str::from_utf8(bytes).ok()?.parse().ok(),
+                    // `1.0`, `1e3`: what serde_json makes of it.
+                    false => self.get_path(path.iter().map(AsRef::as_ref))?.as_u64(),
+                }
+            }
+            RawLookup::Found(_) | RawLookup::Missing => None,
+            RawLookup::Unavailable => self.get_path(path.iter().map(AsRef::as_ref))?.as_u64(),
+        }
     }
 
     /// Follows a path of object keys from the top level (`["objectRef", "resource"]`).
@@ -271,57 +415,73 @@ impl Event {
     /// re-serialised.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
         let index = self.position(key)?;
-        self.modified = true;
-        let raw = &self.raw;
-        let slot = &mut self.fields[index].value;
-        let value = match slot {
-            Slot::Span { start, end, parsed } => Some(match parsed.take() {
-                Some(cached) => cached,
-                None => parse_value(&raw[*start as usize..*end as usize]).ok(),
-            }),
-            Slot::Raw { bytes, parsed } => Some(match parsed.take() {
-                Some(cached) => cached,
+        let fields = self
+            .changed
+            .as_deref()
+            .expect("position made the changed form");
+        let owned = match &fields[index].value {
+            Slot::Owned(_) => None,
+            Slot::Member(i) => {
+                let i = *i as usize;
+                Some(match self.cached(i) {
+                    Some(cached) => cached.clone(),
+                    None => parse_value(&self.raw[self.members[i].value()]).ok(),
+                })
+            }
+            Slot::Raw { bytes, parsed } => Some(match parsed.get() {
+                Some(cached) => cached.clone(),
                 None => parse_value(bytes).ok(),
             }),
-            Slot::Owned(_) => None,
         };
-        if let Some(value) = value {
+        let slot = &mut self.fields_mut()[index].value;
+        if let Some(value) = owned {
+            // A value `Value` cannot hold (`1e400`) reads as absent, and stays as it came.
             *slot = Slot::Owned(value?);
         }
         match slot {
             Slot::Owned(value) => Some(value),
-            Slot::Span { .. } | Slot::Raw { .. } => None,
+            Slot::Member(_) | Slot::Raw { .. } => None,
         }
     }
 
     /// Sets a top-level field, replacing its value in place or appending it.
     pub fn insert(&mut self, key: &str, value: Value) {
-        self.modified = true;
-        match self.position(key) {
-            Some(index) => self.fields[index].value = Slot::Owned(value),
-            None => self.fields.push(Field {
-                key: Key::Owned(key.into()),
-                value: Slot::Owned(value),
-            }),
-        }
+        self.set(key, Slot::Owned(value));
     }
 
     /// Removes a top-level field, returning its value if it could be parsed.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let index = self.position(key)?;
-        self.modified = true;
-        let field = self.fields.remove(index);
+        let field = self.fields_mut().remove(index);
         match field.value {
             Slot::Owned(value) => Some(value),
-            Slot::Span { start, end, parsed } => parsed
-                .into_inner()
-                .flatten()
-                .or_else(|| parse_value(&self.raw[start as usize..end as usize]).ok()),
+            Slot::Member(i) => {
+                let i = i as usize;
+                match self.cached(i) {
+                    Some(cached) => cached.clone(),
+                    None => parse_value(&self.raw[self.members[i].value()]).ok(),
+                }
+            }
             Slot::Raw { bytes, parsed } => parsed
                 .into_inner()
                 .flatten()
                 .or_else(|| parse_value(&bytes).ok()),
         }
+    }
+
+    /// Removes a top-level field without reading it (a request body dropped by a level is
+    /// not parsed on the way out). Returns whether it was there.
+    pub fn delete(&mut self, key: &str) -> bool {
+        let Some(index) = self.position(key) else {
+            return false;
+        };
+        self.fields_mut().remove(index);
+        true
+    }
+
+    /// Whether the event has a top-level field `key` (whatever its value).
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_some()
     }
 
     /// Sets a top-level field to `raw`, JSON bytes written out verbatim (replacing the
@@ -336,18 +496,13 @@ impl Event {
             serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok(),
             "set_raw_field({key}) given invalid JSON"
         );
-        let slot = Slot::Raw {
-            bytes: raw,
-            parsed: OnceLock::new(),
-        };
-        self.modified = true;
-        match self.position(key) {
-            Some(index) => self.fields[index].value = slot,
-            None => self.fields.push(Field {
-                key: Key::Owned(key.into()),
-                value: slot,
-            }),
-        }
+        self.set(
+            key,
+            Slot::Raw {
+                bytes: raw,
+                parsed: OnceLock::new(),
+            },
+        );
     }
 
     /// Adds (or replaces) one annotation, `annotations[key] = value`, without touching
@@ -357,14 +512,11 @@ impl Event {
     /// object or nothing).
     pub fn add_annotation(&mut self, key: &str, value: &str) {
         let member_value = Value::String(value.to_owned());
-        let current = self
-            .position("annotations")
-            .map(|index| &self.fields[index].value);
-        let raw_object = match current {
-            Some(Slot::Span { start, end, .. }) => Some(&self.raw[*start as usize..*end as usize]),
-            Some(Slot::Raw { bytes, .. }) => Some(&bytes[..]),
-            Some(Slot::Owned(Value::Object(_))) => None,
-            Some(Slot::Owned(_)) | None => {
+        let raw_object = match self.find("annotations") {
+            Some(Found::Member(i)) => Some(&self.raw[self.members[i].value()]),
+            Some(Found::Raw(bytes, _)) => Some(&bytes[..]),
+            Some(Found::Owned(Value::Object(_))) => None,
+            Some(Found::Owned(_)) | None => {
                 let mut map = Map::new();
                 map.insert(key.to_owned(), member_value);
                 self.insert("annotations", Value::Object(map));
@@ -406,15 +558,27 @@ impl Event {
 
     /// Iterates over the top-level keys in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.fields.iter().map(|field| self.key_str(&field.key))
+        let (members, fields) = match &self.changed {
+            Some(fields) => (&[][..], &fields[..]),
+            None => (&self.members[..], &[][..]),
+        };
+        let members = (0..members.len()).map(|i| self.member_key(i));
+        let fields = fields.iter().map(|field| match &field.key {
+            Key::Member(i) => self.member_key(*i as usize),
+            Key::Owned(key) => key,
+        });
+        members.chain(fields)
     }
 
     /// Parses the whole event.
     pub fn to_value(&self) -> Value {
-        let mut map = Map::with_capacity(self.fields.len());
-        for field in &self.fields {
-            if let Some(value) = self.slot_value(&field.value) {
-                map.insert(self.key_str(&field.key).to_owned(), value.clone());
+        let mut map = Map::with_capacity(self.members.len());
+        for key in self.keys() {
+            // A repeated key: the last value, at the first key's place (as serde_json).
+            if !map.contains_key(key) {
+                if let Some(value) = self.get(key) {
+                    map.insert(key.to_owned(), value.clone());
+                }
             }
         }
         Value::Object(map)
@@ -422,27 +586,27 @@ impl Event {
 
     /// Appends the event as one line of compact JSON, without the newline.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        if !self.modified {
+        let Some(fields) = &self.changed else {
             out.extend_from_slice(&self.raw);
             return;
-        }
+        };
         out.push(b'{');
-        for (i, field) in self.fields.iter().enumerate() {
+        for (i, field) in fields.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             match &field.key {
-                Key::Span(start, end) => {
+                Key::Member(i) => {
                     out.push(b'"');
-                    out.extend_from_slice(&self.raw[*start as usize..*end as usize]);
+                    out.extend_from_slice(&self.raw[self.members[*i as usize].key()]);
                     out.push(b'"');
                 }
                 Key::Owned(key) => write_value(out, &Value::String(key.to_string())),
             }
             out.push(b':');
             match &field.value {
-                Slot::Span { start, end, .. } => {
-                    out.extend_from_slice(&self.raw[*start as usize..*end as usize])
+                Slot::Member(i) => {
+                    out.extend_from_slice(&self.raw[self.members[*i as usize].value()])
                 }
                 Slot::Raw { bytes, .. } => out.extend_from_slice(bytes),
                 Slot::Owned(value) => write_value(out, value),
@@ -453,7 +617,7 @@ impl Event {
 
     /// The event as compact JSON bytes, shared with the event when it is unchanged.
     pub fn to_json_bytes(&self) -> Bytes {
-        if !self.modified {
+        if self.changed.is_none() {
             return self.raw.clone();
         }
         let mut out = Vec::with_capacity(self.raw.len() + 128);
@@ -470,37 +634,103 @@ impl Event {
         self.raw.len()
     }
 
-    fn position(&self, key: &str) -> Option<usize> {
-        // Last wins, as in every JSON parser that keeps one value per key.
-        self.fields
-            .iter()
-            .rposition(|field| self.key_bytes(&field.key) == key.as_bytes())
+    /// Where `key`'s value is: the last member with that key (as every JSON parser that
+    /// keeps one value per key reads it).
+    fn find(&self, key: &str) -> Option<Found<'_>> {
+        let Some(fields) = &self.changed else {
+            return self.member_position(key).map(Found::Member);
+        };
+        let field = &fields[self.field_position(fields, key)?];
+        Some(match &field.value {
+            Slot::Member(i) => Found::Member(*i as usize),
+            Slot::Owned(value) => Found::Owned(value),
+            Slot::Raw { bytes, parsed } => Found::Raw(bytes, parsed),
+        })
     }
 
-    fn field(&self, key: &str) -> Option<&Field> {
-        self.position(key).map(|index| &self.fields[index])
+    fn member_position(&self, key: &str) -> Option<usize> {
+        if let Some(known) = known_key(key.as_bytes()) {
+            match self.known[known] {
+                ABSENT => return None,
+                UNINDEXED => {}
+                position => return Some(usize::from(position)),
+            }
+        }
+        (0..self.members.len()).rposition(|i| self.member_key(i) == key)
     }
 
-    fn key_bytes<'a>(&'a self, key: &'a Key) -> &'a [u8] {
-        match key {
-            Key::Span(start, end) => &self.raw[*start as usize..*end as usize],
-            Key::Owned(key) => key.as_bytes(),
+    fn field_position(&self, fields: &[Field], key: &str) -> Option<usize> {
+        fields.iter().rposition(|field| match &field.key {
+            Key::Member(i) => self.member_key(*i as usize) == key,
+            Key::Owned(owned) => &**owned == key,
+        })
+    }
+
+    /// The position of `key` among the fields, the event moved to its changed form when
+    /// the key is there (an absent key changes nothing).
+    fn position(&mut self, key: &str) -> Option<usize> {
+        let index = match &self.changed {
+            Some(fields) => return self.field_position(fields, key),
+            None => self.member_position(key)?,
+        };
+        // The changed form made from the members has member i as field i.
+        self.fields_mut();
+        Some(index)
+    }
+
+    /// The fields of the changed form (made from the members if the event has none yet).
+    fn fields_mut(&mut self) -> &mut Vec<Field> {
+        let members = self.members.len();
+        self.changed.get_or_insert_with(|| {
+            Box::new(
+                (0..members as u32)
+                    .map(|i| Field {
+                        key: Key::Member(i),
+                        value: Slot::Member(i),
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Sets `key` to `value`, in place or appended.
+    fn set(&mut self, key: &str, value: Slot) {
+        match self.position(key) {
+            Some(index) => self.fields_mut()[index].value = value,
+            None => self.fields_mut().push(Field {
+                key: Key::Owned(key.into()),
+                value,
+            }),
         }
     }
 
-    fn key_str<'a>(&'a self, key: &'a Key) -> &'a str {
-        // Span keys were validated as UTF-8 by the decoder.
-        std::str::from_utf8(self.key_bytes(key)).unwrap_or_default()
+    fn member_key(&self, i: usize) -> &str {
+        if let Some(escaped) = &self.escaped_keys {
+            if let Ok(at) = escaped.binary_search_by_key(&(i as u32), |(index, _)| *index) {
+                return &escaped[at].1;
+            }
+        }
+        // The decoder checked the bytes are UTF-8.
+        std::str::from_utf8(&self.raw[self.members[i].key()]).unwrap_or_default()
     }
 
-    fn slot_value<'a>(&'a self, slot: &'a Slot) -> Option<&'a Value> {
-        match slot {
-            Slot::Span { start, end, parsed } => parsed
-                .get_or_init(|| parse_value(&self.raw[*start as usize..*end as usize]).ok())
-                .as_ref(),
-            Slot::Raw { bytes, parsed } => parsed.get_or_init(|| parse_value(bytes).ok()).as_ref(),
-            Slot::Owned(value) => Some(value),
-        }
+    /// `members[i]`'s value parsed, from the shared cache.
+    fn member_value(&self, i: usize) -> Option<&Value> {
+        let slots = self.parsed.get_or_init(|| {
+            (0..self.members.len())
+                .map(|_| OnceLock::new())
+                .collect::<Vec<_>>()
+                .into()
+        });
+        slots[i]
+            .get_or_init(|| parse_value(&self.raw[self.members[i].value()]).ok())
+            .as_ref()
+    }
+
+    /// `members[i]`'s parsed value if it was parsed already (`Some(None)`: it does not fit
+    /// a `Value`).
+    fn cached(&self, i: usize) -> Option<&Option<Value>> {
+        self.parsed.get()?.get(i)?.get()
     }
 }
 
@@ -603,44 +833,68 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
     serde_json::to_writer(out, value).expect("a serde_json::Value always serialises");
 }
 
+/// What [`index`] makes of an event's bytes.
+struct Index {
+    members: SmallVec<[Member; INLINE_MEMBERS]>,
+    known: [u8; KNOWN_KEYS.len()],
+    escaped_keys: Option<Box<[(u32, Box<str>)]>>,
+}
+
 /// Validates `raw` as one JSON object and indexes its top-level fields.
-fn index(raw: &[u8]) -> Result<Vec<Field>, DecodeError> {
-    // An audit event has 15 to 20 top-level fields.
-    let mut fields = Vec::with_capacity(20);
+fn index(raw: &[u8]) -> Result<Index, DecodeError> {
+    let mut members = SmallVec::new();
+    let mut known = [ABSENT; KNOWN_KEYS.len()];
+    let mut escaped_keys = Vec::new();
     let mut bad_key = None;
     scan::index_object(raw, |member| {
-        let key = if member.key_escaped {
-            match unescape_key(raw, member.key) {
-                Ok(key) => key,
+        let position = members.len();
+        if member.key_escaped {
+            match unescape_key(raw, member.key.clone()) {
+                Ok(key) => {
+                    if let Some(at) = known_key(key.as_bytes()) {
+                        known[at] = u8::try_from(position).unwrap_or(UNINDEXED).min(UNINDEXED);
+                    }
+                    escaped_keys.push((position as u32, key));
+                }
                 Err(error) => {
                     bad_key.get_or_insert(error);
                     return;
                 }
             }
-        } else {
-            Key::Span(member.key.start as u32, member.key.end as u32)
-        };
-        fields.push(Field {
-            key,
-            value: Slot::Span {
-                start: member.value.start as u32,
-                end: member.value.end as u32,
-                parsed: OnceLock::new(),
-            },
+        } else if let Some(at) = known_key(&raw[member.key.clone()]) {
+            known[at] = u8::try_from(position).unwrap_or(UNINDEXED).min(UNINDEXED);
+        }
+        members.push(Member {
+            key_start: member.key.start as u32,
+            key_end: member.key.end as u32,
+            value_start: member.value.start as u32,
+            value_end: member.value.end as u32,
         });
     })?;
-    match bad_key {
-        Some(error) => Err(error),
-        None => Ok(fields),
+    if let Some(error) = bad_key {
+        return Err(error);
     }
+    if members.len() > usize::from(UNINDEXED) {
+        // Positions past a byte: the known keys are searched like any other.
+        known.iter_mut().for_each(|position| {
+            if *position != ABSENT {
+                *position = UNINDEXED;
+            }
+        });
+    }
+    Ok(Index {
+        members,
+        known,
+        escaped_keys: (!escaped_keys.is_empty()).then(|| escaped_keys.into_boxed_slice()),
+    })
 }
 
 /// A key with escapes, unescaped by serde_json (rare: Kubernetes keys need none).
-fn unescape_key(raw: &[u8], key: Range<usize>) -> Result<Key, DecodeError> {
+fn unescape_key(raw: &[u8], key: Range<usize>) -> Result<Box<str>, DecodeError> {
     // The scanner found the key between quotes, so the quotes are there to take along.
     let quoted = &raw[key.start - 1..key.end + 1];
     match serde_json::from_slice::<String>(quoted) {
-        Ok(key) => Ok(Key::Owned(key.into_boxed_str())),
+        Ok(key) => Ok(key.into_boxed_str()),
         Err(error) => {
             // serde_json counts from the key's quote; count from the event's start.
             let text = error.to_string();
@@ -675,6 +929,122 @@ mod tests {
         let event = event(text);
         assert_eq!(event.get_str("kind"), Some("Event"));
         assert_eq!(written(&event), text);
+    }
+
+    #[test]
+    fn every_known_key_is_found_by_its_table() {
+        for (position, key) in KNOWN_KEYS.iter().enumerate() {
+            assert_eq!(known_key(key.as_bytes()), Some(position), "{key}");
+        }
+        for other in [
+            "",
+            "kin",
+            "Kind",
+            "verbs",
+            "usr",
+            "annotation",
+            "requestURl",
+        ] {
+            assert_eq!(known_key(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn known_and_other_keys_read_the_last_of_a_repeated_key() {
+        let e = event(r#"{"verb":"get","x":1,"verb":"list","x":2,"a\u0062":3,"ab":4}"#);
+        assert_eq!(e.get_str("verb"), Some("list"));
+        assert_eq!(e.get("x"), Some(&json!(2)));
+        assert_eq!(e.get("ab"), Some(&json!(4)));
+        assert_eq!(
+            e.keys().collect::<Vec<_>>(),
+            ["verb", "x", "verb", "x", "ab", "ab"]
+        );
+        assert_eq!(e.get("level"), None);
+        // An escaped spelling of a known key is the key.
+        let escaped = event(r#"{"verb":"get","v\u0065rb":"watch"}"#);
+        assert_eq!(escaped.get_str("verb"), Some("watch"));
+    }
+
+    #[test]
+    fn events_with_more_members_than_the_table_holds_are_searched() {
+        let mut text = String::from("{");
+        for i in 0..300 {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"verb\":\"get\",\"level\":\"Metadata\"}");
+        let e = event(&text);
+        assert_eq!(e.get_str("verb"), Some("get"));
+        assert_eq!(e.get_str("level"), Some("Metadata"));
+        assert_eq!(e.get("k299"), Some(&json!(299)));
+        assert_eq!(e.get("stage"), None);
+    }
+
+    #[test]
+    fn strings_and_codes_are_read_from_the_bytes() {
+        let e = event(
+            r#"{"verb":"get","requestURI":"/a?b\u0026c","objectRef":{"resource":"pods","name":"x\"y"},"responseStatus":{"code":403,"metadata":{}},"n":1.5,"big":18446744073709551616}"#,
+        );
+        assert_eq!(e.get_str("verb"), Some("get"));
+        assert_eq!(e.str_at(&["objectRef", "resource"]), Some("pods"));
+        assert_eq!(e.str_at(&["objectRef", "none"]), None);
+        assert_eq!(e.str_at(&["responseStatus", "code"]), None);
+        assert_eq!(e.u64_at(&["responseStatus", "code"]), Some(403));
+        // Nothing was parsed on the way.
+        assert!(e.parsed.get().is_none());
+        // Escapes take the parsed route.
+        assert_eq!(e.get_str("requestURI"), Some("/a?b&c"));
+        assert_eq!(e.str_at(&["objectRef", "name"]), Some("x\"y"));
+        assert_eq!(e.u64_at(&["n"]), None);
+        assert_eq!(e.u64_at(&["big"]), None);
+        assert_eq!(e.u64_at(&["verb"]), None);
+        // The same answers from a changed event.
+        let mut changed = e.clone();
+        changed.insert("level", json!("Metadata"));
+        assert_eq!(changed.str_at(&["objectRef", "resource"]), Some("pods"));
+        assert_eq!(changed.u64_at(&["responseStatus", "code"]), Some(403));
+        assert_eq!(changed.get_str("requestURI"), Some("/a?b&c"));
+    }
+
+    #[test]
+    fn clones_share_what_was_parsed() {
+        let e = event(r#"{"user":{"username":"admin","groups":["a"]},"verb":"get"}"#);
+        assert_eq!(e.get_path(["user", "username"]), Some(&json!("admin")));
+        let copy = e.clone();
+        let parsed = |e: &Event| {
+            e.cached(0)
+                .and_then(Option::as_ref)
+                .map(|v| v as *const Value)
+        };
+        assert!(parsed(&copy).is_some());
+        assert_eq!(parsed(&copy), parsed(&e));
+        // Changing the copy leaves the original as it was.
+        let mut copy = copy;
+        copy.get_mut("user").unwrap()["username"] = json!("other");
+        assert_eq!(e.get_path(["user", "username"]), Some(&json!("admin")));
+        assert_eq!(copy.get_path(["user", "username"]), Some(&json!("other")));
+        assert!(!e.is_modified());
+        assert_eq!(
+            written(&copy),
+            r#"{"user":{"username":"other","groups":["a"]},"verb":"get"}"#
+        );
+    }
+
+    #[test]
+    fn looking_for_an_absent_field_changes_nothing() {
+        let mut e = event(r#"{"verb":"get"}"#);
+        assert_eq!(e.remove("level"), None);
+        assert!(e.get_mut("stage").is_none());
+        assert!(!e.is_modified());
+        assert!(!e.delete("level"));
+        assert!(!e.is_modified());
+        assert!(e.contains_key("verb") && !e.contains_key("level"));
+        assert_eq!(e.remove("verb"), Some(json!("get")));
+        assert!(e.is_modified());
+        assert_eq!(written(&e), "{}");
+        let mut e = event(r#"{"verb":"get","requestObject":{"big":[1,2,3]},"x":1e400}"#);
+        assert!(e.delete("requestObject") && e.delete("x"));
+        assert!(!e.contains_key("requestObject"));
+        assert_eq!(written(&e), r#"{"verb":"get"}"#);
     }
 
     #[test]
@@ -987,18 +1357,16 @@ mod tests {
 
     /// What [`index`] made of `raw`, in the oracle's terms.
     fn scanned(raw: &[u8]) -> Option<oracle::Index> {
-        let fields = index(raw).ok()?;
-        let project = |field: Field| {
-            let key = match field.key {
-                Key::Span(start, end) => Ok((start, end)),
-                Key::Owned(key) => Err(key.into_string()),
+        let index = index(raw).ok()?;
+        let escaped = index.escaped_keys.unwrap_or_default();
+        let project = |(i, member): (usize, &Member)| {
+            let key = match escaped.iter().find(|(at, _)| *at as usize == i) {
+                Some((_, key)) => Err(key.to_string()),
+                None => Ok((member.key_start, member.key_end)),
             };
-            match field.value {
-                Slot::Span { start, end, .. } => (key, (start, end)),
-                Slot::Owned(_) | Slot::Raw { .. } => unreachable!("decoding makes spans"),
-            }
+            (key, (member.value_start, member.value_end))
         };
-        Some(fields.into_iter().map(project).collect())
+        Some(index.members.iter().enumerate().map(project).collect())
     }
 
     fn agrees_with_serde_json(raw: &[u8]) -> Result<(), TestCaseError> {

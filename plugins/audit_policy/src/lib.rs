@@ -193,12 +193,12 @@ pub fn outcome(decision: &Decision, event: &Event) -> Outcome {
     if decision.level == Level::None {
         return Outcome::Drop(DropReason::LevelNone);
     }
-    if let Some(stage) = top_level_str(event, "stage").and_then(Stage::parse) {
+    if let Some(stage) = event.get_str("stage").and_then(Stage::parse) {
         if decision.omit_stages.contains(stage) {
             return Outcome::Drop(DropReason::StageOmitted(stage));
         }
     }
-    let lower_to = match top_level_str(event, "level").and_then(Level::parse) {
+    let lower_to = match event.get_str("level").and_then(Level::parse) {
         Some(level) if level <= decision.level => None,
         // Above the decision, or unknown: trimmed to the decision's level.
         _ => Some(decision.level),
@@ -209,14 +209,12 @@ pub fn outcome(decision: &Decision, event: &Event) -> Outcome {
 /// Lowers `event` to `lower_to` and strips managed fields where the decision says so.
 fn apply(decision: &Decision, lower_to: Option<Level>, event: &mut Event) {
     if let Some(level) = lower_to {
-        let known_level = top_level_str(event, "level")
-            .and_then(Level::parse)
-            .is_some();
-        if level < Level::RequestResponse && has_field(event, "responseObject") {
-            event.remove("responseObject");
+        let known_level = event.get_str("level").and_then(Level::parse).is_some();
+        if level < Level::RequestResponse {
+            event.delete("responseObject");
         }
-        if level < Level::Request && has_field(event, "requestObject") {
-            event.remove("requestObject");
+        if level < Level::Request {
+            event.delete("requestObject");
         }
         if known_level {
             event.insert("level", Value::String(level.as_str().to_owned()));
@@ -235,7 +233,7 @@ fn apply(decision: &Decision, lower_to: Option<Level>, event: &mut Event) {
 fn strip_managed_fields(event: &mut Event, key: &str) {
     let mentions = match event.raw_field(key) {
         Some(raw) => memchr::memmem::find(raw, b"\"managedFields\"").is_some(),
-        None => has_field(event, key),
+        None => event.contains_key(key),
     };
     if !mentions {
         return;
@@ -252,22 +250,6 @@ fn strip_managed_fields(event: &mut Event, key: &str) {
                 metadata.remove("managedFields");
             }
         }
-    }
-}
-
-fn has_field(event: &Event, key: &str) -> bool {
-    event.keys().any(|k| k == key)
-}
-
-/// A top-level string field without escapes, read from the raw bytes (no allocation), or
-/// from the parsed value once the field was changed.
-fn top_level_str<'e>(event: &'e Event, key: &str) -> Option<&'e str> {
-    match event.raw_field(key) {
-        Some([b'"', inner @ .., b'"']) if memchr::memchr(b'\\', inner).is_none() => {
-            std::str::from_utf8(inner).ok()
-        }
-        Some(_) => event.get_str(key),
-        None => event.get_str(key),
     }
 }
 

@@ -287,12 +287,12 @@ impl KafkaSink {
 /// The message key: a string field's characters (borrowed from the event when it has no
 /// escapes, the usual case for `auditID`), or another value's JSON text.
 fn key_of<'a>(event: &'a Event, field: &str) -> Option<&'a [u8]> {
+    if let Some(text) = event.str_at(&[field]) {
+        return Some(text.as_bytes());
+    }
     match event.raw_field(field) {
-        Some(raw) if raw.len() >= 2 && raw[0] == b'"' && !raw.contains(&b'\\') => {
-            Some(&raw[1..raw.len() - 1])
-        }
-        Some(raw) if raw[0] != b'"' => Some(raw),
-        _ => event.get_str(field).map(str::as_bytes),
+        Some(raw) if raw.first() != Some(&b'"') => Some(raw),
+        _ => None,
     }
 }
 

@@ -19,6 +19,7 @@
 
 use std::collections::HashSet;
 
+use auditflow_core::event::RawLookup;
 use auditflow_core::{
     Batch, BuildContext, BuildError, Event, Transform, TransformConfig, Validate,
 };
@@ -130,7 +131,6 @@ pub struct RbacDenial {
     reason_key: String,
     missing_key: String,
     user_key: String,
-    code: Finder<'static>,
     forbid: Finder<'static>,
     resources: HashSet<String>,
 }
@@ -157,7 +157,6 @@ impl RbacDenial {
             reason_key: format!("{prefix}denial-reason"),
             missing_key: format!("{prefix}missing-permission"),
             user_key: format!("{prefix}denied-user"),
-            code: Finder::new(b"\"code\""),
             forbid: Finder::new(b"\"forbid\""),
             resources: HashSet::new(),
         }
@@ -180,13 +179,8 @@ impl RbacDenial {
 
     /// The cheap test: can this event be a denial at all?
     fn may_be_denial(&self, event: &Event) -> bool {
-        let code = match event.raw_field("responseStatus") {
-            Some(raw) => scan_code(&self.code, raw),
-            // Changed by an earlier transform (already parsed), or absent.
-            None => event
-                .get_path(["responseStatus", "code"])
-                .and_then(Value::as_u64),
-        };
+        // Read from the bytes: `responseStatus` is not parsed for the events that pass.
+        let code = event.u64_at(&["responseStatus", "code"]);
         match code {
             Some(401 | 403) => true,
             Some(_) => false,
@@ -200,23 +194,23 @@ impl RbacDenial {
     }
 
     fn classify(&self, event: &Event) -> Option<Denial> {
-        let code = event
-            .get_path(["responseStatus", "code"])
-            .and_then(Value::as_u64);
+        let code = event.u64_at(&["responseStatus", "code"]);
         let verb = event.get_str("verb").unwrap_or_default();
         if decision(event) == Some("forbid") {
             let reason = event
-                .get_path(["annotations", "authorization.k8s.io/reason"])
-                .and_then(Value::as_str)
+                .str_at(&["annotations", "authorization.k8s.io/reason"])
                 .filter(|reason| !reason.is_empty())
                 .map(str::to_owned);
             let (rule, resource) = requested_rule(event, verb);
             // The request was authorized as the impersonated user, when there is one.
-            let user = event
-                .get_path(["impersonatedUser", "username"])
-                .or_else(|| event.get_path(["user", "username"]))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            let user = match event.raw_path(&["impersonatedUser", "username"]) {
+                RawLookup::Missing => event.str_at(&["user", "username"]),
+                _ => event
+                    .get_path(["impersonatedUser", "username"])
+                    .or_else(|| event.get_path(["user", "username"]))
+                    .and_then(Value::as_str),
+            }
+            .map(str::to_owned);
             return Some(Denial {
                 class: DenialClass::Rbac,
                 reason,
@@ -232,10 +226,7 @@ impl RbacDenial {
                     // The impersonation filter refuses before the authorization filter
                     // runs, so there is no decision annotation: the message is the record.
                     // The one lacking the permission is the real, impersonating user.
-                    let user = event
-                        .get_path(["user", "username"])
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
+                    let user = event.str_at(&["user", "username"]).map(str::to_owned);
                     return Some(Denial {
                         class: DenialClass::Rbac,
                         reason: None,
@@ -321,22 +312,7 @@ impl Transform for RbacDenial {
 }
 
 fn decision(event: &Event) -> Option<&str> {
-    event
-        .get_path(["annotations", "authorization.k8s.io/decision"])?
-        .as_str()
-}
-
-/// The `code` of a raw `responseStatus` object, without parsing it. `"code"` is the only
-/// key of that name in a `metav1.Status` (an escaped `\"code\"` inside a message cannot
-/// match, its quote is preceded by a backslash).
-fn scan_code(finder: &Finder<'_>, raw: &[u8]) -> Option<u64> {
-    let at = finder.find(raw)? + b"\"code\"".len();
-    let rest = raw[at..]
-        .trim_ascii_start()
-        .strip_prefix(b":")?
-        .trim_ascii_start();
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    event.str_at(&["annotations", "authorization.k8s.io/decision"])
 }
 
 /// `resource` or `resource/subresource`, as RBAC rules name them (`pods/log`).

@@ -430,16 +430,21 @@ fn events_changed_upstream_are_still_classified() {
 }
 
 #[test]
-fn status_codes_are_read_from_raw_bytes() {
-    let finder = Finder::new(b"\"code\"");
-    let scan = |raw: &str| scan_code(&finder, raw.as_bytes());
-    assert_eq!(scan(r#"{"metadata":{},"code":200}"#), Some(200));
-    assert_eq!(scan(r#"{ "code" : 403 , "status":"Failure"}"#), Some(403));
+fn status_codes_are_the_member_of_response_status() {
+    let code = |status: &str| {
+        event(&format!(r#"{{"verb":"get","responseStatus":{status}}}"#))
+            .u64_at(&["responseStatus", "code"])
+    };
+    assert_eq!(code(r#"{"metadata":{},"code":200}"#), Some(200));
+    assert_eq!(code(r#"{ "code" : 403 , "status":"Failure"}"#), Some(403));
     assert_eq!(
-        scan(r#"{"message":"bad \"code\": 500","code":401}"#),
+        code(r#"{"message":"bad \"code\": 500","code":401}"#),
         Some(401)
     );
-    assert_eq!(scan(r#"{"metadata":{}}"#), None);
+    // A `code` nested in `details` is not the status' code.
+    assert_eq!(code(r#"{"details":{"code":500},"code":403}"#), Some(403));
+    assert_eq!(code(r#"{"details":{"code":403}}"#), None);
+    assert_eq!(code(r#"{"metadata":{}}"#), None);
 }
 
 #[test]

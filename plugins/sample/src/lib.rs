@@ -89,14 +89,10 @@ impl Sample {
     }
 
     fn key_bytes_hash(&self, event: &Event) -> Option<u64> {
-        // The common case, a top-level string without escapes (`auditID`): hash its raw
-        // bytes, which are exactly the string's, without parsing or allocating.
-        if let [field] = self.key.segments() {
-            if let Some([b'"', inner @ .., b'"']) = event.raw_field(field) {
-                if memchr::memchr(b'\\', inner).is_none() {
-                    return Some(key_hash(inner));
-                }
-            }
+        // The common case, a string without escapes (`auditID`): hash the characters read
+        // from the event's bytes, without parsing or allocating.
+        if let Some(text) = event.str_at(self.key.segments()) {
+            return Some(key_hash(text.as_bytes()));
         }
         match self.key.first(event)? {
             Value::Null => None,
