@@ -46,7 +46,12 @@ fn verdicts(output: &Output) -> Vec<String> {
 fn pipeline(workspace: &Workspace, held_port: u16, tests: &str) -> PathBuf {
     let dir = workspace.path();
     std::fs::write(dir.join("input.log"), "").unwrap();
-    for name in ["denials.jsonl", "noise.jsonl", "tokens.jsonl", "tagged-denials.jsonl"] {
+    for name in [
+        "denials.jsonl",
+        "noise.jsonl",
+        "tokens.jsonl",
+        "tagged-denials.jsonl",
+    ] {
         std::fs::copy(samples().join(name), dir.join(name)).unwrap();
     }
     workspace.write(
@@ -154,8 +159,14 @@ fn a_passing_file_exits_0_with_one_ok_line_per_test_and_starts_no_source_or_sink
         text(&output)
     );
     // Neither the file source's checkpoints nor the file sink's output were written.
-    assert!(!workspace.path().join("data").exists(), "data_dir was written");
-    assert!(!workspace.path().join("out").exists(), "the file sink wrote");
+    assert!(
+        !workspace.path().join("data").exists(),
+        "data_dir was written"
+    );
+    assert!(
+        !workspace.path().join("out").exists(),
+        "the file sink wrote"
+    );
     drop(held);
 }
 
@@ -176,7 +187,10 @@ fn a_failing_test_exits_1_and_its_diff_shows_the_differing_field() {
     // The expected event says alice was refused; the transforms say bob.
     let denial = std::fs::read_to_string(samples().join("tagged-denials.jsonl")).unwrap();
     let first = denial.lines().next().unwrap();
-    assert!(first.contains(r#""auditflow.io/denied-user":"bob""#), "{first}");
+    assert!(
+        first.contains(r#""auditflow.io/denied-user":"bob""#),
+        "{first}"
+    );
     let wrong = first.replace(
         r#""auditflow.io/denied-user":"bob""#,
         r#""auditflow.io/denied-user":"alice""#,
@@ -250,17 +264,25 @@ tests:
         text(&output)
     );
     assert!(
-        stdout.contains("outputs[0]: the events out of `tag` differ from the expected ones (1 expected, 1 out)"),
+        stdout.contains(
+            "outputs[0]: the events out of `tag` differ from the expected ones (1 expected, 1 out)"
+        ),
         "{}",
         text(&output)
     );
     // The condition's failure names the condition and shows the events that fail it.
     assert!(
-        stdout.contains(r#"3 of the 3 events out of `scrub` do not satisfy `requestURI == "/livez"`"#),
+        stdout.contains(
+            r#"3 of the 3 events out of `scrub` do not satisfy `requestURI == "/livez"`"#
+        ),
         "{}",
         text(&output)
     );
-    assert!(stdout.contains(r#""requestURI": "/readyz""#), "{}", text(&output));
+    assert!(
+        stdout.contains(r#""requestURI": "/readyz""#),
+        "{}",
+        text(&output)
+    );
     // And no_outputs_from says how many came out.
     assert!(
         stdout.contains("no_outputs_from: `scrub` let out 3 events, expected none"),
@@ -307,17 +329,29 @@ tests:
     let file = pipeline(&workspace, auditflow_e2e::free_port(), tests);
     let output = auditflow_test(workspace.path(), &[&file]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(verdicts(&output).is_empty(), "a test ran:\n{}", text(&output));
+    assert!(
+        verdicts(&output).is_empty(),
+        "a test ran:\n{}",
+        text(&output)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     let name = file.display();
     for expected in [
-        format!(r#"{name}: tests[1] ("reads a sink").outputs[0].extract_from: `out` is a sink; tests run transforms only"#),
+        format!(
+            r#"{name}: tests[1] ("reads a sink").outputs[0].extract_from: `out` is a sink; tests run transforms only"#
+        ),
         format!(r#"{name}: tests[1] ("reads a sink").outputs[0].conditions[0]: column 9: "#),
-        format!(r#"{name}: tests[2] ("checks what no input reaches").no_outputs_from[0]: `once` is not downstream of the inputs (tag)"#),
+        format!(
+            r#"{name}: tests[2] ("checks what no input reaches").no_outputs_from[0]: `once` is not downstream of the inputs (tag)"#
+        ),
         format!(r#"{name}: tests[3] ("misspells a key").inputs[0].evnts: unknown field `evnts`"#),
         "auditflow: the tests have 4 problems; no test ran".to_owned(),
     ] {
-        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{}", text(&output));
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{}",
+            text(&output)
+        );
     }
 
     // A broken pipeline is a config error too, named as `validate` names it.
@@ -328,8 +362,10 @@ tests:
     let output = auditflow_test(workspace.path(), &[&broken]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains(&format!("{}: transforms.t.type: unknown transform type `filtre`", broken.display())),
+        String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "{}: transforms.t.type: unknown transform type `filtre`",
+            broken.display()
+        )),
         "{}",
         text(&output)
     );
@@ -339,7 +375,8 @@ tests:
     let output = auditflow_test(workspace.path(), &[&untested]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("no tests: none of the files has a `tests:` section"),
+        String::from_utf8_lossy(&output.stderr)
+            .contains("no tests: none of the files has a `tests:` section"),
         "{}",
         text(&output)
     );

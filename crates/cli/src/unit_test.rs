@@ -454,10 +454,7 @@ fn events_of(
 ) -> Option<Vec<(String, Value)>> {
     match (inline, file) {
         (Some(_), Some(_)) => {
-            fail(
-                field,
-                "give `events` or `file`, not both".into(),
-            );
+            fail(field, "give `events` or `file`, not both".into());
             None
         }
         (None, None) => {
@@ -512,7 +509,9 @@ fn events_of(
 fn event_of(value: Value) -> Result<Event, String> {
     let bytes = match value {
         Value::String(text) => Bytes::from(text),
-        value @ Value::Object(_) => Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?),
+        value @ Value::Object(_) => {
+            Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?)
+        }
         other => {
             return Err(format!(
                 "expected an event (a mapping, or a string holding a JSON object), found {other}"
@@ -741,4 +740,58 @@ fn diff(expected: &[Value], actual: &[Value]) -> String {
     }
     // The header once, before the hunks.
     format!("--- expected\n+++ actual\n{}", out.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diff_shows_only_the_field_that_differs_whatever_the_key_order() {
+        let expected =
+            vec![serde_json::json!({"verb": "get", "user": {"username": "alice"}, "code": 403})];
+        let actual =
+            vec![serde_json::json!({"code": 403, "user": {"username": "bob"}, "verb": "get"})];
+        let shown = diff(&expected, &actual);
+        let changed: Vec<&str> = shown
+            .lines()
+            .filter(|line| {
+                (line.starts_with('-') || line.starts_with('+'))
+                    && !line.starts_with("---")
+                    && !line.starts_with("+++")
+            })
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                r#"-      "username": "alice""#,
+                r#"+      "username": "bob""#
+            ],
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_event_given_as_a_string_keeps_its_bytes() {
+        let text = r#"{"verb":"get",  "auditID":"a"}"#;
+        let event = event_of(Value::String(text.to_owned())).unwrap();
+        assert_eq!(event.raw().as_ref(), text.as_bytes());
+        assert!(event_of(serde_json::json!(["not", "an", "event"])).is_err());
+        assert!(event_of(Value::String("{".to_owned())).is_err());
+    }
+
+    #[test]
+    fn reach_follows_chains_and_stops_at_cycles() {
+        let next = |id: &str| match id {
+            "a" => vec!["b"],
+            "b" => vec!["c", "a"],
+            _ => Vec::new(),
+        };
+        assert_eq!(
+            reach(["a"].into_iter(), next)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+    }
 }
