@@ -1,5 +1,5 @@
 //! The `auditflow` binary: `run`, `validate`, `graph`, `plugins`, `webhook-kubeconfig`,
-//! `webhook-check`, `policy`, `query` and `rbac`.
+//! `webhook-check`, `policy`, `query`, `rbac` and `test`.
 //!
 //! # Layout
 //! - [`registry`]: the one list of plugins.
@@ -9,6 +9,7 @@
 //!   kubeconfig.
 //! - [`policy`]: `policy lint` and `policy explain`, for kube-apiserver audit Policy files.
 //! - [`query`] and [`rbac`]: questions asked of audit log files (`auditflow-query`).
+//! - [`unit_test`]: `test`, the unit tests in pipeline files' `tests:` sections.
 //!
 //! Exit codes: 0 ok; 1 the pipeline could not start or did not stop cleanly (a port in
 //! use, a drain timeout, a second signal); 2 the command line or the pipeline is invalid
@@ -22,6 +23,7 @@ mod query;
 mod rbac;
 mod registry;
 mod run;
+mod unit_test;
 mod webhook_check;
 
 use std::path::PathBuf;
@@ -66,6 +68,14 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the unit tests in the pipeline's `tests:` sections (transforms only: no source
+    /// or sink starts); exit 0 when all pass, 1 when any fails, 2 when the pipeline or a
+    /// test is invalid.
+    Test {
+        /// Pipeline files (YAML, TOML or JSON), merged in order as `run` merges them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Print the pipeline graph in Graphviz DOT.
     Graph {
         #[arg(required = true)]
@@ -104,6 +114,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { files, threads } => run::run(&files, threads, &registry),
         Command::Validate { files } => describe::validate(&files, &registry),
+        Command::Test { files } => unit_test::test(&files, &registry),
         Command::Graph { files } => describe::graph(&files, &registry),
         Command::Plugins { name } => describe::plugins(name.as_deref(), &registry),
         Command::WebhookKubeconfig(args) => kubeconfig::print(&args),

@@ -21,5 +21,5 @@ pub mod types;
 
 pub use buffer::{BufferConfig, DiskBufferConfig, WhenFull};
 pub use error::ConfigError;
-pub use load::{load, Component, MetricsConfig, Pipeline};
+pub use load::{load, Component, MetricsConfig, Pipeline, TestsSection};
 pub use registry::{AnyConfig, Plugin, Registry};

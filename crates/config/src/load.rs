@@ -30,6 +30,7 @@ const TOP_LEVEL: &[&str] = &[
     "sources",
     "transforms",
     "sinks",
+    "tests",
 ];
 
 const KINDS: [ComponentKind; 3] = [
@@ -56,6 +57,18 @@ pub struct Pipeline {
     pub shutdown_timeout: Duration,
     /// Sources, then transforms, then sinks, each sorted by id.
     pub components: Vec<Component>,
+    /// The `tests:` section of each file that has one, in the order the files were
+    /// given; read by `auditflow test` only (`run` and `validate` ignore it).
+    pub tests: Vec<TestsSection>,
+}
+
+/// One file's `tests:` section, as written (after `${VAR}` interpolation). Kept per file,
+/// not merged, so that tests from several files add up and each names its own file.
+#[derive(Debug, Clone)]
+pub struct TestsSection {
+    /// The file as given on the command line.
+    pub file: String,
+    pub value: Value,
 }
 
 /// One component of the pipeline.
@@ -148,7 +161,17 @@ pub fn load_with_env(
         }
     };
     let origin = Origin { files: &files };
-    let pipeline = check(&merged, &origin, registry, &mut errors);
+    let mut pipeline = check(&merged, &origin, registry, &mut errors);
+    pipeline.tests = files
+        .iter()
+        .filter_map(|file| {
+            let value = file.value.get("tests")?;
+            (!value.is_null()).then(|| TestsSection {
+                file: file.name.clone(),
+                value: value.clone(),
+            })
+        })
+        .collect();
     if errors.is_empty() {
         Ok(pipeline)
     } else {
@@ -352,6 +375,7 @@ fn check(
         metrics,
         shutdown_timeout,
         components,
+        tests: Vec::new(),
     }
 }
 
