@@ -604,6 +604,25 @@ fn a_file_deleted_with_unread_bytes_is_reported_and_counted_exactly() {
         .expect("the lost-bytes series exists from the start")
     };
     assert_eq!(lost_series(), 0.0);
+    // Nothing acknowledged: the lag is the whole file.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let metrics_text = http_get(&metrics, "/metrics").unwrap().1;
+        let lag = metric(
+            &metrics_text,
+            "auditflow_file_checkpoint_lag_bytes",
+            &[("component_id", "in")],
+        );
+        if lag == Some(text.len() as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint lag {lag:?}, not the file's {} bytes",
+            text.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     fs::remove_file(&live).unwrap();
     let stderr = wait_log(&auditflow, "with bytes unread: they are lost", 1);
     let line = stderr
@@ -693,4 +712,98 @@ fn rotations_are_counted_once_each() {
     assert_eq!(run.metric("auditflow_file_rotations_total"), 3.0);
     run.stop();
     seen.assert_exactly_once(0..320);
+}
+
+/// A malformed line is counted, logged with its `file:line`, and skipped; an empty line is
+/// skipped silently; a line holding an `EventList` or an array is read as its items.
+#[test]
+fn malformed_empty_and_list_lines_in_a_file() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let log = logs.join("audit.log");
+    let text = format!(
+        "{}\nnot json at all\n\n{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{},{}]}}\n[{}]\n{}\n",
+        audit_line(0),
+        audit_line(1),
+        audit_line(2),
+        audit_line(3),
+        audit_line(4)
+    );
+    append(&log, &text);
+    let options = format!(
+        "include: [\"{}/*.log\"]\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..5);
+    let text = run.scrape();
+    let discarded = |reason: &str| {
+        metric(
+            &text,
+            "auditflow_component_discarded_events_total",
+            &[("component_id", "in"), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(discarded("malformed"), 1.0, "{text}");
+    let stderr = run.stop();
+    seen.assert_exactly_once(0..5);
+    let location = format!("{}:2", log.display());
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("WARN"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning, for the malformed line: {warnings:#?}"
+    );
+    assert!(warnings[0].contains(&location), "{}", warnings[0]);
+}
+
+/// A last line without its newline is not sent; stopped there, the checkpoint ends before
+/// it, and after a restart the completed line arrives whole, once.
+#[test]
+fn a_partial_last_line_waits_for_its_newline_across_a_restart() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let log = logs.join("audit.log");
+    let partial = audit_line(10);
+    let (head, tail) = partial.split_at(partial.len() / 2);
+    append(&log, &(lines(0..10) + head));
+    let options = format!(
+        "include: [\"{}/*.log\"]\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..10);
+    let malformed = |run: &Run| {
+        metric(
+            &run.scrape(),
+            "auditflow_component_discarded_events_total",
+            &[("component_id", "in"), ("reason", "malformed")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(malformed(&run), 0.0);
+    run.stop();
+    seen.assert_exactly_once(0..10);
+    let state: serde_json::Value = serde_json::from_slice(
+        &fs::read(workspace.path().join("data/in/checkpoints.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        state["files"][0]["offset"].as_u64(),
+        Some(lines(0..10).len() as u64),
+        "the checkpoint ends before the partial line"
+    );
+
+    append(&log, &format!("{tail}\n{}\n", audit_line(11)));
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(10..12);
+    assert_eq!(malformed(&run), 0.0);
+    run.stop();
+    seen.assert_exactly_once(0..12);
 }
