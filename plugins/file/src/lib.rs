@@ -80,6 +80,11 @@ pub struct FileConfig {
     /// grown), in seconds, before closing it.
     #[serde(default = "default_rotate_wait_secs")]
     pub rotate_wait_secs: u64,
+    /// How long the checkpointed position of a file that is no longer found (deleted, or
+    /// renamed out of the globs) is kept, in seconds, before it is forgotten. A file that
+    /// comes back after that is read again from its beginning.
+    #[serde(default = "default_forget_after_secs")]
+    pub forget_after_secs: u64,
 }
 
 /// Where to start reading a file with no checkpoint.
@@ -119,6 +124,10 @@ fn default_rotate_wait_secs() -> u64 {
     30
 }
 
+fn default_forget_after_secs() -> u64 {
+    3600
+}
+
 /// Compiles glob patterns; the error names the option and index.
 fn glob_set(field: &str, patterns: &[String]) -> Result<GlobSet, BuildError> {
     let mut set = GlobSetBuilder::new();
@@ -153,6 +162,9 @@ impl Validate for FileConfig {
         if self.max_line_bytes == 0 {
             errors.push(BuildError::field("max_line_bytes", "must be at least 1"));
         }
+        if self.forget_after_secs == 0 {
+            errors.push(BuildError::field("forget_after_secs", "must be at least 1"));
+        }
         if let Some(problem) = self.envelope().problem() {
             errors.push(BuildError::field("keep_envelope_fields", problem));
         }
@@ -185,6 +197,7 @@ impl SourceConfig for FileConfig {
             framing: self.framing,
             envelope: self.envelope(),
             rotate_wait: Duration::from_secs(self.rotate_wait_secs),
+            forget_after: Duration::from_secs(self.forget_after_secs),
         };
         let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings).map_err(|message| {
             BuildError::new(format!("cannot use the checkpoint directory: {message}"))

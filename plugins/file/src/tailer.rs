@@ -58,8 +58,6 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for batches in flight to be acknowledged.
 const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(30);
-/// How long a closed file's position is kept after its file was last seen.
-const RETENTION: Duration = Duration::from_secs(3600);
 /// Bytes read from a file at once.
 const READ_CHUNK: usize = 256 * 1024;
 /// Directory levels `**` descends at most.
@@ -79,6 +77,9 @@ pub struct Settings {
     /// How each record holds events (`decoding`).
     pub envelope: auditflow_core::envelope::Envelope,
     pub rotate_wait: Duration,
+    /// How long a closed file's position is kept after its file was last seen
+    /// (`forget_after_secs`).
+    pub forget_after: Duration,
 }
 
 type Inode = (u64, u64);
@@ -158,6 +159,9 @@ struct Entry {
     frozen: bool,
     /// Loaded from the checkpoint and not found by the first scan yet.
     unseen_since_start: bool,
+    /// The scan that last found another matched file with this file's fingerprint while
+    /// this one was open (a `.gz` or a copy): what is unread here can be read from it.
+    copy_seen_in_scan: Option<u64>,
 }
 
 impl Entry {
@@ -178,6 +182,7 @@ impl Entry {
             retired: false,
             frozen: false,
             unseen_since_start: false,
+            copy_seen_in_scan: None,
         }
     }
 }
@@ -359,14 +364,27 @@ impl Tailer {
         let mut found = BTreeMap::new();
         for pattern in &self.settings.include_patterns {
             let (base, depth) = walk_root(Path::new(pattern));
-            self.walk(&base, depth, &mut found);
+            let mut visited = HashSet::new();
+            self.first_visit(&base, &mut visited);
+            self.walk(&base, depth, &mut found, &mut visited);
         }
         let mut files: Vec<(PathBuf, Metadata)> = found.into_iter().collect();
         files.sort_by_key(|(path, meta)| (meta.modified().ok(), path.clone()));
         files
     }
 
-    fn walk(&self, dir: &Path, depth: usize, found: &mut BTreeMap<PathBuf, Metadata>) {
+    /// Whether directory `dir` was not listed yet in this expansion (links can form cycles).
+    fn first_visit(&self, dir: &Path, visited: &mut HashSet<Inode>) -> bool {
+        fs::metadata(dir).is_ok_and(|meta| visited.insert((meta.dev(), meta.ino())))
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        depth: usize,
+        found: &mut BTreeMap<PathBuf, Metadata>,
+        visited: &mut HashSet<Inode>,
+    ) {
         let listing = match fs::read_dir(if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -383,9 +401,12 @@ impl Tailer {
         for item in listing.flatten() {
             let path = dir.join(item.file_name());
             let Ok(kind) = item.file_type() else { continue };
-            if kind.is_dir() {
-                if depth > 1 {
-                    self.walk(&path, depth - 1, found);
+            // A link to a directory is descended like the directory (`**` through it).
+            let is_dir = kind.is_dir()
+                || (kind.is_symlink() && fs::metadata(&path).is_ok_and(|meta| meta.is_dir()));
+            if is_dir {
+                if depth > 1 && self.first_visit(&path, visited) {
+                    self.walk(&path, depth - 1, found, visited);
                 }
                 continue;
             }
@@ -602,6 +623,7 @@ impl Tailer {
                 entry.unseen_since_start = false;
                 if entry.reader.is_some() {
                     // A copy (or hard link) of a file being read: read only one of them.
+                    entry.copy_seen_in_scan = Some(self.scans);
                     return;
                 }
                 if !gzip && meta.len() < entry.read.offset {
@@ -751,7 +773,12 @@ impl Tailer {
                         Input::Gzip(_) => entry.size,
                     };
                     let unread = size.saturating_sub(reader.framer.offset());
-                    if unread > 0 {
+                    if unread > 0 && entry.copy_seen_in_scan == Some(self.scans) {
+                        // A `.gz` (or a copy) of it is matched: the rest is read from there.
+                        tracing::info!(component_id = %self.id, file = %entry.path.display(),
+                            unread_bytes = unread,
+                            "closing a renamed or deleted file after rotate_wait_secs; a matched copy of it (such as its .gz) supplies the rest");
+                    } else if unread > 0 {
                         self.metrics.lost_bytes.inc_by(unread);
                         tracing::error!(component_id = %self.id, file = %entry.path.display(),
                             lost_bytes = unread, "closing a renamed or deleted file after rotate_wait_secs with bytes unread: they are lost (reading fell behind, or its last line had no newline); a disk buffer on the sinks, a longer rotate_wait_secs or more --audit-log-maxbackup keep them");
@@ -804,7 +831,7 @@ impl Tailer {
         }
     }
 
-    /// Forgets files closed and unseen for [`RETENTION`], and retired entries with nothing
+    /// Forgets files closed and unseen for `forget_after`, and retired entries with nothing
     /// in flight.
     fn forget_old(&mut self, now: Instant) {
         let mut forgotten = Vec::new();
@@ -812,7 +839,7 @@ impl Tailer {
             if entry.reader.is_some() || !entry.pending.is_empty() || self.sending == Some(key) {
                 continue;
             }
-            if entry.retired || now.duration_since(entry.last_seen) >= RETENTION {
+            if entry.retired || now.duration_since(entry.last_seen) >= self.settings.forget_after {
                 forgotten.push(key);
             }
         }

@@ -383,6 +383,7 @@ fn options_are_checked() {
     let config: FileConfig = serde_json::from_value(json!({
         "include": ["/var/log/[audit/*.log"],
         "max_line_bytes": 0,
+        "forget_after_secs": 0,
     }))
     .unwrap();
     let fields: Vec<_> = config
@@ -390,7 +391,10 @@ fn options_are_checked() {
         .into_iter()
         .filter_map(|e| e.field)
         .collect();
-    assert_eq!(fields, vec!["include[0]", "max_line_bytes"]);
+    assert_eq!(
+        fields,
+        vec!["include[0]", "max_line_bytes", "forget_after_secs"]
+    );
     let unknown =
         serde_json::from_value::<FileConfig>(json!({"include": ["a"], "read_from": "middle"}));
     assert!(unknown.is_err());
