@@ -13,8 +13,9 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Events travelling together, with the acknowledgement handles of the source batches
 /// they came from.
 ///
-/// Cloning a batch (fan-out) shares every event's bytes; only the small per-event index
-/// is copied.
+/// Cloning a batch (fan-out) shares every event's bytes and the values already parsed
+/// from them; only the small inline per-event index is copied (and the fields a
+/// transform changed, which belong to that copy alone).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub events: Vec<Event>,

@@ -83,13 +83,16 @@ pub struct Event {
     known: [u8; KNOWN_KEYS.len()],
     /// Unescaped keys of the members whose keys hold escapes, by member index (rare:
     /// Kubernetes keys need none). `None` when no key has an escape.
-    escaped_keys: Option<Box<[(u32, Box<str>)]>>,
+    escaped_keys: EscapedKeys,
     /// Values parsed from the members' bytes, one slot per member, made on the first read
     /// and shared by clones (the bytes they come from are shared and never change).
     parsed: OnceLock<Arc<[OnceLock<Option<Value>>]>>,
     /// The fields once any has changed, in order; `None` while the event is its bytes.
-    changed: Option<Box<Vec<Field>>>,
+    changed: Option<Vec<Field>>,
 }
+
+/// Unescaped keys of the members whose keys hold escapes, by member index.
+type EscapedKeys = Option<Box<[(u32, Box<str>)]>>;
 
 /// Members kept inline. kube-apiserver's `Event` has 18 top-level fields.
 const INLINE_MEMBERS: usize = 20;
@@ -120,26 +123,31 @@ const KNOWN_KEYS: [&str; 18] = [
 const ABSENT: u8 = u8::MAX;
 const UNINDEXED: u8 = u8::MAX - 1;
 
-/// The position of `key` in [`KNOWN_KEYS`]: by length first, so that most keys cost one
-/// or two comparisons.
+/// The position of `key` in [`KNOWN_KEYS`]: its length and first byte pick the one
+/// candidate (two for `response*`), and one comparison confirms it.
 fn known_key(key: &[u8]) -> Option<usize> {
-    let candidates: &[usize] = match key.len() {
-        4 => &[0, 6, 7],
-        5 => &[2, 4],
-        7 => &[3],
-        9 => &[9, 10, 11],
-        10 => &[1, 5],
-        11 => &[17],
-        13 => &[13],
-        14 => &[12, 14, 16],
-        16 => &[8],
-        24 => &[15],
+    let candidate = match (key.len(), key.first()?) {
+        (4, b'k') => 0,
+        (4, b'v') => 6,
+        (4, b'u') => 7,
+        (5, b'l') => 2,
+        (5, b's') => 4,
+        (7, b'a') => 3,
+        (9, b's') => 9,
+        (9, b'u') => 10,
+        (9, b'o') => 11,
+        (10, b'a') => 1,
+        (10, b'r') => 5,
+        (11, b'a') => 17,
+        (13, b'r') => 13,
+        (14, b'r') if key[8] == b'S' => 12,
+        (14, b'r') => 14,
+        (14, b's') => 16,
+        (16, b'i') => 8,
+        (24, b'r') => 15,
         _ => return None,
     };
-    candidates
-        .iter()
-        .copied()
-        .find(|&known| KNOWN_KEYS[known].as_bytes() == key)
+    (KNOWN_KEYS[candidate].as_bytes() == key).then_some(candidate)
 }
 
 /// One top-level member: where its key (between the quotes, escapes as they came) and its
@@ -246,15 +254,23 @@ impl Event {
                 .map_or(0, |at| at + 1);
             return Event::from_bytes(raw.slice(start..end));
         }
-        let index = index(&raw)?;
-        Ok(Event {
+        let mut event = Event {
             raw,
-            members: index.members,
-            known: index.known,
-            escaped_keys: index.escaped_keys,
+            members: SmallVec::new(),
+            known: [ABSENT; KNOWN_KEYS.len()],
+            escaped_keys: None,
             parsed: OnceLock::new(),
             changed: None,
-        })
+        };
+        let Event {
+            raw,
+            members,
+            known,
+            escaped_keys,
+            ..
+        } = &mut event;
+        index_into(raw, members, known, escaped_keys)?;
+        Ok(event)
     }
 
     /// Builds an event from an already-parsed object (generators, tests).
@@ -272,7 +288,7 @@ impl Event {
             known: [ABSENT; KNOWN_KEYS.len()],
             escaped_keys: None,
             parsed: OnceLock::new(),
-            changed: Some(Box::new(fields)),
+            changed: Some(fields),
         }
     }
 
@@ -682,14 +698,12 @@ impl Event {
     fn fields_mut(&mut self) -> &mut Vec<Field> {
         let members = self.members.len();
         self.changed.get_or_insert_with(|| {
-            Box::new(
-                (0..members as u32)
-                    .map(|i| Field {
-                        key: Key::Member(i),
-                        value: Slot::Member(i),
-                    })
-                    .collect(),
-            )
+            (0..members as u32)
+                .map(|i| Field {
+                    key: Key::Member(i),
+                    value: Slot::Member(i),
+                })
+                .collect()
         })
     }
 
@@ -833,28 +847,34 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
     serde_json::to_writer(out, value).expect("a serde_json::Value always serialises");
 }
 
-/// What [`index`] makes of an event's bytes.
+/// What [`index`] makes of an event's bytes: [`Event`]'s index fields.
 struct Index {
     members: SmallVec<[Member; INLINE_MEMBERS]>,
     known: [u8; KNOWN_KEYS.len()],
-    escaped_keys: Option<Box<[(u32, Box<str>)]>>,
+    escaped_keys: EscapedKeys,
 }
 
-/// Validates `raw` as one JSON object and indexes its top-level fields.
-fn index(raw: &[u8]) -> Result<Index, DecodeError> {
-    let mut members = SmallVec::new();
-    let mut known = [ABSENT; KNOWN_KEYS.len()];
-    let mut escaped_keys = Vec::new();
+/// Validates `raw` as one JSON object and indexes its top-level fields into the empty
+/// `members`, `known` (all [`ABSENT`]) and `escaped_keys` (`None`), in place: an
+/// [`Event`]'s own fields, so that the index is written once and never moved.
+fn index_into(
+    raw: &[u8],
+    members: &mut SmallVec<[Member; INLINE_MEMBERS]>,
+    known: &mut [u8; KNOWN_KEYS.len()],
+    escaped_keys: &mut EscapedKeys,
+) -> Result<(), DecodeError> {
+    let mut escaped = Vec::new();
     let mut bad_key = None;
     scan::index_object(raw, |member| {
         let position = members.len();
+        let known_position = u8::try_from(position).map_or(UNINDEXED, |p| p.min(UNINDEXED));
         if member.key_escaped {
             match unescape_key(raw, member.key.clone()) {
                 Ok(key) => {
                     if let Some(at) = known_key(key.as_bytes()) {
-                        known[at] = u8::try_from(position).unwrap_or(UNINDEXED).min(UNINDEXED);
+                        known[at] = known_position;
                     }
-                    escaped_keys.push((position as u32, key));
+                    escaped.push((position as u32, key));
                 }
                 Err(error) => {
                     bad_key.get_or_insert(error);
@@ -862,7 +882,7 @@ fn index(raw: &[u8]) -> Result<Index, DecodeError> {
                 }
             }
         } else if let Some(at) = known_key(&raw[member.key.clone()]) {
-            known[at] = u8::try_from(position).unwrap_or(UNINDEXED).min(UNINDEXED);
+            known[at] = known_position;
         }
         members.push(Member {
             key_start: member.key.start as u32,
@@ -882,11 +902,26 @@ fn index(raw: &[u8]) -> Result<Index, DecodeError> {
             }
         });
     }
-    Ok(Index {
-        members,
-        known,
-        escaped_keys: (!escaped_keys.is_empty()).then(|| escaped_keys.into_boxed_slice()),
-    })
+    if !escaped.is_empty() {
+        *escaped_keys = Some(escaped.into_boxed_slice());
+    }
+    Ok(())
+}
+
+/// Validates `raw` as one JSON object and indexes its top-level fields.
+fn index(raw: &[u8]) -> Result<Index, DecodeError> {
+    let mut index = Index {
+        members: SmallVec::new(),
+        known: [ABSENT; KNOWN_KEYS.len()],
+        escaped_keys: None,
+    };
+    index_into(
+        raw,
+        &mut index.members,
+        &mut index.known,
+        &mut index.escaped_keys,
+    )?;
+    Ok(index)
 }
 
 /// A key with escapes, unescaped by serde_json (rare: Kubernetes keys need none).

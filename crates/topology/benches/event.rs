@@ -3,7 +3,9 @@
 //! - `decode`: `Event::from_bytes` (validation and the top-level index);
 //! - `decode_read`: decoding, then the reads the sidecar transforms make of every event
 //!   (`verb`, `stage`, `level`, `requestURI`, `objectRef.resource`, `user.username`,
-//!   `responseStatus.code`);
+//!   `responseStatus.code`), the nested ones as parsed values (`get_path`);
+//! - `decode_read_bytes`: the same reads through the accessors that read the bytes
+//!   (`str_at`, `u64_at`), as the transforms now make them;
 //! - `clone`: a clone of a decoded and read event, as fan-out to a second output makes.
 //!
 //! Over three inputs: 1,000 generated Metadata events (~700 B), 200 generated
@@ -61,6 +63,19 @@ fn read(event: &Event) -> usize {
     seen
 }
 
+fn read_bytes(event: &Event) -> usize {
+    let mut seen = 0;
+    for key in ["verb", "stage", "level", "requestURI"] {
+        seen += event.get_str(key).map_or(0, str::len);
+    }
+    seen += event.str_at(&["objectRef", "resource"]).map_or(0, str::len);
+    seen += event.str_at(&["user", "username"]).map_or(0, str::len);
+    seen += event
+        .u64_at(&["responseStatus", "code"])
+        .map_or(0, |code| code as usize);
+    seen
+}
+
 fn events(c: &mut Criterion) {
     for (name, lines) in inputs() {
         let mut group = c.benchmark_group(format!("event/{name}"));
@@ -80,6 +95,16 @@ fn events(c: &mut Criterion) {
                     for line in &lines {
                         let event = Event::from_bytes(line.clone()).unwrap();
                         std::hint::black_box(read(&event));
+                    }
+                })
+            })
+        });
+        group.bench_function("decode_read_bytes", |b| {
+            b.iter_custom(|iters| {
+                cpu_time(iters, || {
+                    for line in &lines {
+                        let event = Event::from_bytes(line.clone()).unwrap();
+                        std::hint::black_box(read_bytes(&event));
                     }
                 })
             })
