@@ -3,11 +3,13 @@
 //! The folders holding the files are watched (inotify through `notify`), not the files:
 //! editors save by writing a new file and renaming it over the old one, and Kubernetes
 //! updates a mounted ConfigMap by swapping a symbolic link, and both leave a watch on the
-//! old file's inode watching nothing. Any event in those folders is only a hint: after a
-//! quiet moment the files are read again, and a change is reported only when their bytes
-//! differ from what was last loaded (so checkpoints written beside them, or a `touch`, do
-//! not reload anything).
+//! old file's inode watching nothing. Only events that name a pipeline file, or a name
+//! starting with `..` (the ConfigMap's `..data` link and timestamped folders), count, so
+//! that a sink or checkpoint writing beside the files is not noise. Even those are hints:
+//! after a quiet moment the files are read again, and a change is reported only when their
+//! bytes differ from what was last loaded (a `touch` reloads nothing).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,16 +34,26 @@ impl FileWatch {
     /// Starts watching the folders of `files`.
     pub fn start(files: &[PathBuf]) -> Result<FileWatch, String> {
         let (tx, events) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            match event {
+        let names: Vec<OsString> = files
+            .iter()
+            .filter_map(|file| file.file_name().map(OsString::from))
+            .collect();
+        let concerns_us = move |path: &PathBuf| {
+            path.file_name().is_some_and(|name| {
+                names.iter().any(|ours| ours == name) || name.as_encoded_bytes().starts_with(b"..")
+            })
+        };
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event) if event.kind.is_access() => {}
-                Ok(_) => {
-                    let _ = tx.send(());
+                Ok(event) => {
+                    if event.paths.iter().any(&concerns_us) {
+                        let _ = tx.send(());
+                    }
                 }
                 Err(error) => tracing::warn!(error = %error, "watching the pipeline files"),
-            }
-        })
-        .map_err(|error| format!("cannot watch the pipeline files: {error}"))?;
+            })
+            .map_err(|error| format!("cannot watch the pipeline files: {error}"))?;
         let mut folders: Vec<PathBuf> = files.iter().map(|file| folder_of(file)).collect();
         folders.sort();
         folders.dedup();

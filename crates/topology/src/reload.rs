@@ -85,7 +85,11 @@ impl Running {
             .filter(|id| pipeline.component(id).is_none())
             .cloned()
             .collect();
-        for list in [&mut summary.added, &mut summary.changed, &mut summary.unchanged] {
+        for list in [
+            &mut summary.added,
+            &mut summary.changed,
+            &mut summary.unchanged,
+        ] {
             list.sort();
         }
 
@@ -115,7 +119,10 @@ impl Running {
 
         let mut predecessors = BTreeMap::new();
         for id in summary.changed.iter().chain(&summary.removed) {
-            let live = self.live.remove(id).expect("listed from the live components");
+            let live = self
+                .live
+                .remove(id)
+                .expect("listed from the live components");
             live.stop();
             predecessors.insert(id.clone(), live.finished);
         }
@@ -187,7 +194,10 @@ pub fn config_hash(pipeline: &Pipeline) -> String {
         canonical(&component.definition, &mut text);
     }
     let digest = Sha256::digest(text.as_bytes());
-    digest[..8].iter().map(|byte| format!("{byte:02x}")).collect()
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// `value` as JSON with object keys sorted.

@@ -204,31 +204,30 @@ impl Running {
                 output
             });
             let dead_letter_id = dead_letter::output_id(&id);
-            let dead_letter_output = match is_read(&dead_letter_id)
-                && node.kind != ComponentKind::Transform
-            {
-                true => {
-                    // The dead letters are counted on their own; `sent` stays the main
-                    // output's.
-                    let output = Output::new(
-                        targets_of(&dead_letter_id),
-                        Arc::new(NoTelemetry) as Arc<dyn Telemetry>,
-                    );
-                    live.dead_letter = Some(output.rewire());
-                    live.dead_letter_read = true;
-                    DeadLetterOutput::new(
-                        &id,
-                        output,
-                        builder
-                            .dead_letter_max_bytes
-                            .get(&id)
-                            .copied()
-                            .unwrap_or(dead_letter::DEFAULT_MAX_BYTES),
-                        Arc::clone(&telemetry),
-                    )
-                }
-                false => DeadLetterOutput::disconnected(&id),
-            };
+            let dead_letter_output =
+                match is_read(&dead_letter_id) && node.kind != ComponentKind::Transform {
+                    true => {
+                        // The dead letters are counted on their own; `sent` stays the main
+                        // output's.
+                        let output = Output::new(
+                            targets_of(&dead_letter_id),
+                            Arc::new(NoTelemetry) as Arc<dyn Telemetry>,
+                        );
+                        live.dead_letter = Some(output.rewire());
+                        live.dead_letter_read = true;
+                        DeadLetterOutput::new(
+                            &id,
+                            output,
+                            builder
+                                .dead_letter_max_bytes
+                                .get(&id)
+                                .copied()
+                                .unwrap_or(dead_letter::DEFAULT_MAX_BYTES),
+                            Arc::clone(&telemetry),
+                        )
+                    }
+                    false => DeadLetterOutput::disconnected(&id),
+                };
             let task_id = id.clone();
             match node.component {
                 Built::Sink(sink) => {
