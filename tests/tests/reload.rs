@@ -485,11 +485,176 @@ fn an_invalid_change_keeps_the_old_pipeline_running_and_says_what_is_wrong() {
     // The old pipeline still runs, with the old condition.
     append_lines(&log, 100..200);
     let ids = wait_lines(&auditflow, &out, 100);
-    let expected: Vec<String> = (0..200).filter(|i| Keep::Even.keeps(*i)).map(audit_id).collect();
+    let expected: Vec<String> = (0..200)
+        .filter(|i| Keep::Even.keeps(*i))
+        .map(audit_id)
+        .collect();
     assert_eq!(ids, expected);
     let text = scrape(&metrics);
     assert_eq!(metric(&text, RELOADS, &[("result", "ok")]), Some(0.0));
     assert_eq!(config_hashes(&metrics), hash_before);
     auditflow.signal(libc::SIGTERM);
     assert!(auditflow.wait_timeout(DEADLINE).success());
+}
+
+/// `tail` (file source, with `extra` options) -> `keep` (even lines) -> the file sinks
+/// named in `sinks` (`id` writing `<id>.log`... as given).
+fn sinks_pipeline(
+    workspace: &Workspace,
+    metrics: &str,
+    extra: &str,
+    sinks: &[(&str, &str)],
+) -> String {
+    let mut text = format!(
+        "data_dir: {data}\n\
+         metrics:\n  address: {metrics}\n\
+         sources:\n  tail:\n    type: file\n    include: [{log}]\n{extra}\
+         transforms:\n  keep:\n    type: filter\n    inputs: [tail]\n    condition: '{condition}'\n\
+         sinks:\n",
+        data = workspace.path().join("data").display(),
+        log = workspace.path().join("audit.log").display(),
+        condition = Keep::Even.condition(),
+    );
+    for (id, file) in sinks {
+        text.push_str(&format!(
+            "  {id}:\n    type: file\n    inputs: [keep]\n    path: {}\n",
+            workspace.path().join(file).display()
+        ));
+    }
+    text
+}
+
+#[test]
+fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_nothing() {
+    let workspace = Workspace::new();
+    let log = workspace.path().join("audit.log");
+    let path = |name: &str| workspace.path().join(name);
+    let even = |range: std::ops::Range<usize>| -> Vec<String> {
+        range
+            .filter(|i| Keep::Even.keeps(*i))
+            .map(audit_id)
+            .collect()
+    };
+    append_lines(&log, 0..200);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &sinks_pipeline(&workspace, &metrics, "", &[("out", "a.log")]),
+    );
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    wait_ready(&metrics, DEADLINE);
+    wait_lines(&auditflow, &path("a.log"), 100);
+
+    // `out` now writes b.log; `copy` is added.
+    rewrite(
+        &pipeline,
+        &sinks_pipeline(
+            &workspace,
+            &metrics,
+            "",
+            &[("out", "b.log"), ("copy", "copy.log")],
+        ),
+    );
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "ok", 1.0);
+    append_lines(&log, 200..400);
+    wait_lines(&auditflow, &path("b.log"), 100);
+    wait_lines(&auditflow, &path("copy.log"), 100);
+
+    // The source changes (it restarts from its checkpoint); `copy` is removed.
+    rewrite(
+        &pipeline,
+        &sinks_pipeline(
+            &workspace,
+            &metrics,
+            "    glob_interval_ms: 200\n",
+            &[("out", "b.log")],
+        ),
+    );
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "ok", 2.0);
+    append_lines(&log, 400..600);
+    wait_lines(&auditflow, &path("b.log"), 200);
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(DEADLINE).success());
+
+    assert_eq!(arrived_ids(&path("a.log")), even(0..200));
+    assert_eq!(
+        arrived_ids(&path("b.log")),
+        even(200..600),
+        "nothing lost, nothing twice"
+    );
+    assert_eq!(arrived_ids(&path("copy.log")), even(200..400));
+    let stderr = auditflow.stderr();
+    assert!(
+        stderr.contains("added=[\"copy\"] changed=[\"out\"] removed=[]")
+            && stderr.contains("added=[] changed=[\"tail\"] removed=[\"copy\"]"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
+    let workspace = Workspace::new();
+    let webhook = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline_with = |max_body_bytes: usize| {
+        webhook_pipeline(&workspace, webhook, &metrics, Keep::Even).replace(
+            "    allow_plaintext: true\n",
+            &format!("    allow_plaintext: true\n    max_body_bytes: {max_body_bytes}\n"),
+        )
+    };
+    let pipeline = workspace.write("pipeline.yaml", &pipeline_with(1 << 20));
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    wait_ready(&metrics, DEADLINE);
+    let stop = Arc::new(Mutex::new(false));
+    let before = tokio::spawn(load(
+        webhook,
+        0,
+        10,
+        Duration::from_millis(20),
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *stop.lock().expect("not poisoned") = true;
+    let before = before.await.expect("the first client ran");
+
+    rewrite(&pipeline, &pipeline_with(2 << 20));
+    auditflow.signal(libc::SIGHUP);
+    let (auditflow_ref, metrics_ref) = (&auditflow, metrics.clone());
+    tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", 1.0));
+    // The new instance binds the same port once the old one let it go.
+    let stop = Arc::new(Mutex::new(false));
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(webhook).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {webhook} again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = tokio::spawn(load(
+        webhook,
+        100_000,
+        10,
+        Duration::from_millis(20),
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *stop.lock().expect("not poisoned") = true;
+    let after = after.await.expect("the second client ran");
+    auditflow.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| auditflow.wait_timeout(DEADLINE));
+    assert!(status.success(), "{}", auditflow.stderr());
+
+    let expected: Vec<String> = before
+        .iter()
+        .chain(&after)
+        .flat_map(|request| request.first..request.first + request.count)
+        .filter(|i| Keep::Even.keeps(*i))
+        .map(audit_id)
+        .collect();
+    assert!(!after.is_empty());
+    assert_eq!(arrived_ids(&workspace.path().join("out.log")), expected);
+    assert!(auditflow.stderr().contains("changed=[\"api\"]"));
 }

@@ -117,19 +117,25 @@ impl Running {
             return Err(errors);
         }
 
+        let mut leaving = Vec::new();
         let mut predecessors = BTreeMap::new();
         for id in summary.changed.iter().chain(&summary.removed) {
             let live = self
                 .live
                 .remove(id)
                 .expect("listed from the live components");
-            live.stop();
-            predecessors.insert(id.clone(), live.finished);
-        }
-        for id in &summary.removed {
-            predecessors.remove(id);
+            if summary.changed.binary_search(id).is_ok() {
+                predecessors.insert(id.clone(), Arc::clone(&live.finished));
+            }
+            leaving.push(live);
         }
         self.launch(builder, predecessors);
+        // Stopped only once the new graph holds its own senders: a source that stopped
+        // before could close the channel of an unchanged reader for good (its last
+        // sender gone), and the replacement would find nothing to feed.
+        for live in &leaving {
+            live.stop();
+        }
         self.pipeline = Some(pipeline);
         Ok(summary)
     }

@@ -199,7 +199,9 @@ impl Running {
                 finished: Arc::new(finished),
             };
             let output = (node.kind != ComponentKind::Sink).then(|| {
-                let output = Output::new(targets_of(&id), Arc::clone(&telemetry));
+                let targets = targets_of(&id);
+                tracing::debug!(component_id = %id, targets = targets.len(), "wired");
+                let output = Output::new(targets, Arc::clone(&telemetry));
                 live.output = Some(output.rewire());
                 output
             });
