@@ -167,3 +167,54 @@ impl Rewire {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::NoTelemetry;
+    use crate::event::Event;
+
+    fn telemetry() -> Arc<dyn Telemetry> {
+        Arc::new(NoTelemetry)
+    }
+
+    fn batch(id: &str) -> Batch {
+        let json = format!(r#"{{"auditID":"{id}"}}"#);
+        Batch::new(vec![
+            Event::from_bytes(bytes::Bytes::from(json)).expect("an object")
+        ])
+    }
+
+    #[tokio::test]
+    async fn a_rewired_output_sends_to_the_new_targets_and_lets_the_old_channel_close() {
+        let (old_tx, mut old_rx) = channel(2, telemetry());
+        let (new_tx, mut new_rx) = channel(2, telemetry());
+        let output = Output::new(vec![old_tx], telemetry());
+        let clone = output.clone();
+        output.send(batch("a")).await.expect("sent");
+        assert!(output.rewire().set(vec![new_tx]));
+        clone.send(batch("b")).await.expect("sent");
+
+        assert_eq!(old_rx.recv().await.expect("a").len(), 1);
+        // The output held the old channel's only sender: it is closed now.
+        assert!(old_rx.recv().await.is_none());
+        let b = new_rx.recv().await.expect("b");
+        assert_eq!(b.events[0].raw().as_ref(), br#"{"auditID":"b"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_rewire_handle_keeps_nothing_alive() {
+        let (tx, mut rx) = channel(2, telemetry());
+        let weak = tx.downgrade();
+        let output = Output::new(vec![tx], telemetry());
+        let rewire = output.rewire();
+        assert!(weak.upgrade().is_some());
+        drop(output);
+        assert!(
+            rx.recv().await.is_none(),
+            "the channel closed with the output"
+        );
+        assert!(weak.upgrade().is_none());
+        assert!(!rewire.set(Vec::new()), "nothing left to rewire");
+    }
+}

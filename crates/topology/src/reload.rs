@@ -236,3 +236,32 @@ fn canonical(value: &Value, out: &mut String) {
         other => out.push_str(&other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    fn canonical_of(json: &str) -> String {
+        let mut out = String::new();
+        canonical(&serde_json::from_str(json).expect("JSON"), &mut out);
+        out
+    }
+
+    #[test]
+    fn the_hashed_form_ignores_key_order_and_keeps_every_value() {
+        let a =
+            canonical_of(r#"{"type":"filter","inputs":["a","b"],"condition":"verb == \"get\""}"#);
+        let b =
+            canonical_of(r#"{"condition":"verb == \"get\"","type":"filter","inputs":["a","b"]}"#);
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            r#"{"condition":"verb == \"get\"","inputs":["a","b"],"type":"filter"}"#
+        );
+        // Order inside a list is meaning (inputs, include globs): it stays.
+        assert_ne!(
+            a,
+            canonical_of(r#"{"type":"filter","inputs":["b","a"],"condition":"verb == \"get\""}"#)
+        );
+    }
+}
