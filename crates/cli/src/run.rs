@@ -44,6 +44,15 @@ pub fn run(
         }
     };
     let code = runtime.block_on(async move {
+        // Installed first: `SIGHUP`'s default action ends the process, and a reload asked
+        // for as soon as `/ready` says 200 must not.
+        let mut signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("auditflow: cannot install signal handlers: {error}");
+                return ExitCode::from(1);
+            }
+        };
         let readiness = Arc::new(Readiness::default());
         if let Some(metrics) = &pipeline.metrics {
             match tokio::net::TcpListener::bind(metrics.address).await {
@@ -90,7 +99,7 @@ pub fn run(
                 return ExitCode::from(1);
             }
         };
-        supervise(running, reloads, watch).await
+        supervise(running, &mut signals, reloads, watch).await
     });
     // Standard input may still be blocked in a read that cannot be cancelled; the pipeline
     // is done, so do not wait for it.
@@ -103,25 +112,20 @@ pub fn run(
 /// `--watch`, reloads them.
 async fn supervise(
     mut running: Running,
+    signals: &mut Signals,
     mut reloads: Reloads<'_>,
     mut watch: Option<FileWatch>,
 ) -> ExitCode {
-    let (mut terminate, mut interrupt, mut hangup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(terminate), Ok(interrupt), Ok(hangup)) => (terminate, interrupt, hangup),
-        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
-            eprintln!("auditflow: cannot install signal handlers: {error}");
-            return ExitCode::from(1);
-        }
-    };
+    let Signals {
+        terminate,
+        interrupt,
+        hangup,
+    } = signals;
     let finished = loop {
         // `wait` is cancel-safe: a reload drops it and the next turn goes on waiting.
         tokio::select! {
             result = running.wait() => break Some(result),
-            _ = next_signal(&mut terminate, &mut interrupt) => break None,
+            _ = next_signal(terminate, interrupt) => break None,
             _ = hangup.recv() => {
                 if let Some(watch) = &mut watch {
                     watch.mark_loaded();
@@ -151,7 +155,7 @@ async fn supervise(
                     );
                     None
                 }
-                _ = next_signal(&mut terminate, &mut interrupt) => {
+                _ = next_signal(terminate, interrupt) => {
                     tracing::warn!("second signal: exiting now without draining");
                     None
                 }
@@ -176,6 +180,23 @@ async fn supervise(
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// The signals `run` answers: `SIGTERM` and `SIGINT` drain and stop, `SIGHUP` reloads.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
     }
 }
 
