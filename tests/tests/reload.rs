@@ -497,8 +497,9 @@ fn an_invalid_change_keeps_the_old_pipeline_running_and_says_what_is_wrong() {
     assert!(auditflow.wait_timeout(DEADLINE).success());
 }
 
-/// `tail` (file source, with `extra` options) -> `keep` (even lines) -> the file sinks
-/// named in `sinks` (`id` writing `<id>.log`... as given).
+/// `tail` (file source, with `extra` options) -> `keep` (even lines) -> one file sink per
+/// `(id, file)` in `sinks`, each behind a disk buffer (so a replaced sink hands its buffer
+/// over to its successor).
 fn sinks_pipeline(
     workspace: &Workspace,
     metrics: &str,
@@ -517,7 +518,8 @@ fn sinks_pipeline(
     );
     for (id, file) in sinks {
         text.push_str(&format!(
-            "  {id}:\n    type: file\n    inputs: [keep]\n    path: {}\n",
+            "  {id}:\n    type: file\n    inputs: [keep]\n    path: {}\n\
+             \x20   buffer:\n      type: disk\n      max_bytes: 16777216\n",
             workspace.path().join(file).display()
         ));
     }
