@@ -164,17 +164,9 @@ impl TopologyBuilder {
 /// Builds every component of `pipeline`. Build failures come back as config errors naming
 /// the file, component and option.
 pub fn build(pipeline: &Pipeline) -> Result<TopologyBuilder, Vec<ConfigError>> {
-    build_some(pipeline, |_| true)
-}
-
-/// Builds the components of `pipeline` that `wanted` picks.
-fn build_some(
-    pipeline: &Pipeline,
-    wanted: impl Fn(&Component) -> bool,
-) -> Result<TopologyBuilder, Vec<ConfigError>> {
     let mut builder = TopologyBuilder::new();
     let mut errors = Vec::new();
-    for component in pipeline.components.iter().filter(|c| wanted(c)) {
+    for component in &pipeline.components {
         if let Err(error) = build_into(&mut builder, pipeline, component) {
             errors.push(error);
         }
