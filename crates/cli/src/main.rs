@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`registry`]: the one list of plugins.
-//! - [`run`]: runs a pipeline until signalled or until every source ended.
+//! - [`run`]: runs a pipeline until signalled or until every source ended; reloads it.
+//! - [`watch`]: `run --watch`, which notices changes to the pipeline files.
 //! - [`describe`]: `validate`, `graph` and `plugins`, which only read pipelines.
 //! - [`kubeconfig`] and [`webhook_check`]: write and check kube-apiserver's webhook
 //!   kubeconfig.
@@ -24,6 +25,7 @@ mod rbac;
 mod registry;
 mod run;
 mod unit_test;
+mod watch;
 mod webhook_check;
 
 use std::path::PathBuf;
@@ -54,7 +56,8 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a pipeline until SIGTERM/SIGINT, or until every source has ended.
+    /// Run a pipeline until SIGTERM/SIGINT, or until every source has ended; SIGHUP
+    /// reloads the pipeline files.
     Run {
         /// Pipeline files (YAML, TOML or JSON), merged in order.
         #[arg(required = true)]
@@ -62,6 +65,9 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Reload the pipeline files when they change (as on SIGHUP).
+        #[arg(long)]
+        watch: bool,
     },
     /// Check pipeline files and list every problem; exit 0 when valid, 2 when not.
     Validate {
@@ -112,7 +118,11 @@ fn main() -> ExitCode {
     }
     let registry = registry::registry();
     match cli.command {
-        Command::Run { files, threads } => run::run(&files, threads, &registry),
+        Command::Run {
+            files,
+            threads,
+            watch,
+        } => run::run(&files, threads, watch, &registry),
         Command::Validate { files } => describe::validate(&files, &registry),
         Command::Test { files } => unit_test::test(&files, &registry),
         Command::Graph { files } => describe::graph(&files, &registry),

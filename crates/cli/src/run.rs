@@ -1,20 +1,28 @@
-//! `auditflow run`: load, build, start, and shut down on signal.
+//! `auditflow run`: load, build, start, reload on `SIGHUP` (or on change with
+//! `--watch`), and shut down on signal.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use auditflow_config::{ConfigError, Registry};
+use auditflow_config::{ConfigError, Pipeline, Registry};
 use auditflow_metrics::endpoint::{self, Readiness};
 use auditflow_topology::Running;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::watch::FileWatch;
+
 /// Stack reserved for each runtime thread (workers and blocking threads).
 const WORKER_STACK_BYTES: usize = 64 << 20;
 
-pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> ExitCode {
+pub fn run(
+    files: &[PathBuf],
+    threads: Option<usize>,
+    watch: bool,
+    registry: &Registry,
+) -> ExitCode {
     let pipeline = match auditflow_config::load(files, registry) {
-        Ok(pipeline) => pipeline,
+        Ok(pipeline) => Arc::new(pipeline),
         Err(errors) => return config_failure(&errors),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -36,6 +44,15 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
         }
     };
     let code = runtime.block_on(async move {
+        // Installed first: `SIGHUP`'s default action ends the process, and a reload asked
+        // for as soon as `/ready` says 200 must not.
+        let mut signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("auditflow: cannot install signal handlers: {error}");
+                return ExitCode::from(1);
+            }
+        };
         let readiness = Arc::new(Readiness::default());
         if let Some(metrics) = &pipeline.metrics {
             match tokio::net::TcpListener::bind(metrics.address).await {
@@ -64,10 +81,25 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
             Ok(builder) => builder,
             Err(errors) => return start_failure(&errors),
         };
-        let running = builder.start();
+        let mut running = builder.start();
+        running.set_pipeline(Arc::clone(&pipeline));
         readiness.set_ready(true);
-        tracing::info!(components = pipeline.components.len(), "pipeline started");
-        supervise(running, pipeline.shutdown_timeout).await
+        let reloads = Reloads::new(files, registry, &pipeline);
+        tracing::info!(
+            components = pipeline.components.len(),
+            config_hash = %reloads.hash,
+            "pipeline started"
+        );
+        let watch = match watch.then(|| FileWatch::start(files)).transpose() {
+            Ok(watch) => watch,
+            Err(error) => {
+                eprintln!("auditflow: --watch: {error}");
+                running.shutdown();
+                let _ = running.wait().await;
+                return ExitCode::from(1);
+            }
+        };
+        supervise(running, &mut signals, reloads, watch).await
     });
     // Standard input may still be blocked in a read that cannot be cancelled; the pipeline
     // is done, so do not wait for it.
@@ -76,22 +108,36 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
 }
 
 /// Waits for the pipeline to end on its own or for a signal; the first signal drains, the
-/// second (or the timeout) stops at once.
-async fn supervise(mut running: Running, timeout: std::time::Duration) -> ExitCode {
-    let (mut terminate, mut interrupt) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
-        (Err(error), _) | (_, Err(error)) => {
-            eprintln!("auditflow: cannot install signal handlers: {error}");
-            return ExitCode::from(1);
+/// second (or the timeout) stops at once. `SIGHUP`, or a change of the files under
+/// `--watch`, reloads them.
+async fn supervise(
+    mut running: Running,
+    signals: &mut Signals,
+    mut reloads: Reloads<'_>,
+    mut watch: Option<FileWatch>,
+) -> ExitCode {
+    let Signals {
+        terminate,
+        interrupt,
+        hangup,
+    } = signals;
+    let finished = loop {
+        // `wait` is cancel-safe: a reload drops it and the next turn goes on waiting.
+        tokio::select! {
+            result = running.wait() => break Some(result),
+            _ = next_signal(terminate, interrupt) => break None,
+            _ = hangup.recv() => {
+                if let Some(watch) = &mut watch {
+                    watch.mark_loaded();
+                }
+                reloads.reload(&mut running, "SIGHUP");
+            }
+            _ = async { watch.as_mut().expect("checked").changed().await }, if watch.is_some() => {
+                reloads.reload(&mut running, "a pipeline file changed");
+            }
         }
     };
-    let finished = tokio::select! {
-        result = running.wait() => Some(result),
-        _ = next_signal(&mut terminate, &mut interrupt) => None,
-    };
+    let timeout = reloads.current.shutdown_timeout;
     let result = match finished {
         Some(result) => result,
         None => {
@@ -109,7 +155,7 @@ async fn supervise(mut running: Running, timeout: std::time::Duration) -> ExitCo
                     );
                     None
                 }
-                _ = next_signal(&mut terminate, &mut interrupt) => {
+                _ = next_signal(terminate, interrupt) => {
                     tracing::warn!("second signal: exiting now without draining");
                     None
                 }
@@ -134,6 +180,110 @@ async fn supervise(mut running: Running, timeout: std::time::Duration) -> ExitCo
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// The signals `run` answers: `SIGTERM` and `SIGINT` drain and stop, `SIGHUP` reloads.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Reloads the pipeline files into the running pipeline, and counts it.
+struct Reloads<'a> {
+    files: &'a [PathBuf],
+    registry: &'a Registry,
+    /// The pipeline running now.
+    current: Arc<Pipeline>,
+    /// Its `config_hash`, the label of the `auditflow_config_hash` series.
+    hash: String,
+}
+
+impl<'a> Reloads<'a> {
+    fn new(files: &'a [PathBuf], registry: &'a Registry, pipeline: &Arc<Pipeline>) -> Reloads<'a> {
+        let hash = auditflow_topology::config_hash(pipeline);
+        auditflow_metrics::config_hash()
+            .with_label_values(&[hash.as_str()])
+            .set(1);
+        // Both results show from start-up, at 0.
+        for result in ["ok", "failed"] {
+            auditflow_metrics::reloads_total().with_label_values(&[result]);
+        }
+        Reloads {
+            files,
+            registry,
+            current: Arc::clone(pipeline),
+            hash,
+        }
+    }
+
+    /// Loads and checks the files, then moves the running pipeline to them. Any problem
+    /// leaves the running pipeline as it was: every problem is printed (as `validate`
+    /// prints them) and the reload counts as failed.
+    fn reload(&mut self, running: &mut Running, reason: &str) {
+        tracing::info!(reason, "reloading the pipeline files");
+        let pipeline = match auditflow_config::load(self.files, self.registry) {
+            Ok(pipeline) => Arc::new(pipeline),
+            Err(errors) => return self.failed(&errors, "the pipeline files have"),
+        };
+        let new_hash = auditflow_topology::config_hash(&pipeline);
+        if let (Some(old), Some(new)) = (&self.current.metrics, &pipeline.metrics) {
+            if old.address != new.address {
+                tracing::warn!(
+                    old = %old.address,
+                    new = %new.address,
+                    "metrics.address changed: the endpoint stays where it is until a restart"
+                );
+            }
+        }
+        let summary = match running.reload(Arc::clone(&pipeline)) {
+            Ok(summary) => summary,
+            Err(errors) => return self.failed(&errors, "building the changed components found"),
+        };
+        auditflow_metrics::reloads_total()
+            .with_label_values(&["ok"])
+            .inc();
+        if new_hash != self.hash {
+            let gauge = auditflow_metrics::config_hash();
+            let _ = gauge.remove_label_values(&[self.hash.as_str()]);
+            gauge.with_label_values(&[new_hash.as_str()]).set(1);
+            self.hash = new_hash;
+        }
+        self.current = pipeline;
+        tracing::info!(
+            added = ?summary.added,
+            changed = ?summary.changed,
+            removed = ?summary.removed,
+            unchanged = summary.unchanged.len(),
+            config_hash = %self.hash,
+            "pipeline reloaded"
+        );
+    }
+
+    fn failed(&self, errors: &[ConfigError], what: &str) {
+        for error in errors {
+            eprintln!("{error}");
+        }
+        auditflow_metrics::reloads_total()
+            .with_label_values(&["failed"])
+            .inc();
+        tracing::error!(
+            config_hash = %self.hash,
+            "reload failed: {what} {} problem{}; the running pipeline is unchanged",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        );
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Component {
     pub concurrency: Option<usize>,
     /// The file that defined it (for messages at run time).
     pub file: String,
+    /// The component's entry as loaded (after `${VAR}` replacement and merging): type,
+    /// inputs, common and plugin options. A reload rebuilds the component when it differs.
+    pub definition: Value,
 }
 
 impl Pipeline {
@@ -439,6 +442,7 @@ fn check_component(
         );
         return None;
     };
+    let definition = Value::Object(body.clone());
     let mut options = body.clone();
     let known = match registry.names(kind).join(", ") {
         names if names.is_empty() => "(none)".to_owned(),
@@ -615,6 +619,7 @@ fn check_component(
         max_dead_letter_bytes,
         concurrency,
         file,
+        definition,
     })
 }
 

@@ -309,3 +309,12 @@ series!(
     kafka_consumer_lag: IntGaugeVec(names::KAFKA_CONSUMER_LAG,
         "Messages between the committed position and the high watermark, per partition.",
         ["component_id", "topic", "partition"]));
+series!(
+    /// `run`: reloads of the pipeline files, by `result` (`ok`, `failed`).
+    reloads_total: IntCounterVec(names::RELOADS_TOTAL,
+        "Reloads of the pipeline files (SIGHUP or --watch), by result: ok, or failed (the old pipeline kept running).",
+        ["result"]));
+series!(
+    /// `run`: 1, labelled with the `hash` of the pipeline running now (one series at a time).
+    config_hash: IntGaugeVec(names::CONFIG_HASH,
+        "Always 1, labelled with the hash of the pipeline running now.", ["hash"]));

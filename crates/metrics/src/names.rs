@@ -35,3 +35,6 @@ pub const WEBHOOK_TLS_FAILURES_TOTAL: &str = "auditflow_webhook_tls_failures_tot
 pub const WEBHOOK_CHECKS_TOTAL: &str = "auditflow_webhook_checks_total";
 
 pub const KAFKA_CONSUMER_LAG: &str = "auditflow_kafka_consumer_lag";
+
+pub const RELOADS_TOTAL: &str = "auditflow_reloads_total";
+pub const CONFIG_HASH: &str = "auditflow_config_hash";

@@ -1,0 +1,662 @@
+//! Reloading a running pipeline (`SIGHUP`, `run --watch`) through the real binary: a
+//! filter's condition changed twice under 1,000 events/s from a webhook client loses
+//! nothing and shows the new behaviour at once, on the same kept-alive connection; an
+//! invalid change leaves the old pipeline running and says what is wrong; a file source
+//! that did not change keeps its position when only a transform behind it changed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditflow_e2e::audit_lines::{audit_id, audit_line};
+use auditflow_e2e::webhook_client::WebhookClient;
+use auditflow_e2e::{clean_command, free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use bytes::Bytes;
+
+const RELOADS: &str = "auditflow_reloads_total";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A condition on the last digit of an `auditID` (`audit_id(i)` ends in `i`'s last digit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Even,
+    Odd,
+    Fives,
+}
+
+impl Keep {
+    fn condition(self) -> &'static str {
+        match self {
+            Keep::Even => r#"auditID matches "[02468]$""#,
+            Keep::Odd => r#"auditID matches "[13579]$""#,
+            Keep::Fives => r#"auditID matches "[05]$""#,
+        }
+    }
+
+    fn keeps(self, i: usize) -> bool {
+        match self {
+            Keep::Even => i.is_multiple_of(2),
+            Keep::Odd => i % 2 == 1,
+            Keep::Fives => i.is_multiple_of(5),
+        }
+    }
+}
+
+fn scrape(metrics: &str) -> String {
+    let (status, body) = http_get(metrics, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    body
+}
+
+/// Waits until `auditflow_reloads_total{result}` reaches `count`.
+fn wait_reloads(auditflow: &Auditflow, metrics: &str, result: &str, count: f64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let value = metric(&scrape(metrics), RELOADS, &[("result", result)]);
+        if value == Some(count) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{RELOADS}{{result={result:?}}} is {value:?}, not {count}, after {DEADLINE:?}; stderr:\n{}",
+            auditflow.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `hash` label of every `auditflow_config_hash` series.
+fn config_hashes(metrics: &str) -> Vec<String> {
+    scrape(metrics)
+        .lines()
+        .filter_map(|line| line.strip_prefix("auditflow_config_hash{hash=\""))
+        .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+        .collect()
+}
+
+/// Rewrites `path` as an editor does: a new file renamed over the old one.
+fn rewrite(path: &Path, contents: &str) {
+    let temporary = path.with_extension("yaml.new");
+    std::fs::write(&temporary, contents).expect("write the new pipeline");
+    std::fs::rename(&temporary, path).expect("rename it over the old one");
+}
+
+/// The `auditID` of every line of the files `out*` in `dir`, in order, with how many times
+/// each came.
+fn arrived_ids(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+            event["auditID"].as_str().expect("an auditID").to_owned()
+        })
+        .collect()
+}
+
+/// One request of the load: which events, when it went, when it was acknowledged.
+struct Sent {
+    first: usize,
+    count: usize,
+    started: Instant,
+    answered: Instant,
+}
+
+/// Posts `EventList`s of `per_request` events every `every`, on one kept-alive connection,
+/// until `stop` is set; every answer must be 200 (each request is acknowledged only once
+/// its events are written or filtered). Events are numbered from `first`. Returns what
+/// was sent.
+async fn load(
+    address: SocketAddr,
+    first: usize,
+    per_request: usize,
+    every: Duration,
+    stop: Arc<Mutex<bool>>,
+) -> Vec<Sent> {
+    let client = WebhookClient::plain(address);
+    let mut connection = client
+        .connect()
+        .await
+        .expect("connect to the webhook source");
+    let mut sent = Vec::new();
+    let mut next = first;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while !*stop.lock().expect("not poisoned") {
+        tick.tick().await;
+        let items: Vec<String> = (next..next + per_request).map(audit_line).collect();
+        let body = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+            items.join(",")
+        );
+        let started = Instant::now();
+        let answer = connection
+            .post(
+                "/audit?timeout=30s",
+                &[("Content-Type", "application/json")],
+                Bytes::from(body),
+            )
+            .await
+            .expect("the kept-alive connection to the webhook source still answers");
+        assert_eq!(answer.status, 200, "request from {next}: {}", answer.body);
+        sent.push(Sent {
+            first: next,
+            count: per_request,
+            started,
+            answered: Instant::now(),
+        });
+        next += per_request;
+    }
+    sent
+}
+
+fn webhook_pipeline(
+    workspace: &Workspace,
+    webhook: SocketAddr,
+    metrics: &str,
+    keep: Keep,
+) -> String {
+    format!(
+        "data_dir: {data}\n\
+         metrics:\n  address: {metrics}\n\
+         sources:\n  api:\n    type: webhook\n    address: {webhook}\n    path: /audit\n    allow_plaintext: true\n\
+         transforms:\n  keep:\n    type: filter\n    inputs: [api]\n    condition: '{condition}'\n\
+         sinks:\n  out:\n    type: file\n    inputs: [keep]\n    path: {out}\n",
+        data = workspace.path().join("data").display(),
+        condition = keep.condition(),
+        out = workspace.path().join("out.log").display(),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Hangup,
+    Watch,
+}
+
+/// The issue's test: the filter's condition changes twice under load, by `trigger`.
+async fn reload_under_load(trigger: Trigger) {
+    let workspace = Workspace::new();
+    let webhook = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &webhook_pipeline(&workspace, webhook, &metrics, Keep::Even),
+    );
+    let mut args = vec!["run".as_ref(), pipeline.as_os_str()];
+    if trigger == Trigger::Watch {
+        args.push("--watch".as_ref());
+    }
+    let mut auditflow = Auditflow::spawn(&workspace, &args, &[]);
+    wait_ready(&metrics, DEADLINE);
+    let hash_before = config_hashes(&metrics);
+    assert_eq!(hash_before.len(), 1, "one auditflow_config_hash series");
+
+    // 1,000 events/s: 4 clients (as the API server's several connections), each 25
+    // events every 100 ms, each acknowledged before that client sends the next.
+    let stop = Arc::new(Mutex::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|client| {
+            let every = Duration::from_millis(100);
+            tokio::spawn(load(
+                webhook,
+                client * 1_000_000,
+                25,
+                every,
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+
+    // (the moment the change was asked for, the moment the reload was seen done, the
+    // condition in force after it)
+    let mut reloads: Vec<(Instant, Instant, Keep)> = Vec::new();
+    for (n, keep) in [Keep::Odd, Keep::Fives].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let asked = Instant::now();
+        rewrite(
+            &pipeline,
+            &webhook_pipeline(&workspace, webhook, &metrics, keep),
+        );
+        if trigger == Trigger::Hangup {
+            auditflow.signal(libc::SIGHUP);
+        }
+        let (auditflow_ref, metrics_ref) = (&auditflow, metrics.clone());
+        let count = (n + 1) as f64;
+        tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", count));
+        reloads.push((asked, Instant::now(), keep));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    *stop.lock().expect("not poisoned") = true;
+    let mut sent = Vec::new();
+    for sender in senders {
+        sent.extend(sender.await.expect("the load ran to the end"));
+    }
+
+    let text = scrape(&metrics);
+    assert_eq!(metric(&text, RELOADS, &[("result", "ok")]), Some(2.0));
+    assert_eq!(metric(&text, RELOADS, &[("result", "failed")]), Some(0.0));
+    let hash_after = config_hashes(&metrics);
+    assert_eq!(hash_after.len(), 1, "the old hash series is removed");
+    assert_ne!(hash_after, hash_before);
+
+    auditflow.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| auditflow.wait_timeout(DEADLINE));
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr:\n{}",
+        auditflow.stderr()
+    );
+    let stderr = auditflow.stderr();
+    assert!(
+        stderr.contains("pipeline reloaded") && stderr.contains("changed=[\"keep\"]"),
+        "the reload says what it rebuilt; stderr:\n{stderr}"
+    );
+
+    // Every request was acknowledged, so each of its events is in the file or was
+    // filtered by the condition in force when the filter saw it: the one before the
+    // change if acknowledged before it was asked for, the new one if sent after it was
+    // seen done, one or the other (for the whole request) in between.
+    let ids = arrived_ids(&workspace.path().join("out.log"));
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in &ids {
+        *times.entry(id.as_str()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
+    let arrived: HashSet<&str> = times.keys().copied().collect();
+    let events: usize = sent.iter().map(|request| request.count).sum();
+    let mut expected = 0;
+    let mut seen_after = [0usize; 2];
+    for request in &sent {
+        let mut candidates = Vec::new();
+        let mut before = Keep::Even;
+        for (n, (asked, done, keep)) in reloads.iter().enumerate() {
+            if request.answered < *asked {
+                break;
+            }
+            if request.started > *done {
+                before = *keep;
+                seen_after[n] += 1;
+                continue;
+            }
+            candidates.push(*keep);
+        }
+        candidates.push(before);
+        let range = request.first..request.first + request.count;
+        let got: Vec<bool> = range
+            .clone()
+            .map(|i| arrived.contains(audit_id(i).as_str()))
+            .collect();
+        let matching = candidates
+            .iter()
+            .find(|keep| range.clone().map(|i| keep.keeps(i)).eq(got.iter().copied()));
+        let Some(keep) = matching else {
+            panic!(
+                "request from {} ({} events): arrived {got:?}, which no condition in force ({candidates:?}) gives",
+                request.first, request.count
+            );
+        };
+        expected += range.filter(|i| keep.keeps(*i)).count();
+    }
+    assert_eq!(
+        ids.len(),
+        expected,
+        "every kept event arrived, and nothing else"
+    );
+    // The new behaviour was visible right after each reload, under load.
+    assert!(
+        seen_after.iter().all(|n| *n > 10),
+        "requests sent after each reload: {seen_after:?}"
+    );
+    let begun = sent
+        .iter()
+        .map(|request| request.started)
+        .min()
+        .expect("requests");
+    let ended = sent
+        .iter()
+        .map(|request| request.answered)
+        .max()
+        .expect("requests");
+    let seconds = ended.duration_since(begun).as_secs_f64();
+    eprintln!(
+        "{events} events in {} requests over {seconds:.1} s ({:.0} events/s); {} written",
+        sent.len(),
+        events as f64 / seconds,
+        ids.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_changed_twice_by_sighup_under_load_loses_nothing() {
+    reload_under_load(Trigger::Hangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_changed_twice_under_watch_loses_nothing() {
+    reload_under_load(Trigger::Watch).await;
+}
+
+/// A file source `tail` reading `audit.log` -> filter `keep` -> file sink `out`.
+fn file_pipeline(workspace: &Workspace, metrics: &str, condition: &str) -> String {
+    format!(
+        "data_dir: {data}\n\
+         metrics:\n  address: {metrics}\n\
+         sources:\n  tail:\n    type: file\n    include: [{log}]\n\
+         transforms:\n  keep:\n    type: filter\n    inputs: [tail]\n    condition: '{condition}'\n\
+         sinks:\n  out:\n    type: file\n    inputs: [keep]\n    path: {out}\n",
+        data = workspace.path().join("data").display(),
+        log = workspace.path().join("audit.log").display(),
+        out = workspace.path().join("out.log").display(),
+    )
+}
+
+fn append_lines(path: &Path, lines: std::ops::Range<usize>) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open audit.log");
+    for i in lines {
+        writeln!(file, "{}", audit_line(i)).expect("append a line");
+    }
+}
+
+/// Waits until `out.log` holds `count` lines.
+fn wait_lines(auditflow: &Auditflow, out: &Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ids = arrived_ids(out);
+        if ids.len() >= count {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} lines in {} after {DEADLINE:?}; stderr:\n{}",
+            ids.len(),
+            out.display(),
+            auditflow.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_file_pipeline(workspace: &Workspace, condition: &str) -> (Auditflow, PathBuf, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &file_pipeline(workspace, &metrics, condition),
+    );
+    let auditflow = Auditflow::run(workspace, &pipeline);
+    wait_ready(&metrics, DEADLINE);
+    (auditflow, pipeline, metrics)
+}
+
+#[test]
+fn an_unchanged_file_source_keeps_its_position_when_a_transform_behind_it_changes() {
+    let workspace = Workspace::new();
+    let log = workspace.path().join("audit.log");
+    let out = workspace.path().join("out.log");
+    append_lines(&log, 0..500);
+    let (mut auditflow, pipeline, metrics) =
+        start_file_pipeline(&workspace, Keep::Even.condition());
+    let first = wait_lines(&auditflow, &out, 250);
+    let hash_before = config_hashes(&metrics);
+
+    rewrite(
+        &pipeline,
+        &file_pipeline(&workspace, &metrics, Keep::Odd.condition()),
+    );
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "ok", 1.0);
+    append_lines(&log, 500..1000);
+    let ids = wait_lines(&auditflow, &out, 500);
+    let hash_after = config_hashes(&metrics);
+    assert_eq!(hash_after.len(), 1, "the old hash series is removed");
+    assert_ne!(hash_after, hash_before);
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(DEADLINE).success());
+
+    // Before: the even lines of the first 500; after: the odd lines of the next 500, and
+    // the first 500 not read again (the odd ones among them would show up).
+    let expected: Vec<String> = (0..500)
+        .filter(|i| Keep::Even.keeps(*i))
+        .chain((500..1000).filter(|i| Keep::Odd.keeps(*i)))
+        .map(audit_id)
+        .collect();
+    assert_eq!(first.len(), 250);
+    assert_eq!(ids, expected);
+    let stderr = auditflow.stderr();
+    assert!(
+        stderr.contains("changed=[\"keep\"]") && stderr.contains("unchanged=2"),
+        "only the filter was rebuilt; stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn an_invalid_change_keeps_the_old_pipeline_running_and_says_what_is_wrong() {
+    let workspace = Workspace::new();
+    let log = workspace.path().join("audit.log");
+    let out = workspace.path().join("out.log");
+    append_lines(&log, 0..100);
+    let (mut auditflow, pipeline, metrics) =
+        start_file_pipeline(&workspace, Keep::Even.condition());
+    wait_lines(&auditflow, &out, 50);
+    let hash_before = config_hashes(&metrics);
+
+    // Two problems: a condition that does not parse, and an option the sink does not have.
+    let broken = file_pipeline(&workspace, &metrics, r#"auditID matches "[13579]$" and"#)
+        .replace("    path: ", "    max_bytez: 5\n    path: ");
+    rewrite(&pipeline, &broken);
+    let validate = clean_command(&["validate", &pipeline.display().to_string()])
+        .output()
+        .expect("run auditflow validate");
+    assert_eq!(validate.status.code(), Some(2));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&validate.stdout),
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let problems: Vec<String> = report
+        .lines()
+        .filter(|line| line.starts_with(&pipeline.display().to_string()))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(problems.len(), 2, "validate finds both: {problems:?}");
+
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "failed", 1.0);
+    let stderr = auditflow.stderr();
+    for problem in &problems {
+        assert!(
+            stderr.contains(problem.as_str()),
+            "the log names {problem:?}; stderr:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("the running pipeline is unchanged"),
+        "{stderr}"
+    );
+
+    // The old pipeline still runs, with the old condition.
+    append_lines(&log, 100..200);
+    let ids = wait_lines(&auditflow, &out, 100);
+    let expected: Vec<String> = (0..200)
+        .filter(|i| Keep::Even.keeps(*i))
+        .map(audit_id)
+        .collect();
+    assert_eq!(ids, expected);
+    let text = scrape(&metrics);
+    assert_eq!(metric(&text, RELOADS, &[("result", "ok")]), Some(0.0));
+    assert_eq!(config_hashes(&metrics), hash_before);
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(DEADLINE).success());
+}
+
+/// `tail` (file source, with `extra` options) -> `keep` (even lines) -> one file sink per
+/// `(id, file)` in `sinks`, each behind a disk buffer (so a replaced sink hands its buffer
+/// over to its successor).
+fn sinks_pipeline(
+    workspace: &Workspace,
+    metrics: &str,
+    extra: &str,
+    sinks: &[(&str, &str)],
+) -> String {
+    let mut text = format!(
+        "data_dir: {data}\n\
+         metrics:\n  address: {metrics}\n\
+         sources:\n  tail:\n    type: file\n    include: [{log}]\n{extra}\
+         transforms:\n  keep:\n    type: filter\n    inputs: [tail]\n    condition: '{condition}'\n\
+         sinks:\n",
+        data = workspace.path().join("data").display(),
+        log = workspace.path().join("audit.log").display(),
+        condition = Keep::Even.condition(),
+    );
+    for (id, file) in sinks {
+        text.push_str(&format!(
+            "  {id}:\n    type: file\n    inputs: [keep]\n    path: {}\n\
+             \x20   buffer:\n      type: disk\n      max_bytes: 16777216\n",
+            workspace.path().join(file).display()
+        ));
+    }
+    text
+}
+
+#[test]
+fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_nothing() {
+    let workspace = Workspace::new();
+    let log = workspace.path().join("audit.log");
+    let path = |name: &str| workspace.path().join(name);
+    let even = |range: std::ops::Range<usize>| -> Vec<String> {
+        range
+            .filter(|i| Keep::Even.keeps(*i))
+            .map(audit_id)
+            .collect()
+    };
+    append_lines(&log, 0..200);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &sinks_pipeline(&workspace, &metrics, "", &[("out", "a.log")]),
+    );
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    wait_ready(&metrics, DEADLINE);
+    wait_lines(&auditflow, &path("a.log"), 100);
+
+    // `out` now writes b.log; `copy` is added.
+    rewrite(
+        &pipeline,
+        &sinks_pipeline(
+            &workspace,
+            &metrics,
+            "",
+            &[("out", "b.log"), ("copy", "copy.log")],
+        ),
+    );
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "ok", 1.0);
+    append_lines(&log, 200..400);
+    wait_lines(&auditflow, &path("b.log"), 100);
+    wait_lines(&auditflow, &path("copy.log"), 100);
+
+    // The source changes (it restarts from its checkpoint); `copy` is removed.
+    rewrite(
+        &pipeline,
+        &sinks_pipeline(
+            &workspace,
+            &metrics,
+            "    glob_interval_ms: 200\n",
+            &[("out", "b.log")],
+        ),
+    );
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "ok", 2.0);
+    append_lines(&log, 400..600);
+    wait_lines(&auditflow, &path("b.log"), 200);
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(DEADLINE).success());
+
+    assert_eq!(arrived_ids(&path("a.log")), even(0..200));
+    assert_eq!(
+        arrived_ids(&path("b.log")),
+        even(200..600),
+        "nothing lost, nothing twice"
+    );
+    assert_eq!(arrived_ids(&path("copy.log")), even(200..400));
+    let stderr = auditflow.stderr();
+    assert!(
+        stderr.contains("added=[\"copy\"] changed=[\"out\"] removed=[]")
+            && stderr.contains("added=[] changed=[\"tail\"] removed=[\"copy\"]"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
+    let workspace = Workspace::new();
+    let webhook = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let pipeline_with = |max_body_bytes: usize| {
+        webhook_pipeline(&workspace, webhook, &metrics, Keep::Even).replace(
+            "    allow_plaintext: true\n",
+            &format!("    allow_plaintext: true\n    max_body_bytes: {max_body_bytes}\n"),
+        )
+    };
+    let pipeline = workspace.write("pipeline.yaml", &pipeline_with(1 << 20));
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    wait_ready(&metrics, DEADLINE);
+    let stop = Arc::new(Mutex::new(false));
+    let before = tokio::spawn(load(
+        webhook,
+        0,
+        10,
+        Duration::from_millis(20),
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *stop.lock().expect("not poisoned") = true;
+    let before = before.await.expect("the first client ran");
+
+    rewrite(&pipeline, &pipeline_with(2 << 20));
+    auditflow.signal(libc::SIGHUP);
+    let (auditflow_ref, metrics_ref) = (&auditflow, metrics.clone());
+    tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", 1.0));
+    // The new instance binds the same port once the old one let it go.
+    let stop = Arc::new(Mutex::new(false));
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(webhook).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {webhook} again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = tokio::spawn(load(
+        webhook,
+        100_000,
+        10,
+        Duration::from_millis(20),
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *stop.lock().expect("not poisoned") = true;
+    let after = after.await.expect("the second client ran");
+    auditflow.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| auditflow.wait_timeout(DEADLINE));
+    assert!(status.success(), "{}", auditflow.stderr());
+
+    let expected: Vec<String> = before
+        .iter()
+        .chain(&after)
+        .flat_map(|request| request.first..request.first + request.count)
+        .filter(|i| Keep::Even.keeps(*i))
+        .map(audit_id)
+        .collect();
+    assert!(!after.is_empty());
+    assert_eq!(arrived_ids(&workspace.path().join("out.log")), expected);
+    assert!(auditflow.stderr().contains("changed=[\"api\"]"));
+}
