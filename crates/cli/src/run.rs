@@ -54,6 +54,16 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
                 }
             }
         }
+        let api = match &pipeline.api {
+            Some(config) => match crate::api::listen(config).await {
+                Ok(listening) => Some(listening),
+                Err(message) => {
+                    eprintln!("auditflow: {message}");
+                    return ExitCode::from(1);
+                }
+            },
+            None => None,
+        };
         // The endpoint answers before the components are built, so `/ready` says `503
         // starting` while a build waits (a checkpoint on a slow disk, certificates).
         // `load` already ran every check that needs nothing but the files, so what fails
@@ -64,7 +74,11 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
             Ok(builder) => builder,
             Err(errors) => return start_failure(&errors),
         };
+        let taps = builder.taps();
         let running = builder.start();
+        if let Some(listening) = api {
+            tokio::spawn(listening.serve(taps));
+        }
         readiness.set_ready(true);
         tracing::info!(components = pipeline.components.len(), "pipeline started");
         supervise(running, pipeline.shutdown_timeout).await

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::batch::Batch;
 use crate::component::Telemetry;
 use crate::finalize::BatchStatus;
+use crate::tap::TapPoint;
 
 /// The downstream component stopped: nothing more can be sent.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,11 @@ pub fn channel(capacity: usize, telemetry: Arc<dyn Telemetry>) -> (Sender, Recei
             tx,
             telemetry: Arc::clone(&telemetry),
         },
-        Receiver { rx, telemetry },
+        Receiver {
+            rx,
+            telemetry,
+            tap: None,
+        },
     )
 }
 
@@ -51,14 +56,24 @@ impl Sender {
 pub struct Receiver {
     rx: mpsc::Receiver<Batch>,
     telemetry: Arc<dyn Telemetry>,
+    tap: Option<Arc<TapPoint>>,
 }
 
 impl Receiver {
+    /// Shows what this receiver takes to `tap` (`auditflow tap --inputs-of`).
+    pub fn with_tap(mut self, tap: Arc<TapPoint>) -> Receiver {
+        self.tap = Some(tap);
+        self
+    }
+
     /// The next batch, or `None` once every upstream has finished.
     pub async fn recv(&mut self) -> Option<Batch> {
         let batch = self.rx.recv().await?;
         self.telemetry.buffer_changed(-(batch.len() as i64));
         self.telemetry.received(batch.len(), batch.size_hint());
+        if let Some(tap) = &self.tap {
+            tap.observe(&batch);
+        }
         Some(batch)
     }
 }
@@ -69,12 +84,23 @@ impl Receiver {
 pub struct Output {
     targets: Vec<Sender>,
     telemetry: Arc<dyn Telemetry>,
+    tap: Option<Arc<TapPoint>>,
 }
 
 impl Output {
     /// `telemetry` is the sending component's: it counts what it sent.
     pub fn new(targets: Vec<Sender>, telemetry: Arc<dyn Telemetry>) -> Output {
-        Output { targets, telemetry }
+        Output {
+            targets,
+            telemetry,
+            tap: None,
+        }
+    }
+
+    /// Shows what this output sends to `tap` (`auditflow tap --outputs-of`).
+    pub fn with_tap(mut self, tap: Arc<TapPoint>) -> Output {
+        self.tap = Some(tap);
+        self
     }
 
     /// Sends a batch to every downstream component, waiting for room in each.
@@ -86,6 +112,9 @@ impl Output {
             return Ok(());
         }
         self.telemetry.sent(batch.len(), batch.size_hint());
+        if let Some(tap) = &self.tap {
+            tap.observe(&batch);
+        }
         let Some((last, rest)) = self.targets.split_last() else {
             // Validation refuses a component whose output goes nowhere.
             batch.resolve(BatchStatus::Delivered);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use auditflow_buffer::DiskBufferOptions;
 use auditflow_config::{AnyConfig, BufferConfig, ConfigError, Pipeline};
 use auditflow_core::channel::{self, Output, Receiver, Sender};
+use auditflow_core::tap::{Port, Taps};
 use auditflow_core::{
     dead_letter, BuildContext, ComponentError, ComponentKind, DeadLetterOutput, NoTelemetry,
     Shutdown, ShutdownTrigger, Sink, SinkContext, Source, SourceContext, Telemetry, Transform,
@@ -53,11 +54,18 @@ pub struct TopologyBuilder {
     dead_letter_max_bytes: BTreeMap<String, usize>,
     /// `concurrency` of the transforms that set it.
     concurrency: BTreeMap<String, usize>,
+    /// What `auditflow tap` watches: every component's input and output.
+    taps: Taps,
 }
 
 impl TopologyBuilder {
     pub fn new() -> TopologyBuilder {
         TopologyBuilder::default()
+    }
+
+    /// The tap points of the pipeline `start` will wire (for the API's `/tap`).
+    pub fn taps(&self) -> Taps {
+        self.taps.clone()
     }
 
     pub fn source(&mut self, id: &str, source: Box<dyn Source>, telemetry: Arc<dyn Telemetry>) {
@@ -146,7 +154,8 @@ impl TopologyBuilder {
             if node.kind != ComponentKind::Source {
                 let (tx, rx) = channel::channel(CHANNEL_BATCHES, Arc::clone(&node.telemetry));
                 senders.insert(id.clone(), tx);
-                receivers.insert(id.clone(), rx);
+                let tap = self.taps.point(id, node.kind, Port::InputsOf);
+                receivers.insert(id.clone(), rx.with_tap(tap));
             }
         }
         let output_of = |id: &str, telemetry: &Arc<dyn Telemetry>| {
@@ -162,7 +171,8 @@ impl TopologyBuilder {
         let mut dead_letters: BTreeMap<String, DeadLetterOutput> = BTreeMap::new();
         for (id, node) in &self.nodes {
             if node.kind != ComponentKind::Sink {
-                outputs.insert(id.clone(), output_of(id, &node.telemetry));
+                let tap = self.taps.point(id, node.kind, Port::OutputsOf);
+                outputs.insert(id.clone(), output_of(id, &node.telemetry).with_tap(tap));
             }
             let output_id = dead_letter::output_id(id);
             let read = self
