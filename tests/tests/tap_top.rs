@@ -67,7 +67,10 @@ impl Feeder {
             let mut written = Vec::new();
             while !stopped.load(Ordering::Relaxed) {
                 let line = audit_line(written.len());
-                if writeln!(stdin, "{line}").and_then(|()| stdin.flush()).is_err() {
+                if writeln!(stdin, "{line}")
+                    .and_then(|()| stdin.flush())
+                    .is_err()
+                {
                     break;
                 }
                 written.push(line);
@@ -130,10 +133,8 @@ fn tap_prints_the_events_passing_a_component_and_stops_after_the_limit() {
         .lines()
         .collect();
     assert_eq!(lines.len(), 5, "--limit 5 prints 5 events: {lines:?}");
-    let written: HashMap<String, &String> = written
-        .iter()
-        .map(|line| (audit_id(line), line))
-        .collect();
+    let written: HashMap<String, &String> =
+        written.iter().map(|line| (audit_id(line), line)).collect();
     let mut seen = Vec::new();
     for line in lines {
         let tapped: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
@@ -245,7 +246,10 @@ fn a_token_file_makes_the_tap_ask_for_the_bearer_token() {
     for output in [&refused, &wrong] {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-        assert!(stderr.contains("401") && stderr.contains("bearer token"), "{stderr}");
+        assert!(
+            stderr.contains("401") && stderr.contains("bearer token"),
+            "{stderr}"
+        );
     }
     assert!(
         allowed.status.success(),
@@ -271,7 +275,10 @@ fn validate_refuses_an_api_beyond_loopback_without_a_token() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(2), "output: {report}");
     assert!(
-        report.contains(&format!("{}: api.token_file: api.address 0.0.0.0:8686 is not a loopback address", pipeline.display())),
+        report.contains(&format!(
+            "{}: api.token_file: api.address 0.0.0.0:8686 is not a loopback address",
+            pipeline.display()
+        )),
         "the error names the file and the field, and says why: {report}"
     );
 
@@ -373,7 +380,10 @@ fn top_in_tmux_shows_every_component_with_its_rates_and_quits_on_q() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(screen.contains("IN/S") && screen.contains("KAFKA LAG"), "{screen}");
+    assert!(
+        screen.contains("IN/S") && screen.contains("KAFKA LAG"),
+        "{screen}"
+    );
     let gen = row(&screen, "gen").expect("checked");
     assert_eq!(&gen[1..3], ["source", "generator"], "{screen}");
     let out_rate: f64 = gen[4].parse().unwrap_or_else(|_| panic!("{screen}"));

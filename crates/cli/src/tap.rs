@@ -89,7 +89,11 @@ impl From<String> for Failure {
 
 async fn tap(args: &Args) -> Result<(), Failure> {
     let token = token(args.token_file.as_ref())?;
-    let mut query: Vec<String> = args.ids.iter().map(|id| format!("component={id}")).collect();
+    let mut query: Vec<String> = args
+        .ids
+        .iter()
+        .map(|id| format!("component={id}"))
+        .collect();
     if args.outputs_of {
         query.push("port=outputs_of".into());
     }

@@ -75,8 +75,8 @@ fn show(
                 break;
             }
             if let Event::Key(key) = event::read()? {
-                let ctrl_c = key.code == KeyCode::Char('c')
-                    && key.modifiers.contains(KeyModifiers::CONTROL);
+                let ctrl_c =
+                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
                 if key.kind == KeyEventKind::Press
                     && (matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c)
                 {
@@ -201,9 +201,8 @@ impl View {
                 let Some(before) = previous.get(id) else {
                     continue;
                 };
-                let rate = |now: f64, before: f64| {
-                    (now >= before).then_some((now - before) / seconds)
-                };
+                let rate =
+                    |now: f64, before: f64| (now >= before).then_some((now - before) / seconds);
                 self.rates.insert(
                     id.clone(),
                     (
@@ -334,7 +333,10 @@ auditflow_kafka_consumer_lag{component_id="g",partition="1",topic="t"} 5
     fn figures_are_gathered_per_component() {
         let figures = figures(SCRAPE);
         let sink = &figures["s"];
-        assert_eq!((sink.kind.as_str(), sink.type_name.as_str()), ("sink", "blackhole"));
+        assert_eq!(
+            (sink.kind.as_str(), sink.type_name.as_str()),
+            ("sink", "blackhole")
+        );
         assert_eq!(sink.received, 100.0);
         assert_eq!(sink.discarded["rejected"], 3.0);
         assert_eq!(sink.buffer_events, 500.0);

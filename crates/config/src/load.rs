@@ -325,7 +325,11 @@ fn check(
     let metrics = top_level::<MetricsConfig>(top, "metrics", origin, errors);
     let api = top_level::<ApiConfig>(top, "api", origin, errors);
     for (field, message) in api.iter().flat_map(ApiConfig::problems) {
-        errors.push(ConfigError::new(origin.of(&["api"]), format!("api.{field}"), message));
+        errors.push(ConfigError::new(
+            origin.of(&["api"]),
+            format!("api.{field}"),
+            message,
+        ));
     }
     let shutdown_timeout = Duration::from_secs(
         top_level::<u64>(top, "shutdown_timeout_secs", origin, errors).unwrap_or(30),

@@ -152,7 +152,9 @@ pub enum TapError {
     UnknownComponent { id: String, known: String },
     #[error("`{id}` is a sink: it has no outputs; tap what reaches it with --inputs-of")]
     SinkHasNoOutputs { id: String },
-    #[error("`{id}` is a source: nothing in the pipeline feeds it; tap what it sends with --outputs-of")]
+    #[error(
+        "`{id}` is a source: nothing in the pipeline feeds it; tap what it sends with --outputs-of"
+    )]
     SourceHasNoInputs { id: String },
     #[error("no component id given")]
     NothingToTap,
@@ -319,9 +321,7 @@ mod tests {
     fn batch(n: usize) -> Batch {
         Batch::new(
             (0..n)
-                .map(|i| {
-                    Event::from_bytes(Bytes::from(format!(r#"{{"auditID":"{i}"}}"#))).unwrap()
-                })
+                .map(|i| Event::from_bytes(Bytes::from(format!(r#"{{"auditID":"{i}"}}"#))).unwrap())
                 .collect(),
         )
     }
