@@ -41,13 +41,13 @@ pub struct Api {
 /// The API's socket, bound before the pipeline starts (a port in use fails the start),
 /// served once it runs.
 pub struct Listening {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     tap: bool,
     token: Option<String>,
 }
 
 /// Reads `api.token_file` and binds `api.address`; the message names the field.
-pub async fn listen(config: &ApiConfig) -> Result<Listening, String> {
+pub fn listen(config: &ApiConfig) -> Result<Listening, String> {
     let token = match &config.token_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
@@ -66,9 +66,10 @@ pub async fn listen(config: &ApiConfig) -> Result<Listening, String> {
         },
         None => None,
     };
-    let listener = TcpListener::bind(config.address)
-        .await
-        .map_err(|error| format!("api.address {}: cannot listen: {error}", config.address))?;
+    let cannot_listen =
+        |error: std::io::Error| format!("api.address {}: cannot listen: {error}", config.address);
+    let listener = std::net::TcpListener::bind(config.address).map_err(cannot_listen)?;
+    listener.set_nonblocking(true).map_err(cannot_listen)?;
     // The bound address, so that `127.0.0.1:0` tells where it listens.
     let address = listener.local_addr().unwrap_or(config.address);
     tracing::info!(%address, tap = config.tap, "serving the api");
@@ -80,13 +81,30 @@ pub async fn listen(config: &ApiConfig) -> Result<Listening, String> {
 }
 
 impl Listening {
-    pub async fn serve(self, taps: Taps) {
-        let api = Api {
+    /// Serves the API on a thread and runtime of its own, so that a pipeline keeping every
+    /// worker busy (one worker thread, a source that never waits) does not hold a tap's
+    /// events back. The thread ends with the process.
+    pub fn spawn(self, taps: Taps) -> std::io::Result<()> {
+        let api = Arc::new(Api {
             taps,
             tap: self.tap,
             token: self.token,
-        };
-        serve(self.listener, Arc::new(api)).await
+        });
+        let listener = self.listener;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("auditflow-api".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener, api).await,
+                        Err(error) => tracing::error!(%error, "the api cannot serve its socket"),
+                    }
+                })
+            })?;
+        Ok(())
     }
 }
 

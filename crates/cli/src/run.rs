@@ -55,7 +55,7 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
             }
         }
         let api = match &pipeline.api {
-            Some(config) => match crate::api::listen(config).await {
+            Some(config) => match crate::api::listen(config) {
                 Ok(listening) => Some(listening),
                 Err(message) => {
                     eprintln!("auditflow: {message}");
@@ -77,7 +77,10 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
         let taps = builder.taps();
         let running = builder.start();
         if let Some(listening) = api {
-            tokio::spawn(listening.serve(taps));
+            if let Err(error) = listening.spawn(taps) {
+                eprintln!("auditflow: cannot start the api: {error}");
+                return ExitCode::from(1);
+            }
         }
         readiness.set_ready(true);
         tracing::info!(components = pipeline.components.len(), "pipeline started");
