@@ -1,5 +1,5 @@
 //! The `auditflow` binary: `run`, `validate`, `graph`, `plugins`, `webhook-kubeconfig`,
-//! `webhook-check`, `policy`, `query`, `rbac` and `test`.
+//! `webhook-check`, `policy`, `query`, `rbac`, `test`, `tap` and `top`.
 //!
 //! # Layout
 //! - [`registry`]: the one list of plugins.
@@ -11,12 +11,15 @@
 //! - [`policy`]: `policy lint` and `policy explain`, for kube-apiserver audit Policy files.
 //! - [`query`] and [`rbac`]: questions asked of audit log files (`auditflow-query`).
 //! - [`unit_test`]: `test`, the unit tests in pipeline files' `tests:` sections.
+//! - [`api`]: the HTTP API a running instance serves (`api:`), and [`tap`], its client.
+//! - [`top`]: a terminal view of a running instance's `/metrics`.
 //!
 //! Exit codes: 0 ok; 1 the pipeline could not start or did not stop cleanly (a port in
 //! use, a drain timeout, a second signal); 2 the command line or the pipeline is invalid
 //! (`run` and `validate` alike). Logs go to standard error; standard output carries only
 //! data (`stdout` sink, `graph`, `plugins`).
 
+mod api;
 mod describe;
 mod kubeconfig;
 mod policy;
@@ -26,6 +29,8 @@ mod registry;
 mod run;
 mod unit_test;
 mod watch;
+mod tap;
+mod top;
 mod webhook_check;
 
 use std::path::PathBuf;
@@ -108,6 +113,11 @@ enum Command {
         #[command(subcommand)]
         command: rbac::Command,
     },
+    /// Print a sample of the events passing components of a running instance (its
+    /// pipeline needs `api: {tap: true}`).
+    Tap(tap::Args),
+    /// A terminal view of a running instance's components, from its `/metrics`; `q` exits.
+    Top(top::Args),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +142,8 @@ fn main() -> ExitCode {
         Command::Policy(command) => policy::run(command),
         Command::Query(args) => query::run(&args),
         Command::Rbac { command } => rbac::run(&command),
+        Command::Tap(args) => tap::run(&args),
+        Command::Top(args) => top::run(&args),
     }
 }
 

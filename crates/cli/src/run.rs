@@ -71,6 +71,16 @@ pub fn run(
                 }
             }
         }
+        let api = match &pipeline.api {
+            Some(config) => match crate::api::listen(config) {
+                Ok(listening) => Some(listening),
+                Err(message) => {
+                    eprintln!("auditflow: {message}");
+                    return ExitCode::from(1);
+                }
+            },
+            None => None,
+        };
         // The endpoint answers before the components are built, so `/ready` says `503
         // starting` while a build waits (a checkpoint on a slow disk, certificates).
         // `load` already ran every check that needs nothing but the files, so what fails
@@ -81,8 +91,15 @@ pub fn run(
             Ok(builder) => builder,
             Err(errors) => return start_failure(&errors),
         };
+        let taps = builder.taps();
         let mut running = builder.start();
         running.set_pipeline(Arc::clone(&pipeline));
+        if let Some(listening) = api {
+            if let Err(error) = listening.spawn(taps) {
+                eprintln!("auditflow: cannot start the api: {error}");
+                return ExitCode::from(1);
+            }
+        }
         readiness.set_ready(true);
         let reloads = Reloads::new(files, registry, &pipeline);
         tracing::info!(

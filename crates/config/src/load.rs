@@ -17,6 +17,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::api::ApiConfig;
 use crate::buffer::BufferConfig;
 use crate::error::ConfigError;
 use crate::interpolate::interpolate;
@@ -24,6 +25,7 @@ use crate::registry::{AnyConfig, Registry};
 
 /// Top-level keys a pipeline may have.
 const TOP_LEVEL: &[&str] = &[
+    "api",
     "data_dir",
     "metrics",
     "shutdown_timeout_secs",
@@ -53,6 +55,8 @@ pub struct Pipeline {
     /// Where components keep state (checkpoints), one folder per component id.
     pub data_dir: PathBuf,
     pub metrics: Option<MetricsConfig>,
+    /// The HTTP API (`auditflow tap`); `None`: not served.
+    pub api: Option<ApiConfig>,
     /// How long `SIGTERM` waits for in-flight batches to reach the sinks.
     pub shutdown_timeout: Duration,
     /// Sources, then transforms, then sinks, each sorted by id.
@@ -345,6 +349,14 @@ fn check(
     let data_dir = top_level::<PathBuf>(top, "data_dir", origin, errors)
         .unwrap_or_else(|| PathBuf::from("/var/lib/auditflow"));
     let metrics = top_level::<MetricsConfig>(top, "metrics", origin, errors);
+    let api = top_level::<ApiConfig>(top, "api", origin, errors);
+    for (field, message) in api.iter().flat_map(ApiConfig::problems) {
+        errors.push(ConfigError::new(
+            origin.of(&["api"]),
+            format!("api.{field}"),
+            message,
+        ));
+    }
     let shutdown_timeout = Duration::from_secs(
         top_level::<u64>(top, "shutdown_timeout_secs", origin, errors).unwrap_or(30),
     );
@@ -376,6 +388,7 @@ fn check(
     Pipeline {
         data_dir,
         metrics,
+        api,
         shutdown_timeout,
         components,
         tests: Vec::new(),

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::batch::Batch;
 use crate::component::Telemetry;
 use crate::finalize::BatchStatus;
+use crate::tap::TapPoint;
 
 /// The downstream component stopped: nothing more can be sent.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,11 @@ pub fn channel(capacity: usize, telemetry: Arc<dyn Telemetry>) -> (Sender, Recei
             tx,
             telemetry: Arc::clone(&telemetry),
         },
-        Receiver { rx, telemetry },
+        Receiver {
+            rx,
+            telemetry,
+            tap: None,
+        },
     )
 }
 
@@ -79,14 +84,24 @@ impl WeakSender {
 pub struct Receiver {
     rx: mpsc::Receiver<Batch>,
     telemetry: Arc<dyn Telemetry>,
+    tap: Option<Arc<TapPoint>>,
 }
 
 impl Receiver {
+    /// Shows what this receiver takes to `tap` (`auditflow tap --inputs-of`).
+    pub fn with_tap(mut self, tap: Arc<TapPoint>) -> Receiver {
+        self.tap = Some(tap);
+        self
+    }
+
     /// The next batch, or `None` once every upstream has finished.
     pub async fn recv(&mut self) -> Option<Batch> {
         let batch = self.rx.recv().await?;
         self.telemetry.buffer_changed(-(batch.len() as i64));
         self.telemetry.received(batch.len(), batch.size_hint());
+        if let Some(tap) = &self.tap {
+            tap.observe(&batch);
+        }
         Some(batch)
     }
 }
@@ -104,6 +119,7 @@ type Targets = RwLock<Arc<[Sender]>>;
 pub struct Output {
     targets: Arc<Targets>,
     telemetry: Arc<dyn Telemetry>,
+    tap: Option<Arc<TapPoint>>,
 }
 
 impl Output {
@@ -112,7 +128,14 @@ impl Output {
         Output {
             targets: Arc::new(RwLock::new(targets.into())),
             telemetry,
+            tap: None,
         }
+    }
+
+    /// Shows what this output sends to `tap` (`auditflow tap --outputs-of`).
+    pub fn with_tap(mut self, tap: Arc<TapPoint>) -> Output {
+        self.tap = Some(tap);
+        self
     }
 
     /// A handle to change where this output and its clones send. It does not keep the
@@ -132,6 +155,9 @@ impl Output {
             return Ok(());
         }
         self.telemetry.sent(batch.len(), batch.size_hint());
+        if let Some(tap) = &self.tap {
+            tap.observe(&batch);
+        }
         let targets = Arc::clone(&self.targets.read().unwrap_or_else(PoisonError::into_inner));
         let Some((last, rest)) = targets.split_last() else {
             // Validation refuses a component whose output goes nowhere.

@@ -18,6 +18,7 @@
 //! - [`dead_letter`]: the `<id>.dead_letter` output of sources and sinks, and the
 //!   `DeadLetter` event shape.
 //! - [`channel`]: the bounded channel between components, which is the backpressure.
+//! - [`tap`]: samples of the events passing a component, for `auditflow tap`.
 //! - [`component`]: the traits plugins implement and the contexts they run in.
 //!
 //! # The one design decision
@@ -38,6 +39,7 @@ pub mod finalize;
 pub mod framing;
 pub mod records;
 mod scan;
+pub mod tap;
 
 pub use batch::Batch;
 pub use channel::Output;

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use auditflow_buffer::DiskBufferOptions;
 use auditflow_config::{AnyConfig, BufferConfig, Component, ConfigError, Pipeline};
+use auditflow_core::tap::Taps;
 use auditflow_core::{
     BuildContext, ComponentError, ComponentKind, Sink, Source, Telemetry, Transform,
 };
@@ -69,11 +70,18 @@ pub struct TopologyBuilder {
     dead_letter_max_bytes: BTreeMap<String, usize>,
     /// `concurrency` of the transforms that set it.
     concurrency: BTreeMap<String, usize>,
+    /// What `auditflow tap` watches: every component's input and output.
+    taps: Taps,
 }
 
 impl TopologyBuilder {
     pub fn new() -> TopologyBuilder {
         TopologyBuilder::default()
+    }
+
+    /// The tap points of the pipeline `start` will wire (for the API's `/tap`).
+    pub fn taps(&self) -> Taps {
+        self.taps.clone()
     }
 
     pub fn source(&mut self, id: &str, source: Box<dyn Source>, telemetry: Arc<dyn Telemetry>) {
@@ -156,6 +164,8 @@ impl TopologyBuilder {
     /// a source sends waits on a component that is not there yet.
     pub fn start(self) -> Running {
         let mut running = Running::empty();
+        // The registry `taps()` handed out (to the API) is the one every launch uses.
+        running.taps = self.taps.clone();
         running.launch(self, BTreeMap::new());
         running
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use auditflow_config::Pipeline;
 use auditflow_core::channel::{self, Output, Receiver, Rewire, Sender, WeakSender};
+use auditflow_core::tap::{Port, Taps};
 use auditflow_core::{
     dead_letter, ComponentError, ComponentKind, DeadLetterOutput, NoTelemetry, Shutdown,
     ShutdownTrigger, SinkContext, SourceContext, Telemetry, Transform,
@@ -62,6 +63,8 @@ pub struct Running {
     pub(crate) live: BTreeMap<String, Live>,
     /// The pipeline it runs, when started from one (what a reload compares with).
     pub(crate) pipeline: Option<Arc<Pipeline>>,
+    /// The tap points of every component, the ones a reload starts included.
+    pub(crate) taps: Taps,
 }
 
 impl Running {
@@ -71,6 +74,7 @@ impl Running {
             failures: Vec::new(),
             live: BTreeMap::new(),
             pipeline: None,
+            taps: Taps::new(),
         }
     }
 
@@ -148,7 +152,8 @@ impl Running {
             if node.kind != ComponentKind::Source {
                 let (tx, rx) = channel::channel(CHANNEL_BATCHES, Arc::clone(&node.telemetry));
                 readers.push((id.clone(), node.inputs.clone(), tx));
-                receivers.insert(id.clone(), rx);
+                let tap = self.taps.point(id, node.kind, Port::InputsOf);
+                receivers.insert(id.clone(), rx.with_tap(tap));
             }
         }
         for (id, live) in &self.live {
@@ -201,7 +206,8 @@ impl Running {
             let output = (node.kind != ComponentKind::Sink).then(|| {
                 let targets = targets_of(&id);
                 tracing::debug!(component_id = %id, targets = targets.len(), "wired");
-                let output = Output::new(targets, Arc::clone(&telemetry));
+                let tap = self.taps.point(&id, node.kind, Port::OutputsOf);
+                let output = Output::new(targets, Arc::clone(&telemetry)).with_tap(tap);
                 live.output = Some(output.rewire());
                 output
             });
