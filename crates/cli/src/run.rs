@@ -64,6 +64,7 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
             Ok(builder) => builder,
             Err(errors) => return start_failure(&errors),
         };
+        start_memory_monitor(pipeline.memory_limit_mb);
         let running = builder.start();
         readiness.set_ready(true);
         tracing::info!(components = pipeline.components.len(), "pipeline started");
@@ -73,6 +74,56 @@ pub fn run(files: &[PathBuf], threads: Option<usize>, registry: &Registry) -> Ex
     // is done, so do not wait for it.
     runtime.shutdown_background();
     code
+}
+
+/// Holds the process under `memory_limit_mb` (or 90% of its cgroup's limit): sources pause
+/// while it is over (see `auditflow_core::memory`).
+fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
+    use auditflow_core::memory;
+    let limit_bytes = match configured_mb {
+        Some(mb) => {
+            let bytes = mb.get().saturating_mul(1 << 20);
+            tracing::info!(memory_limit_mb = mb.get(), "memory limit set by memory_limit_mb");
+            bytes
+        }
+        None => match memory::cgroup_limit() {
+            Some((cgroup_bytes, file)) => {
+                let bytes = cgroup_bytes / 100 * memory::DEFAULT_CGROUP_PERCENT;
+                tracing::info!(
+                    memory_limit_mb = bytes >> 20,
+                    cgroup_limit_mb = cgroup_bytes >> 20,
+                    file = %file.display(),
+                    "memory limit: {}% of the cgroup's (set memory_limit_mb to change it)",
+                    memory::DEFAULT_CGROUP_PERCENT
+                );
+                bytes
+            }
+            None => {
+                tracing::info!("no memory limit: memory_limit_mb is not set and no cgroup limit was found");
+                auditflow_metrics::memory_limit_bytes().set(0);
+                auditflow_metrics::memory_limited().set(0);
+                return;
+            }
+        },
+    };
+    auditflow_metrics::memory_limit_bytes().set(i64::try_from(limit_bytes).unwrap_or(i64::MAX));
+    auditflow_metrics::memory_limited().set(0);
+    auditflow_metrics::memory_limited_total();
+    let thresholds = memory::Thresholds::new(limit_bytes);
+    tokio::spawn(memory::monitor(thresholds, move |limited, used_bytes| {
+        auditflow_metrics::memory_limited().set(i64::from(limited));
+        if limited {
+            auditflow_metrics::memory_limited_total().inc();
+            tracing::warn!(
+                used_mb = used_bytes >> 20,
+                limit_mb = thresholds.limit_bytes >> 20,
+                "memory is at the limit: sources pause until it falls under {} MiB",
+                thresholds.resume_bytes >> 20
+            );
+        } else {
+            tracing::info!(used_mb = used_bytes >> 20, "memory fell under the limit: sources resume");
+        }
+    }));
 }
 
 /// Waits for the pipeline to end on its own or for a signal; the first signal drains, the

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::registry::{AnyConfig, Registry};
 /// Top-level keys a pipeline may have.
 const TOP_LEVEL: &[&str] = &[
     "data_dir",
+    "memory_limit_mb",
     "metrics",
     "shutdown_timeout_secs",
     "sources",
@@ -52,6 +54,9 @@ pub struct Pipeline {
     /// Where components keep state (checkpoints), one folder per component id.
     pub data_dir: PathBuf,
     pub metrics: Option<MetricsConfig>,
+    /// `memory_limit_mb`: above this much memory (MiB) sources pause. `None` when not set:
+    /// `run` then takes 90% of the cgroup's limit, if there is one.
+    pub memory_limit_mb: Option<NonZeroU64>,
     /// How long `SIGTERM` waits for in-flight batches to reach the sinks.
     pub shutdown_timeout: Duration,
     /// Sources, then transforms, then sinks, each sorted by id.
@@ -319,6 +324,7 @@ fn check(
     let data_dir = top_level::<PathBuf>(top, "data_dir", origin, errors)
         .unwrap_or_else(|| PathBuf::from("/var/lib/auditflow"));
     let metrics = top_level::<MetricsConfig>(top, "metrics", origin, errors);
+    let memory_limit_mb = top_level::<NonZeroU64>(top, "memory_limit_mb", origin, errors);
     let shutdown_timeout = Duration::from_secs(
         top_level::<u64>(top, "shutdown_timeout_secs", origin, errors).unwrap_or(30),
     );
@@ -350,6 +356,7 @@ fn check(
     Pipeline {
         data_dir,
         metrics,
+        memory_limit_mb,
         shutdown_timeout,
         components,
     }

@@ -201,6 +201,12 @@ macro_rules! series {
     };
     (@make IntCounterVec, $name:expr, $help:expr, $labels:expr) => { counter_vec($name, $help, $labels) };
     (@make IntGaugeVec, $name:expr, $help:expr, $labels:expr) => { gauge_vec($name, $help, $labels) };
+    (@make IntGauge, $name:expr, $help:expr, $labels:expr) => {
+        register(IntGauge::new($name, $help).expect("valid metric"))
+    };
+    (@make IntCounter, $name:expr, $help:expr, $labels:expr) => {
+        register(IntCounter::new($name, $help).expect("valid metric"))
+    };
     (@make HistogramVec, $name:expr, $help:expr, $labels:expr, $buckets:expr) => { histogram_vec($name, $help, $labels, $buckets) };
 }
 
@@ -309,3 +315,17 @@ series!(
     kafka_consumer_lag: IntGaugeVec(names::KAFKA_CONSUMER_LAG,
         "Messages between the committed position and the high watermark, per partition.",
         ["component_id", "topic", "partition"]));
+series!(
+    /// 1 while the process is over `memory_limit_mb` and sources are paused, else 0.
+    memory_limited: IntGauge(names::MEMORY_LIMITED,
+        "1 while the process is over its memory limit (memory_limit_mb) and sources are paused.",
+        []));
+series!(
+    /// Times the process went over `memory_limit_mb` (the gauge went from 0 to 1).
+    memory_limited_total: IntCounter(names::MEMORY_LIMITED_TOTAL,
+        "Times the process went over its memory limit and paused its sources.", []));
+series!(
+    /// The limit in force, in bytes; 0 when there is none.
+    memory_limit_bytes: IntGauge(names::MEMORY_LIMIT_BYTES,
+        "The memory limit in force (memory_limit_mb, or 90% of the cgroup's), in bytes; 0 when none.",
+        []));

@@ -35,3 +35,7 @@ pub const WEBHOOK_TLS_FAILURES_TOTAL: &str = "auditflow_webhook_tls_failures_tot
 pub const WEBHOOK_CHECKS_TOTAL: &str = "auditflow_webhook_checks_total";
 
 pub const KAFKA_CONSUMER_LAG: &str = "auditflow_kafka_consumer_lag";
+
+pub const MEMORY_LIMITED: &str = "auditflow_memory_limited";
+pub const MEMORY_LIMITED_TOTAL: &str = "auditflow_memory_limited_total";
+pub const MEMORY_LIMIT_BYTES: &str = "auditflow_memory_limit_bytes";

@@ -1061,6 +1061,8 @@ impl Source for Tailer {
             next_scan: Instant::now(),
             next_checkpoint: Instant::now(),
         };
+        // Over memory_limit_mb, read nothing more (as when the pipeline is full).
+        let mut memory = auditflow_core::memory::pressure();
         'running: loop {
             while let Some(done) = self.acks.try_join_next() {
                 self.acked(done);
@@ -1071,7 +1073,7 @@ impl Source for Tailer {
             self.housekeep(&mut timers, telemetry);
             let mut progressed = false;
             for key in self.open_keys() {
-                while self.acks.len() < MAX_BATCHES_IN_FLIGHT {
+                while self.acks.len() < MAX_BATCHES_IN_FLIGHT && !memory.is_limited() {
                     let Some(fill) = self.fill(key, telemetry) else {
                         break;
                     };
@@ -1137,6 +1139,7 @@ impl Source for Tailer {
                 biased;
                 _ = shutdown.wait() => break,
                 Some(done) = self.acks.join_next(), if !self.acks.is_empty() => self.acked(done),
+                _ = memory.relieved(), if memory.is_limited() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }

@@ -100,11 +100,14 @@ impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
     async fn run(mut self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
         let mut framer = Framer::new(self.framing, self.max_line_bytes, 0);
         let mut decoder = Decoder::new(&cx, self.envelope.clone());
+        let mut memory = auditflow_core::memory::pressure();
         loop {
             let read = tokio::select! {
                 biased;
                 _ = cx.shutdown.wait() => break,
-                read = self.reader.read_buf(framer.buffer()) => read,
+                // Over memory_limit_mb, read nothing more until memory falls.
+                _ = memory.relieved(), if memory.is_limited() => continue,
+                read = self.reader.read_buf(framer.buffer()), if !memory.is_limited() => read,
             };
             let read = read.map_err(|source| ComponentError::Io {
                 context: "reading standard input".into(),
