@@ -83,7 +83,10 @@ fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
     let limit_bytes = match configured_mb {
         Some(mb) => {
             let bytes = mb.get().saturating_mul(1 << 20);
-            tracing::info!(memory_limit_mb = mb.get(), "memory limit set by memory_limit_mb");
+            tracing::info!(
+                memory_limit_mb = mb.get(),
+                "memory limit set by memory_limit_mb"
+            );
             bytes
         }
         None => match memory::cgroup_limit() {
@@ -99,7 +102,9 @@ fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
                 bytes
             }
             None => {
-                tracing::info!("no memory limit: memory_limit_mb is not set and no cgroup limit was found");
+                tracing::info!(
+                    "no memory limit: memory_limit_mb is not set and no cgroup limit was found"
+                );
                 auditflow_metrics::memory_limit_bytes().set(0);
                 auditflow_metrics::memory_limited().set(0);
                 return;
@@ -110,7 +115,7 @@ fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
     auditflow_metrics::memory_limited().set(0);
     auditflow_metrics::memory_limited_total();
     let thresholds = memory::Thresholds::new(limit_bytes);
-    tokio::spawn(memory::monitor(thresholds, move |limited, used_bytes| {
+    let changed = move |limited: bool, used_bytes: u64| {
         auditflow_metrics::memory_limited().set(i64::from(limited));
         if limited {
             auditflow_metrics::memory_limited_total().inc();
@@ -121,10 +126,31 @@ fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
                 thresholds.resume_bytes >> 20
             );
         } else {
-            tracing::info!(used_mb = used_bytes >> 20, "memory fell under the limit: sources resume");
+            tracing::info!(
+                used_mb = used_bytes >> 20,
+                "memory fell under the limit: sources resume"
+            );
         }
-    }));
+    };
+    tokio::spawn(memory::monitor(thresholds, changed, release_free_memory));
 }
+
+/// Hands the memory glibc's allocator holds free back to the kernel. Freed blocks stay in
+/// its arenas (only the top of each is trimmed), so the resident memory of a process that
+/// drained its pipeline can stay where it was; `malloc_trim` returns every free page.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: `malloc_trim` takes no pointer and only walks glibc's own arenas, under
+    // their locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators (musl's) return freed memory themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 /// Waits for the pipeline to end on its own or for a signal; the first signal drains, the
 /// second (or the timeout) stops at once.

@@ -26,13 +26,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How often the monitor samples. At 100 MB/s of input this bounds what can arrive between
-/// two samples to about 2.5 MB, and one sample (a read of `/proc/self/status`) costs a few
-/// microseconds.
-pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(25);
+/// two samples to about 1 MB; one sample (a read of `/proc/self/status`) costs some tens
+/// of microseconds, well under 1% of a core at this rate.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Sources resume once memory falls below this share of the limit (percent): the gap keeps
-/// them from pausing and resuming on every sample around the limit.
-pub const RESUME_PERCENT: u64 = 90;
+/// Sources resume once memory falls below this share of the limit (percent). The gap is
+/// wider than what handing free memory back to the kernel gives while a destination is
+/// down (a few MB), so a stuck pipeline stays paused instead of reading one more batch,
+/// going over again, and creeping up on the cgroup's OOM killer.
+pub const RESUME_PERCENT: u64 = 80;
 
 /// The default limit, as a share of the cgroup's limit (percent): the rest is for what the
 /// process holds outside its anonymous memory (kernel buffers, page tables, mapped code).
@@ -107,15 +109,26 @@ impl Thresholds {
 }
 
 /// Samples the process's memory every [`SAMPLE_INTERVAL`] and raises or clears the flag;
-/// `changed(limited, used_bytes)` hears each change. Runs until the process ends (or,
-/// should `/proc` become unreadable, clears the flag and returns: sources must not stay
-/// paused on a reading that is gone).
-pub async fn monitor(thresholds: Thresholds, mut changed: impl FnMut(bool, u64) + Send) {
+/// `changed(limited, used_bytes)` hears each change. While the flag is up, `release` is
+/// called before each sample: it hands memory the allocator holds free back to the kernel
+/// (glibc keeps freed memory in its arenas, so without it the resident memory could stay
+/// over the resume threshold after the pipeline drained, and sources would never resume).
+///
+/// Runs until the process ends (or, should `/proc` become unreadable, clears the flag and
+/// returns: sources must not stay paused on a reading that is gone).
+pub async fn monitor(
+    thresholds: Thresholds,
+    mut changed: impl FnMut(bool, u64) + Send,
+    release: impl Fn() + Send,
+) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut limited = false;
     loop {
         tick.tick().await;
+        if limited {
+            release();
+        }
         let used = match resident_anonymous_bytes() {
             Ok(used) => used,
             Err(error) => {
@@ -139,7 +152,14 @@ pub fn resident_anonymous_bytes() -> io::Result<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix("RssAnon:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map(|kib| kib * 1024)
         .ok_or_else(|| io::Error::other("no RssAnon line in /proc/self/status"))
 }
@@ -157,7 +177,8 @@ pub fn cgroup_limit() -> Option<(u64, PathBuf)> {
 pub fn cgroup_limit_in(root: &Path, membership: &str) -> Option<(u64, PathBuf)> {
     for line in membership.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -217,10 +238,10 @@ mod tests {
     #[test]
     fn the_flag_goes_up_at_the_limit_and_down_only_under_the_resume_threshold() {
         let thresholds = Thresholds::new(1000 * 1024);
-        assert_eq!(thresholds.resume_bytes, 900 * 1024);
+        assert_eq!(thresholds.resume_bytes, 800 * 1024);
         let mut limited = false;
         let mut seen = Vec::new();
-        for used in [500, 999, 1000, 950, 901, 900, 899, 950, 999, 1001] {
+        for used in [500, 999, 1000, 950, 801, 800, 799, 950, 999, 1001] {
             limited = thresholds.limited(limited, used * 1024);
             seen.push(limited);
         }
