@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use auditflow_core::memory::DEFAULT_CGROUP_PERCENT;
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::tls::{Pki, Reply, ServerOptions, TestServer};
-use auditflow_e2e::{auditflow_bin, free_port, http_get, metric, wait_ready, Workspace};
+use auditflow_e2e::{
+    auditflow_bin, free_port, http_get, metric, run_to_end, wait_ready, Workspace,
+};
 
 const CGROUP_LIMIT_BYTES: u64 = 64 << 20;
 /// `memory_limit_mb` under load: room below the cgroup's limit for what one step of the
@@ -597,4 +599,38 @@ fn a_sidecar_under_a_64_mib_cgroup_pauses_its_sources_and_delivers_every_event()
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
+}
+
+#[test]
+fn memory_limit_mb_must_be_a_positive_number_of_mib() {
+    let workspace = Workspace::new();
+    let pipeline = |limit: &str| {
+        format!(
+            "memory_limit_mb: {limit}\nsources:\n  in: {{ type: stdin }}\nsinks:\n  out: {{ type: blackhole, inputs: [in] }}\n"
+        )
+    };
+    workspace.write("ok.yaml", &pipeline("48"));
+    let valid = run_to_end(workspace.path(), &["validate", "ok.yaml"], &[], b"");
+    assert!(
+        valid.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&valid.stdout),
+        String::from_utf8_lossy(&valid.stderr)
+    );
+    for (limit, problem) in [
+        ("0", "nonzero"),
+        ("-5", "invalid value"),
+        ("64Mi", "invalid type"),
+    ] {
+        workspace.write("bad.yaml", &pipeline(limit));
+        let invalid = run_to_end(workspace.path(), &["validate", "bad.yaml"], &[], b"");
+        let stderr = String::from_utf8_lossy(&invalid.stdout) + String::from_utf8_lossy(&invalid.stderr);
+        assert_eq!(invalid.status.code(), Some(2), "{limit}: {stderr}");
+        assert!(
+            stderr.contains("bad.yaml")
+                && stderr.contains("memory_limit_mb")
+                && stderr.contains(problem),
+            "{limit}: {stderr}"
+        );
+    }
 }

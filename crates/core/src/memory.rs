@@ -277,10 +277,10 @@ mod tests {
             ("kubepods/pod1/memory.max", "134217728\n"),
             ("kubepods/pod1/auditflow/memory.max", "max\n"),
         ]);
-        let (bytes, file) = cgroup_limit_in(&root.path(), "0::/kubepods/pod1/auditflow\n").unwrap();
+        let (bytes, file) = cgroup_limit_in(root.path(), "0::/kubepods/pod1/auditflow\n").unwrap();
         assert_eq!(bytes, 128 << 20);
         assert_eq!(file, root.path().join("kubepods/pod1/memory.max"));
-        assert_eq!(cgroup_limit_in(&root.path(), "0::/kubepods\n"), None);
+        assert_eq!(cgroup_limit_in(root.path(), "0::/kubepods\n"), None);
     }
 
     #[test]
@@ -291,9 +291,9 @@ mod tests {
             ("unified/docker/abc/cgroup.procs", ""),
         ]);
         let membership = "9:pids:/docker/abc\n4:memory:/docker/abc\n0::/docker/abc\n";
-        let (bytes, _) = cgroup_limit_in(&root.path(), membership).unwrap();
+        let (bytes, _) = cgroup_limit_in(root.path(), membership).unwrap();
         assert_eq!(bytes, 64 << 20);
-        assert_eq!(cgroup_limit_in(&root.path(), "4:memory:/\n0::/\n"), None);
+        assert_eq!(cgroup_limit_in(root.path(), "4:memory:/\n0::/\n"), None);
     }
 
     #[tokio::test]

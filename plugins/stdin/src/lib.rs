@@ -339,4 +339,24 @@ mod tests {
         assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
         drop(writer);
     }
+
+    /// (The flag is process-wide: nextest runs each test in a process of its own.)
+    #[tokio::test]
+    async fn over_the_memory_limit_nothing_is_read_until_memory_falls() {
+        auditflow_core::memory::set_limited(true);
+        let reader = std::io::Cursor::new(b"{\"n\":1}\n{\"n\":2}\n".to_vec());
+        let counts = Arc::new(RecordingTelemetry::default());
+        let running = tokio::spawn(run(reader, 1024, Framing::JsonStream, counts, None));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !running.is_finished(),
+            "the source read while over the limit"
+        );
+        auditflow_core::memory::set_limited(false);
+        let batches = tokio::time::timeout(std::time::Duration::from_secs(10), running)
+            .await
+            .expect("the source reads once memory falls")
+            .unwrap();
+        assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
+    }
 }
