@@ -396,6 +396,8 @@ fn options_are_checked() {
     assert!(unknown.is_err());
 }
 
+/// The pause outlasts `rotate_wait_secs` (1 s here): a file idle at its end when the pause
+/// began, and written to meanwhile, must not be closed as finished with those lines unread.
 /// (The flag is process-wide: nextest runs each test in a process of its own.)
 #[tokio::test]
 async fn over_the_memory_limit_nothing_more_is_read_until_memory_falls() {
