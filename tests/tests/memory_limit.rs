@@ -624,7 +624,8 @@ fn memory_limit_mb_must_be_a_positive_number_of_mib() {
     ] {
         workspace.write("bad.yaml", &pipeline(limit));
         let invalid = run_to_end(workspace.path(), &["validate", "bad.yaml"], &[], b"");
-        let stderr = String::from_utf8_lossy(&invalid.stdout) + String::from_utf8_lossy(&invalid.stderr);
+        let stderr =
+            String::from_utf8_lossy(&invalid.stdout) + String::from_utf8_lossy(&invalid.stderr);
         assert_eq!(invalid.status.code(), Some(2), "{limit}: {stderr}");
         assert!(
             stderr.contains("bad.yaml")
