@@ -324,9 +324,15 @@ impl Source for KafkaSource {
                     if limited && !paused {
                         set_paused(&consumer, &id, true);
                         paused = true;
-                    } else if !limited && paused && pending.is_none() {
-                        set_paused(&consumer, &id, false);
-                        paused = false;
+                    } else if !limited && pending.is_none() {
+                        // What was fetched before the pause goes first.
+                        if !reader.is_empty() {
+                            pending = reader.flush(&out, &shared);
+                        }
+                        if paused && pending.is_none() {
+                            set_paused(&consumer, &id, false);
+                            paused = false;
+                        }
                     }
                 }
                 _ = commit_tick.tick() => commit(&*consumer, &shared, None, CommitMode::Async, &id),
@@ -343,7 +349,7 @@ impl Source for KafkaSource {
                             Poll::Pending => break,
                         }
                     }
-                    if pending.is_none() {
+                    if pending.is_none() && !memory.is_limited() {
                         pending = reader.flush(&out, &shared);
                     }
                     if (pending.is_some() || memory.is_limited()) && (!paused || shared.rebalanced.swap(false, Ordering::AcqRel)) {
