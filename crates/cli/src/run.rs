@@ -91,6 +91,7 @@ pub fn run(
             Ok(builder) => builder,
             Err(errors) => return start_failure(&errors),
         };
+        start_memory_monitor(pipeline.memory_limit_mb);
         let taps = builder.taps();
         let mut running = builder.start();
         running.set_pipeline(Arc::clone(&pipeline));
@@ -123,6 +124,82 @@ pub fn run(
     runtime.shutdown_background();
     code
 }
+
+/// Holds the process under `memory_limit_mb` (or 90% of its cgroup's limit): sources pause
+/// while it is over (see `auditflow_core::memory`).
+fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
+    use auditflow_core::memory;
+    let limit_bytes = match configured_mb {
+        Some(mb) => {
+            let bytes = mb.get().saturating_mul(1 << 20);
+            tracing::info!(
+                memory_limit_mb = mb.get(),
+                "memory limit set by memory_limit_mb"
+            );
+            bytes
+        }
+        None => match memory::cgroup_limit() {
+            Some((cgroup_bytes, file)) => {
+                let bytes = cgroup_bytes / 100 * memory::DEFAULT_CGROUP_PERCENT;
+                tracing::info!(
+                    memory_limit_mb = bytes >> 20,
+                    cgroup_limit_mb = cgroup_bytes >> 20,
+                    file = %file.display(),
+                    "memory limit: {}% of the cgroup's (set memory_limit_mb to change it)",
+                    memory::DEFAULT_CGROUP_PERCENT
+                );
+                bytes
+            }
+            None => {
+                tracing::info!(
+                    "no memory limit: memory_limit_mb is not set and no cgroup limit was found"
+                );
+                auditflow_metrics::memory_limit_bytes().set(0);
+                auditflow_metrics::memory_limited().set(0);
+                return;
+            }
+        },
+    };
+    auditflow_metrics::memory_limit_bytes().set(i64::try_from(limit_bytes).unwrap_or(i64::MAX));
+    auditflow_metrics::memory_limited().set(0);
+    auditflow_metrics::memory_limited_total();
+    let thresholds = memory::Thresholds::new(limit_bytes);
+    let changed = move |limited: bool, used_bytes: u64| {
+        auditflow_metrics::memory_limited().set(i64::from(limited));
+        if limited {
+            auditflow_metrics::memory_limited_total().inc();
+            tracing::warn!(
+                used_mb = used_bytes >> 20,
+                limit_mb = thresholds.limit_bytes >> 20,
+                "memory is at the limit: sources pause until it falls under {} MiB",
+                thresholds.resume_bytes >> 20
+            );
+        } else {
+            tracing::info!(
+                used_mb = used_bytes >> 20,
+                "memory fell under the limit: sources resume"
+            );
+        }
+    };
+    tokio::spawn(memory::monitor(thresholds, changed, release_free_memory));
+}
+
+/// Hands the memory glibc's allocator holds free back to the kernel. Freed blocks stay in
+/// its arenas (only the top of each is trimmed), so the resident memory of a process that
+/// drained its pipeline can stay where it was; `malloc_trim` returns every free page.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: `malloc_trim` takes no pointer and only walks glibc's own arenas, under
+    // their locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators (musl's) return freed memory themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 /// Waits for the pipeline to end on its own or for a signal; the first signal drains, the
 /// second (or the timeout) stops at once. `SIGHUP`, or a change of the files under

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::registry::{AnyConfig, Registry};
 const TOP_LEVEL: &[&str] = &[
     "api",
     "data_dir",
+    "memory_limit_mb",
     "metrics",
     "shutdown_timeout_secs",
     "sources",
@@ -57,6 +59,9 @@ pub struct Pipeline {
     pub metrics: Option<MetricsConfig>,
     /// The HTTP API (`auditflow tap`); `None`: not served.
     pub api: Option<ApiConfig>,
+    /// `memory_limit_mb`: above this much memory (MiB) sources pause. `None` when not set:
+    /// `run` then takes 90% of the cgroup's limit, if there is one.
+    pub memory_limit_mb: Option<NonZeroU64>,
     /// How long `SIGTERM` waits for in-flight batches to reach the sinks.
     pub shutdown_timeout: Duration,
     /// Sources, then transforms, then sinks, each sorted by id.
@@ -357,6 +362,7 @@ fn check(
             message,
         ));
     }
+    let memory_limit_mb = top_level::<NonZeroU64>(top, "memory_limit_mb", origin, errors);
     let shutdown_timeout = Duration::from_secs(
         top_level::<u64>(top, "shutdown_timeout_secs", origin, errors).unwrap_or(30),
     );
@@ -389,6 +395,7 @@ fn check(
         data_dir,
         metrics,
         api,
+        memory_limit_mb,
         shutdown_timeout,
         components,
         tests: Vec::new(),

@@ -20,6 +20,7 @@
 //! - [`channel`]: the bounded channel between components, which is the backpressure.
 //! - [`tap`]: samples of the events passing a component, for `auditflow tap`.
 //! - [`component`]: the traits plugins implement and the contexts they run in.
+//! - [`memory`]: `memory_limit_mb`: the monitor, and the flag that pauses sources.
 //!
 //! # The one design decision
 //! An [`Event`](event::Event) keeps the bytes it arrived as and parses only the top-level
@@ -37,6 +38,7 @@ pub mod envelope;
 pub mod event;
 pub mod finalize;
 pub mod framing;
+pub mod memory;
 pub mod records;
 mod scan;
 pub mod tap;

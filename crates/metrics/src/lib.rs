@@ -201,6 +201,12 @@ macro_rules! series {
     };
     (@make IntCounterVec, $name:expr, $help:expr, $labels:expr) => { counter_vec($name, $help, $labels) };
     (@make IntGaugeVec, $name:expr, $help:expr, $labels:expr) => { gauge_vec($name, $help, $labels) };
+    (@make IntGauge, $name:expr, $help:expr, $labels:expr) => {
+        register(IntGauge::new($name, $help).expect("valid metric"))
+    };
+    (@make IntCounter, $name:expr, $help:expr, $labels:expr) => {
+        register(IntCounter::new($name, $help).expect("valid metric"))
+    };
     (@make HistogramVec, $name:expr, $help:expr, $labels:expr, $buckets:expr) => { histogram_vec($name, $help, $labels, $buckets) };
 }
 
@@ -318,3 +324,17 @@ series!(
     /// `run`: 1, labelled with the `hash` of the pipeline running now (one series at a time).
     config_hash: IntGaugeVec(names::CONFIG_HASH,
         "Always 1, labelled with the hash of the pipeline running now.", ["hash"]));
+series!(
+    /// 1 while the process is over `memory_limit_mb` and sources are paused, else 0.
+    memory_limited: IntGauge(names::MEMORY_LIMITED,
+        "1 while the process is over its memory limit (memory_limit_mb) and sources are paused.",
+        []));
+series!(
+    /// Times the process went over `memory_limit_mb` (the gauge went from 0 to 1).
+    memory_limited_total: IntCounter(names::MEMORY_LIMITED_TOTAL,
+        "Times the process went over its memory limit and paused its sources.", []));
+series!(
+    /// The limit in force, in bytes; 0 when there is none.
+    memory_limit_bytes: IntGauge(names::MEMORY_LIMIT_BYTES,
+        "The memory limit in force (memory_limit_mb, or 90% of the cgroup's), in bytes; 0 when none.",
+        []));

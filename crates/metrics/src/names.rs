@@ -38,3 +38,6 @@ pub const KAFKA_CONSUMER_LAG: &str = "auditflow_kafka_consumer_lag";
 
 pub const RELOADS_TOTAL: &str = "auditflow_reloads_total";
 pub const CONFIG_HASH: &str = "auditflow_config_hash";
+pub const MEMORY_LIMITED: &str = "auditflow_memory_limited";
+pub const MEMORY_LIMITED_TOTAL: &str = "auditflow_memory_limited_total";
+pub const MEMORY_LIMIT_BYTES: &str = "auditflow_memory_limit_bytes";

@@ -793,6 +793,9 @@ impl Tailer {
                 .idle_since
                 .is_some_and(|since| now.duration_since(since) >= wait)
                 && reader.framer.pending_bytes() == 0
+                // Written to while reading was held back (a full pipeline, the memory
+                // limit): not finished. (A gzip file's size is not in read offsets.)
+                && (matches!(reader.input, Input::Gzip(_)) || entry.size <= entry.read.offset)
             {
                 closing.push(key);
             }
@@ -1088,6 +1091,8 @@ impl Source for Tailer {
             next_scan: Instant::now(),
             next_checkpoint: Instant::now(),
         };
+        // Over memory_limit_mb, read nothing more (as when the pipeline is full).
+        let mut memory = auditflow_core::memory::pressure();
         'running: loop {
             while let Some(done) = self.acks.try_join_next() {
                 self.acked(done);
@@ -1098,7 +1103,7 @@ impl Source for Tailer {
             self.housekeep(&mut timers, telemetry);
             let mut progressed = false;
             for key in self.open_keys() {
-                while self.acks.len() < MAX_BATCHES_IN_FLIGHT {
+                while self.acks.len() < MAX_BATCHES_IN_FLIGHT && !memory.is_limited() {
                     let Some(fill) = self.fill(key, telemetry) else {
                         break;
                     };
@@ -1164,6 +1169,7 @@ impl Source for Tailer {
                 biased;
                 _ = shutdown.wait() => break,
                 Some(done) = self.acks.join_next(), if !self.acks.is_empty() => self.acked(done),
+                _ = memory.relieved(), if memory.is_limited() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }

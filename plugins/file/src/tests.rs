@@ -399,3 +399,22 @@ fn options_are_checked() {
         serde_json::from_value::<FileConfig>(json!({"include": ["a"], "read_from": "middle"}));
     assert!(unknown.is_err());
 }
+
+/// The pause outlasts `rotate_wait_secs` (1 s here): a file idle at its end when the pause
+/// began, and written to meanwhile, must not be closed as finished with those lines unread.
+/// (The flag is process-wide: nextest runs each test in a process of its own.)
+#[tokio::test]
+async fn over_the_memory_limit_nothing_more_is_read_until_memory_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = logs(dir.path()).join("audit.log");
+    append(&log, &lines("a", 0..3));
+    let mut source = start(dir.path(), json!({}));
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    auditflow_core::memory::set_limited(true);
+    append(&log, &lines("a", 3..6));
+    source.quiet().await;
+    source.quiet().await;
+    auditflow_core::memory::set_limited(false);
+    assert_eq!(source.ids(3).await, ids("a", 3..6));
+    source.stop().await;
+}

@@ -130,10 +130,19 @@ impl Source for GeneratorSource {
     async fn run(mut self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
         let mut pacer = self.rate_per_sec.map(Pacer::new);
         let mut sent = 0u64;
+        let mut memory = auditflow_core::memory::pressure();
         loop {
             let left = self.count.map(|count| count - sent);
             if left == Some(0) {
                 break;
+            }
+            if memory.is_limited() {
+                // Over memory_limit_mb: make nothing more until memory falls.
+                tokio::select! {
+                    biased;
+                    _ = cx.shutdown.wait() => break,
+                    _ = memory.relieved() => {}
+                }
             }
             let mut max_events = MAX_BATCH_EVENTS;
             if let Some(pacer) = &mut pacer {

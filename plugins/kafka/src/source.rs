@@ -285,6 +285,8 @@ impl Source for KafkaSource {
         reader.envelope = self.envelope.clone();
         let mut pending: Option<SendFuture> = None;
         let mut paused = false;
+        // Over memory_limit_mb the partitions pause as when the pipeline is full.
+        let mut memory = auditflow_core::memory::pressure();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -297,7 +299,7 @@ impl Source for KafkaSource {
                     if let Err(closed) = sent {
                         break Err(closed.into());
                     }
-                    if paused {
+                    if paused && !memory.is_limited() {
                         set_paused(&consumer, &id, false);
                         paused = false;
                     }
@@ -317,6 +319,22 @@ impl Source for KafkaSource {
                     let seeks = shared.lock().rewind();
                     seek_back(&consumer, &shared, &id, seeks).await;
                 }
+                _ = memory.changed() => {
+                    let limited = memory.is_limited();
+                    if limited && !paused {
+                        set_paused(&consumer, &id, true);
+                        paused = true;
+                    } else if !limited && pending.is_none() {
+                        // What was fetched before the pause goes first.
+                        if !reader.is_empty() {
+                            pending = reader.flush(&out, &shared);
+                        }
+                        if paused && pending.is_none() {
+                            set_paused(&consumer, &id, false);
+                            paused = false;
+                        }
+                    }
+                }
                 _ = commit_tick.tick() => commit(&*consumer, &shared, None, CommitMode::Async, &id),
                 message = consumer.recv() => {
                     reader.push(message);
@@ -331,10 +349,10 @@ impl Source for KafkaSource {
                             Poll::Pending => break,
                         }
                     }
-                    if pending.is_none() {
+                    if pending.is_none() && !memory.is_limited() {
                         pending = reader.flush(&out, &shared);
                     }
-                    if pending.is_some() && (!paused || shared.rebalanced.swap(false, Ordering::AcqRel)) {
+                    if (pending.is_some() || memory.is_limited()) && (!paused || shared.rebalanced.swap(false, Ordering::AcqRel)) {
                         // Partitions assigned while paused start unpaused: pause them too.
                         set_paused(&consumer, &id, true);
                         paused = true;
@@ -554,7 +572,7 @@ fn set_paused(consumer: &Consumer_, id: &str, pause: bool) {
             component_id = %id,
             partitions = assignment.count(),
             "kafka partitions {}",
-            if pause { "paused: the pipeline is full" } else { "resumed" }
+            if pause { "paused: the pipeline is full or memory is at its limit" } else { "resumed" }
         ),
         Err(error) => {
             tracing::warn!(component_id = %id, %error, pause, "cannot pause or resume kafka partitions")

@@ -100,11 +100,14 @@ impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
     async fn run(mut self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
         let mut framer = Framer::new(self.framing, self.max_line_bytes, 0);
         let mut decoder = Decoder::new(&cx, self.envelope.clone());
+        let mut memory = auditflow_core::memory::pressure();
         loop {
             let read = tokio::select! {
                 biased;
                 _ = cx.shutdown.wait() => break,
-                read = self.reader.read_buf(framer.buffer()) => read,
+                // Over memory_limit_mb, read nothing more until memory falls.
+                _ = memory.relieved(), if memory.is_limited() => continue,
+                read = self.reader.read_buf(framer.buffer()), if !memory.is_limited() => read,
             };
             let read = read.map_err(|source| ComponentError::Io {
                 context: "reading standard input".into(),
@@ -335,5 +338,25 @@ mod tests {
         let batches = run(reader, 1024, Framing::JsonStream, counts, Some(2)).await;
         assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
         drop(writer);
+    }
+
+    /// (The flag is process-wide: nextest runs each test in a process of its own.)
+    #[tokio::test]
+    async fn over_the_memory_limit_nothing_is_read_until_memory_falls() {
+        auditflow_core::memory::set_limited(true);
+        let reader = std::io::Cursor::new(b"{\"n\":1}\n{\"n\":2}\n".to_vec());
+        let counts = Arc::new(RecordingTelemetry::default());
+        let running = tokio::spawn(run(reader, 1024, Framing::JsonStream, counts, None));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !running.is_finished(),
+            "the source read while over the limit"
+        );
+        auditflow_core::memory::set_limited(false);
+        let batches = tokio::time::timeout(std::time::Duration::from_secs(10), running)
+            .await
+            .expect("the source reads once memory falls")
+            .unwrap();
+        assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
     }
 }

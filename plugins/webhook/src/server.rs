@@ -492,6 +492,12 @@ impl State {
         let gzip = content_encoding(&request.headers)?;
         let declared = self.declared_length(&request.headers)?;
 
+        if auditflow_core::memory::pressure().is_limited() {
+            return Err(Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auditflow is at its memory limit (memory_limit_mb): retry later",
+            ));
+        }
         // Hold budget for the body before reading it; this is what bounds memory.
         let initial = declared.unwrap_or(self.settings.max_body_bytes);
         let mut permit = self.reserve(permits_for(initial), Instant::now()).await?;

@@ -255,3 +255,20 @@ fn a_whole_body_decodes_as_a_post_would_take_it() {
     let (status, message) = refused(headers("application/json", ""), b"[7]", 1 << 20);
     assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
 }
+
+/// (The flag is process-wide: nextest runs each test in a process of its own.)
+#[tokio::test]
+async fn over_the_memory_limit_requests_are_answered_503_with_retry_after() {
+    auditflow_core::memory::set_limited(true);
+    let limited = answer_when_the_sink_says(Some(BatchStatus::Delivered), 5000).await;
+    assert!(limited.starts_with("HTTP/1.1 503"), "{limited}");
+    assert!(
+        limited.to_ascii_lowercase().contains("retry-after: 5"),
+        "{limited}"
+    );
+    assert!(limited.contains("memory limit"), "{limited}");
+
+    auditflow_core::memory::set_limited(false);
+    let delivered = answer_when_the_sink_says(Some(BatchStatus::Delivered), 5000).await;
+    assert!(delivered.starts_with("HTTP/1.1 200"), "{delivered}");
+}
