@@ -27,10 +27,10 @@ mod query;
 mod rbac;
 mod registry;
 mod run;
-mod unit_test;
-mod watch;
 mod tap;
 mod top;
+mod unit_test;
+mod watch;
 mod webhook_check;
 
 use std::path::PathBuf;
