@@ -8,7 +8,8 @@ pub mod audit_lines;
 pub mod collector;
 pub mod dead_letters;
 pub mod kafka;
-pub mod tls;
+/// The HTTPS test server, shared with the https sink's unit tests.
+pub use auditflow_testkit::tls;
 pub mod webhook_client;
 
 use std::io::{BufRead, BufReader, Read};

@@ -8,9 +8,13 @@
 //! - [`run_transform`]: runs a transform over events, synchronously.
 //! - [`RecordingTelemetry`]: the counters a component reported, for asserting on them.
 //! - [`compliance`]: the checks every plugin passes.
+//! - `tls` (feature `tls`): a real HTTPS server with a private CA, for the https sink's
+//!   tests and the end-to-end tests.
 
 pub mod compliance;
 pub mod events;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

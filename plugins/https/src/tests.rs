@@ -18,11 +18,7 @@ use tls_server::{Pki, Recorded, Reply, ServerOptions, TestServer};
 
 use crate::HttpsConfig;
 
-/// The end-to-end tests' HTTPS server, shared as source so that this crate does not
-/// depend on the e2e crate.
-#[path = "../../../tests/src/tls.rs"]
-#[allow(dead_code)]
-mod tls_server;
+use auditflow_testkit::tls as tls_server;
 
 /// A private CA on disk and a server using it.
 struct Setup {

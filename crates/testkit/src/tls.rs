@@ -46,7 +46,7 @@ pub struct Pki {
     ca: Arc<CertifiedIssuer<'static, KeyPair>>,
 }
 
-/// A throw-away RSA key in two forms (see `tests/fixtures/tls/README.md`): rcgen cannot
+/// A throw-away RSA key in two forms (see `crates/testkit/fixtures/tls/README.md`): rcgen cannot
 /// make RSA keys with ring.
 const RSA_PKCS8_PEM: &str = include_str!("../fixtures/tls/rsa-pkcs8.key");
 const RSA_PKCS1_PEM: &str = include_str!("../fixtures/tls/rsa-pkcs1.key");
