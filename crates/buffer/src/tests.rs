@@ -267,33 +267,14 @@ fn a_full_disk_fails_the_append_and_damages_nothing_written() {
 }
 
 mod relay {
-    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
     use auditflow_core::channel;
-    use auditflow_core::{Batch, BatchNotifier, BatchStatus, Event, Telemetry};
+    use auditflow_core::{Batch, BatchNotifier, BatchStatus, Event};
+    use auditflow_testkit::RecordingTelemetry;
 
     use crate::{start, DiskBufferOptions, WhenFull};
-
-    #[derive(Default)]
-    struct Counts {
-        discarded: AtomicUsize,
-        waiting: AtomicI64,
-    }
-
-    impl Telemetry for Counts {
-        fn received(&self, _: usize, _: usize) {}
-        fn sent(&self, _: usize, _: usize) {}
-        fn discarded(&self, reason: &'static str, events: usize) {
-            assert_eq!(reason, "buffer_full");
-            self.discarded.fetch_add(events, Ordering::SeqCst);
-        }
-        fn errored(&self, _: &'static str, _: usize) {}
-        fn buffer_changed(&self, delta: i64) {
-            self.waiting.fetch_add(delta, Ordering::SeqCst);
-        }
-    }
 
     fn batch_of(range: std::ops::Range<usize>) -> Vec<Event> {
         range
@@ -313,7 +294,7 @@ mod relay {
     #[tokio::test]
     async fn sources_are_acknowledged_once_fsynced_and_records_released_once_delivered() {
         let dir = tempfile::tempdir().unwrap();
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(RecordingTelemetry::default());
         let (tx, rx) = channel::channel(2, counts.clone());
         let (mut sink, run) = start(
             "out",
@@ -333,22 +314,18 @@ mod relay {
         assert_eq!(status, BatchStatus::Delivered);
         let delivered = sink.recv().await.unwrap();
         assert_eq!(delivered.events, batch_of(0..10));
-        assert_eq!(
-            counts.waiting.load(Ordering::SeqCst),
-            10,
-            "on disk until released"
-        );
+        assert_eq!(counts.recorded().buffer, 10, "on disk until released");
         delivered.resolve(BatchStatus::Delivered);
         drop(tx);
         assert!(sink.recv().await.is_none());
         run.await.unwrap().unwrap();
-        assert_eq!(counts.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(counts.recorded().buffer, 0);
     }
 
     #[tokio::test]
     async fn drop_newest_drops_and_counts_what_does_not_fit_and_acknowledges_it() {
         let dir = tempfile::tempdir().unwrap();
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(RecordingTelemetry::default());
         let (tx, rx) = channel::channel(2, counts.clone());
         // 64 KiB and a sink that does not read yet.
         let (mut sink, run) = start(
@@ -384,7 +361,16 @@ mod relay {
             batch.resolve(BatchStatus::Delivered);
         }
         run.await.unwrap().unwrap();
-        let discarded = counts.discarded.load(Ordering::SeqCst);
+        let recorded = counts.recorded();
+        assert!(
+            recorded
+                .discarded
+                .iter()
+                .all(|(reason, _)| *reason == "buffer_full"),
+            "{:?}",
+            recorded.discarded
+        );
+        let discarded = counts.discarded_events("buffer_full");
         assert!(discarded > 0, "2000 events do not fit in 64 KiB");
         assert_eq!(
             delivered.len() + discarded,

@@ -4,7 +4,6 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,38 +12,19 @@ use auditflow_core::{
     Batch, BatchStatus, BuildContext, ComponentError, Output, Shutdown, ShutdownTrigger,
     SourceConfig, SourceContext, Telemetry, Validate,
 };
+use auditflow_testkit::RecordingTelemetry;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::checkpoint::CheckpointStore;
 use crate::FileConfig;
 
-#[derive(Default)]
-struct Counts {
-    malformed: AtomicUsize,
-    oversized: AtomicUsize,
-}
-
-impl Telemetry for Counts {
-    fn received(&self, _: usize, _: usize) {}
-    fn sent(&self, _: usize, _: usize) {}
-    fn discarded(&self, reason: &'static str, events: usize) {
-        match reason {
-            "malformed" => self.malformed.fetch_add(events, Ordering::SeqCst),
-            "oversized" => self.oversized.fetch_add(events, Ordering::SeqCst),
-            _ => 0,
-        };
-    }
-    fn errored(&self, _: &'static str, _: usize) {}
-    fn buffer_changed(&self, _: i64) {}
-}
-
 /// One run of the source over `dir/logs`, with its state in `dir/state`.
 struct Running {
     trigger: ShutdownTrigger,
     input: Receiver,
     task: JoinHandle<Result<(), ComponentError>>,
-    counts: Arc<Counts>,
+    counts: Arc<RecordingTelemetry>,
 }
 
 fn config(dir: &Path, extra: serde_json::Value) -> FileConfig {
@@ -60,7 +40,7 @@ fn config(dir: &Path, extra: serde_json::Value) -> FileConfig {
 }
 
 fn start(dir: &Path, extra: serde_json::Value) -> Running {
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(RecordingTelemetry::default());
     let telemetry: Arc<dyn Telemetry> = counts.clone();
     let source = config(dir, extra)
         .build(BuildContext {
@@ -197,8 +177,8 @@ async fn malformed_and_oversized_lines_are_counted_and_skipped() {
     let mut source = start(dir.path(), json!({"max_line_bytes": 1000}));
     assert_eq!(source.ids(2).await, ids("a", 0..2));
     // `not json`, and the two items of `[1,2]` (an array is read as its items).
-    assert_eq!(source.counts.malformed.load(Ordering::SeqCst), 3);
-    assert_eq!(source.counts.oversized.load(Ordering::SeqCst), 1);
+    assert_eq!(source.counts.discarded_events("malformed"), 3);
+    assert_eq!(source.counts.discarded_events("oversized"), 1);
     source.stop().await;
 }
 
