@@ -379,3 +379,25 @@ async fn shutdown_stops_an_endless_source() {
     while rx.recv().await.is_some() {}
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn keeps_the_engine_contract() {
+    // Every batch acknowledged, a clean return on shutdown, nothing sent after it.
+    use auditflow_core::SourceConfig as _;
+    let config: crate::GeneratorConfig =
+        serde_json::from_value(serde_json::json!({"seed": 3})).unwrap();
+    let source = config
+        .build(auditflow_core::BuildContext {
+            id: "generator-contract".into(),
+            data_dir: std::env::temp_dir(),
+            telemetry: std::sync::Arc::new(auditflow_core::NoTelemetry),
+        })
+        .unwrap();
+    let events = auditflow_testkit::compliance::check_source(
+        source,
+        3_000,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert!(events.len() >= 3_000);
+}
