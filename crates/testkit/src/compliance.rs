@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use auditflow_core::channel;
 use auditflow_core::{
-    Batch, BatchNotifier, BatchStatus, Event, NoTelemetry, Output, Shutdown, Sink, SinkContext,
-    Source, SourceContext, Telemetry, Transform,
+    Batch, BatchNotifier, BatchStatus, BuildContext, Event, NoTelemetry, Output, Shutdown, Sink,
+    SinkContext, Source, SourceContext, Telemetry, Transform, TransformConfig,
 };
 
 /// Feeds `batches` to `sink`, closes its input, and checks that the sink returns within
@@ -164,4 +164,24 @@ pub fn check_transform(transform: &mut dyn Transform, events: Vec<Event>) -> Vec
         );
     }
     out
+}
+
+/// [`check_transform`] over the captured audit events ([`crate::events`]), on the
+/// transform that `options` (a pipeline file's options for it, as JSON) configure.
+///
+/// # Panics
+/// When `options` do not make a config, the config does not build, or the check fails.
+pub fn check_transform_config<C>(options: serde_json::Value) -> Vec<Event>
+where
+    C: TransformConfig + serde::de::DeserializeOwned,
+{
+    let config: C = serde_json::from_value(options).expect("the options make a config");
+    let mut transform = config
+        .build(BuildContext {
+            id: "compliance".into(),
+            data_dir: std::env::temp_dir(),
+            telemetry: Arc::new(NoTelemetry),
+        })
+        .expect("the config builds");
+    check_transform(transform.as_mut(), crate::events::audit_log_events())
 }

@@ -486,16 +486,8 @@ fn metric_labels_are_bounded() {
 #[test]
 fn keeps_the_engine_contract() {
     // Acknowledgements kept, every event out an object, a forked copy the same.
-    use auditflow_core::TransformConfig as _;
-    let config: crate::RbacDenialConfig = serde_json::from_value(serde_json::json!({})).unwrap();
-    let mut transform = config
-        .build(auditflow_core::BuildContext {
-            id: "rbac-contract".into(),
-            data_dir: std::env::temp_dir(),
-            telemetry: std::sync::Arc::new(auditflow_core::NoTelemetry),
-        })
-        .unwrap();
-    let events = auditflow_testkit::events::audit_log_events();
-    let out = auditflow_testkit::compliance::check_transform(transform.as_mut(), events);
+    let out = auditflow_testkit::compliance::check_transform_config::<crate::RbacDenialConfig>(
+        serde_json::json!({}),
+    );
     assert!(!out.is_empty());
 }
