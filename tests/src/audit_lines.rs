@@ -49,3 +49,24 @@ pub fn vm_rss_kib(pid: u32) -> u64 {
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("/proc/<pid>/status has VmRSS")
 }
+
+/// Lines `range` of the stream, each with its newline: what a writer appends to a log.
+pub fn audit_lines(range: std::ops::Range<usize>) -> String {
+    range.map(|i| audit_line(i) + "\n").collect()
+}
+
+/// Appends `text` to the file at `path`, creating it if needed (as kube-apiserver's log
+/// writer does).
+///
+/// # Panics
+/// When the file cannot be opened or written.
+pub fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|error| panic!("open {}: {error}", path.display()))
+        .write_all(text.as_bytes())
+        .unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+}

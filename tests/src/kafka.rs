@@ -207,6 +207,22 @@ impl Broker {
         }
     }
 
+    /// A new topic (`prefix-<unique>`) holding `events` audit lines
+    /// ([`crate::audit_lines::audit_line`] 0, 1, ...), each keyed by its `auditID`.
+    pub fn topic_with_audit_lines(&self, prefix: &str, partitions: i32, events: usize) -> String {
+        let topic = self.create_topic(prefix, partitions);
+        self.produce(
+            &topic,
+            (0..events).map(|i| {
+                (
+                    Some(crate::audit_lines::audit_id(i)),
+                    crate::audit_lines::audit_line(i),
+                )
+            }),
+        );
+        topic
+    }
+
     /// Produces messages (key, payload) and waits until every one is acknowledged.
     pub fn produce<I, K, P>(&self, topic: &str, messages: I)
     where

@@ -6,14 +6,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use auditflow_core::batch::MAX_BATCH_EVENTS;
-use auditflow_e2e::audit_lines::audit_line;
+use auditflow_e2e::audit_lines::{append, audit_line, audit_lines};
 use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
 
 const ID_PREFIX: &str = "\"auditID\":\"00000000-0000-4000-8000-";
@@ -28,15 +28,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 fn index_of(line: &str) -> Option<usize> {
     let start = line.find(ID_PREFIX)? + ID_PREFIX.len();
     line.get(start..start + 12)?.parse().ok()
-}
-
-fn lines(range: std::ops::Range<usize>) -> String {
-    let mut text = String::new();
-    for i in range {
-        text.push_str(&audit_line(i));
-        text.push('\n');
-    }
-    text
 }
 
 /// How often each event arrived, over every run of the process.
@@ -203,16 +194,6 @@ fn logs_dir(workspace: &Workspace) -> PathBuf {
     logs
 }
 
-fn append(path: &Path, text: &str) {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-}
-
 /// Writes `range` to `logs/audit.log` at about `per_second` lines a second, as
 /// kube-apiserver would, rename-rotating it every `rotate_every` lines, and once (at
 /// `copy_truncate_at`) copy-truncating it instead, while paused.
@@ -295,7 +276,7 @@ fn rotation_and_crashes(read_from: &str) {
     const BEFORE: usize = 5_000;
     let workspace = Workspace::new();
     let logs = logs_dir(&workspace);
-    append(&logs.join("audit.log"), &lines(0..BEFORE));
+    append(&logs.join("audit.log"), &audit_lines(0..BEFORE));
     let options = format!(
         "include: [\"{}/*.log\"]\nread_from: {read_from}\nglob_interval_ms: 250\nrotate_wait_secs: 5",
         logs.display()
@@ -374,7 +355,7 @@ fn a_clean_shutdown_mid_file_logs_no_error_and_resumes_without_duplicates() {
     const TOTAL: usize = 60_000;
     let workspace = Workspace::new();
     let logs = logs_dir(&workspace);
-    fs::write(logs.join("audit.log"), lines(0..TOTAL)).unwrap();
+    fs::write(logs.join("audit.log"), audit_lines(0..TOTAL)).unwrap();
     let options = format!("include: [\"{}/*.log\"]", logs.display());
     let tally = Tally::new(TOTAL);
 
@@ -418,9 +399,9 @@ fn a_gzipped_backup_is_read_whole_once() {
         File::create(logs.join("audit-2024-01-01T00-00-00.000.log.gz")).unwrap(),
         flate2::Compression::default(),
     );
-    gz.write_all(lines(0..2_000).as_bytes()).unwrap();
+    gz.write_all(audit_lines(0..2_000).as_bytes()).unwrap();
     gz.finish().unwrap();
-    append(&logs.join("audit.log"), &lines(2_000..2_100));
+    append(&logs.join("audit.log"), &audit_lines(2_000..2_100));
     let options = format!(
         "include: [\"{0}/*.log\", \"{0}/*.log.gz\"]\nglob_interval_ms: 100",
         logs.display()
@@ -433,7 +414,7 @@ fn a_gzipped_backup_is_read_whole_once() {
     // after the restart arrive after the first scan, whose files are read in one pass: had
     // the backup been opened again, its first batch would be out before them.
     let run = Process::start(&workspace, &options, &tally);
-    append(&logs.join("audit.log"), &lines(2_100..2_200));
+    append(&logs.join("audit.log"), &audit_lines(2_100..2_200));
     tally.wait_distinct(2_200, DEADLINE, &run);
     run.stop();
     assert_eq!(tally.duplicates(0..2_200), 0);
@@ -446,7 +427,7 @@ fn a_file_deleted_while_being_read_is_drained() {
     let workspace = Workspace::new();
     let logs = logs_dir(&workspace);
     let log = logs.join("audit.log");
-    append(&log, &lines(0..TOTAL));
+    append(&log, &audit_lines(0..TOTAL));
     let options = format!(
         "include: [\"{}/*.log\"]\nglob_interval_ms: 100\nrotate_wait_secs: 30",
         logs.display()
@@ -544,7 +525,10 @@ fn a_10_mib_line_is_skipped_and_the_next_line_arrives() {
         "{{\"auditID\":\"huge\",\"x\":\"{}\"}}\n",
         "x".repeat(10 << 20)
     );
-    append(&log, &format!("{}{huge}{}", lines(0..1), lines(1..2)));
+    append(
+        &log,
+        &format!("{}{huge}{}", audit_lines(0..1), audit_lines(1..2)),
+    );
     let options = format!(
         "include: [\"{}/*.log\"]\nmax_line_bytes: 1048576\nglob_interval_ms: 100",
         logs.display()
@@ -586,7 +570,7 @@ fn torn_checkpoint_files_neither_restart_from_zero_nor_skip() {
     let state = workspace.path().join("data/in");
     let tally = Tally::new(2_000);
 
-    append(&log, &lines(0..1_000));
+    append(&log, &audit_lines(0..1_000));
     let run = Process::start(&workspace, &options, &tally);
     tally.wait_distinct(1_000, DEADLINE, &run);
     run.stop();
@@ -598,7 +582,7 @@ fn torn_checkpoint_files_neither_restart_from_zero_nor_skip() {
         &whole[..whole.len() / 2],
     )
     .unwrap();
-    append(&log, &lines(1_000..1_500));
+    append(&log, &audit_lines(1_000..1_500));
     let run = Process::start(&workspace, &options, &tally);
     tally.wait_distinct(1_500, DEADLINE, &run);
     run.stop();
@@ -624,7 +608,7 @@ fn torn_checkpoint_files_neither_restart_from_zero_nor_skip() {
     );
     let whole = fs::read(state.join("checkpoints.json")).unwrap();
     fs::write(state.join("checkpoints.json"), &whole[..whole.len() / 2]).unwrap();
-    append(&log, &lines(1_500..2_000));
+    append(&log, &audit_lines(1_500..2_000));
     let run = Process::start(&workspace, &options, &tally);
     tally.wait_distinct(2_000, DEADLINE, &run);
     let stderr = run.stop();
@@ -680,7 +664,7 @@ fn a_deleted_file_with_unacknowledged_events_is_counted_exactly_as_lost_bytes() 
     let workspace = Workspace::new();
     let logs = logs_dir(&workspace);
     let log = logs.join("audit.log");
-    fs::write(&log, lines(0..TOTAL)).unwrap();
+    fs::write(&log, audit_lines(0..TOTAL)).unwrap();
     let size = fs::metadata(&log).unwrap().len();
     // Nothing listens here: the sink retries and never acknowledges.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use auditflow_e2e::audit_lines::audit_line;
+use auditflow_e2e::audit_lines::{append, audit_line, audit_lines};
 use auditflow_e2e::collector::{duplicates, Collector};
 use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
@@ -33,20 +33,6 @@ fn index_of_id(id: &str) -> Option<usize> {
 fn index_of(line: &str) -> Option<usize> {
     let start = line.find(ID_PREFIX)? + ID_PREFIX.len();
     line.get(start..start + 12)?.parse().ok()
-}
-
-fn lines(range: std::ops::Range<usize>) -> String {
-    range.map(|i| audit_line(i) + "\n").collect()
-}
-
-fn append(path: &Path, text: &str) {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
 }
 
 fn write_gzip(path: &Path, text: &[u8]) {
@@ -274,9 +260,9 @@ fn wait_checkpoint(workspace: &Workspace, what: &str, done: impl Fn(&BTreeSet<Pa
 fn exclude_skips_files_that_include_matches() {
     let workspace = Workspace::new();
     let logs = dir(workspace.path().join("logs"));
-    append(&logs.join("audit.log"), &lines(0..50));
-    append(&logs.join("audit-debug.log"), &lines(50..100));
-    append(&logs.join("skip-me.log"), &lines(100..150));
+    append(&logs.join("audit.log"), &audit_lines(0..50));
+    append(&logs.join("audit-debug.log"), &audit_lines(50..100));
+    append(&logs.join("skip-me.log"), &audit_lines(100..150));
     let options = format!(
         "include: [\"{0}/*.log\"]\nexclude: [\"{0}/*-debug.log\", \"{0}/skip-*\"]\nglob_interval_ms: 100",
         logs.display()
@@ -285,8 +271,8 @@ fn exclude_skips_files_that_include_matches() {
     let run = Run::start(&workspace, &options, &seen);
     run.wait_all(0..50);
     // Appended after several scans: the excluded files had every chance to be read.
-    append(&logs.join("audit.log"), &lines(150..160));
-    append(&logs.join("audit-debug.log"), &lines(160..170));
+    append(&logs.join("audit.log"), &audit_lines(150..160));
+    append(&logs.join("audit-debug.log"), &audit_lines(160..170));
     run.wait_all(150..160);
     run.stop();
     seen.assert_exactly_once((0..50).chain(150..160));
@@ -317,7 +303,7 @@ fn globs_match_one_character_classes_braces_and_double_star() {
     for (name, range, _) in &layout {
         let path = logs.join(name);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
-        append(&path, &lines(range.clone()));
+        append(&path, &audit_lines(range.clone()));
     }
     let l = logs.display();
     let options = format!(
@@ -332,7 +318,7 @@ fn globs_match_one_character_classes_braces_and_double_star() {
     let run = Run::start(&workspace, &options, &seen);
     run.wait_all(matched.clone());
     // A later line in a matched file: several scans have passed since the first.
-    append(&logs.join("kube/a.log"), &lines(100..101));
+    append(&logs.join("kube/a.log"), &audit_lines(100..101));
     run.wait_all(100..101);
     run.stop();
     seen.assert_exactly_once(matched.into_iter().chain(100..101));
@@ -350,15 +336,18 @@ fn symbolic_links_to_files_and_directories_are_followed() {
     let logs = dir(workspace.path().join("logs"));
     let real = dir(workspace.path().join("real"));
     // A link to a file outside the globs.
-    append(&real.join("target.log"), &lines(0..10));
+    append(&real.join("target.log"), &audit_lines(0..10));
     std::os::unix::fs::symlink(real.join("target.log"), logs.join("current.log")).unwrap();
     // `**` through a linked directory, next to a link that loops back.
     let tree = dir(logs.join("tree"));
-    append(&dir(real.join("dir")).join("inner.log"), &lines(10..20));
+    append(
+        &dir(real.join("dir")).join("inner.log"),
+        &audit_lines(10..20),
+    );
     std::os::unix::fs::symlink(real.join("dir"), tree.join("linked")).unwrap();
     std::os::unix::fs::symlink(&tree, tree.join("loop")).unwrap();
     // A linked directory in the literal part of a pattern.
-    append(&dir(real.join("dir2")).join("x.log"), &lines(20..30));
+    append(&dir(real.join("dir2")).join("x.log"), &audit_lines(20..30));
     std::os::unix::fs::symlink(real.join("dir2"), logs.join("viadir")).unwrap();
     let l = logs.display();
     let options = format!(
@@ -368,8 +357,8 @@ fn symbolic_links_to_files_and_directories_are_followed() {
     let run = Run::start(&workspace, &options, &seen);
     run.wait_all(0..30);
     // Reading continues through the links.
-    append(&real.join("target.log"), &lines(30..35));
-    append(&real.join("dir/inner.log"), &lines(35..40));
+    append(&real.join("target.log"), &audit_lines(30..35));
+    append(&real.join("dir/inner.log"), &audit_lines(35..40));
     run.wait_all(30..40);
     run.stop();
     seen.assert_exactly_once(0..40);
@@ -382,7 +371,7 @@ fn a_re_pointed_link_drains_the_old_target_and_reads_the_new_one_from_its_start(
     let workspace = Workspace::new();
     let logs = dir(workspace.path().join("logs"));
     let real = dir(workspace.path().join("real"));
-    append(&real.join("0.log"), &lines(0..100));
+    append(&real.join("0.log"), &audit_lines(0..100));
     let link = logs.join("current.log");
     std::os::unix::fs::symlink(real.join("0.log"), &link).unwrap();
     let options = format!(
@@ -393,13 +382,13 @@ fn a_re_pointed_link_drains_the_old_target_and_reads_the_new_one_from_its_start(
     let run = Run::start(&workspace, &options, &seen);
     run.wait_all(0..100);
     // The old container's last lines, then the new container's log and the re-pointed link.
-    append(&real.join("0.log"), &lines(100..150));
-    append(&real.join("1.log"), &lines(150..250));
+    append(&real.join("0.log"), &audit_lines(100..150));
+    append(&real.join("1.log"), &audit_lines(150..250));
     let tmp = logs.join(".current.log.tmp");
     std::os::unix::fs::symlink(real.join("1.log"), &tmp).unwrap();
     fs::rename(&tmp, &link).unwrap();
     run.wait_all(0..250);
-    append(&real.join("1.log"), &lines(250..260));
+    append(&real.join("1.log"), &audit_lines(250..260));
     run.wait_all(250..260);
     run.stop();
     seen.assert_exactly_once(0..260);
@@ -412,7 +401,7 @@ fn after_a_restart_a_gz_of_a_partly_read_file_supplies_only_its_unread_tail() {
     let workspace = Workspace::new();
     let logs = dir(workspace.path().join("logs"));
     let live = logs.join("audit.log");
-    append(&live, &lines(0..1_000));
+    append(&live, &audit_lines(0..1_000));
     let options = format!(
         "include: [\"{0}/*.log\", \"{0}/*.log.gz\"]\nglob_interval_ms: 100",
         logs.display()
@@ -422,7 +411,7 @@ fn after_a_restart_a_gz_of_a_partly_read_file_supplies_only_its_unread_tail() {
     run.wait_all(0..1_000);
     run.stop();
 
-    append(&live, &lines(1_000..1_500));
+    append(&live, &audit_lines(1_000..1_500));
     let backup = logs.join("audit-2024-01-01T00-00-00.000.log");
     fs::rename(&live, &backup).unwrap();
     write_gzip(
@@ -430,7 +419,7 @@ fn after_a_restart_a_gz_of_a_partly_read_file_supplies_only_its_unread_tail() {
         &fs::read(&backup).unwrap(),
     );
     fs::remove_file(&backup).unwrap();
-    append(&live, &lines(1_500..1_600));
+    append(&live, &audit_lines(1_500..1_600));
 
     let run = Run::start(&workspace, &options, &seen);
     run.wait_all(1_000..1_600);
@@ -455,7 +444,7 @@ fn under_back_pressure_a_gz_of_a_partly_read_file_loses_and_repeats_nothing() {
     let workspace = Workspace::new();
     let logs = dir(workspace.path().join("logs"));
     let live = logs.join("audit.log");
-    append(&live, &lines(0..TOTAL));
+    append(&live, &audit_lines(0..TOTAL));
     let collector = Collector::start(&workspace, false);
     let pipeline = workspace.pipeline_with_metrics(
         "127.0.0.1:0",
@@ -516,8 +505,8 @@ fn positions_of_vanished_files_are_forgotten_after_forget_after_secs() {
     let workspace = Workspace::new();
     let logs = dir(workspace.path().join("logs"));
     let (a, b) = (logs.join("a.log"), logs.join("b.log"));
-    append(&a, &lines(0..100));
-    append(&b, &lines(100..200));
+    append(&a, &audit_lines(0..100));
+    append(&b, &audit_lines(100..200));
     let options = format!(
         "include: [\"{}/*.log\"]\nglob_interval_ms: 100\nrotate_wait_secs: 1\nforget_after_secs: {}",
         logs.display(),
@@ -542,7 +531,7 @@ fn positions_of_vanished_files_are_forgotten_after_forget_after_secs() {
         BTreeSet::from([a.clone(), b.clone()])
     );
     fs::rename(&b_away, &b).unwrap();
-    append(&b, &lines(200..210));
+    append(&b, &audit_lines(200..210));
     run.wait_all(200..210);
     seen.assert_exactly_once(0..210);
 
@@ -576,7 +565,7 @@ fn a_file_deleted_with_unread_bytes_is_reported_and_counted_exactly() {
     let workspace = Workspace::new();
     let logs = dir(workspace.path().join("logs"));
     let live = logs.join("audit.log");
-    let text = lines(0..TOTAL);
+    let text = audit_lines(0..TOTAL);
     append(&live, &text);
     let collector = Collector::start(&workspace, false);
     let pipeline = workspace.pipeline_with_metrics(
@@ -668,7 +657,7 @@ fn rotations_are_counted_once_each() {
     let workspace = Workspace::new();
     let logs = dir(workspace.path().join("logs"));
     let live = logs.join("audit.log");
-    append(&live, &lines(0..100));
+    append(&live, &audit_lines(0..100));
     let options = format!(
         "include: [\"{}/*.log\"]\nglob_interval_ms: 100\nrotate_wait_secs: 120",
         logs.display()
@@ -681,7 +670,7 @@ fn rotations_are_counted_once_each() {
     // Rename rotation, as kube-apiserver does it.
     let backup = logs.join("audit-1.log");
     fs::rename(&live, &backup).unwrap();
-    append(&live, &lines(100..200));
+    append(&live, &audit_lines(100..200));
     run.wait_all(100..200);
     run.wait_metric("auditflow_file_rotations_total", 1.0);
 
@@ -694,7 +683,7 @@ fn rotations_are_counted_once_each() {
         .set_len(0)
         .unwrap();
     run.wait_metric("auditflow_file_rotations_total", 2.0);
-    append(&live, &lines(200..300));
+    append(&live, &audit_lines(200..300));
     run.wait_all(200..300);
 
     // The backup renamed out of the globs.
@@ -703,10 +692,10 @@ fn rotations_are_counted_once_each() {
 
     // A deletion (of an open file): not counted. A new file found afterwards shows that
     // a scan since has seen the deletion.
-    append(&logs.join("extra.log"), &lines(300..310));
+    append(&logs.join("extra.log"), &audit_lines(300..310));
     run.wait_all(300..310);
     fs::remove_file(logs.join("extra.log")).unwrap();
-    append(&logs.join("later.log"), &lines(310..320));
+    append(&logs.join("later.log"), &audit_lines(310..320));
     run.wait_all(310..320);
     wait_log(&run.auditflow, "deleted=true", 1);
     assert_eq!(run.metric("auditflow_file_rotations_total"), 3.0);
@@ -771,7 +760,7 @@ fn a_partial_last_line_waits_for_its_newline_across_a_restart() {
     let log = logs.join("audit.log");
     let partial = audit_line(10);
     let (head, tail) = partial.split_at(partial.len() / 2);
-    append(&log, &(lines(0..10) + head));
+    append(&log, &(audit_lines(0..10) + head));
     let options = format!(
         "include: [\"{}/*.log\"]\nglob_interval_ms: 100",
         logs.display()
@@ -796,7 +785,7 @@ fn a_partial_last_line_waits_for_its_newline_across_a_restart() {
     .unwrap();
     assert_eq!(
         state["files"][0]["offset"].as_u64(),
-        Some(lines(0..10).len() as u64),
+        Some(audit_lines(0..10).len() as u64),
         "the checkpoint ends before the partial line"
     );
 

@@ -16,7 +16,6 @@ use auditflow_core::{
     BatchStatus, BuildContext, DeadLetterOutput, NoTelemetry, Shutdown, SourceConfig,
     SourceContext, Telemetry,
 };
-use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::kafka::Broker;
 use auditflow_e2e::Workspace;
 
@@ -26,11 +25,7 @@ fn over_the_memory_limit_the_kafka_source_pauses_and_resumes_without_losing_even
     let Some(broker) = Broker::start() else {
         return;
     };
-    let topic = broker.create_topic("memory", 2);
-    broker.produce(
-        &topic,
-        (0..EVENTS).map(|i| (Some(audit_id(i)), audit_line(i))),
-    );
+    let topic = broker.topic_with_audit_lines("memory", 2, EVENTS);
     let config: auditflow_kafka::KafkaSourceConfig = serde_json::from_value(serde_json::json!({
         "bootstrap_servers": broker.bootstrap_servers,
         "topics": [topic],

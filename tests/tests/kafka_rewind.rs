@@ -15,7 +15,6 @@ use auditflow_core::{
     BatchStatus, BuildContext, DeadLetterOutput, NoTelemetry, Shutdown, SourceConfig,
     SourceContext, Telemetry,
 };
-use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::kafka::{line_index, Broker};
 use auditflow_e2e::Workspace;
 
@@ -25,11 +24,7 @@ fn an_errored_batch_is_read_again_without_a_restart_and_nothing_is_lost() {
     let Some(broker) = Broker::start() else {
         return;
     };
-    let topic = broker.create_topic("rewind", 2);
-    broker.produce(
-        &topic,
-        (0..EVENTS).map(|i| (Some(audit_id(i)), audit_line(i))),
-    );
+    let topic = broker.topic_with_audit_lines("rewind", 2, EVENTS);
     let ends = broker.log_ends(&topic, EVENTS);
 
     let config: auditflow_kafka::KafkaSourceConfig = serde_json::from_value(serde_json::json!({
