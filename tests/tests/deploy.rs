@@ -72,10 +72,23 @@ const NODE_FILES: [(&str, &str); 1] = [(
     "sidecar_patch_runs_the_sidecar_pipeline_on_the_audit_log",
 )];
 
-/// Series from outside auditflow that the alerts may use: Prometheus's own `up`, and
-/// kube-state-metrics' verdict of the readiness probe (the only view of `/ready` failing
-/// that outlives the pod).
-const OTHER_METRICS: [&str; 2] = ["up", "kube_pod_container_status_ready"];
+/// Series from outside auditflow that the alerts and the dashboard may use: Prometheus's
+/// own `up`, kube-state-metrics' verdict of the readiness probe (the only view of `/ready`
+/// failing that outlives the pod), and the kubelet's (cAdvisor) anonymous resident memory
+/// of a container, which is what the memory limit is held against (`RssAnon`).
+const OTHER_METRICS: [&str; 3] = [
+    "up",
+    "kube_pod_container_status_ready",
+    "container_memory_rss",
+];
+
+/// The memory limit's series (docs/pipelines.md#memory-limit): the alerts and the
+/// dashboard must both show them, or sources paused for good go unseen.
+const MEMORY_LIMIT_METRICS: [&str; 3] = [
+    "auditflow_memory_limited",
+    "auditflow_memory_limited_total",
+    "auditflow_memory_limit_bytes",
+];
 
 /// Labels Prometheus (with the Prometheus Operator and kube-state-metrics) puts on scraped
 /// series, besides auditflow's own.
@@ -1490,7 +1503,10 @@ fn prometheus_rules_are_well_formed() {
         "auditflow_buffer_bytes",
         "auditflow_buffer_events",
         "kube_pod_container_status_ready",
-    ] {
+    ]
+    .into_iter()
+    .chain(MEMORY_LIMIT_METRICS)
+    {
         assert!(used.contains(needed), "{id}: no alert uses {needed}");
     }
 }
@@ -1536,15 +1552,27 @@ fn grafana_dashboard_queries_exported_metrics() {
         }
     };
     let panels = dashboard["panels"].as_array().expect("panels");
+    let mut placed: Vec<(&str, [u64; 4])> = Vec::new();
     for panel in panels {
         let title = panel["title"].as_str().unwrap_or("");
         assert!(
             ids.insert(panel["id"].as_u64().expect("a panel id")),
             "panel id repeats: {title}"
         );
-        for key in ["h", "w", "x", "y"] {
-            assert!(panel["gridPos"][key].is_u64(), "{title}: gridPos.{key}");
+        let [h, w, x, y] = ["h", "w", "x", "y"].map(|key| {
+            panel["gridPos"][key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{key}"))
+        });
+        assert!(x + w <= 24, "{title}: wider than Grafana's 24 columns");
+        // Grafana moves an overlapping panel down, out of the row it was meant for.
+        for (other, [ox, oy, ow, oh]) in &placed {
+            assert!(
+                x >= ox + ow || *ox >= x + w || y >= oy + oh || *oy >= y + h,
+                "panel {title:?} overlaps {other:?}"
+            );
         }
+        placed.push((title, [x, y, w, h]));
         if panel["type"] == "row" {
             continue;
         }
@@ -1582,6 +1610,12 @@ fn grafana_dashboard_queries_exported_metrics() {
         check(format!("variable {}", variable["name"]), inner.0);
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    for needed in MEMORY_LIMIT_METRICS {
+        assert!(
+            queried.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
     // Built from docs/metrics.md: the engine's series for every component are all there.
     for engine in metrics
         .iter()
