@@ -1,7 +1,7 @@
 //! How `auditflow run` starts and stops, by exit code: a pipeline that cannot start (a
 //! busy port, an unusable checkpoint directory) exits 1 and `validate` still calls it
 //! valid; `SIGINT` drains like `SIGTERM` and exits 0; a drain that outlasts
-//! `shutdown_timeout_secs` exits 1.
+//! `shutdown_timeout_secs`, or a second signal, exits 1.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -84,6 +84,38 @@ fn a_busy_metrics_port_is_a_start_failure_exit_1() {
         stderr.contains(&format!("metrics.address {address}: cannot listen")),
         "{stderr}"
     );
+    drop(taken);
+}
+
+/// The API's port is taken (docs/operating.md: "At start (exit 1)"): exit 1 too, before
+/// any component starts.
+#[test]
+fn a_busy_api_port_is_a_start_failure_exit_1() {
+    let workspace = Workspace::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &format!(
+            "data_dir: {}\napi:\n  address: {address}\n  tap: true\n\
+             sources:\n  in: {{ type: stdin }}\nsinks:\n  out: {{ type: blackhole, inputs: [in] }}\n",
+            workspace.path().join("data").display()
+        ),
+    );
+    let checked = validate(workspace.path(), &pipeline);
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let stdin = auditflow.take_stdin();
+    let status = auditflow.wait_timeout(Duration::from_secs(20));
+    let stderr = auditflow.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("api.address {address}: cannot listen")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pipeline started"), "{stderr}");
+    drop(stdin);
     drop(taken);
 }
 
@@ -234,6 +266,45 @@ fn a_drain_longer_than_shutdown_timeout_secs_exits_1() {
     let stderr = auditflow.stderr();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("shutdown timed out"), "{stderr}");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.reply.code() == Some(503)),
+        "nothing was accepted"
+    );
+    drop(stdin);
+}
+
+/// A second signal while the drain waits on a refusing server: exit 1 at once, without
+/// waiting out `shutdown_timeout_secs` (60 s), with nothing delivered.
+#[test]
+fn a_second_signal_cuts_the_drain_short_and_exits_1() {
+    let workspace = Workspace::new();
+    let pki = Pki::new("second-signal");
+    let files = pki.write_to(workspace.path());
+    let open = Arc::new(AtomicBool::new(false));
+    let server = gated_server(&pki, &open);
+    let pipeline = held_back_pipeline(&workspace, &server, &files.ca, 60);
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let mut stdin = auditflow.take_stdin();
+    writeln!(stdin, "{}", audit_line(0)).unwrap();
+    stdin.flush().unwrap();
+    server.wait_until(Duration::from_secs(20), |requests| !requests.is_empty());
+
+    auditflow.signal(libc::SIGTERM);
+    wait_for_log(&auditflow, "shutting down", Duration::from_secs(20));
+    auditflow.signal(libc::SIGINT);
+    // A process that ignored the second signal would exit 1 too, after the 60 s: the log
+    // tells the two apart.
+    let status = auditflow.wait_timeout(Duration::from_secs(90));
+    let stderr = auditflow.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("second signal: exiting now without draining"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("shutdown timed out"), "{stderr}");
     assert!(
         server
             .requests()
