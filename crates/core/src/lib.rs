@@ -14,6 +14,7 @@
 //! - [`envelope`]: cloud envelopes around events (Azure diagnostic records, CloudWatch
 //!   Logs payloads), the sources' `decoding` option.
 //! - `scan`: the validating JSON scanner behind [`Event::from_bytes`](event::Event::from_bytes).
+//! - [`raw`]: walking nested objects and arrays in an event's bytes without parsing them.
 //! - [`condition`]: the expression language of `filter`, `sample` and `redact`.
 //! - [`dead_letter`]: the `<id>.dead_letter` output of sources and sinks, and the
 //!   `DeadLetter` event shape.
@@ -39,6 +40,7 @@ pub mod event;
 pub mod finalize;
 pub mod framing;
 pub mod memory;
+pub mod raw;
 pub mod records;
 mod scan;
 pub mod tap;

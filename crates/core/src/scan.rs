@@ -547,6 +547,116 @@ fn find_member_inner(input: &[u8], key: &[u8]) -> Option<Lookup> {
     }
 }
 
+/// Walks the members of a validated object one at a time, the way [`find_member`] steps
+/// over them: `(key, value)` byte ranges, the key between its quotes. `Err(())` (and the
+/// end of the walk) where the bytes cannot answer for the parsed value: a key with
+/// escapes, or a value serde_json may refuse (see [`Lookup::Unsure`]).
+pub(crate) struct MemberWalk<'a> {
+    input: &'a [u8],
+    /// Where the next key's opening quote is; `None` once the walk is over.
+    pos: Option<usize>,
+}
+
+impl<'a> MemberWalk<'a> {
+    /// `None` unless `input` (leading whitespace allowed) starts an object.
+    pub(crate) fn new(input: &'a [u8]) -> Option<MemberWalk<'a>> {
+        let pos = skip_blank(input, 0);
+        if *input.get(pos)? != b'{' {
+            return None;
+        }
+        let pos = skip_blank(input, pos + 1);
+        let pos = (*input.get(pos)? != b'}').then_some(pos);
+        Some(MemberWalk { input, pos })
+    }
+
+    fn step(&mut self, pos: usize) -> Option<(Range<usize>, Range<usize>, Option<usize>)> {
+        let input = self.input;
+        if *input.get(pos)? != b'"' {
+            return None;
+        }
+        let key_start = pos + 1;
+        let (key_end, escaped) = skip_string(input, key_start)?;
+        if escaped {
+            return None;
+        }
+        let pos = skip_blank(input, key_end);
+        if *input.get(pos)? != b':' {
+            return None;
+        }
+        let value_start = skip_blank(input, pos + 1);
+        let value_end = skip_value(input, value_start)?;
+        let pos = skip_blank(input, value_end);
+        let next = match *input.get(pos)? {
+            b',' => Some(skip_blank(input, pos + 1)),
+            b'}' => None,
+            _ => return None,
+        };
+        Some((key_start..key_end - 1, value_start..value_end, next))
+    }
+}
+
+impl<'a> Iterator for MemberWalk<'a> {
+    type Item = Result<(&'a [u8], &'a [u8]), ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let pos = self.pos.take()?;
+        match self.step(pos) {
+            Some((key, value, next)) => {
+                self.pos = next;
+                Some(Ok((&self.input[key], &self.input[value])))
+            }
+            None => Some(Err(())),
+        }
+    }
+}
+
+/// Walks the elements of a validated array: each element's bytes, or `Err(())` (and the
+/// end of the walk) for one serde_json may refuse.
+pub(crate) struct ElementWalk<'a> {
+    input: &'a [u8],
+    pos: Option<usize>,
+}
+
+impl<'a> ElementWalk<'a> {
+    /// `None` unless `input` (leading whitespace allowed) starts an array.
+    pub(crate) fn new(input: &'a [u8]) -> Option<ElementWalk<'a>> {
+        let pos = skip_blank(input, 0);
+        if *input.get(pos)? != b'[' {
+            return None;
+        }
+        let pos = skip_blank(input, pos + 1);
+        let pos = (*input.get(pos)? != b']').then_some(pos);
+        Some(ElementWalk { input, pos })
+    }
+
+    fn step(&self, pos: usize) -> Option<(Range<usize>, Option<usize>)> {
+        let input = self.input;
+        let end = skip_value(input, pos)?;
+        let after = skip_blank(input, end);
+        let next = match *input.get(after)? {
+            b',' => Some(skip_blank(input, after + 1)),
+            b']' => None,
+            _ => return None,
+        };
+        Some((pos..end, next))
+    }
+}
+
+impl<'a> Iterator for ElementWalk<'a> {
+    type Item = Result<&'a [u8], ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let pos = self.pos.take()?;
+        match self.step(pos) {
+            Some((value, next)) => {
+                self.pos = next;
+                Some(Ok(&self.input[value]))
+            }
+            None => Some(Err(())),
+        }
+    }
+}
+
 fn skip_blank(input: &[u8], mut pos: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(pos) {
         pos += 1;

@@ -100,7 +100,7 @@ fn describe(rule: &Rule, request: &Request<'_>, mismatch: &Mismatch) -> String {
         ),
         Mismatch::UserGroups => format!(
             "none of the user's groups {} is in userGroups {}",
-            list(request.user.as_ref().map_or(&[][..], |u| &u.groups)),
+            list(request.user.as_ref().map_or(&[][..], |u| &u.groups[..])),
             list(&rule.user_groups)
         ),
         Mismatch::Verb => format!(

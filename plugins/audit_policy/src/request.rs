@@ -11,25 +11,30 @@
 //!   request body afterwards, so it is not used for `resourceNames`.
 //! - `requestURI` without its query is the path for `nonResourceURLs`.
 //!
-//! Fields are read straight from the event's bytes into borrowed strings: nothing is
-//! allocated for a string without escapes.
+//! Fields are read straight from the event's bytes into borrowed strings: `objectRef` and
+//! `user` are each walked once (`auditflow_core::raw`), skipping what the policy never
+//! looks at (`user.extra`), and nothing is allocated for a string without escapes or for
+//! up to four groups. Where the bytes cannot settle a field (a changed event, escapes in
+//! a key, a value of another type) it is deserialised, with the same result.
 
 use std::borrow::Cow;
 
-use auditflow_core::Event;
+use auditflow_core::event::RawLookup;
+use auditflow_core::{raw, Event};
 use serde::Deserialize;
+use smallvec::SmallVec;
 
-use crate::policy::{Request, Resource, User};
+use crate::policy::{Groups, Request, Resource, User};
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct UserInfo<'a> {
     #[serde(borrow, default)]
     username: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    groups: Option<Vec<Cow<'a, str>>>,
+    groups: Option<Groups<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ObjectRef<'a> {
     #[serde(borrow, default)]
@@ -61,47 +66,36 @@ impl Needs {
 
 /// The request behind `event`.
 pub fn request_of(event: &Event, needs: Needs) -> Request<'_> {
-    let verb: Cow<'_, str> = read(event, "verb").unwrap_or_default();
-    let resource = read::<Option<ObjectRef<'_>>>(event, "objectRef")
-        .flatten()
-        .map(|object| {
-            let subresource = object.subresource.unwrap_or_default();
-            let name = if verb == "create" && subresource.is_empty() {
-                Cow::Borrowed("")
-            } else {
-                object.name.unwrap_or_default()
-            };
-            Resource {
-                group: object.api_group.unwrap_or_default(),
-                resource: object.resource.unwrap_or_default(),
-                subresource,
-                namespace: object.namespace.unwrap_or_default(),
-                name,
-            }
-        });
+    let verb = Cow::Borrowed(event.get_str("verb").unwrap_or_default());
+    let resource = object_ref(event).map(|object| {
+        let subresource = object.subresource.unwrap_or_default();
+        let name = if verb == "create" && subresource.is_empty() {
+            Cow::Borrowed("")
+        } else {
+            object.name.unwrap_or_default()
+        };
+        Resource {
+            group: object.api_group.unwrap_or_default(),
+            resource: object.resource.unwrap_or_default(),
+            subresource,
+            namespace: object.namespace.unwrap_or_default(),
+            name,
+        }
+    });
     let user = if needs.user {
-        read::<Option<UserInfo<'_>>>(event, "user")
-            .flatten()
-            .and_then(|user| {
-                let name = user.username.filter(|name| !name.is_empty())?;
-                Some(User {
-                    name,
-                    groups: user.groups.unwrap_or_default(),
-                })
+        user_info(event).and_then(|user| {
+            let name = user.username.filter(|name| !name.is_empty())?;
+            Some(User {
+                name,
+                groups: user.groups.unwrap_or_default(),
             })
+        })
     } else {
         None
     };
     let path = if needs.path && resource.is_none() {
-        match read::<Cow<'_, str>>(event, "requestURI").unwrap_or_default() {
-            Cow::Borrowed(uri) => Cow::Borrowed(uri.split('?').next().unwrap_or_default()),
-            Cow::Owned(mut uri) => {
-                if let Some(query) = uri.find('?') {
-                    uri.truncate(query);
-                }
-                Cow::Owned(uri)
-            }
-        }
+        let uri = event.get_str("requestURI").unwrap_or_default();
+        Cow::Borrowed(uri.split('?').next().unwrap_or_default())
     } else {
         Cow::Borrowed("")
     };
@@ -110,6 +104,75 @@ pub fn request_of(event: &Event, needs: Needs) -> Request<'_> {
         verb,
         resource,
         path,
+    }
+}
+
+/// `objectRef`, walked in the event's bytes where they settle it, deserialised otherwise.
+fn object_ref(event: &Event) -> Option<ObjectRef<'_>> {
+    let RawLookup::Found(bytes) = event.raw_path(&["objectRef"]) else {
+        return read::<Option<ObjectRef<'_>>>(event, "objectRef").flatten();
+    };
+    let walked = (|| {
+        let mut object = ObjectRef::default();
+        for member in raw::members(bytes)? {
+            let (key, value) = member.ok()?;
+            let slot = match key {
+                b"apiGroup" => &mut object.api_group,
+                b"resource" => &mut object.resource,
+                b"subresource" => &mut object.subresource,
+                b"namespace" => &mut object.namespace,
+                b"name" => &mut object.name,
+                _ => continue,
+            };
+            *slot = optional_string(value)?;
+        }
+        Some(object)
+    })();
+    match walked {
+        Some(object) => Some(object),
+        // `null`, another shape, or bytes the walk cannot settle: as deserialised.
+        None => read::<Option<ObjectRef<'_>>>(event, "objectRef").flatten(),
+    }
+}
+
+/// `user`, walked in the event's bytes where they settle it, deserialised otherwise. The
+/// walk skips `uid` and `extra` without looking inside them.
+fn user_info(event: &Event) -> Option<UserInfo<'_>> {
+    let RawLookup::Found(bytes) = event.raw_path(&["user"]) else {
+        return read::<Option<UserInfo<'_>>>(event, "user").flatten();
+    };
+    let walked = (|| {
+        let mut user = UserInfo::default();
+        for member in raw::members(bytes)? {
+            let (key, value) = member.ok()?;
+            match key {
+                b"username" => user.username = optional_string(value)?,
+                b"groups" if value == b"null" => user.groups = None,
+                b"groups" => {
+                    let mut groups = SmallVec::new();
+                    for element in raw::elements(value)? {
+                        groups.push(raw::string(element.ok()?)?);
+                    }
+                    user.groups = Some(groups);
+                }
+                _ => {}
+            }
+        }
+        Some(user)
+    })();
+    match walked {
+        Some(user) => Some(user),
+        None => read::<Option<UserInfo<'_>>>(event, "user").flatten(),
+    }
+}
+
+/// A member that deserialises as `Option<String>`: `Some(None)` for `null`, `None` (the
+/// caller deserialises instead) for anything but a string the bytes settle.
+fn optional_string(value: &[u8]) -> Option<Option<Cow<'_, str>>> {
+    match raw::string(value) {
+        Some(text) => Some(Some(text)),
+        None if value == b"null" => Some(None),
+        None => None,
     }
 }
 
