@@ -316,3 +316,43 @@ fn concurrency_is_a_positive_number_and_not_for_dedupe() {
         )],
     );
 }
+
+/// `redact` patterns that each compile alone but not together (the prefilter's one set
+/// passes the regex size limit): `validate` said valid and `run` panicked building the
+/// transform. Both now name the field and exit 2, the code of an invalid pipeline.
+#[test]
+fn redact_patterns_past_the_regex_size_limit_fail_validate_and_run_alike() {
+    let workspace = Workspace::new();
+    workspace.write(
+        "pipeline.yaml",
+        "sources:\n  in:\n    type: stdin\n\
+         transforms:\n  scrub:\n    type: redact\n    inputs: [in]\n    patterns:\n\
+         \x20     word_a: 'a=\\w{100}'\n      word_b: 'b=\\w{100}'\n\
+         \x20     word_c: 'c=\\w{100}'\n      word_d: 'd=\\w{100}'\n\
+         sinks:\n  out:\n    type: stdout\n    inputs: [scrub]\n",
+    );
+    let problem = "pipeline.yaml: transforms.scrub.patterns: the patterns together compile past \
+                   the regex size limit of 10 MiB: use fewer or smaller patterns (a large \
+                   repetition count such as `{1000}`, or a Unicode class such as `\\w` \
+                   repeated, makes a pattern large; `[A-Za-z0-9_]` or a smaller count keeps \
+                   it small)";
+
+    let validate = auditflow(workspace.path(), &["validate", "pipeline.yaml"]);
+    let stdout = String::from_utf8_lossy(&validate.stdout);
+    assert_eq!(validate.status.code(), Some(2), "{stdout}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [problem, "1 problem found"]
+    );
+
+    let run = auditflow(workspace.path(), &["run", "pipeline.yaml"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            problem,
+            "auditflow: the pipeline has 1 problem; nothing was started"
+        ]
+    );
+}
