@@ -256,6 +256,31 @@ fn every_problem_at_once_sorted_by_file_and_location() {
     );
 }
 
+/// Durations that cannot work (0, or past their range's top, up to `u64::MAX`) are
+/// refused by every plugin and at the top level, each with its file, id, field and range.
+#[test]
+fn durations_out_of_range_are_each_reported_with_their_range() {
+    check(
+        "durations",
+        &[
+            (
+                "sources.yaml",
+                "shutdown_timeout_secs: 0\n\
+                 sources:\n  logs:\n    type: file\n    include: [/var/log/audit/*.log]\n\
+                 \x20   glob_interval_ms: 0\n    forget_after_secs: 99999999999\n\
+                 \x20 hook:\n    type: webhook\n    allow_plaintext: true\n    address: 127.0.0.1:0\n\
+                 \x20   ack_timeout_ms: 18446744073709551615\n",
+            ),
+            (
+                "sinks.yaml",
+                "sinks:\n  out:\n    type: https\n    inputs: [logs, hook]\n\
+                 \x20   uri: https://collector.example/ingest\n\
+                 \x20   request: { timeout_ms: 0, retry_max_backoff_ms: 86400001 }\n",
+            ),
+        ],
+    );
+}
+
 #[test]
 fn a_valid_pipeline_exits_0() {
     let workspace = Workspace::new();

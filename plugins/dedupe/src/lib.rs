@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use auditflow_core::condition::Path;
+use auditflow_core::duration::DurationRange;
 use auditflow_core::event::RawLookup;
 use auditflow_core::{
     Batch, BuildContext, BuildError, Event, Telemetry, Transform, TransformConfig, Validate,
@@ -68,15 +69,24 @@ fn default_max_entries() -> NonZeroUsize {
     NonZeroUsize::new(1_000_000).expect("not zero")
 }
 
+/// `window_secs`: a week at most (kube-apiserver stops resending after minutes).
+const WINDOW_SECS: DurationRange = DurationRange::secs(1, 7 * DurationRange::DAY_SECS);
+
 impl Validate for DedupeConfig {
     fn validate(&self) -> Vec<BuildError> {
+        let mut problems = Vec::new();
         if self.fields.is_empty() {
-            return vec![BuildError::field(
+            problems.push(BuildError::field(
                 "fields",
                 "needs at least one field (the default is [auditID, stage])",
-            )];
+            ));
         }
-        Vec::new()
+        problems.extend(
+            WINDOW_SECS
+                .check("window_secs", self.window_secs.get())
+                .err(),
+        );
+        problems
     }
 }
 

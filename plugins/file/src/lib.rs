@@ -27,6 +27,7 @@ pub use sink::FileSinkConfig;
 
 use std::time::Duration;
 
+use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::framing::Framing;
 use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
@@ -112,6 +113,13 @@ pub enum FingerprintMode {
     DeviceInode,
 }
 
+/// `glob_interval_ms`: a scan at least once an hour.
+const GLOB_INTERVAL_MS: DurationRange = DurationRange::millis(1, DurationRange::HOUR_SECS * 1000);
+/// `rotate_wait_secs`: 0 closes a file as soon as it is gone and read to its end.
+const ROTATE_WAIT_SECS: DurationRange = DurationRange::secs(0, DurationRange::DAY_SECS);
+/// `forget_after_secs`: up to 30 days.
+const FORGET_AFTER_SECS: DurationRange = DurationRange::secs(1, 30 * DurationRange::DAY_SECS);
+
 fn default_glob_interval_ms() -> u64 {
     1000
 }
@@ -156,14 +164,20 @@ impl Validate for FileConfig {
                 errors.push(error);
             }
         }
-        if self.glob_interval_ms == 0 {
-            errors.push(BuildError::field("glob_interval_ms", "must be at least 1"));
-        }
         if self.max_line_bytes == 0 {
             errors.push(BuildError::field("max_line_bytes", "must be at least 1"));
         }
-        if self.forget_after_secs == 0 {
-            errors.push(BuildError::field("forget_after_secs", "must be at least 1"));
+        let durations = [
+            ("glob_interval_ms", GLOB_INTERVAL_MS, self.glob_interval_ms),
+            ("rotate_wait_secs", ROTATE_WAIT_SECS, self.rotate_wait_secs),
+            (
+                "forget_after_secs",
+                FORGET_AFTER_SECS,
+                self.forget_after_secs,
+            ),
+        ];
+        for (field, range, value) in durations {
+            errors.extend(range.check(field, value).err());
         }
         if let Some(problem) = self.envelope().problem() {
             errors.push(BuildError::field("keep_envelope_fields", problem));
