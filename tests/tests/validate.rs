@@ -256,28 +256,52 @@ fn every_problem_at_once_sorted_by_file_and_location() {
     );
 }
 
-/// Durations that cannot work (0, or past their range's top, up to `u64::MAX`) are
-/// refused by every plugin and at the top level, each with its file, id, field and range.
+/// Durations that cannot work (0, or past their range's top, up to `u64::MAX`): refused by
+/// every plugin and at the top level, each with its file, id, field and range.
+const BAD_DURATIONS: [(&str, &str); 2] = [
+    (
+        "sources.yaml",
+        "shutdown_timeout_secs: 0\n\
+         sources:\n  logs:\n    type: file\n    include: [/var/log/audit/*.log]\n\
+         \x20   glob_interval_ms: 0\n    forget_after_secs: 99999999999\n\
+         \x20 hook:\n    type: webhook\n    allow_plaintext: true\n    address: 127.0.0.1:0\n\
+         \x20   ack_timeout_ms: 18446744073709551615\n",
+    ),
+    (
+        "sinks.yaml",
+        "sinks:\n  out:\n    type: https\n    inputs: [logs, hook]\n\
+         \x20   uri: https://collector.example/ingest\n\
+         \x20   request: { timeout_ms: 0, retry_max_backoff_ms: 86400001 }\n",
+    ),
+];
+
 #[test]
 fn durations_out_of_range_are_each_reported_with_their_range() {
-    check(
-        "durations",
-        &[
-            (
-                "sources.yaml",
-                "shutdown_timeout_secs: 0\n\
-                 sources:\n  logs:\n    type: file\n    include: [/var/log/audit/*.log]\n\
-                 \x20   glob_interval_ms: 0\n    forget_after_secs: 99999999999\n\
-                 \x20 hook:\n    type: webhook\n    allow_plaintext: true\n    address: 127.0.0.1:0\n\
-                 \x20   ack_timeout_ms: 18446744073709551615\n",
-            ),
-            (
-                "sinks.yaml",
-                "sinks:\n  out:\n    type: https\n    inputs: [logs, hook]\n\
-                 \x20   uri: https://collector.example/ingest\n\
-                 \x20   request: { timeout_ms: 0, retry_max_backoff_ms: 86400001 }\n",
-            ),
-        ],
+    check("durations", &BAD_DURATIONS);
+}
+
+/// `validate` and `run` give the same code for the same bad pipeline (2), and `run`
+/// prints the same problems, on standard error.
+#[test]
+fn validate_and_run_exit_2_alike_for_the_same_bad_pipeline() {
+    let workspace = Workspace::new();
+    for (name, contents) in BAD_DURATIONS {
+        workspace.write(name, contents);
+    }
+    let validate = auditflow(
+        workspace.path(),
+        &["validate", "sources.yaml", "sinks.yaml"],
+    );
+    let run = auditflow(workspace.path(), &["run", "sources.yaml", "sinks.yaml"]);
+    let report = String::from_utf8_lossy(&validate.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(validate.status.code(), Some(2), "{report}");
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    let (problems, count) = report.trim_end().rsplit_once('\n').unwrap();
+    assert_eq!(count, "6 problems found");
+    assert_eq!(
+        stderr,
+        format!("{problems}\nauditflow: the pipeline has 6 problems; nothing was started\n")
     );
 }
 
