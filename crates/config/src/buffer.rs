@@ -41,8 +41,8 @@ pub struct DiskBufferConfig {
     /// What happens to new events when the buffer is full.
     #[serde(default)]
     pub when_full: WhenFull,
-    /// Longest wait, in milliseconds, between writing a batch and fsyncing it (fsyncs are
-    /// grouped); the sources are acknowledged after the fsync.
+    /// Longest wait, in milliseconds (1 to 60000), between writing a batch and fsyncing
+    /// it (fsyncs are grouped); the sources are acknowledged after the fsync.
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
 }

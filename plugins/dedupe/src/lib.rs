@@ -44,8 +44,9 @@ pub struct DedupeConfig {
     #[serde(default = "default_fields")]
     #[schemars(with = "Vec<String>")]
     pub fields: Vec<Path>,
-    /// How long a key is remembered after it was first seen, in seconds. kube-apiserver
-    /// retries a batch for about 3 minutes (10 s, 27 s, 52 s, 91 s after the first try).
+    /// How long a key is remembered after it was first seen, in seconds (1 to 604800: up
+    /// to 7 days). kube-apiserver retries a batch for about 3 minutes (10 s, 27 s, 52 s,
+    /// 91 s after the first try).
     #[serde(default = "default_window_secs")]
     pub window_secs: NonZeroU64,
     /// The most keys held; when full the oldest is forgotten first. About 60 bytes each

@@ -47,8 +47,8 @@ pub struct FileConfig {
     /// Glob patterns of files not to read, even when `include` matches them.
     #[serde(default)]
     pub exclude: Vec<String>,
-    /// How often to look for new, renamed and deleted files, in milliseconds. Open files
-    /// are polled for new data more often than this.
+    /// How often to look for new, renamed and deleted files, in milliseconds (1 to
+    /// 3600000: 1 ms to 1 h). Open files are polled for new data more often than this.
     #[serde(default = "default_glob_interval_ms")]
     pub glob_interval_ms: u64,
     /// Where to start in a file the source has no checkpoint for, on its very first start
@@ -78,11 +78,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub keep_envelope_fields: Vec<EnvelopeField>,
     /// How long to keep reading a file after it was renamed away or deleted (or has not
-    /// grown), in seconds, before closing it.
+    /// grown), in seconds (0 to 86400: up to 1 day), before closing it.
     #[serde(default = "default_rotate_wait_secs")]
     pub rotate_wait_secs: u64,
     /// How long the checkpointed position of a file that is no longer found (deleted, or
-    /// renamed out of the globs) is kept, in seconds, before it is forgotten. A file that
+    /// renamed out of the globs) is kept, in seconds (1 to 2592000: 1 s to 30 days),
+    /// before it is forgotten. A file that
     /// comes back after that is read again from its beginning.
     #[serde(default = "default_forget_after_secs")]
     pub forget_after_secs: u64,

@@ -118,7 +118,8 @@ pub struct BatchOptions {
     /// event still goes, alone.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: NonZeroUsize,
-    /// How long the first event of a request batch waits for more, in milliseconds.
+    /// How long the first event of a request batch waits for more, in milliseconds (1 to
+    /// 3600000: 1 ms to 1 h).
     #[serde(default = "default_batch_timeout_ms")]
     pub timeout_ms: u64,
 }
@@ -149,22 +150,24 @@ impl Default for BatchOptions {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestOptions {
-    /// One attempt's time limit (connecting, sending, and reading the answer), in milliseconds.
+    /// One attempt's time limit (connecting, sending, and reading the answer), in
+    /// milliseconds (1 to 86400000: 1 ms to 1 day).
     #[serde(default = "default_request_timeout_ms")]
     pub timeout_ms: u64,
     /// Requests in flight at most (including those waiting to retry).
     #[serde(default = "default_concurrency")]
     pub concurrency: NonZeroUsize,
-    /// The first retry waits up to this long (full jitter), in milliseconds; each further
-    /// retry doubles the bound.
+    /// The first retry waits up to this long (full jitter), in milliseconds (1 to 86400000:
+    /// 1 ms to 1 day); each further retry doubles the bound.
     #[serde(default = "default_initial_backoff_ms")]
     pub retry_initial_backoff_ms: u64,
-    /// The bound on one retry's wait, in milliseconds; a server's `Retry-After` is honoured
-    /// up to this long.
+    /// The bound on one retry's wait, in milliseconds (from `retry_initial_backoff_ms` to
+    /// 86400000: 1 day); a server's `Retry-After` is honoured up to this long.
     #[serde(default = "default_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// Give a request up (its events are rejected and counted) after retrying this long,
-    /// in seconds. Unset: retry for ever, keeping the sources blocked meanwhile.
+    /// in seconds (1 to 2592000: 1 s to 30 days). Unset: retry for ever, keeping the
+    /// sources blocked meanwhile.
     #[serde(default)]
     pub retry_max_duration_secs: Option<u64>,
 }

@@ -82,7 +82,8 @@ pub struct KafkaSourceConfig {
     /// `logGroup` (`auditflow.io/log-group`), `logStream` (`auditflow.io/log-stream`).
     #[serde(default)]
     pub keep_envelope_fields: Vec<EnvelopeField>,
-    /// How often delivered offsets are committed, in milliseconds.
+    /// How often delivered offsets are committed, in milliseconds (1 to 3600000: 1 ms to
+    /// 1 h).
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
     /// librdkafka properties passed through as they are (TLS, SASL, tuning), applied last.

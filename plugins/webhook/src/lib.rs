@@ -75,7 +75,7 @@ pub struct WebhookConfig {
     #[serde(default = "default_acknowledgements")]
     pub acknowledgements: bool,
     /// How long a request waits for room in the pipeline before it is answered 503 with
-    /// `Retry-After`, in milliseconds.
+    /// `Retry-After`, in milliseconds (1 to 3600000: 1 ms to 1 h, like every timeout here).
     #[serde(default = "default_accept_timeout_ms")]
     pub accept_timeout_ms: u64,
     /// How long a request waits for its events to be delivered (with `acknowledgements`)
