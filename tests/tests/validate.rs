@@ -256,6 +256,55 @@ fn every_problem_at_once_sorted_by_file_and_location() {
     );
 }
 
+/// Durations that cannot work (0, or past their range's top, up to `u64::MAX`): refused by
+/// every plugin and at the top level, each with its file, id, field and range.
+const BAD_DURATIONS: [(&str, &str); 2] = [
+    (
+        "sources.yaml",
+        "shutdown_timeout_secs: 0\n\
+         sources:\n  logs:\n    type: file\n    include: [/var/log/audit/*.log]\n\
+         \x20   glob_interval_ms: 0\n    forget_after_secs: 99999999999\n\
+         \x20 hook:\n    type: webhook\n    allow_plaintext: true\n    address: 127.0.0.1:0\n\
+         \x20   ack_timeout_ms: 18446744073709551615\n",
+    ),
+    (
+        "sinks.yaml",
+        "sinks:\n  out:\n    type: https\n    inputs: [logs, hook]\n\
+         \x20   uri: https://collector.example/ingest\n\
+         \x20   request: { timeout_ms: 0, retry_max_backoff_ms: 86400001 }\n",
+    ),
+];
+
+#[test]
+fn durations_out_of_range_are_each_reported_with_their_range() {
+    check("durations", &BAD_DURATIONS);
+}
+
+/// `validate` and `run` give the same code for the same bad pipeline (2), and `run`
+/// prints the same problems, on standard error.
+#[test]
+fn validate_and_run_exit_2_alike_for_the_same_bad_pipeline() {
+    let workspace = Workspace::new();
+    for (name, contents) in BAD_DURATIONS {
+        workspace.write(name, contents);
+    }
+    let validate = auditflow(
+        workspace.path(),
+        &["validate", "sources.yaml", "sinks.yaml"],
+    );
+    let run = auditflow(workspace.path(), &["run", "sources.yaml", "sinks.yaml"]);
+    let report = String::from_utf8_lossy(&validate.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(validate.status.code(), Some(2), "{report}");
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    let (problems, count) = report.trim_end().rsplit_once('\n').unwrap();
+    assert_eq!(count, "6 problems found");
+    assert_eq!(
+        stderr,
+        format!("{problems}\nauditflow: the pipeline has 6 problems; nothing was started\n")
+    );
+}
+
 #[test]
 fn a_valid_pipeline_exits_0() {
     let workspace = Workspace::new();
@@ -314,5 +363,45 @@ fn concurrency_is_a_positive_number_and_not_for_dedupe() {
              \x20 none:\n    type: filter\n    inputs: [once]\n    condition: 'verb != \"watch\"'\n    concurrency: 0\n\
              sinks:\n  out:\n    type: stdout\n    inputs: [none]\n",
         )],
+    );
+}
+
+/// `redact` patterns that each compile alone but not together (the prefilter's one set
+/// passes the regex size limit): `validate` said valid and `run` panicked building the
+/// transform. Both now name the field and exit 2, the code of an invalid pipeline.
+#[test]
+fn redact_patterns_past_the_regex_size_limit_fail_validate_and_run_alike() {
+    let workspace = Workspace::new();
+    workspace.write(
+        "pipeline.yaml",
+        "sources:\n  in:\n    type: stdin\n\
+         transforms:\n  scrub:\n    type: redact\n    inputs: [in]\n    patterns:\n\
+         \x20     word_a: 'a=\\w{100}'\n      word_b: 'b=\\w{100}'\n\
+         \x20     word_c: 'c=\\w{100}'\n      word_d: 'd=\\w{100}'\n\
+         sinks:\n  out:\n    type: stdout\n    inputs: [scrub]\n",
+    );
+    let problem = "pipeline.yaml: transforms.scrub.patterns: the patterns together compile past \
+                   the regex size limit of 10 MiB: use fewer or smaller patterns (a large \
+                   repetition count such as `{1000}`, or a Unicode class such as `\\w` \
+                   repeated, makes a pattern large; `[A-Za-z0-9_]` or a smaller count keeps \
+                   it small)";
+
+    let validate = auditflow(workspace.path(), &["validate", "pipeline.yaml"]);
+    let stdout = String::from_utf8_lossy(&validate.stdout);
+    assert_eq!(validate.status.code(), Some(2), "{stdout}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [problem, "1 problem found"]
+    );
+
+    let run = auditflow(workspace.path(), &["run", "pipeline.yaml"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            problem,
+            "auditflow: the pipeline has 1 problem; nothing was started"
+        ]
     );
 }

@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use auditflow_core::duration::DurationRange;
 use auditflow_core::BuildError;
 
 /// The smallest disk buffer: room for a few segments of full batches.
@@ -40,8 +41,8 @@ pub struct DiskBufferConfig {
     /// What happens to new events when the buffer is full.
     #[serde(default)]
     pub when_full: WhenFull,
-    /// Longest wait, in milliseconds, between writing a batch and fsyncing it (fsyncs are
-    /// grouped); the sources are acknowledged after the fsync.
+    /// Longest wait, in milliseconds (1 to 60000), between writing a batch and fsyncing
+    /// it (fsyncs are grouped); the sources are acknowledged after the fsync.
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
 }
@@ -56,6 +57,10 @@ pub enum WhenFull {
     /// New events are dropped and counted (`discarded_events_total{reason="buffer_full"}`).
     DropNewest,
 }
+
+/// `fsync_interval_ms`: the sources' acknowledgements wait for the fsync, so a minute
+/// at most.
+const FSYNC_INTERVAL_MS: DurationRange = DurationRange::millis(1, 60_000);
 
 fn default_fsync_interval_ms() -> u64 {
     200
@@ -123,15 +128,11 @@ impl BufferConfig {
                     ),
                 ));
             }
-            if !(1..=60_000).contains(&disk.fsync_interval_ms) {
-                problems.push(BuildError::field(
-                    "buffer.fsync_interval_ms",
-                    format!(
-                        "must be between 1 and 60000 milliseconds, found {}",
-                        disk.fsync_interval_ms
-                    ),
-                ));
-            }
+            problems.extend(
+                FSYNC_INTERVAL_MS
+                    .check("buffer.fsync_interval_ms", disk.fsync_interval_ms)
+                    .err(),
+            );
         }
         problems
     }

@@ -11,6 +11,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use auditflow_core::duration::DurationRange;
 use auditflow_core::{dead_letter, ComponentKind};
 use figment::providers::{Env, Format, Json, Toml, Yaml};
 use figment::Figment;
@@ -36,6 +37,9 @@ const TOP_LEVEL: &[&str] = &[
     "sinks",
     "tests",
 ];
+
+/// `shutdown_timeout_secs`: draining in-flight events may take up to an hour.
+const SHUTDOWN_TIMEOUT_SECS: DurationRange = DurationRange::secs(1, DurationRange::HOUR_SECS);
 
 const KINDS: [ComponentKind; 3] = [
     ComponentKind::Source,
@@ -363,9 +367,20 @@ fn check(
         ));
     }
     let memory_limit_mb = top_level::<NonZeroU64>(top, "memory_limit_mb", origin, errors);
-    let shutdown_timeout = Duration::from_secs(
-        top_level::<u64>(top, "shutdown_timeout_secs", origin, errors).unwrap_or(30),
-    );
+    let shutdown_timeout_secs =
+        top_level::<u64>(top, "shutdown_timeout_secs", origin, errors).unwrap_or(30);
+    let shutdown_timeout =
+        match SHUTDOWN_TIMEOUT_SECS.check("shutdown_timeout_secs", shutdown_timeout_secs) {
+            Ok(timeout) => timeout,
+            Err(error) => {
+                errors.push(ConfigError::new(
+                    origin.of(&["shutdown_timeout_secs"]),
+                    "shutdown_timeout_secs",
+                    error.message,
+                ));
+                Duration::from_secs(30)
+            }
+        };
 
     let mut components = Vec::new();
     for kind in KINDS {

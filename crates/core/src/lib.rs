@@ -21,6 +21,7 @@
 //! - [`channel`]: the bounded channel between components, which is the backpressure.
 //! - [`tap`]: samples of the events passing a component, for `auditflow tap`.
 //! - [`component`]: the traits plugins implement and the contexts they run in.
+//! - [`duration`]: the range each duration option of a pipeline file must fall in.
 //! - [`memory`]: `memory_limit_mb`: the monitor, and the flag that pauses sources.
 //!
 //! # The one design decision
@@ -35,6 +36,7 @@ pub mod component;
 pub mod condition;
 pub mod dead_letter;
 pub mod decode;
+pub mod duration;
 pub mod envelope;
 pub mod event;
 pub mod finalize;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use auditflow_core::condition::Path;
+use auditflow_core::duration::DurationRange;
 use auditflow_core::event::RawLookup;
 use auditflow_core::{
     Batch, BuildContext, BuildError, Event, Telemetry, Transform, TransformConfig, Validate,
@@ -43,8 +44,9 @@ pub struct DedupeConfig {
     #[serde(default = "default_fields")]
     #[schemars(with = "Vec<String>")]
     pub fields: Vec<Path>,
-    /// How long a key is remembered after it was first seen, in seconds. kube-apiserver
-    /// retries a batch for about 3 minutes (10 s, 27 s, 52 s, 91 s after the first try).
+    /// How long a key is remembered after it was first seen, in seconds (1 to 604800: up
+    /// to 7 days). kube-apiserver retries a batch for about 3 minutes (10 s, 27 s, 52 s,
+    /// 91 s after the first try).
     #[serde(default = "default_window_secs")]
     pub window_secs: NonZeroU64,
     /// The most keys held; when full the oldest is forgotten first. About 60 bytes each
@@ -68,15 +70,24 @@ fn default_max_entries() -> NonZeroUsize {
     NonZeroUsize::new(1_000_000).expect("not zero")
 }
 
+/// `window_secs`: a week at most (kube-apiserver stops resending after minutes).
+const WINDOW_SECS: DurationRange = DurationRange::secs(1, 7 * DurationRange::DAY_SECS);
+
 impl Validate for DedupeConfig {
     fn validate(&self) -> Vec<BuildError> {
+        let mut problems = Vec::new();
         if self.fields.is_empty() {
-            return vec![BuildError::field(
+            problems.push(BuildError::field(
                 "fields",
                 "needs at least one field (the default is [auditID, stage])",
-            )];
+            ));
         }
-        Vec::new()
+        problems.extend(
+            WINDOW_SECS
+                .check("window_secs", self.window_secs.get())
+                .err(),
+        );
+        problems
     }
 }
 

@@ -213,6 +213,26 @@ fn the_gauge_reports_the_keys_held() {
 }
 
 #[test]
+fn a_window_past_one_week_is_a_validate_error() {
+    let week = config(serde_json::json!({"window_secs": 604_800}));
+    assert!(week.validate().is_empty());
+    let problems: Vec<(Option<String>, String)> =
+        config(serde_json::json!({"window_secs": u64::MAX}))
+            .validate()
+            .into_iter()
+            .map(|problem| (problem.field, problem.message))
+            .collect();
+    assert_eq!(
+        problems,
+        [(
+            Some("window_secs".to_owned()),
+            "must be between 1 and 604800 seconds (1 s to 7 days), found 18446744073709551615"
+                .to_owned()
+        )]
+    );
+}
+
+#[test]
 fn config_defaults_and_errors() {
     let defaults = config(serde_json::json!({}));
     assert_eq!(

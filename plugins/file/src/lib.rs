@@ -27,6 +27,7 @@ pub use sink::FileSinkConfig;
 
 use std::time::Duration;
 
+use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::framing::Framing;
 use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
@@ -46,8 +47,8 @@ pub struct FileConfig {
     /// Glob patterns of files not to read, even when `include` matches them.
     #[serde(default)]
     pub exclude: Vec<String>,
-    /// How often to look for new, renamed and deleted files, in milliseconds. Open files
-    /// are polled for new data more often than this.
+    /// How often to look for new, renamed and deleted files, in milliseconds (1 to
+    /// 3600000: 1 ms to 1 h). Open files are polled for new data more often than this.
     #[serde(default = "default_glob_interval_ms")]
     pub glob_interval_ms: u64,
     /// Where to start in a file the source has no checkpoint for, on its very first start
@@ -77,11 +78,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub keep_envelope_fields: Vec<EnvelopeField>,
     /// How long to keep reading a file after it was renamed away or deleted (or has not
-    /// grown), in seconds, before closing it.
+    /// grown), in seconds (0 to 86400: up to 1 day), before closing it.
     #[serde(default = "default_rotate_wait_secs")]
     pub rotate_wait_secs: u64,
     /// How long the checkpointed position of a file that is no longer found (deleted, or
-    /// renamed out of the globs) is kept, in seconds, before it is forgotten. A file that
+    /// renamed out of the globs) is kept, in seconds (1 to 2592000: 1 s to 30 days),
+    /// before it is forgotten. A file that
     /// comes back after that is read again from its beginning.
     #[serde(default = "default_forget_after_secs")]
     pub forget_after_secs: u64,
@@ -111,6 +113,13 @@ pub enum FingerprintMode {
     /// inode looks like the old file, and gzipped backups are read again.
     DeviceInode,
 }
+
+/// `glob_interval_ms`: a scan at least once an hour.
+const GLOB_INTERVAL_MS: DurationRange = DurationRange::millis(1, DurationRange::HOUR_SECS * 1000);
+/// `rotate_wait_secs`: 0 closes a file as soon as it is gone and read to its end.
+const ROTATE_WAIT_SECS: DurationRange = DurationRange::secs(0, DurationRange::DAY_SECS);
+/// `forget_after_secs`: up to 30 days.
+const FORGET_AFTER_SECS: DurationRange = DurationRange::secs(1, 30 * DurationRange::DAY_SECS);
 
 fn default_glob_interval_ms() -> u64 {
     1000
@@ -156,14 +165,20 @@ impl Validate for FileConfig {
                 errors.push(error);
             }
         }
-        if self.glob_interval_ms == 0 {
-            errors.push(BuildError::field("glob_interval_ms", "must be at least 1"));
-        }
         if self.max_line_bytes == 0 {
             errors.push(BuildError::field("max_line_bytes", "must be at least 1"));
         }
-        if self.forget_after_secs == 0 {
-            errors.push(BuildError::field("forget_after_secs", "must be at least 1"));
+        let durations = [
+            ("glob_interval_ms", GLOB_INTERVAL_MS, self.glob_interval_ms),
+            ("rotate_wait_secs", ROTATE_WAIT_SECS, self.rotate_wait_secs),
+            (
+                "forget_after_secs",
+                FORGET_AFTER_SECS,
+                self.forget_after_secs,
+            ),
+        ];
+        for (field, range, value) in durations {
+            errors.extend(range.check(field, value).err());
         }
         if let Some(problem) = self.envelope().problem() {
             errors.push(BuildError::field("keep_envelope_fields", problem));

@@ -1051,7 +1051,10 @@ impl Tailer {
         let now = Instant::now();
         if now >= timers.next_scan {
             self.scan();
-            timers.next_scan = now + self.settings.glob_interval;
+            timers.next_scan = Instant::from_std(auditflow_core::duration::deadline(
+                now.into_std(),
+                self.settings.glob_interval,
+            ));
             if self.scans == 1 {
                 self.account_missing_at_start();
                 // Remember where reading starts (read_from: end) before anything else.

@@ -358,6 +358,66 @@ async fn device_inode_fingerprints_follow_renames_too() {
     source.stop().await;
 }
 
+/// The field and message of each problem `validate` finds with `options` added to an
+/// `include`.
+fn duration_problems(options: serde_json::Value) -> Vec<(String, String)> {
+    let mut all = json!({"include": ["/var/log/audit/*.log"]});
+    all.as_object_mut()
+        .unwrap()
+        .extend(options.as_object().unwrap().clone());
+    serde_json::from_value::<FileConfig>(all)
+        .unwrap()
+        .validate()
+        .into_iter()
+        .map(|error| (error.field.unwrap_or_default(), error.message))
+        .collect()
+}
+
+#[test]
+fn a_glob_interval_of_zero_is_a_validate_error() {
+    assert_eq!(
+        duration_problems(json!({"glob_interval_ms": 0})),
+        [(
+            "glob_interval_ms".to_owned(),
+            "must be between 1 and 3600000 milliseconds (1 ms to 1 h), found 0".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn a_rotate_wait_past_one_day_is_a_validate_error() {
+    assert!(duration_problems(json!({"rotate_wait_secs": 0})).is_empty());
+    assert!(duration_problems(json!({"rotate_wait_secs": 86_400})).is_empty());
+    assert_eq!(
+        duration_problems(json!({"rotate_wait_secs": u64::MAX})),
+        [(
+            "rotate_wait_secs".to_owned(),
+            "must be between 0 and 86400 seconds (0 s to 1 day), found 18446744073709551615"
+                .to_owned()
+        )]
+    );
+}
+
+#[test]
+fn a_forget_after_past_30_days_is_a_validate_error() {
+    assert_eq!(
+        duration_problems(
+            json!({"forget_after_secs": 30 * 86_400 + 1, "glob_interval_ms": 3_600_001})
+        ),
+        [
+            (
+                "glob_interval_ms".to_owned(),
+                "must be between 1 and 3600000 milliseconds (1 ms to 1 h), found 3600001"
+                    .to_owned()
+            ),
+            (
+                "forget_after_secs".to_owned(),
+                "must be between 1 and 2592000 seconds (1 s to 30 days), found 2592001".to_owned()
+            ),
+        ]
+    );
+}
+
 #[test]
 fn options_are_checked() {
     let config: FileConfig = serde_json::from_value(json!({

@@ -33,6 +33,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use auditflow_core::duration::DurationRange;
 use auditflow_core::{BuildContext, BuildError, Sink, SinkConfig, Validate};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -117,7 +118,8 @@ pub struct BatchOptions {
     /// event still goes, alone.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: NonZeroUsize,
-    /// How long the first event of a request batch waits for more, in milliseconds.
+    /// How long the first event of a request batch waits for more, in milliseconds (1 to
+    /// 3600000: 1 ms to 1 h).
     #[serde(default = "default_batch_timeout_ms")]
     pub timeout_ms: u64,
 }
@@ -148,25 +150,37 @@ impl Default for BatchOptions {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestOptions {
-    /// One attempt's time limit (connecting, sending, and reading the answer), in milliseconds.
+    /// One attempt's time limit (connecting, sending, and reading the answer), in
+    /// milliseconds (1 to 86400000: 1 ms to 1 day).
     #[serde(default = "default_request_timeout_ms")]
     pub timeout_ms: u64,
     /// Requests in flight at most (including those waiting to retry).
     #[serde(default = "default_concurrency")]
     pub concurrency: NonZeroUsize,
-    /// The first retry waits up to this long (full jitter), in milliseconds; each further
-    /// retry doubles the bound.
+    /// The first retry waits up to this long (full jitter), in milliseconds (1 to 86400000:
+    /// 1 ms to 1 day); each further retry doubles the bound.
     #[serde(default = "default_initial_backoff_ms")]
     pub retry_initial_backoff_ms: u64,
-    /// The bound on one retry's wait, in milliseconds; a server's `Retry-After` is honoured
-    /// up to this long.
+    /// The bound on one retry's wait, in milliseconds (from `retry_initial_backoff_ms` to
+    /// 86400000: 1 day); a server's `Retry-After` is honoured up to this long.
     #[serde(default = "default_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// Give a request up (its events are rejected and counted) after retrying this long,
-    /// in seconds. Unset: retry for ever, keeping the sources blocked meanwhile.
+    /// in seconds (1 to 2592000: 1 s to 30 days). Unset: retry for ever, keeping the
+    /// sources blocked meanwhile.
     #[serde(default)]
     pub retry_max_duration_secs: Option<u64>,
 }
+
+/// `batch.timeout_ms`: the first event of a request waits an hour at most (its source's
+/// acknowledgement waits with it).
+const BATCH_TIMEOUT_MS: DurationRange = DurationRange::millis(1, DurationRange::HOUR_SECS * 1000);
+/// `request.timeout_ms`: one attempt, up to a day.
+const REQUEST_TIMEOUT_MS: DurationRange = DurationRange::millis(1, DurationRange::DAY_MS);
+/// `request.retry_initial_backoff_ms` and `request.retry_max_backoff_ms`: up to a day.
+const BACKOFF_MS: DurationRange = DurationRange::millis(1, DurationRange::DAY_MS);
+/// `request.retry_max_duration_secs`: up to 30 days (unset: for ever).
+const RETRY_MAX_DURATION_SECS: DurationRange = DurationRange::secs(1, 30 * DurationRange::DAY_SECS);
 
 fn default_request_timeout_ms() -> u64 {
     30_000
@@ -288,23 +302,30 @@ impl Validate for HttpsConfig {
         if let Err(error) = sink::header_map(self) {
             errors.push(error);
         }
-        if self.batch.timeout_ms == 0 {
-            errors.push(BuildError::field(
-                "batch.timeout_ms",
-                "must be at least 1 (milliseconds)",
-            ));
-        }
-        if self.request.timeout_ms == 0 {
-            errors.push(BuildError::field(
-                "request.timeout_ms",
-                "must be at least 1 (milliseconds)",
-            ));
-        }
-        if self.request.retry_initial_backoff_ms == 0 {
-            errors.push(BuildError::field(
+        let request = &self.request;
+        let durations = [
+            ("batch.timeout_ms", BATCH_TIMEOUT_MS, self.batch.timeout_ms),
+            ("request.timeout_ms", REQUEST_TIMEOUT_MS, request.timeout_ms),
+            (
                 "request.retry_initial_backoff_ms",
-                "must be at least 1 (milliseconds)",
-            ));
+                BACKOFF_MS,
+                request.retry_initial_backoff_ms,
+            ),
+            (
+                "request.retry_max_backoff_ms",
+                BACKOFF_MS,
+                request.retry_max_backoff_ms,
+            ),
+        ];
+        for (field, range, value) in durations {
+            errors.extend(range.check(field, value).err());
+        }
+        if let Some(secs) = request.retry_max_duration_secs {
+            let field = "request.retry_max_duration_secs";
+            if let Err(mut error) = RETRY_MAX_DURATION_SECS.check(field, secs) {
+                error.message.push_str("; leave it unset to retry for ever");
+                errors.push(error);
+            }
         }
         if self.request.retry_max_backoff_ms < self.request.retry_initial_backoff_ms {
             errors.push(BuildError::field(
@@ -313,12 +334,6 @@ impl Validate for HttpsConfig {
                     "is {} but must not be below request.retry_initial_backoff_ms ({})",
                     self.request.retry_max_backoff_ms, self.request.retry_initial_backoff_ms
                 ),
-            ));
-        }
-        if self.request.retry_max_duration_secs == Some(0) {
-            errors.push(BuildError::field(
-                "request.retry_max_duration_secs",
-                "must be at least 1 (seconds); leave it unset to retry for ever",
             ));
         }
         errors.extend(tls::check(&self.tls));

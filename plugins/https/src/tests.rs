@@ -16,7 +16,7 @@ use auditflow_testkit::{compliance, MemorySource, RecordingTelemetry, SourceProb
 use serde_json::{json, Value};
 use tls_server::{Pki, Recorded, Reply, ServerOptions, TestServer};
 
-use crate::HttpsConfig;
+use crate::{HttpsConfig, BATCH_TIMEOUT_MS, RETRY_MAX_DURATION_SECS};
 
 use auditflow_testkit::tls as tls_server;
 
@@ -653,6 +653,83 @@ fn validation_names_the_field_at_fault() {
     );
 }
 
+/// The field and message of each problem `validate` finds.
+fn problems(options: Value) -> Vec<(String, String)> {
+    config(options)
+        .validate()
+        .into_iter()
+        .map(|error| (error.field.unwrap_or_default(), error.message))
+        .collect()
+}
+
+#[test]
+fn a_timeout_of_zero_is_a_validate_error() {
+    let found = problems(json!({
+        "uri": "https://collector/ingest",
+        "batch": { "timeout_ms": 0 },
+        "request": { "timeout_ms": 0 },
+    }));
+    assert_eq!(
+        found,
+        [
+            (
+                "batch.timeout_ms".to_owned(),
+                "must be between 1 and 3600000 milliseconds (1 ms to 1 h), found 0".to_owned()
+            ),
+            (
+                "request.timeout_ms".to_owned(),
+                "must be between 1 and 86400000 milliseconds (1 ms to 1 day), found 0".to_owned()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_backoff_past_one_day_is_a_validate_error() {
+    let day_ms: u64 = 24 * 60 * 60 * 1000;
+    let at_a_day = problems(json!({
+        "uri": "https://collector/ingest",
+        "request": { "retry_initial_backoff_ms": day_ms, "retry_max_backoff_ms": day_ms },
+    }));
+    assert!(at_a_day.is_empty(), "{at_a_day:?}");
+    let found = problems(json!({
+        "uri": "https://collector/ingest",
+        "request": { "retry_initial_backoff_ms": day_ms + 1, "retry_max_backoff_ms": u64::MAX },
+    }));
+    let fields: Vec<&str> = found.iter().map(|(field, _)| field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "request.retry_initial_backoff_ms",
+            "request.retry_max_backoff_ms"
+        ]
+    );
+    assert_eq!(
+        found[1].1,
+        "must be between 1 and 86400000 milliseconds (1 ms to 1 day), found 18446744073709551615"
+    );
+}
+
+#[test]
+fn a_retry_duration_of_zero_or_past_30_days_is_a_validate_error() {
+    for secs in [0, 30 * 24 * 60 * 60 + 1] {
+        let found = problems(json!({
+            "uri": "https://collector/ingest",
+            "request": { "retry_max_duration_secs": secs },
+        }));
+        assert_eq!(
+            found,
+            [(
+                "request.retry_max_duration_secs".to_owned(),
+                format!(
+                    "must be between 1 and 2592000 seconds (1 s to 30 days), found {secs}; \
+                     leave it unset to retry for ever"
+                )
+            )]
+        );
+    }
+}
+
 #[test]
 fn debug_output_masks_secrets() {
     let config = config(json!({
@@ -676,7 +753,8 @@ fn debug_output_masks_secrets() {
 }
 
 /// A server answering `429` with `Retry-After: 18446744073709551615` parked the sink for
-/// ever; the wait is bounded by `retry_max_backoff_ms`, and no arithmetic overflows.
+/// ever; the wait is bounded by `retry_max_backoff_ms`, and no arithmetic overflows (with
+/// the largest durations `validate` lets through).
 #[tokio::test]
 async fn a_retry_after_of_u64_max_waits_at_most_retry_max_backoff_ms() {
     let setup = Setup::new(ServerOptions::replies(vec![
@@ -686,8 +764,8 @@ async fn a_retry_after_of_u64_max_waits_at_most_retry_max_backoff_ms() {
     let sink = build(
         "retry_after_u64_max",
         setup.options(json!({
-            "batch": { "max_events": 1000, "timeout_ms": u64::MAX },
-            "request": { "concurrency": 1, "retry_initial_backoff_ms": 50, "retry_max_backoff_ms": 100, "retry_max_duration_secs": u64::MAX },
+            "batch": { "max_events": 1000, "timeout_ms": BATCH_TIMEOUT_MS.max },
+            "request": { "concurrency": 1, "retry_initial_backoff_ms": 50, "retry_max_backoff_ms": 100, "retry_max_duration_secs": RETRY_MAX_DURATION_SECS.max },
         })),
         Arc::new(auditflow_core::NoTelemetry),
     );

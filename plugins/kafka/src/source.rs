@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::channel::Closed;
 use auditflow_core::decode::{Decoded, Shape};
+use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{self, Envelope, EnvelopeField};
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
@@ -81,7 +82,8 @@ pub struct KafkaSourceConfig {
     /// `logGroup` (`auditflow.io/log-group`), `logStream` (`auditflow.io/log-stream`).
     #[serde(default)]
     pub keep_envelope_fields: Vec<EnvelopeField>,
-    /// How often delivered offsets are committed, in milliseconds.
+    /// How often delivered offsets are committed, in milliseconds (1 to 3600000: 1 ms to
+    /// 1 h).
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
     /// librdkafka properties passed through as they are (TLS, SASL, tuning), applied last.
@@ -147,6 +149,10 @@ impl Decoding {
     }
 }
 
+/// `commit_interval_ms`: at least once an hour (a restart reads again what was delivered
+/// since the last commit).
+const COMMIT_INTERVAL_MS: DurationRange = DurationRange::millis(1, DurationRange::HOUR_SECS * 1000);
+
 fn default_commit_interval_ms() -> u64 {
     1000
 }
@@ -196,12 +202,11 @@ impl Validate for KafkaSourceConfig {
         if self.group_id.trim().is_empty() {
             errors.push(BuildError::field("group_id", "must not be empty"));
         }
-        if self.commit_interval_ms == 0 {
-            errors.push(BuildError::field(
-                "commit_interval_ms",
-                "must be at least 1",
-            ));
-        }
+        errors.extend(
+            COMMIT_INTERVAL_MS
+                .check("commit_interval_ms", self.commit_interval_ms)
+                .err(),
+        );
         if let Some(problem) = self.decoding.envelope(&self.keep_envelope_fields).problem() {
             errors.push(BuildError::field("keep_envelope_fields", problem));
         }
@@ -980,6 +985,36 @@ mod tests {
     fn ids(reader: &Reader) -> Vec<&str> {
         let events = &reader.decoded.events;
         events.iter().filter_map(|e| e.get_str("auditID")).collect()
+    }
+
+    #[test]
+    fn a_commit_interval_of_zero_or_past_one_hour_is_a_validate_error() {
+        let problems = |interval: u64| -> Vec<(String, String)> {
+            let config: KafkaSourceConfig = serde_json::from_value(serde_json::json!({
+                "bootstrap_servers": "127.0.0.1:9092",
+                "topics": ["audit"],
+                "group_id": "auditflow",
+                "commit_interval_ms": interval,
+            }))
+            .unwrap();
+            config
+                .validate()
+                .into_iter()
+                .map(|error| (error.field.unwrap_or_default(), error.message))
+                .collect()
+        };
+        assert!(problems(3_600_000).is_empty());
+        for interval in [0, 3_600_001] {
+            assert_eq!(
+                problems(interval),
+                [(
+                    "commit_interval_ms".to_owned(),
+                    format!(
+                        "must be between 1 and 3600000 milliseconds (1 ms to 1 h), found {interval}"
+                    )
+                )]
+            );
+        }
     }
 
     #[test]

@@ -408,7 +408,7 @@ mod tests {
         let names = CredentialNames::new(&LAST_WORDS, &ENDINGS);
         TextDetectors::new(
             &enabled,
-            Prefilter::new(&enabled, &names, &[]),
+            Prefilter::new(&enabled, &names, &[]).unwrap(),
             &names,
             Vec::new(),
         )

@@ -235,8 +235,21 @@ impl fmt::Debug for HashKey {
     }
 }
 
-impl Validate for RedactConfig {
-    fn validate(&self) -> Vec<BuildError> {
+impl RedactConfig {
+    /// The options compiled into what redacts events, or every problem with them, each
+    /// naming its field. The one step behind both `validate` and `build`.
+    fn compile(&self) -> Result<Redactor, Vec<BuildError>> {
+        let mut errors = self.option_errors();
+        match Redactor::new(self) {
+            Ok(redactor) if errors.is_empty() => return Ok(redactor),
+            Ok(_) => {}
+            Err(error) => errors.push(error),
+        }
+        Err(errors)
+    }
+
+    /// What is wrong with the options taken one by one.
+    fn option_errors(&self) -> Vec<BuildError> {
         let mut errors = Vec::new();
         match (self.mode, &self.hash_key) {
             (Mode::Hash, None) => errors.push(BuildError::field(
@@ -294,12 +307,20 @@ impl Validate for RedactConfig {
     }
 }
 
+impl Validate for RedactConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
+    }
+}
+
 impl TransformConfig for RedactConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError> {
-        if let Some(error) = self.validate().into_iter().next() {
-            return Err(error);
-        }
-        let redactor = Redactor::new(self);
+        // `validate` has reported every problem when the pipeline loaded; the first is
+        // enough here.
+        let redactor = self.compile().map_err(|errors| {
+            let first = errors.into_iter().next();
+            first.unwrap_or_else(|| BuildError::new("the redact options cannot be compiled"))
+        })?;
         let counters = redactor
             .detector_names
             .iter()
@@ -377,6 +398,22 @@ struct Redactor {
     detector_names: Vec<String>,
 }
 
+/// Why the custom patterns could not be compiled together: each compiled alone when the
+/// pipeline loaded, but the prefilter's set is the sum of them.
+fn patterns_error(error: regex::Error) -> BuildError {
+    let message = match error {
+        regex::Error::CompiledTooBig(limit) => format!(
+            "the patterns together compile past the regex size limit of {} MiB: \
+             use fewer or smaller patterns (a large repetition count such as `{{1000}}`, or \
+             a Unicode class such as `\\w` repeated, makes a pattern large; `[A-Za-z0-9_]` \
+             or a smaller count keeps it small)",
+            limit / (1024 * 1024)
+        ),
+        other => format!("the patterns cannot be compiled together: {other}"),
+    };
+    BuildError::field("patterns", message)
+}
+
 /// What to do with one top-level field.
 enum Plan {
     /// Could not be read: replaced whole.
@@ -386,7 +423,9 @@ enum Plan {
 }
 
 impl Redactor {
-    fn new(config: &RedactConfig) -> Redactor {
+    /// Compiles the options. Fails when the custom patterns, compiled together for the
+    /// prefilter, pass the regex size limit.
+    fn new(config: &RedactConfig) -> Result<Redactor, BuildError> {
         let mut enabled = config.detectors.enabled();
         enabled.set(Detector::Fields, !config.fields.is_empty());
         let mut detector_names: Vec<String> = Detector::ALL
@@ -411,19 +450,19 @@ impl Redactor {
             &config.credential_names.endings,
         );
         let sources: Vec<&str> = config.patterns.values().map(|p| p.as_str()).collect();
-        let prefilter = Prefilter::new(&enabled, &names, &sources);
+        let prefilter = Prefilter::new(&enabled, &names, &sources).map_err(patterns_error)?;
         let replacer = match (&config.mode, &config.hash_key) {
             (Mode::Hash, Some(key)) => Replacer::hash(key.0.as_bytes()),
             _ => Replacer::Mask,
         };
-        Redactor {
+        Ok(Redactor {
             enabled,
             text: TextDetectors::new(&enabled, prefilter, &names, custom),
             replacer,
             names,
             fields: config.fields.clone(),
             detector_names,
-        }
+        })
     }
 
     /// Redacts one event in place, adding each secret's detector to `counts`.

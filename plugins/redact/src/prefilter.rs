@@ -186,7 +186,14 @@ enum Confirm {
 }
 
 impl Prefilter {
-    pub(crate) fn new(enabled: &Enabled, names: &CredentialNames, custom: &[&str]) -> Prefilter {
+    /// The prefilter of the enabled detectors and the custom patterns (`custom`, regex
+    /// sources that each compiled alone). Fails when the custom patterns, compiled
+    /// together into one set, pass the regex size limit.
+    pub(crate) fn new(
+        enabled: &Enabled,
+        names: &CredentialNames,
+        custom: &[&str],
+    ) -> Result<Prefilter, regex::Error> {
         // Escapes are looked for apart (`escape_hit`). Most literals here are at least
         // three bytes long and start with a rare trigram, so the multi-literal search
         // (which fingerprints the first bytes) seldom stops on a false candidate:
@@ -262,22 +269,27 @@ impl Prefilter {
         // With every marker-bearing detector off, nothing is a marker.
         let markers = (!literals.is_empty()).then(|| Markers::new(&literals));
 
-        let custom = (!custom.is_empty()).then(|| {
-            let (anchored, unanchored): (Vec<&str>, Vec<&str>) =
-                custom.iter().partition(|source| is_anchored(source));
-            CustomPrefilter {
-                set: RegexSet::new(unanchored).expect("patterns were compiled at load"),
-                anchored: !anchored.is_empty(),
+        // Each pattern compiled alone when the pipeline loaded, but the set is their sum:
+        // it can still pass the size limit.
+        let custom = match custom.is_empty() {
+            true => None,
+            false => {
+                let (anchored, unanchored): (Vec<&str>, Vec<&str>) =
+                    custom.iter().partition(|source| is_anchored(source));
+                Some(CustomPrefilter {
+                    set: RegexSet::new(unanchored)?,
+                    anchored: !anchored.is_empty(),
+                })
             }
-        });
-        Prefilter {
+        };
+        Ok(Prefilter {
             markers,
             confirms,
             names: names.clone(),
             patches: enabled.any(&[Detector::EnvSecret, Detector::CliSecret]),
             bootstrap_token: enabled.has(Detector::BootstrapToken),
             custom,
-        }
+        })
     }
 
     /// Whether `raw` (JSON bytes, or a decoded string) could hold a secret.
@@ -515,7 +527,7 @@ mod tests {
     }
 
     fn all() -> Prefilter {
-        Prefilter::new(&Enabled::all(), &names(), &[])
+        Prefilter::new(&Enabled::all(), &names(), &[]).unwrap()
     }
 
     #[test]
@@ -646,11 +658,11 @@ mod tests {
 
     #[test]
     fn custom_patterns_are_checked_conservatively() {
-        let prefilter = Prefilter::new(&Enabled::none(), &names(), &["sk_live_[0-9a-z]+"]);
+        let prefilter = Prefilter::new(&Enabled::none(), &names(), &["sk_live_[0-9a-z]+"]).unwrap();
         assert!(prefilter.hit(br#""key sk_live_abc""#));
         assert!(!prefilter.hit(br#""key sk_test_abc""#));
         assert!(prefilter.hit(br#""key sk\u005flive_abc""#));
-        let anchored = Prefilter::new(&Enabled::none(), &names(), &["^secret$"]);
+        let anchored = Prefilter::new(&Enabled::none(), &names(), &["^secret$"]).unwrap();
         assert!(anchored.hit(br#"{"a":"secret"}"#));
         assert!(!anchored.hit(br#"[1,2.5,null]"#));
     }

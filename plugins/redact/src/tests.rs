@@ -354,3 +354,55 @@ fn keeps_the_engine_contract() {
     );
     assert!(!out.is_empty());
 }
+
+/// Four patterns of `\w{100}` (a Unicode class repeated) each compile alone, under the
+/// regex size limit, but not together: the prefilter's set panicked when the transform
+/// was built, after `validate` had passed.
+#[test]
+fn regex_set_past_the_size_limit_is_a_validate_error() {
+    let patterns: serde_json::Map<String, Value> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|name| {
+            (
+                format!("long_word_{name}"),
+                json!(format!("{name}=\\w{{100}}")),
+            )
+        })
+        .collect();
+    let config = config(json!({ "patterns": patterns })).expect("each pattern compiles alone");
+    let errors = config.validate();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field.as_deref(), Some("patterns"));
+    assert!(
+        errors[0]
+            .message
+            .starts_with("the patterns together compile past the regex size limit of 10 MiB: use fewer or smaller patterns"),
+        "{}",
+        errors[0].message
+    );
+    let cx = BuildContext {
+        id: "too_big".into(),
+        data_dir: "/nonexistent".into(),
+        telemetry: Arc::new(NoTelemetry),
+    };
+    let built = config.build(cx);
+    assert_eq!(built.err(), Some(errors[0].clone()));
+
+    // Other problems are reported beside it.
+    let mut options = json!({ "patterns": patterns, "mode": "hash" });
+    options["patterns"]["jwt"] = json!("x");
+    let fields: Vec<Option<String>> = self::config(options)
+        .unwrap()
+        .validate()
+        .into_iter()
+        .map(|error| error.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            Some("hash_key".to_owned()),
+            Some("patterns.jwt".to_owned()),
+            Some("patterns".to_owned())
+        ]
+    );
+}

@@ -34,6 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
 use schemars::JsonSchema;
@@ -74,7 +75,7 @@ pub struct WebhookConfig {
     #[serde(default = "default_acknowledgements")]
     pub acknowledgements: bool,
     /// How long a request waits for room in the pipeline before it is answered 503 with
-    /// `Retry-After`, in milliseconds.
+    /// `Retry-After`, in milliseconds (1 to 3600000: 1 ms to 1 h, like every timeout here).
     #[serde(default = "default_accept_timeout_ms")]
     pub accept_timeout_ms: u64,
     /// How long a request waits for its events to be delivered (with `acknowledgements`)
@@ -175,6 +176,10 @@ fn default_acknowledgements() -> bool {
     true
 }
 
+/// Every timeout: the API server gives up on a request after 30 s, so an hour is far
+/// past anything useful.
+const TIMEOUT_MS: DurationRange = DurationRange::millis(1, DurationRange::HOUR_SECS * 1000);
+
 fn default_accept_timeout_ms() -> u64 {
     5000
 }
@@ -222,26 +227,17 @@ impl Validate for WebhookConfig {
         if self.max_body_bytes == 0 {
             problems.push(BuildError::field("max_body_bytes", "must be at least 1"));
         }
-        if self.accept_timeout_ms == 0 {
-            problems.push(BuildError::field("accept_timeout_ms", "must be at least 1"));
-        }
-        if self.ack_timeout_ms == 0 {
-            problems.push(BuildError::field("ack_timeout_ms", "must be at least 1"));
-        }
         if self.max_connections == 0 {
             problems.push(BuildError::field("max_connections", "must be at least 1"));
         }
-        if self.header_read_timeout_ms == 0 {
-            problems.push(BuildError::field(
-                "header_read_timeout_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.body_read_timeout_ms == 0 {
-            problems.push(BuildError::field(
-                "body_read_timeout_ms",
-                "must be at least 1",
-            ));
+        let timeouts = [
+            ("accept_timeout_ms", self.accept_timeout_ms),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ];
+        for (field, value) in timeouts {
+            problems.extend(TIMEOUT_MS.check(field, value).err());
         }
         if let Some(tls) = &self.tls {
             // What a TLS client would refuse later, found before anything starts.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::decode::{Decoded, Shape};
+use auditflow_core::duration::deadline;
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
     Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, DeadLetter, DeadLetterOutput,
@@ -131,10 +132,11 @@ impl Source for WebhookSource {
                 context: format!("serving the webhook listener on {address}"),
                 source,
             })?;
-        let drain_timeout = settings.accept_timeout
-            + settings.ack_timeout
-            + settings.header_read_timeout
-            + crate::connection::LINGER_TIMEOUT;
+        let drain_timeout = settings
+            .accept_timeout
+            .saturating_add(settings.ack_timeout)
+            .saturating_add(settings.header_read_timeout)
+            .saturating_add(crate::connection::LINGER_TIMEOUT);
         let budget_bytes = settings.max_body_bytes.saturating_mul(BODY_BUDGET_FACTOR);
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         let state = Arc::new(State {
@@ -322,9 +324,9 @@ async fn serve<S>(
                 if since > read_at_idle.0 {
                     read_at_idle = (since, bytes_read.load(std::sync::atomic::Ordering::Relaxed));
                 }
-                since + timeout
+                deadline(since, timeout)
             }
-            None => Instant::now() + timeout,
+            None => deadline(Instant::now(), timeout),
         };
         tokio::select! {
             result = connection.as_mut() => break result,

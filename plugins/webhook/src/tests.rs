@@ -57,6 +57,60 @@ fn options_that_cannot_work_are_reported_with_their_field() {
     assert!(!format!("{options:?}").contains("hunter2"));
 }
 
+#[test]
+fn a_timeout_of_zero_is_a_validate_error() {
+    let problems: Vec<(String, String)> = config(serde_json::json!({
+        "allow_plaintext": true,
+        "accept_timeout_ms": 0,
+        "ack_timeout_ms": 0,
+        "header_read_timeout_ms": 0,
+        "body_read_timeout_ms": 0,
+    }))
+    .validate()
+    .into_iter()
+    .map(|problem| (problem.field.unwrap_or_default(), problem.message))
+    .collect();
+    let expected: Vec<(String, String)> = [
+        "accept_timeout_ms",
+        "ack_timeout_ms",
+        "header_read_timeout_ms",
+        "body_read_timeout_ms",
+    ]
+    .map(|field| {
+        (
+            field.to_owned(),
+            "must be between 1 and 3600000 milliseconds (1 ms to 1 h), found 0".to_owned(),
+        )
+    })
+    .to_vec();
+    assert_eq!(problems, expected);
+}
+
+#[test]
+fn a_timeout_past_one_hour_is_a_validate_error() {
+    let hour_ms: u64 = 60 * 60 * 1000;
+    let fields = |value: u64| -> Vec<String> {
+        config(serde_json::json!({
+            "allow_plaintext": true,
+            "ack_timeout_ms": value,
+            "header_read_timeout_ms": value,
+        }))
+        .validate()
+        .into_iter()
+        .filter_map(|problem| problem.field)
+        .collect()
+    };
+    assert!(fields(hour_ms).is_empty());
+    assert_eq!(
+        fields(hour_ms + 1),
+        ["ack_timeout_ms", "header_read_timeout_ms"]
+    );
+    assert_eq!(
+        fields(u64::MAX),
+        ["ack_timeout_ms", "header_read_timeout_ms"]
+    );
+}
+
 fn build_cx() -> BuildContext {
     BuildContext {
         id: "webhook".into(),
