@@ -127,6 +127,18 @@ impl Running {
             if summary.changed.binary_search(id).is_ok() {
                 predecessors.insert(id.clone(), Arc::clone(&live.finished));
             }
+            // A replacement of the same kind takes over the tap points (`launch` asks for
+            // them again); the points of a removed component, of a side the replacement
+            // does not have, or of dead letters no longer read go, and their taps end.
+            if pipeline
+                .component(id)
+                .is_none_or(|component| component.kind != live.kind)
+            {
+                self.taps.remove(id);
+            }
+            if live.dead_letter_read && !read_dead_letters.contains(id.as_str()) {
+                self.taps.remove(&dead_letter::output_id(id));
+            }
             leaving.push(live);
         }
         self.launch(builder, predecessors);
