@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::decode::{Decoded, Shape};
+use auditflow_core::listener::Listener;
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
     Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, DeadLetter, DeadLetterOutput,
@@ -77,7 +78,7 @@ pub struct Settings {
 
 /// The built source: a bound listener waiting to be served.
 pub struct WebhookSource {
-    listener: std::net::TcpListener,
+    listener: Listener,
     tls: Option<TlsAcceptor>,
     settings: Settings,
     id: String,
@@ -85,7 +86,7 @@ pub struct WebhookSource {
 
 impl WebhookSource {
     pub(crate) fn new(
-        listener: std::net::TcpListener,
+        listener: Listener,
         tls: Option<Arc<rustls::ServerConfig>>,
         settings: Settings,
         id: &str,
@@ -126,11 +127,14 @@ impl Source for WebhookSource {
             context: "reading the webhook listener's address".into(),
             source,
         })?;
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|source| ComponentError::Io {
-                context: format!("serving the webhook listener on {address}"),
-                source,
-            })?;
+        // `socket` keeps the socket open, `listener` accepts on it: dropping `listener`
+        // stops accepting, and the connections that wait meanwhile are the next
+        // instance's when a reload hands the socket over.
+        let socket = listener;
+        let listener = socket.to_tokio().map_err(|source| ComponentError::Io {
+            context: format!("serving the webhook listener on {address}"),
+            source,
+        })?;
         let drain_timeout = settings.accept_timeout
             + settings.ack_timeout
             + settings.header_read_timeout
@@ -208,6 +212,7 @@ impl Source for WebhookSource {
             }
         }
         drop(listener);
+        drop(socket);
         tracing::info!(
             component_id = %id,
             connections = connections.len(),
