@@ -1,6 +1,7 @@
 //! `auditflow tap` and `auditflow top` against a running instance, through the real
-//! binary: the tap sees the events that pass (and is refused with the reason when the
-//! instance does not allow it), `validate` refuses an API open beyond loopback without a
+//! binary: the tap sees the events that pass, and the dead letters of a source (and is
+//! refused with the reason when the instance does not allow it, or when a reload removed
+//! the component), `validate` refuses an API open beyond loopback without a
 //! token, and `top` is driven in tmux the way a person uses it.
 
 use std::collections::HashMap;
