@@ -1,6 +1,7 @@
 //! `auditflow tap` and `auditflow top` against a running instance, through the real
-//! binary: the tap sees the events that pass (and is refused with the reason when the
-//! instance does not allow it), `validate` refuses an API open beyond loopback without a
+//! binary: the tap sees the events that pass, and the dead letters of a source (and is
+//! refused with the reason when the instance does not allow it, or when a reload removed
+//! the component), `validate` refuses an API open beyond loopback without a
 //! token, and `top` is driven in tmux the way a person uses it.
 
 use std::collections::HashMap;
@@ -42,10 +43,15 @@ fn api_address(instance: &Auditflow) -> String {
 
 /// `stdin` → `stdout`, with `api` as given (YAML flow mapping).
 fn stdin_pipeline(workspace: &Workspace, api: &str) -> PathBuf {
+    stdin_pipeline_with(workspace, api, "")
+}
+
+/// `stdin` → `stdout` and the sinks `more_sinks` (YAML lines under `sinks:`).
+fn stdin_pipeline_with(workspace: &Workspace, api: &str, more_sinks: &str) -> PathBuf {
     workspace.write(
         "pipeline.yaml",
         &format!(
-            "data_dir: {}\napi: {api}\nsources:\n  in: {{type: stdin}}\nsinks:\n  out: {{type: stdout, inputs: [in]}}\n",
+            "data_dir: {}\napi: {api}\nsources:\n  in: {{type: stdin}}\nsinks:\n  out: {{type: stdout, inputs: [in]}}\n{more_sinks}",
             workspace.path().join("data").display()
         ),
     )
@@ -60,13 +66,18 @@ struct Feeder {
 
 impl Feeder {
     fn start(instance: &mut Auditflow) -> Feeder {
+        Feeder::start_with(instance, audit_line)
+    }
+
+    /// Writes line `line(i)` for i = 0, 1, 2...
+    fn start_with(instance: &mut Auditflow, line: fn(usize) -> String) -> Feeder {
         let mut stdin = instance.take_stdin();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut written = Vec::new();
             while !stopped.load(Ordering::Relaxed) {
-                let line = audit_line(written.len());
+                let line = line(written.len());
                 if writeln!(stdin, "{line}")
                     .and_then(|()| stdin.flush())
                     .is_err()
@@ -257,6 +268,173 @@ fn a_token_file_makes_the_tap_ask_for_the_bearer_token() {
         String::from_utf8_lossy(&allowed.stderr)
     );
     assert_eq!(allowed.stdout.iter().filter(|b| **b == b'\n').count(), 2);
+}
+
+/// Every odd line is torn off mid-event: the stdin source refuses it as malformed.
+fn torn_every_other_line(i: usize) -> String {
+    match i % 2 {
+        0 => audit_line(i),
+        _ => format!(r#"{{"auditID":"torn-{i}","verb":"#),
+    }
+}
+
+#[test]
+fn tap_on_a_dead_letter_output_shows_the_refused_line() {
+    let workspace = Workspace::new();
+    let pipeline = stdin_pipeline_with(
+        &workspace,
+        "{address: 127.0.0.1:0, tap: true}",
+        "  refused: {type: blackhole, inputs: [in.dead_letter]}\n",
+    );
+    let mut instance = Auditflow::run(&workspace, &pipeline);
+    let url = format!("http://{}", api_address(&instance));
+    let feeder = Feeder::start_with(&mut instance, torn_every_other_line);
+
+    let output = tap(&["in.dead_letter", "--url", &url, "--limit", "2"]);
+    let written = feeder.stop();
+    assert!(
+        output.status.success(),
+        "tap failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .collect();
+    assert_eq!(lines.len(), 2, "--limit 2 prints 2 dead letters: {lines:?}");
+    for line in lines {
+        let tapped: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+        assert_eq!(tapped["component_id"], "in.dead_letter");
+        assert_eq!(tapped["port"], "outputs_of");
+        let letter = &tapped["event"];
+        assert_eq!(letter["kind"], "DeadLetter", "{letter}");
+        assert_eq!(letter["component_id"], "in");
+        assert_eq!(letter["reason"], "malformed");
+        let raw = letter["raw"].as_str().expect("the refused line as text");
+        assert!(
+            raw.starts_with(r#"{"auditID":"torn-"#) && written.iter().any(|line| line == raw),
+            "the dead letter carries a torn line as it was written: {raw:?}"
+        );
+    }
+}
+
+/// Starts `auditflow tap ARGS...` and returns once it printed its first event: from then on
+/// its subscription is open. Its standard output's remaining lines come on the receiver.
+fn tap_in_background(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(auditflow_bin())
+        .arg("tap")
+        .args(args)
+        .env_remove("AUDITFLOW_API_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start auditflow tap");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = lines.recv_timeout(DEADLINE);
+    if first.is_err() {
+        let _ = child.kill();
+        panic!("auditflow tap {args:?} printed nothing within {DEADLINE:?}");
+    }
+    (child, lines)
+}
+
+/// Waits until the instance logged `count` reloads done.
+fn wait_reloaded(instance: &Auditflow, count: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stderr = instance.stderr();
+        if stderr.matches("pipeline reloaded").count() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload logged within {DEADLINE:?}; stderr:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_component_removed_by_a_reload_can_no_longer_be_tapped_and_its_open_tap_ends() {
+    let workspace = Workspace::new();
+    let api = "{address: 127.0.0.1:0, tap: true}";
+    let pipeline =
+        stdin_pipeline_with(&workspace, api, "  copy: {type: blackhole, inputs: [in]}\n");
+    let mut instance = Auditflow::run(&workspace, &pipeline);
+    let url = format!("http://{}", api_address(&instance));
+    let printed = instance.stdout_lines();
+    let feeder = Feeder::start(&mut instance);
+    let (mut open_tap, _tapped) = tap_in_background(&["copy", "--url", &url, "--limit", "1000000"]);
+
+    stdin_pipeline(&workspace, api);
+    instance.signal(libc::SIGHUP);
+    wait_reloaded(&instance, 1);
+
+    let removed = tap(&["copy", "--url", &url, "--limit", "1"]);
+    let stderr = String::from_utf8_lossy(&removed.stderr);
+    assert_eq!(removed.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("404")
+            && stderr.contains("no component `copy` in this pipeline; components: in, out"),
+        "the removed sink is gone from the taps: {stderr}"
+    );
+    // The tap that was open on it ends rather than waiting for events that cannot come.
+    let deadline = Instant::now() + DEADLINE;
+    let ended = loop {
+        if let Some(status) = open_tap.try_wait().expect("wait for the open tap") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = open_tap.kill();
+            panic!("the tap on the removed sink did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut open_stderr = String::new();
+    std::io::Read::read_to_string(
+        open_tap.stderr.as_mut().expect("stderr is piped"),
+        &mut open_stderr,
+    )
+    .expect("read the open tap's stderr");
+    assert_eq!(ended.code(), Some(1), "stderr: {open_stderr}");
+    assert!(
+        open_stderr.contains("the instance ended the stream"),
+        "{open_stderr}"
+    );
+
+    // What was kept is still tapped, and still carries everything.
+    let kept = tap(&["out", "--url", &url, "--limit", "3"]);
+    assert!(
+        kept.status.success(),
+        "tap failed: {}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    let lines: Vec<&str> = std::str::from_utf8(&kept.stdout)
+        .expect("UTF-8")
+        .lines()
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in lines {
+        let tapped: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+        assert_eq!(tapped["component_id"], "out");
+        assert_eq!(tapped["port"], "inputs_of");
+    }
+    let written = feeder.stop();
+    instance.signal(libc::SIGTERM);
+    assert!(instance.wait_timeout(DEADLINE).success());
+    let out: Vec<String> = printed.iter().collect();
+    assert_eq!(out, written, "stdout carried every event, in order");
 }
 
 fn path(path: &Path) -> &str {

@@ -20,6 +20,8 @@
 //!   `DeadLetter` event shape.
 //! - [`channel`]: the bounded channel between components, which is the backpressure.
 //! - [`tap`]: samples of the events passing a component, for `auditflow tap`.
+//! - [`listener`]: listening sockets that a reload hands from a component's old instance
+//!   to its new one.
 //! - [`component`]: the traits plugins implement and the contexts they run in.
 //! - [`duration`]: the range each duration option of a pipeline file must fall in.
 //! - [`memory`]: `memory_limit_mb`: the monitor, and the flag that pauses sources.
@@ -41,6 +43,7 @@ pub mod envelope;
 pub mod event;
 pub mod finalize;
 pub mod framing;
+pub mod listener;
 pub mod memory;
 pub mod raw;
 pub mod records;

@@ -143,6 +143,13 @@ impl TapPoint {
         subscribers.retain(|subscriber| subscriber.key != key);
         self.subscribed.store(subscribers.len(), Ordering::Relaxed);
     }
+
+    /// Lets every subscriber go: a subscription whose points are all closed ends.
+    fn close(&self) {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subscribers.clear();
+        self.subscribed.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Why a tap could not be opened.
@@ -195,6 +202,28 @@ impl Taps {
                 .entry((id.to_owned(), port))
                 .or_insert_with(|| Arc::new(TapPoint::new(id, port))),
         )
+    }
+
+    /// Forgets component `id` (a reload removed it, or its `<id>.dead_letter` is no longer
+    /// read): it can no longer be tapped, and the taps open on it stop receiving from it (a
+    /// subscription that watched only `id` ends). Nothing happens for an unknown id.
+    ///
+    /// A replaced component keeps its points: the instance that replaces it asks for them
+    /// again with [`Taps::point`] and gets the same ones, so a tap open across the reload
+    /// goes on with the new instance.
+    pub fn remove(&self, id: &str) {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry.components.remove(id);
+        let points: Vec<Arc<TapPoint>> = [Port::OutputsOf, Port::InputsOf]
+            .into_iter()
+            .filter_map(|port| registry.points.remove(&(id.to_owned(), port)))
+            .collect();
+        drop(registry);
+        // The instance still draining keeps offering batches to them: they are turned off
+        // rather than only forgotten.
+        for point in points {
+            point.close();
+        }
     }
 
     /// Subscribes to `port` of every component of `ids`, at most `max_events_per_sec`
@@ -383,6 +412,43 @@ mod tests {
         assert_eq!(out.subscribed.load(Ordering::Relaxed), 1);
         drop(subscription);
         assert_eq!(out.subscribed.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_removed_component_can_no_longer_be_tapped_and_its_taps_end() {
+        let (taps, out, sink) = taps();
+        let mut both = taps
+            .subscribe(&["in".into(), "out".into()], None, 100)
+            .unwrap();
+        let mut only_in = taps.subscribe(&["in".into()], None, 100).unwrap();
+        taps.remove("in");
+
+        let error = taps.subscribe(&["in".into()], None, 1).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no component `in` in this pipeline; components: out"
+        );
+        // The instance still draining offers to a point nobody watches any more.
+        out.observe(&batch(3));
+        assert_eq!(out.subscribed.load(Ordering::Relaxed), 0);
+        assert!(only_in.next().await.is_none(), "the tap on `in` ended");
+        sink.observe(&batch(1));
+        let tapped = both.next().await.expect("`out` is still tapped");
+        assert_eq!(&*tapped.component_id, "out");
+        assert!(
+            both.try_next().is_none(),
+            "nothing from `in` after its removal"
+        );
+    }
+
+    #[test]
+    fn a_component_asked_for_again_keeps_its_point_and_its_subscribers() {
+        let (taps, out, _) = taps();
+        let mut subscription = taps.subscribe(&["in".into()], None, 100).unwrap();
+        let again = taps.point("in", ComponentKind::Source, Port::OutputsOf);
+        assert!(Arc::ptr_eq(&out, &again));
+        again.observe(&batch(1));
+        assert!(subscription.try_next().is_some());
     }
 
     #[test]

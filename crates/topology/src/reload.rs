@@ -10,14 +10,16 @@
 //! on a fresh channel once it has finished (so two instances never write one file, and
 //! the order downstream is kept). A changed source stops as at shutdown (final
 //! checkpoint, pending acknowledgements) before its replacement is built, because the
-//! replacement may need the same socket or checkpoint. Removed components drain as at
-//! shutdown; added ones start.
+//! replacement may need the same checkpoint; its listening sockets are held open meanwhile
+//! and handed to the replacement when it listens on the same address (see
+//! [`auditflow_core::listener`]), so that the port never closes. Removed components drain
+//! as at shutdown; added ones start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use auditflow_config::{AnyConfig, ConfigError, Pipeline};
-use auditflow_core::{dead_letter, ComponentError, ComponentKind, Source};
+use auditflow_core::{dead_letter, listener, ComponentError, ComponentKind, Source};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -104,7 +106,14 @@ impl Running {
                 .is_some_and(|live| live.kind == ComponentKind::Source);
             if changed && was_source && component.kind == ComponentKind::Source {
                 let (new, old, id) = (Arc::clone(&pipeline), old.clone(), component.id.clone());
-                let make = Box::new(move || restart_source(&new, old.as_deref(), &id));
+                // Its listening sockets stay open from the old instance's stop until the
+                // new one is built: one on the same address is handed over.
+                let sockets = listener::hold(&id);
+                let make = Box::new(move || {
+                    let source = restart_source(&new, old.as_deref(), &id);
+                    drop(sockets);
+                    source
+                });
                 build_later(&mut builder, &pipeline, component, make);
             } else if changed || added {
                 if let Err(error) = build_into(&mut builder, &pipeline, component) {
@@ -126,6 +135,18 @@ impl Running {
                 .expect("listed from the live components");
             if summary.changed.binary_search(id).is_ok() {
                 predecessors.insert(id.clone(), Arc::clone(&live.finished));
+            }
+            // A replacement of the same kind takes over the tap points (`launch` asks for
+            // them again); the points of a removed component, of a side the replacement
+            // does not have, or of dead letters no longer read go, and their taps end.
+            if pipeline
+                .component(id)
+                .is_none_or(|component| component.kind != live.kind)
+            {
+                self.taps.remove(id);
+            }
+            if live.dead_letter_read && !read_dead_letters.contains(id.as_str()) {
+                self.taps.remove(&dead_letter::output_id(id));
             }
             leaving.push(live);
         }

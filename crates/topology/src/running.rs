@@ -216,11 +216,17 @@ impl Running {
                 match is_read(&dead_letter_id) && node.kind != ComponentKind::Transform {
                     true => {
                         // The dead letters are counted on their own; `sent` stays the main
-                        // output's.
+                        // output's. Tapped as a source of its own: only its component
+                        // feeds it.
                         let output = Output::new(
                             targets_of(&dead_letter_id),
                             Arc::new(NoTelemetry) as Arc<dyn Telemetry>,
-                        );
+                        )
+                        .with_tap(self.taps.point(
+                            &dead_letter_id,
+                            ComponentKind::Source,
+                            Port::OutputsOf,
+                        ));
                         live.dead_letter = Some(output.rewire());
                         live.dead_letter_read = true;
                         DeadLetterOutput::new(

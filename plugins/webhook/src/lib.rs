@@ -329,19 +329,18 @@ impl SourceConfig for WebhookConfig {
             }
         };
         // Bound here, not in `run`, so that a busy port fails `auditflow run` at start
-        // with the option's name rather than later as a runtime failure.
-        let listener = std::net::TcpListener::bind(self.address)
-            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-            .map_err(|error| {
-                BuildError::field(
-                    "address",
-                    format!(
-                        "cannot listen on {}: {error} (another process holds the port, or \
-                         binding it needs privileges)",
-                        self.address
-                    ),
-                )
-            })?;
+        // with the option's name rather than later as a runtime failure. Rebuilt by a
+        // reload on the same address, it takes the previous instance's socket over.
+        let listener = auditflow_core::listener::bind(&cx.id, self.address).map_err(|error| {
+            BuildError::field(
+                "address",
+                format!(
+                    "cannot listen on {}: {error} (another process holds the port, or \
+                     binding it needs privileges)",
+                    self.address
+                ),
+            )
+        })?;
         let settings = server::Settings {
             path: self.path.clone(),
             tokens,

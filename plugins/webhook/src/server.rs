@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use auditflow_core::decode::{Decoded, Shape};
 use auditflow_core::duration::deadline;
+use auditflow_core::listener::Listener;
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
     Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, DeadLetter, DeadLetterOutput,
@@ -78,7 +79,7 @@ pub struct Settings {
 
 /// The built source: a bound listener waiting to be served.
 pub struct WebhookSource {
-    listener: std::net::TcpListener,
+    listener: Listener,
     tls: Option<TlsAcceptor>,
     settings: Settings,
     id: String,
@@ -86,7 +87,7 @@ pub struct WebhookSource {
 
 impl WebhookSource {
     pub(crate) fn new(
-        listener: std::net::TcpListener,
+        listener: Listener,
         tls: Option<Arc<rustls::ServerConfig>>,
         settings: Settings,
         id: &str,
@@ -127,11 +128,14 @@ impl Source for WebhookSource {
             context: "reading the webhook listener's address".into(),
             source,
         })?;
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|source| ComponentError::Io {
-                context: format!("serving the webhook listener on {address}"),
-                source,
-            })?;
+        // `socket` keeps the socket open, `listener` accepts on it: dropping `listener`
+        // stops accepting, and the connections that wait meanwhile are the next
+        // instance's when a reload hands the socket over.
+        let socket = listener;
+        let listener = socket.to_tokio().map_err(|source| ComponentError::Io {
+            context: format!("serving the webhook listener on {address}"),
+            source,
+        })?;
         let drain_timeout = settings
             .accept_timeout
             .saturating_add(settings.ack_timeout)
@@ -210,6 +214,7 @@ impl Source for WebhookSource {
             }
         }
         drop(listener);
+        drop(socket);
         tracing::info!(
             component_id = %id,
             connections = connections.len(),
