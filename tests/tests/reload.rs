@@ -152,15 +152,13 @@ async fn load(
     sent
 }
 
-fn webhook_pipeline(
-    workspace: &Workspace,
-    webhook: SocketAddr,
-    metrics: &str,
-    keep: Keep,
-) -> String {
+/// A webhook source `api` on `webhook` -> filter `keep` -> file sink `out`; the metrics
+/// endpoint on any free port (the same words in every version of the file, so that a
+/// reload leaves it as it is).
+fn webhook_pipeline(workspace: &Workspace, webhook: SocketAddr, keep: Keep) -> String {
     format!(
         "data_dir: {data}\n\
-         metrics:\n  address: {metrics}\n\
+         metrics:\n  address: 127.0.0.1:0\n\
          sources:\n  api:\n    type: webhook\n    address: {webhook}\n    path: /audit\n    allow_plaintext: true\n\
          transforms:\n  keep:\n    type: filter\n    inputs: [api]\n    condition: '{condition}'\n\
          sinks:\n  out:\n    type: file\n    inputs: [keep]\n    path: {out}\n",
@@ -179,18 +177,20 @@ enum Trigger {
 /// The issue's test: the filter's condition changes twice under load, by `trigger`.
 async fn reload_under_load(trigger: Trigger) {
     let workspace = Workspace::new();
-    let webhook = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let metrics = format!("127.0.0.1:{}", free_port());
+    // Any free port, in every version of the file: the source is not rebuilt.
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let pipeline = workspace.write(
         "pipeline.yaml",
-        &webhook_pipeline(&workspace, webhook, &metrics, Keep::Even),
+        &webhook_pipeline(&workspace, any_port, Keep::Even),
     );
     let mut args = vec!["run".as_ref(), pipeline.as_os_str()];
     if trigger == Trigger::Watch {
         args.push("--watch".as_ref());
     }
     let mut auditflow = Auditflow::spawn(&workspace, &args, &[]);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
+    let webhook = auditflow.webhook_address("api", DEADLINE);
     let hash_before = config_hashes(&metrics);
     assert_eq!(hash_before.len(), 1, "one auditflow_config_hash series");
 
@@ -216,10 +216,7 @@ async fn reload_under_load(trigger: Trigger) {
     for (n, keep) in [Keep::Odd, Keep::Fives].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let asked = Instant::now();
-        rewrite(
-            &pipeline,
-            &webhook_pipeline(&workspace, webhook, &metrics, keep),
-        );
+        rewrite(&pipeline, &webhook_pipeline(&workspace, any_port, keep));
         if trigger == Trigger::Hangup {
             auditflow.signal(libc::SIGHUP);
         }
@@ -340,11 +337,12 @@ async fn a_filter_changed_twice_under_watch_loses_nothing() {
     reload_under_load(Trigger::Watch).await;
 }
 
-/// A file source `tail` reading `audit.log` -> filter `keep` -> file sink `out`.
-fn file_pipeline(workspace: &Workspace, metrics: &str, condition: &str) -> String {
+/// A file source `tail` reading `audit.log` -> filter `keep` -> file sink `out`; the
+/// metrics endpoint on any free port.
+fn file_pipeline(workspace: &Workspace, condition: &str) -> String {
     format!(
         "data_dir: {data}\n\
-         metrics:\n  address: {metrics}\n\
+         metrics:\n  address: 127.0.0.1:0\n\
          sources:\n  tail:\n    type: file\n    include: [{log}]\n\
          transforms:\n  keep:\n    type: filter\n    inputs: [tail]\n    condition: '{condition}'\n\
          sinks:\n  out:\n    type: file\n    inputs: [keep]\n    path: {out}\n",
@@ -386,12 +384,9 @@ fn wait_lines(auditflow: &Auditflow, out: &Path, count: usize) -> Vec<String> {
 }
 
 fn start_file_pipeline(workspace: &Workspace, condition: &str) -> (Auditflow, PathBuf, String) {
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let pipeline = workspace.write(
-        "pipeline.yaml",
-        &file_pipeline(workspace, &metrics, condition),
-    );
+    let pipeline = workspace.write("pipeline.yaml", &file_pipeline(workspace, condition));
     let auditflow = Auditflow::run(workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
     (auditflow, pipeline, metrics)
 }
@@ -407,10 +402,7 @@ fn an_unchanged_file_source_keeps_its_position_when_a_transform_behind_it_change
     let first = wait_lines(&auditflow, &out, 250);
     let hash_before = config_hashes(&metrics);
 
-    rewrite(
-        &pipeline,
-        &file_pipeline(&workspace, &metrics, Keep::Odd.condition()),
-    );
+    rewrite(&pipeline, &file_pipeline(&workspace, Keep::Odd.condition()));
     auditflow.signal(libc::SIGHUP);
     wait_reloads(&auditflow, &metrics, "ok", 1.0);
     append_lines(&log, 500..1000);
@@ -449,7 +441,7 @@ fn an_invalid_change_keeps_the_old_pipeline_running_and_says_what_is_wrong() {
     let hash_before = config_hashes(&metrics);
 
     // Two problems: a condition that does not parse, and an option the sink does not have.
-    let broken = file_pipeline(&workspace, &metrics, r#"auditID matches "[13579]$" and"#)
+    let broken = file_pipeline(&workspace, r#"auditID matches "[13579]$" and"#)
         .replace("    path: ", "    max_bytez: 5\n    path: ");
     rewrite(&pipeline, &broken);
     let validate = clean_command(&["validate", &pipeline.display().to_string()])
@@ -499,16 +491,11 @@ fn an_invalid_change_keeps_the_old_pipeline_running_and_says_what_is_wrong() {
 
 /// `tail` (file source, with `extra` options) -> `keep` (even lines) -> one file sink per
 /// `(id, file)` in `sinks`, each behind a disk buffer (so a replaced sink hands its buffer
-/// over to its successor).
-fn sinks_pipeline(
-    workspace: &Workspace,
-    metrics: &str,
-    extra: &str,
-    sinks: &[(&str, &str)],
-) -> String {
+/// over to its successor). The metrics endpoint is on any free port.
+fn sinks_pipeline(workspace: &Workspace, extra: &str, sinks: &[(&str, &str)]) -> String {
     let mut text = format!(
         "data_dir: {data}\n\
-         metrics:\n  address: {metrics}\n\
+         metrics:\n  address: 127.0.0.1:0\n\
          sources:\n  tail:\n    type: file\n    include: [{log}]\n{extra}\
          transforms:\n  keep:\n    type: filter\n    inputs: [tail]\n    condition: '{condition}'\n\
          sinks:\n",
@@ -538,24 +525,19 @@ fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_not
             .collect()
     };
     append_lines(&log, 0..200);
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
-        &sinks_pipeline(&workspace, &metrics, "", &[("out", "a.log")]),
+        &sinks_pipeline(&workspace, "", &[("out", "a.log")]),
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
     wait_lines(&auditflow, &path("a.log"), 100);
 
     // `out` now writes b.log; `copy` is added.
     rewrite(
         &pipeline,
-        &sinks_pipeline(
-            &workspace,
-            &metrics,
-            "",
-            &[("out", "b.log"), ("copy", "copy.log")],
-        ),
+        &sinks_pipeline(&workspace, "", &[("out", "b.log"), ("copy", "copy.log")]),
     );
     auditflow.signal(libc::SIGHUP);
     wait_reloads(&auditflow, &metrics, "ok", 1.0);
@@ -568,7 +550,6 @@ fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_not
         &pipeline,
         &sinks_pipeline(
             &workspace,
-            &metrics,
             "    glob_interval_ms: 200\n",
             &[("out", "b.log")],
         ),
@@ -598,16 +579,18 @@ fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
     let workspace = Workspace::new();
+    // A port named in the file, the same before and after the reload: the point is to bind
+    // it again, so the test picks one that was free rather than `127.0.0.1:0`.
     let webhook = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline_with = |max_body_bytes: usize| {
-        webhook_pipeline(&workspace, webhook, &metrics, Keep::Even).replace(
+        webhook_pipeline(&workspace, webhook, Keep::Even).replace(
             "    allow_plaintext: true\n",
             &format!("    allow_plaintext: true\n    max_body_bytes: {max_body_bytes}\n"),
         )
     };
     let pipeline = workspace.write("pipeline.yaml", &pipeline_with(1 << 20));
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
     let stop = Arc::new(Mutex::new(false));
     let before = tokio::spawn(load(
