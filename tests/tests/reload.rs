@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
@@ -104,16 +105,44 @@ struct Sent {
     answered: Instant,
 }
 
+/// What the test and its load clients share: how many requests were answered so far, and
+/// whether to stop. The test waits for answers to be counted, never for time to pass.
+#[derive(Default)]
+struct LoadControl {
+    answered: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl LoadControl {
+    /// Waits until `more` requests beyond those answered so far are answered.
+    async fn wait_answered(&self, more: usize) {
+        let target = self.answered.load(Ordering::SeqCst) + more;
+        let deadline = Instant::now() + DEADLINE;
+        while self.answered.load(Ordering::SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {target} requests answered after {DEADLINE:?}",
+                self.answered.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Posts `EventList`s of `per_request` events every `every`, on one kept-alive connection,
-/// until `stop` is set; every answer must be 200 (each request is acknowledged only once
-/// its events are written or filtered). Events are numbered from `first`. Returns what
-/// was sent.
+/// until `control` says stop; every answer must be 200 (each request is acknowledged only
+/// once its events are written or filtered), and is counted in `control`. Events are
+/// numbered from `first`. Returns what was sent.
 async fn load(
     address: SocketAddr,
     first: usize,
     per_request: usize,
     every: Duration,
-    stop: Arc<Mutex<bool>>,
+    control: Arc<LoadControl>,
 ) -> Vec<Sent> {
     let client = WebhookClient::plain(address);
     let mut connection = client
@@ -124,7 +153,7 @@ async fn load(
     let mut next = first;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    while !*stop.lock().expect("not poisoned") {
+    while !control.stop.load(Ordering::SeqCst) {
         tick.tick().await;
         let items: Vec<String> = (next..next + per_request).map(audit_line).collect();
         let body = format!(
@@ -147,6 +176,7 @@ async fn load(
             started,
             answered: Instant::now(),
         });
+        control.answered.fetch_add(1, Ordering::SeqCst);
         next += per_request;
     }
     sent
@@ -196,7 +226,7 @@ async fn reload_under_load(trigger: Trigger) {
 
     // 1,000 events/s: 4 clients (as the API server's several connections), each 25
     // events every 100 ms, each acknowledged before that client sends the next.
-    let stop = Arc::new(Mutex::new(false));
+    let control = Arc::new(LoadControl::default());
     let senders: Vec<_> = (0..4)
         .map(|client| {
             let every = Duration::from_millis(100);
@@ -205,16 +235,19 @@ async fn reload_under_load(trigger: Trigger) {
                 client * 1_000_000,
                 25,
                 every,
-                Arc::clone(&stop),
+                Arc::clone(&control),
             ))
         })
         .collect();
+    // About 1.5 s of load between changes, counted in answers rather than timed, so that
+    // a slow machine stretches the test instead of failing it.
+    const REQUESTS_BETWEEN_CHANGES: usize = 60;
 
     // (the moment the change was asked for, the moment the reload was seen done, the
     // condition in force after it)
     let mut reloads: Vec<(Instant, Instant, Keep)> = Vec::new();
     for (n, keep) in [Keep::Odd, Keep::Fives].into_iter().enumerate() {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        control.wait_answered(REQUESTS_BETWEEN_CHANGES).await;
         let asked = Instant::now();
         rewrite(&pipeline, &webhook_pipeline(&workspace, any_port, keep));
         if trigger == Trigger::Hangup {
@@ -225,8 +258,8 @@ async fn reload_under_load(trigger: Trigger) {
         tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", count));
         reloads.push((asked, Instant::now(), keep));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    *stop.lock().expect("not poisoned") = true;
+    control.wait_answered(REQUESTS_BETWEEN_CHANGES).await;
+    control.stop();
     let mut sent = Vec::new();
     for sender in senders {
         sent.extend(sender.await.expect("the load ran to the end"));
@@ -592,16 +625,16 @@ async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
-    let stop = Arc::new(Mutex::new(false));
+    let control = Arc::new(LoadControl::default());
     let before = tokio::spawn(load(
         webhook,
         0,
         10,
         Duration::from_millis(20),
-        Arc::clone(&stop),
+        Arc::clone(&control),
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    *stop.lock().expect("not poisoned") = true;
+    control.wait_answered(25).await;
+    control.stop();
     let before = before.await.expect("the first client ran");
 
     rewrite(&pipeline, &pipeline_with(2 << 20));
@@ -609,7 +642,7 @@ async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
     let (auditflow_ref, metrics_ref) = (&auditflow, metrics.clone());
     tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", 1.0));
     // The new instance binds the same port once the old one let it go.
-    let stop = Arc::new(Mutex::new(false));
+    let control = Arc::new(LoadControl::default());
     let deadline = Instant::now() + DEADLINE;
     while tokio::net::TcpStream::connect(webhook).await.is_err() {
         assert!(
@@ -623,10 +656,10 @@ async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
         100_000,
         10,
         Duration::from_millis(20),
-        Arc::clone(&stop),
+        Arc::clone(&control),
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    *stop.lock().expect("not poisoned") = true;
+    control.wait_answered(25).await;
+    control.stop();
     let after = after.await.expect("the second client ran");
     auditflow.signal(libc::SIGTERM);
     let status = tokio::task::block_in_place(|| auditflow.wait_timeout(DEADLINE));
