@@ -22,15 +22,16 @@ const TOKEN: &str = "refusals-token-123";
 /// How long to wait for a condition (a log line, a metric).
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A webhook source `api` (its options in `source`, without `address`) into `stdout`; the
-/// source and the metrics endpoint listen on `127.0.0.1:0`. Returns the process, the
-/// metrics address and the webhook's address, both read from the log.
-fn start(workspace: &Workspace, source: &str) -> (Auditflow, String, SocketAddr) {
+/// A webhook source `api` listening on `listen` (an IP address: any free port on it) with
+/// its other options in `source`, into `stdout`; the metrics endpoint on 127.0.0.1, any
+/// free port. Returns the process, the metrics address and the webhook's address, both
+/// read from the log.
+fn start(workspace: &Workspace, listen: &str, source: &str) -> (Auditflow, String, SocketAddr) {
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             "data_dir: {data}\nmetrics:\n  address: 127.0.0.1:0\n\
-             sources:\n  api:\n    type: webhook\n    address: 127.0.0.1:0\n{source}\
+             sources:\n  api:\n    type: webhook\n    address: \"{listen}:0\"\n{source}\
              sinks:\n  out:\n    type: stdout\n    inputs: [api]\n",
             data = workspace.path().join("data").display(),
         ),
@@ -201,7 +202,7 @@ fn every_refusal_reaches_the_client_over_http2_and_http1_with_and_without_expect
         cert = files.server_cert.display(),
         key = files.server_key.display(),
     );
-    let (auditflow, metrics, address) = start(&workspace, &source);
+    let (auditflow, metrics, address) = start(&workspace, "127.0.0.1", &source);
     let port = address.port();
     // 9 MB: well past what a socket buffers, so every client is still sending when the
     // answer comes.
@@ -360,7 +361,9 @@ async fn heavy_three_thousand_slow_clients_are_refused_or_timed_out_and_memory_s
          \x20   max_connections: {MAX_CONNECTIONS}\n    header_read_timeout_ms: 2000\n\
          \x20   body_read_timeout_ms: 4000\n"
     );
-    let (mut auditflow, metrics, address) = start(&workspace, &source);
+    // On a loopback address of its own: the counts below must see only its own clients,
+    // never a client of another test that retries a port since freed and handed out again.
+    let (mut auditflow, metrics, address) = start(&workspace, "127.0.0.3", &source);
     let pid = auditflow.child.id();
     let lines = auditflow.stdout_lines();
 
