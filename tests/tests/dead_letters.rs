@@ -3,13 +3,12 @@
 //! intact and where it came from; where nothing reads the output, nothing changes.
 
 use std::fs;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use auditflow_e2e::dead_letters::{raw_bytes, wait_lines};
 use auditflow_e2e::tls::{Pki, Reply, ServerOptions, TestServer};
 use auditflow_e2e::webhook_client::WebhookClient;
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 use serde_json::Value;
 
 fn stop(mut auditflow: Auditflow) -> String {
@@ -179,13 +178,12 @@ fn max_dead_letter_bytes_cuts_raw_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_items_that_are_not_events_and_refused_bodies_become_dead_letters() {
     let workspace = Workspace::new();
-    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dead = workspace.path().join("dead.log");
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             "data_dir: {data}\nmetrics: {{ address: 127.0.0.1:0 }}\nsources:\n  hook:\n    type: webhook\n    \
-             address: {address}\n    path: /audit\n    allow_plaintext: true\n\
+             address: 127.0.0.1:0\n    path: /audit\n    allow_plaintext: true\n\
              sinks:\n  out: {{ type: stdout, inputs: [hook] }}\n  \
              dead: {{ type: file, inputs: [hook.dead_letter], path: {dead} }}\n",
             data = workspace.path().join("data").display(),
@@ -196,6 +194,7 @@ async fn webhook_items_that_are_not_events_and_refused_bodies_become_dead_letter
     let out = auditflow.stdout_lines();
     let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
+    let address = auditflow.webhook_address("hook", Duration::from_secs(20));
     let client = WebhookClient::plain(address);
     let mut connection = client.connect().await.expect("connect");
     let list = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"a"}, 7 ,{"auditID":"b"},"text"]}"#;

@@ -5,9 +5,10 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
 /// `{"auditID":id,"verb":"patch","requestObject":{"x":` + `levels` arrays deep holding
 /// `leaf` + `}}`.
@@ -25,11 +26,17 @@ const TRANSFORMS: &str = "transforms:\n  scrub: { type: redact, inputs: [in] }\n
      quiet: { type: filter, inputs: [tag], condition: 'verb != \"watch\"' }\n  \
      thin: { type: sample, inputs: [quiet], rate: 10, exclude: 'auditID exists' }\n";
 
+/// A number for a pipeline file name that no other run in this process uses.
+fn next_pipeline() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Runs `source` (YAML under `in:`) → the sidecar transforms → stdout, feeding `stdin`;
 /// returns the output lines and the metrics text scraped before stdin closed.
 fn run_pipeline(workspace: &Workspace, source: &str, stdin: &[u8], expect: usize) -> Run {
     let pipeline = workspace.write(
-        &format!("p-{}.yaml", free_port()),
+        &format!("p-{}.yaml", next_pipeline()),
         &format!(
             "data_dir: {}\nmetrics: {{ address: 127.0.0.1:0 }}\nsources:\n  in: {source}\n{TRANSFORMS}\
              sinks:\n  out: {{ type: stdout, inputs: [thin] }}\n",
@@ -140,22 +147,22 @@ fn post(address: &str, content_type: &str, body: &[u8]) -> (u16, String) {
 
 /// A webhook source → the sidecar transforms → stdout; posts each body, expecting 200.
 fn through_webhook(workspace: &Workspace, bodies: &[(&str, Vec<u8>)], expect: usize) -> Run {
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let metrics_port = free_port();
     let pipeline = workspace.write(
-        &format!("w-{port}.yaml"),
+        &format!("w-{}.yaml", next_pipeline()),
         &format!(
-            "data_dir: {}\nmetrics: {{ address: 127.0.0.1:{metrics_port} }}\n\
-             sources:\n  in: {{ type: webhook, address: \"{address}\", path: /audit, allow_plaintext: true }}\n\
+            "data_dir: {}\nmetrics: {{ address: 127.0.0.1:0 }}\n\
+             sources:\n  in: {{ type: webhook, address: \"127.0.0.1:0\", path: /audit, allow_plaintext: true }}\n\
              {TRANSFORMS}sinks:\n  out: {{ type: stdout, inputs: [thin] }}\n",
             workspace.path().join("data").display()
         ),
     );
     let mut auditflow = Auditflow::run(workspace, &pipeline);
     let lines = auditflow.stdout_lines();
-    let metrics = format!("127.0.0.1:{metrics_port}");
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
+    let address = auditflow
+        .webhook_address("in", Duration::from_secs(20))
+        .to_string();
     for (content_type, body) in bodies {
         let (status, reply) = post(&address, content_type, body);
         assert_eq!(status, 200, "{content_type}: {reply}");

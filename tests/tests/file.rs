@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use auditflow_core::batch::MAX_BATCH_EVENTS;
 use auditflow_e2e::audit_lines::{append, audit_line, audit_lines};
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
 const ID_PREFIX: &str = "\"auditID\":\"00000000-0000-4000-8000-";
 /// `auditflow_file::tailer::MAX_BATCHES_IN_FLIGHT`: what one crash can replay, in batches.
@@ -108,12 +108,12 @@ struct Process {
 
 impl Process {
     fn start(workspace: &Workspace, source_options: &str, tally: &Arc<Tally>) -> Process {
-        let metrics = format!("127.0.0.1:{}", free_port());
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
         let pipeline = workspace.write(
-            &format!("pipeline-{}.yaml", metrics.replace([':', '.'], "-")),
+            &format!("pipeline-{}.yaml", RUNS.fetch_add(1, Ordering::Relaxed)),
             &format!(
                 "data_dir: {data}\n\
-                 metrics:\n  address: {metrics}\n\
+                 metrics:\n  address: 127.0.0.1:0\n\
                  sources:\n  in:\n    type: file\n{options}\n\
                  sinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
                 data = workspace.path().join("data").display(),
@@ -134,6 +134,7 @@ impl Process {
                 }
             })
         };
+        let metrics = auditflow.metrics_address(DEADLINE);
         wait_ready(&metrics, DEADLINE);
         Process {
             auditflow,
@@ -434,11 +435,10 @@ fn a_file_deleted_while_being_read_is_drained() {
     );
     let tally = Tally::new(TOTAL);
     // Standard output is read by hand here: stalling it holds the source mid-file.
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
-            "data_dir: {data}\nmetrics:\n  address: {metrics}\n\
+            "data_dir: {data}\nmetrics:\n  address: 127.0.0.1:0\n\
              sources:\n  in:\n    type: file\n    {}\n\
              sinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
             options.replace('\n', "\n    "),
@@ -446,6 +446,7 @@ fn a_file_deleted_while_being_read_is_drained() {
         ),
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
     let mut stdout = BufReader::new(auditflow.child.stdout.take().unwrap());
     let mut line = String::new();
     for _ in 0..100 {

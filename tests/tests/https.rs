@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use auditflow_e2e::tls::{Pki, ServerOptions, TestServer};
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
 const FIXTURE: &str = include_str!("../../crates/testkit/fixtures/kube-apiserver-1.32-audit.log");
 
@@ -139,7 +139,6 @@ fn an_event_list_round_trip_through_the_webhook_source_delivers_every_event_in_o
     let files = pki.write_to(workspace.path());
 
     // B: webhook source -> stdout.
-    let receiver_address = format!("127.0.0.1:{}", free_port());
     let receiver_metrics = "127.0.0.1:0";
     let receiver_pipeline = workspace.write(
         "receiver.yaml",
@@ -151,7 +150,7 @@ metrics:
 sources:
   api:
     type: webhook
-    address: {receiver_address}
+    address: 127.0.0.1:0
     path: /audit
     tls:
       cert_file: {cert}
@@ -176,6 +175,7 @@ sinks:
     let received = receiver.stdout_lines();
     let receiver_metrics = receiver.metrics_address(Duration::from_secs(20));
     wait_ready(&receiver_metrics, Duration::from_secs(20));
+    let receiver_address = receiver.webhook_address("api", Duration::from_secs(20));
 
     // A: stdin -> https sink, one request at a time so that the order is kept.
     let sender_metrics = "127.0.0.1:0";

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::kafka::{line_index, log_ends, Broker};
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
 const LAG: &str = "auditflow_kafka_consumer_lag";
 const DISCARDED: &str = "auditflow_component_discarded_events_total";
@@ -27,20 +27,20 @@ const GROUP_OPTIONS: &str = "      session.timeout.ms: \"6000\"\n      \
                              heartbeat.interval.ms: \"1000\"\n      \
                              max.poll.interval.ms: \"10000\"\n";
 
-/// `kafka` source → `stdout`, with the metrics endpoint on a free port.
+/// `kafka` source → `stdout`, with the metrics endpoint on any free port (read from the
+/// log with [`Auditflow::metrics_address`]).
 fn reader_pipeline(
     workspace: &Workspace,
     name: &str,
     broker: &Broker,
     topic: &str,
     group: &str,
-) -> (PathBuf, String) {
-    let address = format!("127.0.0.1:{}", free_port());
-    let path = workspace.write(
+) -> PathBuf {
+    workspace.write(
         name,
         &format!(
             "data_dir: {data}\n\
-             metrics:\n  address: {address}\n\
+             metrics:\n  address: 127.0.0.1:0\n\
              sources:\n  in:\n    type: kafka\n    bootstrap_servers: {servers}\n    \
              topics: [{topic}]\n    group_id: {group}\n    commit_interval_ms: 500\n    \
              librdkafka_options:\n{GROUP_OPTIONS}\
@@ -48,8 +48,7 @@ fn reader_pipeline(
             data = workspace.path().join("data").display(),
             servers = broker.bootstrap_servers,
         ),
-    );
-    (path, address)
+    )
 }
 
 fn scrape(address: &str) -> String {
@@ -155,7 +154,7 @@ fn stdin_to_kafka_to_stdout_delivers_every_event_keyed_by_audit_id() {
     assert_eq!(partitions.len(), 3, "keys spread over every partition");
 
     // kafka source → stdout: every event exactly once, bytes unchanged.
-    let (reader, _) = reader_pipeline(&workspace, "reader.yaml", &broker, &topic, "readers");
+    let reader = reader_pipeline(&workspace, "reader.yaml", &broker, &topic, "readers");
     let mut process = Auditflow::run(&workspace, &reader);
     let lines = process.stdout_lines();
     let started = Instant::now();
@@ -202,8 +201,9 @@ fn restart_after_a_clean_stop_resumes_at_the_committed_offsets() {
     );
     produce_lines(&broker, &topic, 2_000..5_000);
 
-    let (pipeline, address) = reader_pipeline(&workspace, "reader.yaml", &broker, &topic, "g");
+    let pipeline = reader_pipeline(&workspace, "reader.yaml", &broker, &topic, "g");
     let mut process = Auditflow::run(&workspace, &pipeline);
+    let address = process.metrics_address(Duration::from_secs(30));
     let lines = process.stdout_lines();
     let first: HashSet<usize> = take_lines(&lines, 5_000, Duration::from_secs(120), &process)
         .iter()
@@ -261,9 +261,10 @@ fn a_stalled_sink_pauses_the_partitions_and_keeps_the_group_membership() {
     let workspace = Workspace::new();
     produce_lines(&broker, &topic, 0..20_000);
 
-    let (pipeline, address) = reader_pipeline(&workspace, "reader.yaml", &broker, &topic, "g");
+    let pipeline = reader_pipeline(&workspace, "reader.yaml", &broker, &topic, "g");
     // Nobody reads standard output: the stdout sink blocks, the pipeline fills up.
     let mut process = Auditflow::run(&workspace, &pipeline);
+    let address = process.metrics_address(Duration::from_secs(30));
     wait_ready(&address, Duration::from_secs(30));
     wait_for_log(
         &process,
@@ -371,8 +372,8 @@ fn scale_out_survives_a_sigkilled_member_without_losing_events() {
     };
     let topic = broker.create_topic("audit", 6);
     let workspace = Workspace::new();
-    let (first, _) = reader_pipeline(&workspace, "a.yaml", &broker, &topic, "scale");
-    let (second, _) = reader_pipeline(&workspace, "b.yaml", &broker, &topic, "scale");
+    let first = reader_pipeline(&workspace, "a.yaml", &broker, &topic, "scale");
+    let second = reader_pipeline(&workspace, "b.yaml", &broker, &topic, "scale");
     let mut victim = Auditflow::run(&workspace, &first);
     let mut survivor = Auditflow::run(&workspace, &second);
     let victim_lines = victim.stdout_lines();

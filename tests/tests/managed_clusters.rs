@@ -5,7 +5,6 @@
 //! exact bytes the API server wrote, which the envelope held as a string.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,12 +121,11 @@ fn aks_event_hub_messages_through_a_kafka_broker_come_out_byte_for_byte() {
             .enumerate()
             .map(|(i, batch)| (Some(format!("{i}")), batch.as_bytes().to_vec())),
     );
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             "data_dir: {data}\n\
-             metrics:\n  address: {metrics}\n\
+             metrics:\n  address: 127.0.0.1:0\n\
              sources:\n  eventhub:\n    type: kafka\n    bootstrap_servers: {servers}\n    topics: [{topic}]\n    group_id: auditflow\n    decoding: azure_diagnostic_records\n\
              sinks:\n  out:\n    type: stdout\n    inputs: [eventhub]\n",
             data = workspace.path().join("data").display(),
@@ -135,6 +133,7 @@ fn aks_event_hub_messages_through_a_kafka_broker_come_out_byte_for_byte() {
         ),
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     let lines = auditflow.stdout_lines();
     let mut arrived = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -282,21 +281,19 @@ async fn eks_audit_logs_from_a_firehose_client_arrive_byte_for_byte() {
             }),
         )
     };
-    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             r#"
 data_dir: {data}
 metrics:
-  address: {metrics}
+  address: 127.0.0.1:0
 sources:
   firehose:
     type: webhook
     protocol: firehose
     decoding: cloudwatch_logs
-    address: {address}
+    address: 127.0.0.1:0
     path: /firehose
     allow_plaintext: true
     ack_timeout_ms: 1500
@@ -323,7 +320,9 @@ sinks:
         &["run".as_ref(), pipeline.as_os_str()],
         &[("FIREHOSE_ACCESS_KEY", ACCESS_KEY)],
     );
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
+    let address = auditflow.webhook_address("firehose", Duration::from_secs(20));
     let client = WebhookClient::plain(address);
     let events = fixture_events();
 
@@ -413,17 +412,13 @@ sinks:
 }
 
 /// An Event Hubs source whose `librdkafka_options` say `security.protocol: <protocol>` and
-/// SASL PLAIN with `$ConnectionString`, into stdout; `extra` adds options.
-fn event_hub_pipeline(
-    workspace: &Workspace,
-    protocol: &str,
-    extra: &str,
-) -> (std::path::PathBuf, String) {
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let file = workspace.write(
+/// SASL PLAIN with `$ConnectionString`, into stdout; `extra` adds options. Its broker is a
+/// port nothing listens on; its metrics endpoint is on any free port (logged).
+fn event_hub_pipeline(workspace: &Workspace, protocol: &str, extra: &str) -> std::path::PathBuf {
+    workspace.write(
         &format!("event-hub-{protocol}-{}.yaml", extra.len()),
         &format!(
-            "data_dir: {data}\nmetrics:\n  address: {metrics}\n\
+            "data_dir: {data}\nmetrics:\n  address: 127.0.0.1:0\n\
              sources:\n  aks:\n    type: kafka\n    bootstrap_servers: 127.0.0.1:{port}\n\
              \x20   topics: [aks-audit]\n    group_id: auditflow\n    decoding: azure_diagnostic_records\n\
              \x20   librdkafka_options:\n      security.protocol: {protocol}\n      sasl.mechanism: PLAIN\n\
@@ -432,16 +427,16 @@ fn event_hub_pipeline(
             data = workspace.path().display(),
             port = free_port(),
         ),
-    );
-    (file, metrics)
+    )
 }
 
 #[test]
 fn event_hub_sasl_options_reach_librdkafka() {
     let workspace = Workspace::new();
     // SASL PLAIN is built into librdkafka: the consumer is created and the source starts.
-    let (file, metrics) = event_hub_pipeline(&workspace, "sasl_plaintext", "");
+    let file = event_hub_pipeline(&workspace, "sasl_plaintext", "");
     let mut auditflow = Auditflow::run(&workspace, &file);
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
     auditflow.signal(libc::SIGTERM);
     assert!(
@@ -452,7 +447,7 @@ fn event_hub_sasl_options_reach_librdkafka() {
 
     // TLS needs OpenSSL, which this build leaves out: librdkafka refuses the option when
     // the pipeline starts, and the error names the file, the source and the field.
-    let (file, _) = event_hub_pipeline(&workspace, "sasl_ssl", "");
+    let file = event_hub_pipeline(&workspace, "sasl_ssl", "");
     let output = run_to_end(workspace.path(), &["run", file.to_str().unwrap()], &[], b"");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
@@ -463,7 +458,7 @@ fn event_hub_sasl_options_reach_librdkafka() {
     );
 
     // A misspelt property fails the same way: the options are not dropped on the way.
-    let (file, _) = event_hub_pipeline(
+    let file = event_hub_pipeline(
         &workspace,
         "sasl_plaintext",
         "      sasl.mechanismz: PLAIN\n",

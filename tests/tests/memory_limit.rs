@@ -30,7 +30,8 @@ use auditflow_core::memory::DEFAULT_CGROUP_PERCENT;
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::tls::{Pki, Reply, ServerOptions, TestServer};
 use auditflow_e2e::{
-    auditflow_bin, free_port, http_get, metric, run_to_end, wait_ready, Workspace,
+    auditflow_bin, http_get, logged_address, metric, run_to_end, wait_ready, Workspace,
+    METRICS_LISTENING,
 };
 
 const CGROUP_LIMIT_BYTES: u64 = 64 << 20;
@@ -347,14 +348,14 @@ fn index_of(line: &str) -> Option<usize> {
     line.get(start..start + 12)?.parse().ok()
 }
 
-/// Writes the sidecar pipeline (metrics on `port`) with `extra` top-level lines.
-fn sidecar_pipeline(
-    workspace: &Workspace,
-    server: &TestServer,
-    ca: &Path,
-    port: u16,
-    extra: &str,
-) -> PathBuf {
+/// The metrics address that the process logging to `stderr` serves on.
+fn metrics_address(stderr: &Path) -> String {
+    logged_address(stderr, METRICS_LISTENING, None, Duration::from_secs(60))
+}
+
+/// Writes the sidecar pipeline (metrics on any free port, logged) with `extra` top-level
+/// lines.
+fn sidecar_pipeline(workspace: &Workspace, server: &TestServer, ca: &Path, extra: &str) -> PathBuf {
     let log = workspace.path().join("audit.log");
     fs::write(&log, "").expect("create the audit log");
     workspace.write(
@@ -362,7 +363,7 @@ fn sidecar_pipeline(
         &format!(
             r#"data_dir: {data}
 metrics:
-  address: 127.0.0.1:{port}
+  address: 127.0.0.1:0
 {extra}
 sources:
   audit_log:
@@ -420,11 +421,10 @@ fn a_sidecar_under_a_64_mib_cgroup_pauses_its_sources_and_delivers_every_event()
         let pki = Pki::new("collector");
         let files = pki.write_to(workspace.path());
         let server = collector(&pki, &Arc::new(AtomicBool::new(true)));
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        let pipeline = sidecar_pipeline(&workspace, &server, &files.ca, port, "");
+        let pipeline = sidecar_pipeline(&workspace, &server, &files.ca, "");
         let stderr = workspace.path().join("auditflow.stderr");
         let mut child = unlimited.spawn(&pipeline, &stderr);
+        let address = metrics_address(&stderr);
         wait_ready(&address, Duration::from_secs(60));
         let text = metrics_text(&address);
         let expected_limit = CGROUP_LIMIT_BYTES / 100 * DEFAULT_CGROUP_PERCENT;
@@ -454,17 +454,10 @@ fn a_sidecar_under_a_64_mib_cgroup_pauses_its_sources_and_delivers_every_event()
         let files = pki.write_to(workspace.path());
         let up = Arc::new(AtomicBool::new(false));
         let server = collector(&pki, &up);
-        let port = free_port();
-        let pipeline = sidecar_pipeline(
-            &workspace,
-            &server,
-            &files.ca,
-            port,
-            "memory_limit_mb: 4096",
-        );
+        let pipeline = sidecar_pipeline(&workspace, &server, &files.ca, "memory_limit_mb: 4096");
         let stderr = workspace.path().join("auditflow.stderr");
         let mut child = unlimited.spawn(&pipeline, &stderr);
-        wait_ready(&format!("127.0.0.1:{port}"), Duration::from_secs(60));
+        wait_ready(&metrics_address(&stderr), Duration::from_secs(60));
         let stop = AtomicBool::new(false);
         let log = workspace.path().join("audit.log");
         std::thread::scope(|scope| {
@@ -508,17 +501,15 @@ fn a_sidecar_under_a_64_mib_cgroup_pauses_its_sources_and_delivers_every_event()
     let files = pki.write_to(workspace.path());
     let up = Arc::new(AtomicBool::new(false));
     let server = collector(&pki, &up);
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
     let pipeline = sidecar_pipeline(
         &workspace,
         &server,
         &files.ca,
-        port,
         &format!("memory_limit_mb: {LIMIT_MB}"),
     );
     let stderr = workspace.path().join("auditflow.stderr");
     let mut child = cgroup.spawn(&pipeline, &stderr);
+    let address = metrics_address(&stderr);
     wait_ready(&address, Duration::from_secs(60));
     let text = metrics_text(&address);
     assert_eq!(

@@ -7,11 +7,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use auditflow_e2e::{
-    free_port, http_get, metric, repo_root, run_to_end, wait_ready, Auditflow, Workspace,
-};
+use auditflow_e2e::{http_get, metric, repo_root, run_to_end, wait_ready, Auditflow, Workspace};
 use serde_json::Value;
 
 /// The real capture's log (copied from `shared/corpus/kube-apiserver-1.32/`).
@@ -43,17 +42,18 @@ fn run_pipeline(
     input: &str,
     until: impl Fn(&str) -> bool,
 ) -> (Vec<String>, String) {
-    let address = format!("127.0.0.1:{}", free_port());
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
     let file = workspace.write(
-        &format!("pipeline-{}.yaml", free_port()),
+        &format!("pipeline-{}.yaml", RUNS.fetch_add(1, Ordering::Relaxed)),
         &format!(
-            "data_dir: {}\nmetrics:\n  address: {address}\n{pipeline}",
+            "data_dir: {}\nmetrics:\n  address: 127.0.0.1:0\n{pipeline}",
             workspace.path().join("data").display()
         ),
     );
     let mut process = Auditflow::run(workspace, &file);
     let lines = process.stdout_lines();
     let mut stdin = process.take_stdin();
+    let address = process.metrics_address(Duration::from_secs(20));
     wait_ready(&address, Duration::from_secs(20));
     stdin.write_all(input.as_bytes()).unwrap();
     stdin.flush().unwrap();

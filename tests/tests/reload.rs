@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
@@ -115,16 +116,44 @@ fn event_list(range: std::ops::Range<usize>) -> Bytes {
     ))
 }
 
+/// What the test and its load clients share: how many requests were answered so far, and
+/// whether to stop. The test waits for answers to be counted, never for time to pass.
+#[derive(Default)]
+struct LoadControl {
+    answered: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl LoadControl {
+    /// Waits until `more` requests beyond those answered so far are answered.
+    async fn wait_answered(&self, more: usize) {
+        let target = self.answered.load(Ordering::SeqCst) + more;
+        let deadline = Instant::now() + DEADLINE;
+        while self.answered.load(Ordering::SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {target} requests answered after {DEADLINE:?}",
+                self.answered.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Posts `EventList`s of `per_request` events every `every`, on one kept-alive connection,
-/// until `stop` is set; every answer must be 200 (each request is acknowledged only once
-/// its events are written or filtered). Events are numbered from `first`. Returns what
-/// was sent.
+/// until `control` says stop; every answer must be 200 (each request is acknowledged only
+/// once its events are written or filtered), and is counted in `control`. Events are
+/// numbered from `first`. Returns what was sent.
 async fn load(
     address: SocketAddr,
     first: usize,
     per_request: usize,
     every: Duration,
-    stop: Arc<Mutex<bool>>,
+    control: Arc<LoadControl>,
 ) -> Vec<Sent> {
     let client = WebhookClient::plain(address);
     let mut connection = client
@@ -135,7 +164,7 @@ async fn load(
     let mut next = first;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    while !*stop.lock().expect("not poisoned") {
+    while !control.stop.load(Ordering::SeqCst) {
         tick.tick().await;
         let body = event_list(next..next + per_request);
         let started = Instant::now();
@@ -154,20 +183,19 @@ async fn load(
             started,
             answered: Instant::now(),
         });
+        control.answered.fetch_add(1, Ordering::SeqCst);
         next += per_request;
     }
     sent
 }
 
-fn webhook_pipeline(
-    workspace: &Workspace,
-    webhook: SocketAddr,
-    metrics: &str,
-    keep: Keep,
-) -> String {
+/// A webhook source `api` on `webhook` -> filter `keep` -> file sink `out`; the metrics
+/// endpoint on any free port (the same words in every version of the file, so that a
+/// reload leaves it as it is).
+fn webhook_pipeline(workspace: &Workspace, webhook: SocketAddr, keep: Keep) -> String {
     format!(
         "data_dir: {data}\n\
-         metrics:\n  address: {metrics}\n\
+         metrics:\n  address: 127.0.0.1:0\n\
          sources:\n  api:\n    type: webhook\n    address: {webhook}\n    path: /audit\n    allow_plaintext: true\n\
          transforms:\n  keep:\n    type: filter\n    inputs: [api]\n    condition: '{condition}'\n\
          sinks:\n  out:\n    type: file\n    inputs: [keep]\n    path: {out}\n",
@@ -186,24 +214,26 @@ enum Trigger {
 /// The issue's test: the filter's condition changes twice under load, by `trigger`.
 async fn reload_under_load(trigger: Trigger) {
     let workspace = Workspace::new();
-    let webhook = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let metrics = format!("127.0.0.1:{}", free_port());
+    // Any free port, in every version of the file: the source is not rebuilt.
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let pipeline = workspace.write(
         "pipeline.yaml",
-        &webhook_pipeline(&workspace, webhook, &metrics, Keep::Even),
+        &webhook_pipeline(&workspace, any_port, Keep::Even),
     );
     let mut args = vec!["run".as_ref(), pipeline.as_os_str()];
     if trigger == Trigger::Watch {
         args.push("--watch".as_ref());
     }
     let mut auditflow = Auditflow::spawn(&workspace, &args, &[]);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
+    let webhook = auditflow.webhook_address("api", DEADLINE);
     let hash_before = config_hashes(&metrics);
     assert_eq!(hash_before.len(), 1, "one auditflow_config_hash series");
 
     // 1,000 events/s: 4 clients (as the API server's several connections), each 25
     // events every 100 ms, each acknowledged before that client sends the next.
-    let stop = Arc::new(Mutex::new(false));
+    let control = Arc::new(LoadControl::default());
     let senders: Vec<_> = (0..4)
         .map(|client| {
             let every = Duration::from_millis(100);
@@ -212,21 +242,21 @@ async fn reload_under_load(trigger: Trigger) {
                 client * 1_000_000,
                 25,
                 every,
-                Arc::clone(&stop),
+                Arc::clone(&control),
             ))
         })
         .collect();
+    // About 1.5 s of load between changes, counted in answers rather than timed, so that
+    // a slow machine stretches the test instead of failing it.
+    const REQUESTS_BETWEEN_CHANGES: usize = 60;
 
     // (the moment the change was asked for, the moment the reload was seen done, the
     // condition in force after it)
     let mut reloads: Vec<(Instant, Instant, Keep)> = Vec::new();
     for (n, keep) in [Keep::Odd, Keep::Fives].into_iter().enumerate() {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        control.wait_answered(REQUESTS_BETWEEN_CHANGES).await;
         let asked = Instant::now();
-        rewrite(
-            &pipeline,
-            &webhook_pipeline(&workspace, webhook, &metrics, keep),
-        );
+        rewrite(&pipeline, &webhook_pipeline(&workspace, any_port, keep));
         if trigger == Trigger::Hangup {
             auditflow.signal(libc::SIGHUP);
         }
@@ -235,8 +265,8 @@ async fn reload_under_load(trigger: Trigger) {
         tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", count));
         reloads.push((asked, Instant::now(), keep));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    *stop.lock().expect("not poisoned") = true;
+    control.wait_answered(REQUESTS_BETWEEN_CHANGES).await;
+    control.stop();
     let mut sent = Vec::new();
     for sender in senders {
         sent.extend(sender.await.expect("the load ran to the end"));
@@ -347,11 +377,12 @@ async fn a_filter_changed_twice_under_watch_loses_nothing() {
     reload_under_load(Trigger::Watch).await;
 }
 
-/// A file source `tail` reading `audit.log` -> filter `keep` -> file sink `out`.
-fn file_pipeline(workspace: &Workspace, metrics: &str, condition: &str) -> String {
+/// A file source `tail` reading `audit.log` -> filter `keep` -> file sink `out`; the
+/// metrics endpoint on any free port.
+fn file_pipeline(workspace: &Workspace, condition: &str) -> String {
     format!(
         "data_dir: {data}\n\
-         metrics:\n  address: {metrics}\n\
+         metrics:\n  address: 127.0.0.1:0\n\
          sources:\n  tail:\n    type: file\n    include: [{log}]\n\
          transforms:\n  keep:\n    type: filter\n    inputs: [tail]\n    condition: '{condition}'\n\
          sinks:\n  out:\n    type: file\n    inputs: [keep]\n    path: {out}\n",
@@ -393,12 +424,9 @@ fn wait_lines(auditflow: &Auditflow, out: &Path, count: usize) -> Vec<String> {
 }
 
 fn start_file_pipeline(workspace: &Workspace, condition: &str) -> (Auditflow, PathBuf, String) {
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let pipeline = workspace.write(
-        "pipeline.yaml",
-        &file_pipeline(workspace, &metrics, condition),
-    );
+    let pipeline = workspace.write("pipeline.yaml", &file_pipeline(workspace, condition));
     let auditflow = Auditflow::run(workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
     (auditflow, pipeline, metrics)
 }
@@ -414,10 +442,7 @@ fn an_unchanged_file_source_keeps_its_position_when_a_transform_behind_it_change
     let first = wait_lines(&auditflow, &out, 250);
     let hash_before = config_hashes(&metrics);
 
-    rewrite(
-        &pipeline,
-        &file_pipeline(&workspace, &metrics, Keep::Odd.condition()),
-    );
+    rewrite(&pipeline, &file_pipeline(&workspace, Keep::Odd.condition()));
     auditflow.signal(libc::SIGHUP);
     wait_reloads(&auditflow, &metrics, "ok", 1.0);
     append_lines(&log, 500..1000);
@@ -456,7 +481,7 @@ fn an_invalid_change_keeps_the_old_pipeline_running_and_says_what_is_wrong() {
     let hash_before = config_hashes(&metrics);
 
     // Two problems: a condition that does not parse, and an option the sink does not have.
-    let broken = file_pipeline(&workspace, &metrics, r#"auditID matches "[13579]$" and"#)
+    let broken = file_pipeline(&workspace, r#"auditID matches "[13579]$" and"#)
         .replace("    path: ", "    max_bytez: 5\n    path: ");
     rewrite(&pipeline, &broken);
     let validate = clean_command(&["validate", &pipeline.display().to_string()])
@@ -506,16 +531,11 @@ fn an_invalid_change_keeps_the_old_pipeline_running_and_says_what_is_wrong() {
 
 /// `tail` (file source, with `extra` options) -> `keep` (even lines) -> one file sink per
 /// `(id, file)` in `sinks`, each behind a disk buffer (so a replaced sink hands its buffer
-/// over to its successor).
-fn sinks_pipeline(
-    workspace: &Workspace,
-    metrics: &str,
-    extra: &str,
-    sinks: &[(&str, &str)],
-) -> String {
+/// over to its successor). The metrics endpoint is on any free port.
+fn sinks_pipeline(workspace: &Workspace, extra: &str, sinks: &[(&str, &str)]) -> String {
     let mut text = format!(
         "data_dir: {data}\n\
-         metrics:\n  address: {metrics}\n\
+         metrics:\n  address: 127.0.0.1:0\n\
          sources:\n  tail:\n    type: file\n    include: [{log}]\n{extra}\
          transforms:\n  keep:\n    type: filter\n    inputs: [tail]\n    condition: '{condition}'\n\
          sinks:\n",
@@ -545,24 +565,19 @@ fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_not
             .collect()
     };
     append_lines(&log, 0..200);
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
-        &sinks_pipeline(&workspace, &metrics, "", &[("out", "a.log")]),
+        &sinks_pipeline(&workspace, "", &[("out", "a.log")]),
     );
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
     wait_lines(&auditflow, &path("a.log"), 100);
 
     // `out` now writes b.log; `copy` is added.
     rewrite(
         &pipeline,
-        &sinks_pipeline(
-            &workspace,
-            &metrics,
-            "",
-            &[("out", "b.log"), ("copy", "copy.log")],
-        ),
+        &sinks_pipeline(&workspace, "", &[("out", "b.log"), ("copy", "copy.log")]),
     );
     auditflow.signal(libc::SIGHUP);
     wait_reloads(&auditflow, &metrics, "ok", 1.0);
@@ -575,7 +590,6 @@ fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_not
         &pipeline,
         &sinks_pipeline(
             &workspace,
-            &metrics,
             "    glob_interval_ms: 200\n",
             &[("out", "b.log")],
         ),
@@ -605,27 +619,29 @@ fn changed_added_and_removed_sinks_and_a_changed_file_source_lose_and_repeat_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
     let workspace = Workspace::new();
+    // A port named in the file, the same before and after the reload: the point is to bind
+    // it again, so the test picks one that was free rather than `127.0.0.1:0`.
     let webhook = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline_with = |max_body_bytes: usize| {
-        webhook_pipeline(&workspace, webhook, &metrics, Keep::Even).replace(
+        webhook_pipeline(&workspace, webhook, Keep::Even).replace(
             "    allow_plaintext: true\n",
             &format!("    allow_plaintext: true\n    max_body_bytes: {max_body_bytes}\n"),
         )
     };
     let pipeline = workspace.write("pipeline.yaml", &pipeline_with(1 << 20));
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
-    let stop = Arc::new(Mutex::new(false));
+    let control = Arc::new(LoadControl::default());
     let before = tokio::spawn(load(
         webhook,
         0,
         10,
         Duration::from_millis(20),
-        Arc::clone(&stop),
+        Arc::clone(&control),
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    *stop.lock().expect("not poisoned") = true;
+    control.wait_answered(25).await;
+    control.stop();
     let before = before.await.expect("the first client ran");
 
     rewrite(&pipeline, &pipeline_with(2 << 20));
@@ -633,7 +649,7 @@ async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
     let (auditflow_ref, metrics_ref) = (&auditflow, metrics.clone());
     tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", 1.0));
     // The new instance takes the old one's socket over once that one stopped.
-    let stop = Arc::new(Mutex::new(false));
+    let control = Arc::new(LoadControl::default());
     let deadline = Instant::now() + DEADLINE;
     while tokio::net::TcpStream::connect(webhook).await.is_err() {
         assert!(
@@ -647,10 +663,10 @@ async fn a_webhook_source_rebuilt_on_the_same_address_answers_again() {
         100_000,
         10,
         Duration::from_millis(20),
-        Arc::clone(&stop),
+        Arc::clone(&control),
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    *stop.lock().expect("not poisoned") = true;
+    control.wait_answered(25).await;
+    control.stop();
     let after = after.await.expect("the second client ran");
     auditflow.signal(libc::SIGTERM);
     let status = tokio::task::block_in_place(|| auditflow.wait_timeout(DEADLINE));

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::collector::{duplicates, Collector};
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 
 const RATE_PER_SECOND: usize = 2000;
 const ROTATE_EVERY_EVENTS: usize = 2000;
@@ -255,13 +255,12 @@ fn sidecar_outage(buffer: &str, expect_loss: bool) -> Outcome {
     let logs = workspace.path().join("audit");
     fs::create_dir(&logs).unwrap();
     let collector = Collector::start(&workspace, true);
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
             r#"
 data_dir: {data_dir}
-metrics: {{ address: {metrics} }}
+metrics: {{ address: 127.0.0.1:0 }}
 sources:
   apiserver:
     type: file
@@ -281,6 +280,8 @@ sinks:
     let shortest_line = (0..1000).map(|i| audit_line(i).len() + 1).min().unwrap() as f64;
 
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    // Each run serves /metrics on a port of its own, read from its log.
+    let mut metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
     let start = Instant::now();
     let log = ApiServerLog::start(logs.clone());
@@ -315,6 +316,7 @@ sinks:
         // 500 ms: about 1,000 events at this rate) and a batch read after the scrape.
         in_flight_at_kills += lag / shortest_line + 2.0 * 1000.0;
         auditflow = Auditflow::run(&workspace, &pipeline);
+        metrics = auditflow.metrics_address(Duration::from_secs(20));
         wait_ready(&metrics, Duration::from_secs(20));
     }
     sleep_until(start + OUTAGE_STARTS + OUTAGE);

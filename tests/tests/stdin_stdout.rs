@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use auditflow_core::batch::MAX_BATCH_EVENTS;
 use auditflow_e2e::audit_lines::{audit_line, vm_rss_kib};
-use auditflow_e2e::{free_port, http_get, metric, wait_ready, Auditflow, Workspace};
+use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 use auditflow_topology::CHANNEL_BATCHES;
 
 const RECEIVED: &str = "auditflow_component_received_events_total";
@@ -22,21 +22,20 @@ const SENT_BYTES: &str = "auditflow_component_sent_bytes_total";
 const DISCARDED: &str = "auditflow_component_discarded_events_total";
 const BUFFER: &str = "auditflow_buffer_events";
 
-/// `stdin` → `stdout` with the metrics endpoint on a free port.
-fn pipeline(workspace: &Workspace, shutdown_timeout_secs: u64) -> (PathBuf, String) {
-    let address = format!("127.0.0.1:{}", free_port());
-    let path = workspace.write(
+/// `stdin` → `stdout` with the metrics endpoint on any free port (read from the log with
+/// [`Auditflow::metrics_address`]).
+fn pipeline(workspace: &Workspace, shutdown_timeout_secs: u64) -> PathBuf {
+    workspace.write(
         "pipeline.yaml",
         &format!(
             "data_dir: {data}\n\
-             metrics:\n  address: {address}\n\
+             metrics:\n  address: 127.0.0.1:0\n\
              shutdown_timeout_secs: {shutdown_timeout_secs}\n\
              sources:\n  in:\n    type: stdin\n\
              sinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
             data = workspace.path().join("data").display(),
         ),
-    );
-    (path, address)
+    )
 }
 
 fn scrape(address: &str) -> String {
@@ -158,8 +157,9 @@ fn a_hundred_thousand_events_arrive_complete_in_order_and_byte_equal() {
     const EVENTS: usize = 100_000;
     const MALFORMED_AFTER: usize = 50_000;
     let workspace = Workspace::new();
-    let (pipeline, address) = pipeline(&workspace, 30);
+    let pipeline = pipeline(&workspace, 30);
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let address = auditflow.metrics_address(Duration::from_secs(20));
     let lines = auditflow.stdout_lines();
     let mut stdin = auditflow.take_stdin();
     let writer = std::thread::spawn(move || {
@@ -182,7 +182,7 @@ fn a_hundred_thousand_events_arrive_complete_in_order_and_byte_equal() {
         drop(out);
         (stdin, bytes) // kept open: the test scrapes the metrics before closing it
     });
-    wait_ready(&address, Duration::from_secs(10));
+    wait_ready(&address, Duration::from_secs(20));
 
     let mut received = Vec::with_capacity(EVENTS);
     while received.len() < EVENTS {
@@ -249,9 +249,10 @@ fn a_hundred_thousand_events_arrive_complete_in_order_and_byte_equal() {
 fn sigterm_mid_stream_drains_every_event_read_and_exits_0() {
     const TOTAL: usize = 400_000;
     let workspace = Workspace::new();
-    let (pipeline, address) = pipeline(&workspace, 60);
+    let pipeline = pipeline(&workspace, 60);
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
-    wait_ready(&address, Duration::from_secs(10));
+    let address = auditflow.metrics_address(Duration::from_secs(20));
+    wait_ready(&address, Duration::from_secs(20));
     // Nobody reads stdout yet: the pipeline fills and stops reading mid-stream, with
     // batches in flight in every channel.
     let stdout = auditflow.child.stdout.take().expect("stdout is piped");
@@ -287,9 +288,10 @@ fn sigterm_mid_stream_drains_every_event_read_and_exits_0() {
 fn a_second_signal_exits_at_once() {
     const TOTAL: usize = 400_000;
     let workspace = Workspace::new();
-    let (pipeline, address) = pipeline(&workspace, 600);
+    let pipeline = pipeline(&workspace, 600);
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
-    wait_ready(&address, Duration::from_secs(10));
+    let address = auditflow.metrics_address(Duration::from_secs(20));
+    wait_ready(&address, Duration::from_secs(20));
     let _stalled_stdout = auditflow.child.stdout.take();
     let writer = Writer::start(auditflow.take_stdin(), TOTAL, 1000);
     wait_until_stalled(&address, &writer, TOTAL);
@@ -322,9 +324,10 @@ fn a_second_signal_exits_at_once() {
 fn a_stalled_stdout_stops_reading_with_memory_bounded() {
     const TOTAL: usize = 1_000_000;
     let workspace = Workspace::new();
-    let (pipeline, address) = pipeline(&workspace, 30);
+    let pipeline = pipeline(&workspace, 30);
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
-    wait_ready(&address, Duration::from_secs(10));
+    let address = auditflow.metrics_address(Duration::from_secs(20));
+    wait_ready(&address, Duration::from_secs(20));
     let idle_rss = vm_rss_kib(auditflow.child.id());
     let stdout = auditflow.child.stdout.take().expect("stdout is piped");
     let writer = Writer::start(auditflow.take_stdin(), TOTAL, 1000);

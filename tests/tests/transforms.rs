@@ -7,11 +7,10 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use auditflow_e2e::{
-    auditflow_bin, free_port, http_get, metric, repo_root, wait_ready, Auditflow, Workspace,
-};
+use auditflow_e2e::{auditflow_bin, http_get, metric, repo_root, wait_ready, Auditflow, Workspace};
 use serde_json::Value;
 
 fn sample_log() -> String {
@@ -21,11 +20,11 @@ fn sample_log() -> String {
 /// Runs rbac_denial -> sample(rate 10) -> stdout over the sample log; returns the output
 /// events and the metrics text scraped once every denial was counted.
 fn run_chain(workspace: &Workspace) -> (Vec<Value>, String) {
-    let address = format!("127.0.0.1:{}", free_port());
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
     let pipeline = workspace.write(
-        &format!("chain-{}.yaml", free_port()),
+        &format!("chain-{}.yaml", RUNS.fetch_add(1, Ordering::Relaxed)),
         &format!(
-            "data_dir: {}\nmetrics:\n  address: {address}\n\
+            "data_dir: {}\nmetrics:\n  address: 127.0.0.1:0\n\
              sources:\n  in:\n    type: stdin\n\
              transforms:\n  denials:\n    type: rbac_denial\n    inputs: [in]\n  \
              thin:\n    type: sample\n    inputs: [denials]\n    rate: 10\n\
@@ -36,11 +35,12 @@ fn run_chain(workspace: &Workspace) -> (Vec<Value>, String) {
     let mut auditflow = Auditflow::run(workspace, &pipeline);
     let lines = auditflow.stdout_lines();
     let mut stdin = auditflow.take_stdin();
-    wait_ready(&address, Duration::from_secs(10));
+    let address = auditflow.metrics_address(Duration::from_secs(20));
+    wait_ready(&address, Duration::from_secs(20));
     stdin.write_all(sample_log().as_bytes()).unwrap();
     stdin.flush().unwrap();
     // Keep stdin open until the denials are counted, so the endpoint is still up.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
         let (_, text) = http_get(&address, "/metrics").unwrap();
         let denials = metric(

@@ -40,7 +40,8 @@ fn verdicts(output: &Output) -> Vec<String> {
 }
 
 /// A pipeline whose sources and sinks would leave traces if they started: a file source
-/// (checkpoints in `data_dir`), metrics on a port the test holds, a file sink. Its
+/// (checkpoints in `data_dir`), metrics on `held_port` (one the test holds, or 0 where
+/// nothing checks that `test` binds no port), a file sink. Its
 /// transforms: `scrub` (redact) -> `keep_denials` (filter) -> `tag` (rbac_denial), and
 /// `once` (dedupe) on a branch of its own.
 fn pipeline(workspace: &Workspace, held_port: u16, tests: &str) -> PathBuf {
@@ -173,8 +174,7 @@ fn a_passing_file_exits_0_with_one_ok_line_per_test_and_starts_no_source_or_sink
 #[test]
 fn tests_in_a_file_of_their_own_run_against_the_pipeline_they_are_merged_with() {
     let workspace = Workspace::new();
-    let port = auditflow_e2e::free_port();
-    let file = pipeline(&workspace, port, "");
+    let file = pipeline(&workspace, 0, "");
     let tests = workspace.write("pipeline.tests.yaml", PASSING);
     let output = auditflow_test(workspace.path(), &[&file, &tests]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -226,7 +226,7 @@ tests:
         file: noise.jsonl
     no_outputs_from: [scrub]
 "#;
-    let file = pipeline(&workspace, auditflow_e2e::free_port(), tests);
+    let file = pipeline(&workspace, 0, tests);
     let output = auditflow_test(workspace.path(), &[&file]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert_eq!(
@@ -326,7 +326,7 @@ tests:
         evnts: []
     no_outputs_from: [scrub]
 "#;
-    let file = pipeline(&workspace, auditflow_e2e::free_port(), tests);
+    let file = pipeline(&workspace, 0, tests);
     let output = auditflow_test(workspace.path(), &[&file]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
@@ -371,7 +371,7 @@ tests:
     );
 
     // And a pipeline without tests has nothing to pass.
-    let untested = pipeline(&workspace, auditflow_e2e::free_port(), "");
+    let untested = pipeline(&workspace, 0, "");
     let output = auditflow_test(workspace.path(), &[&untested]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(

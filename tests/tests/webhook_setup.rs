@@ -34,24 +34,34 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// Runs `sources` into `stdout`, the metrics endpoint on any free port; returns the process
+/// and the metrics address it logged.
 fn start(workspace: &Workspace, sources: &str, inputs: &str) -> (Auditflow, String) {
-    let metrics = format!("127.0.0.1:{}", free_port());
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
-            "data_dir: {data}\nmetrics:\n  address: {metrics}\nsources:\n{sources}\
+            "data_dir: {data}\nmetrics:\n  address: 127.0.0.1:0\nsources:\n{sources}\
              sinks:\n  out:\n    type: stdout\n    inputs: [{inputs}]\n",
             data = workspace.path().join("data").display(),
         ),
     );
     let auditflow = Auditflow::run(workspace, &pipeline);
+    let metrics = auditflow.metrics_address(Duration::from_secs(20));
     wait_ready(&metrics, Duration::from_secs(20));
     (auditflow, metrics)
 }
 
-fn webhook_source(id: &str, port: u16, files: &PkiFiles, mtls: bool, token: bool) -> String {
+/// The port the webhook source `id` of `auditflow` listens on (read from its log).
+fn port_of(auditflow: &Auditflow, id: &str) -> u16 {
+    auditflow
+        .webhook_address(id, Duration::from_secs(20))
+        .port()
+}
+
+/// A webhook source `id` on 127.0.0.1, any free port (see [`port_of`]).
+fn webhook_source(id: &str, files: &PkiFiles, mtls: bool, token: bool) -> String {
     let mut source = format!(
-        "  {id}:\n    type: webhook\n    address: 127.0.0.1:{port}\n    path: /audit\n\
+        "  {id}:\n    type: webhook\n    address: 127.0.0.1:0\n    path: /audit\n\
          \x20   tls:\n      cert_file: {}\n      key_file: {}\n",
         files.server_cert.display(),
         files.server_key.display()
@@ -153,14 +163,14 @@ async fn every_credential_combination_passes_webhook_check_and_delivers() {
     let workspace = Workspace::new();
     let pki = Pki::new("setup");
     let files = pki.write_to(workspace.path());
-    let ports = [free_port(), free_port(), free_port()];
     let sources = format!(
         "{}{}{}",
-        webhook_source("token", ports[0], &files, false, true),
-        webhook_source("mtls", ports[1], &files, true, false),
-        webhook_source("both", ports[2], &files, true, true),
+        webhook_source("token", &files, false, true),
+        webhook_source("mtls", &files, true, false),
+        webhook_source("both", &files, true, true),
     );
     let (mut auditflow, metrics) = start(&workspace, &sources, "token, mtls, both");
+    let ports = ["token", "mtls", "both"].map(|id| port_of(&auditflow, id));
     let lines = auditflow.stdout_lines();
     let ca = files.ca.to_str().unwrap();
     let cert = files.client_cert.to_str().unwrap();
@@ -262,9 +272,9 @@ fn pass_check_events_lets_the_test_event_through() {
     let workspace = Workspace::new();
     let pki = Pki::new("pass");
     let files = pki.write_to(workspace.path());
-    let port = free_port();
-    let source = webhook_source("api", port, &files, false, true) + "    pass_check_events: true\n";
+    let source = webhook_source("api", &files, false, true) + "    pass_check_events: true\n";
     let (mut auditflow, _metrics) = start(&workspace, &source, "api");
+    let port = port_of(&auditflow, "api");
     let lines = auditflow.stdout_lines();
     let server = format!("https://localhost:{port}/audit");
     let (file, _) = kubeconfig(
@@ -283,15 +293,16 @@ fn webhook_check_names_each_failure_and_exits_non_zero() {
     let workspace = Workspace::new();
     let pki = Pki::new("failures");
     let files = pki.write_to(workspace.path());
-    let (token_port, mismatch_port) = (free_port(), free_port());
     // The certificate names localhost and 127.0.0.1; 127.0.0.2 is loopback too, but not
     // named.
-    let sources = webhook_source("api", token_port, &files, false, true)
-        + &webhook_source("other", mismatch_port, &files, false, false)
-            .replace("127.0.0.1:", "127.0.0.2:");
-    let (_auditflow, _metrics) = start(&workspace, &sources, "api, other");
+    let sources = webhook_source("api", &files, false, true)
+        + &webhook_source("other", &files, false, false).replace("127.0.0.1:", "127.0.0.2:");
+    let (receiver, _metrics) = start(&workspace, &sources, "api, other");
+    let (token_port, mismatch_port) = (port_of(&receiver, "api"), port_of(&receiver, "other"));
     let ca = files.ca.to_str().unwrap();
     let other_ca = workspace.write("other-ca.pem", &Pki::new("stranger").ca_pem);
+    // Nothing listens there: a port is needed that no listener holds, which only a bind
+    // and a close can find.
     let unused_port = free_port();
     // A server whose certificate has expired: auditflow itself would not start with one
     // (validate refuses it), so Python's HTTPS server stands in for a receiver whose
@@ -299,7 +310,6 @@ fn webhook_check_names_each_failure_and_exits_non_zero() {
     let (expired_cert, expired_key) = pki.server_identity(&["localhost"], CertFault::Expired);
     let expired_cert = workspace.write("expired.pem", &expired_cert);
     let expired_key = workspace.write("expired.key", &expired_key);
-    let expired_port = free_port();
     let mut expired_server = Command::new("python3")
         .arg("-c")
         .arg(
@@ -309,25 +319,29 @@ fn webhook_check_names_each_failure_and_exits_non_zero() {
              context.load_cert_chain(cert, key)\n\
              server = http.server.HTTPServer(('127.0.0.1', int(port)), http.server.BaseHTTPRequestHandler)\n\
              server.socket = context.wrap_socket(server.socket, server_side=True)\n\
-             print('ready', flush=True)\n\
+             print('ready', server.server_address[1], flush=True)\n\
              server.serve_forever()\n",
         )
-        .arg(expired_port.to_string())
+        .arg("0")
         .arg(&expired_cert)
         .arg(&expired_key)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start python3");
-    {
+    // It listens on any free port and says which.
+    let expired_port: u16 = {
         use std::io::BufRead;
         let stdout = expired_server.stdout.take().expect("piped");
         let mut line = String::new();
         std::io::BufReader::new(stdout)
             .read_line(&mut line)
             .expect("the server says it is ready");
-        assert_eq!(line.trim(), "ready");
-    }
+        line.trim()
+            .strip_prefix("ready ")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("the server said {line:?}, not `ready PORT`"))
+    };
 
     // (what, [server, CA], with the token, what webhook-check must say)
     let cases: Vec<(&str, Vec<String>, bool, &str)> = vec![
@@ -427,13 +441,13 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
     let workspace = Workspace::new();
     let pki = Pki::new("mtls");
     let files = pki.write_to(workspace.path());
-    let port = free_port();
     let (source, metrics) = start(
         &workspace,
-        &webhook_source("api", port, &files, true, false),
+        &webhook_source("api", &files, true, false),
         "api",
     );
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let address = source.webhook_address("api", Duration::from_secs(20));
+    let port = address.port();
     let stranger = Pki::new("stranger");
     let cases = [
         (
@@ -527,12 +541,11 @@ fn validate_checks_the_sources_own_certificate_files() {
     let workspace = Workspace::new();
     let pki = Pki::new("validate");
     let files = pki.write_to(workspace.path());
-    let port = free_port();
     let validate = |cert: &Path, key: &Path| -> (bool, String) {
         let pipeline = workspace.write(
             "pipeline.yaml",
             &format!(
-                "sources:\n  api:\n    type: webhook\n    address: 127.0.0.1:{port}\n\
+                "sources:\n  api:\n    type: webhook\n    address: 127.0.0.1:0\n\
                  \x20   tls:\n      cert_file: {}\n      key_file: {}\n\
                  sinks:\n  out:\n    type: stdout\n    inputs: [api]\n",
                 cert.display(),

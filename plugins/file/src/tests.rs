@@ -139,15 +139,38 @@ fn logs(dir: &Path) -> PathBuf {
     logs
 }
 
-fn checkpoint_offset(dir: &Path) -> u64 {
+/// The offset the checkpoint in `dir/state` holds for `file` (0 when it names no such file).
+fn checkpoint_offset(dir: &Path, file: &Path) -> u64 {
     let store = CheckpointStore::open(&dir.join("state")).unwrap();
     store
         .load()
         .unwrap()
         .unwrap_or_default()
         .iter()
-        .map(|r| r.offset)
+        .filter(|record| record.path == file)
+        .map(|record| record.offset)
         .sum()
+}
+
+/// Waits until the checkpoint holds `offset` for `file`, failing after 20 s.
+async fn wait_for_checkpoint(dir: &Path, file: &Path, offset: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let checkpointed = checkpoint_offset(dir, file);
+        if checkpointed == offset {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint holds {checkpointed} for {}, not {offset}, after 20 s",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
 }
 
 #[tokio::test]
@@ -194,14 +217,17 @@ async fn the_checkpoint_never_passes_an_unacknowledged_batch() {
     assert_eq!(second.events[0].get_str("auditID"), Some("b0"));
     // The later batch is delivered first: the checkpoint must wait for the earlier one.
     second.resolve(BatchStatus::Delivered);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(checkpoint_offset(dir.path()), 0);
+    // A batch from another file, delivered after the second: once the checkpoint holds
+    // it, the source has taken the second's acknowledgement too (in the order given).
+    let other = log.with_file_name("other.log");
+    append(&other, &lines("c", 0..3));
+    let third = source.batch().await;
+    assert_eq!(third.events[0].get_str("auditID"), Some("c0"));
+    third.resolve(BatchStatus::Delivered);
+    wait_for_checkpoint(dir.path(), &other, len(&other)).await;
+    assert_eq!(checkpoint_offset(dir.path(), &log), 0);
     first.resolve(BatchStatus::Delivered);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        checkpoint_offset(dir.path()),
-        fs::metadata(&log).unwrap().len()
-    );
+    wait_for_checkpoint(dir.path(), &log, len(&log)).await;
     source.stop().await;
 }
 
@@ -269,7 +295,8 @@ async fn copy_truncate_reads_the_new_content_from_the_start() {
         .truncate(true)
         .open(&log)
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Whether the source looks between the truncate and the append or only after, the
+    // file is shorter than what was read from it: either way it is read from the start.
     append(&log, &lines("b", 0..3));
     assert_eq!(source.ids(3).await, ids("b", 0..3));
     source.quiet().await;
@@ -330,7 +357,8 @@ async fn read_from_end_skips_what_was_there_at_the_first_start() {
     let log = logs(dir.path()).join("audit.log");
     append(&log, &lines("old", 0..5));
     let mut source = start(dir.path(), json!({"read_from": "end"}));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first scan checkpoints where reading starts: the end of what is there.
+    wait_for_checkpoint(dir.path(), &log, len(&log)).await;
     append(&log, &lines("new", 0..2));
     assert_eq!(source.ids(2).await, ids("new", 0..2));
     source.stop().await;
