@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use auditflow_core::blocking::run as blocking;
 use auditflow_core::channel::{self, Receiver, Sender};
 use auditflow_core::finalize::Finalizers;
 use auditflow_core::{
@@ -119,14 +120,6 @@ pub fn start(
         taken.and(delivered)
     };
     (sink_input, run)
-}
-
-/// Runs `f` on a blocking thread; a panic there is a panic here.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(value) => value,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
-    }
 }
 
 fn now_ms() -> u64 {

@@ -25,6 +25,7 @@
 //! - [`component`]: the traits plugins implement and the contexts they run in.
 //! - [`duration`]: the range each duration option of a pipeline file must fall in.
 //! - [`memory`]: `memory_limit_mb`: the monitor, and the flag that pauses sources.
+//! - [`blocking`]: fsyncs, directory scans and compression, run off the async runtime.
 //!
 //! # The one design decision
 //! An [`Event`](event::Event) keeps the bytes it arrived as and parses only the top-level
@@ -33,6 +34,7 @@
 //! `requestObject` / `responseObject`, which the common path never parses.
 
 pub mod batch;
+pub mod blocking;
 pub mod channel;
 pub mod component;
 pub mod condition;

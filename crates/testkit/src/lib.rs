@@ -8,11 +8,13 @@
 //! - [`run_transform`]: runs a transform over events, synchronously.
 //! - [`RecordingTelemetry`]: the counters a component reported, for asserting on them.
 //! - [`compliance`]: the checks every plugin passes.
+//! - [`stall`]: whether a component's blocking work leaves the async runtime free.
 //! - `tls` (feature `tls`): a real HTTPS server with a private CA, for the https sink's
 //!   tests and the end-to-end tests.
 
 pub mod compliance;
 pub mod events;
+pub mod stall;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -120,6 +120,8 @@ impl CheckpointStore {
         bytes.push(b'\n');
         let mut file = File::create(&self.temporary)?;
         file.write_all(&bytes)?;
+        #[cfg(test)]
+        auditflow_testkit::stall::inside_blocking_section(|key| self.dir.starts_with(key));
         file.sync_all()?;
         drop(file);
         match fs::rename(&self.current, &self.previous) {

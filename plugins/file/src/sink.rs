@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use auditflow_core::blocking::run as blocking;
 use auditflow_core::{
     BatchStatus, BuildContext, BuildError, ComponentError, Sink, SinkConfig, SinkContext, Validate,
 };
@@ -221,13 +222,6 @@ impl Sink for FileSink {
             }
         }
         Ok(())
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(value) => value,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
 }
 

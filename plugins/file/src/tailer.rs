@@ -20,18 +20,25 @@
 //! - **Idle files** at their end for `rotate_wait` are closed and remembered by inode, size
 //!   and mtime, so that a later scan reopens them only when they change.
 //!
-//! File reads are plain blocking reads of at most [`READ_CHUNK`] bytes from local files
-//! (page cache); the task awaits only on the output, acknowledgements and timers.
+//! What waits on the disk runs off the async runtime: each directory scan (listings,
+//! `stat`s, fingerprint reads, decompressing a `.gz` up to its resume offset) and each
+//! checkpoint write (two fsyncs) hands the whole tailer to a blocking thread and takes it
+//! back when done ([`Tailer::off_runtime`]). A slow fsync on a disk shared with etcd thus
+//! holds this source up, but no other task on its worker. Reading new lines stays on the
+//! task: reads of at most [`READ_CHUNK`] bytes that the page cache serves, with the JSON
+//! checks on them, between which the task awaits the output, acknowledgements and timers.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+use auditflow_core::blocking;
 use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::records::RecordDecoder;
 use auditflow_core::Location;
@@ -292,6 +299,7 @@ pub struct Tailer {
     /// Lost bytes were just reported: the checkpoint must say so at once, or a crash before
     /// the next periodic write would have the restart report them again.
     checkpoint_now: bool,
+    timers: Timers,
 }
 
 impl Tailer {
@@ -318,6 +326,10 @@ impl Tailer {
             records: records_decoder,
             sending: None,
             checkpoint_now: false,
+            timers: Timers {
+                next_scan: Instant::now(),
+                next_checkpoint: Instant::now(),
+            },
             metrics: FileMetrics {
                 lag_bytes: auditflow_metrics::file_checkpoint_lag_bytes()
                     .with_label_values(&labels),
@@ -385,6 +397,8 @@ impl Tailer {
         found: &mut BTreeMap<PathBuf, Metadata>,
         visited: &mut HashSet<Inode>,
     ) {
+        #[cfg(test)]
+        auditflow_testkit::stall::inside_blocking_section(|key| dir.starts_with(key));
         let listing = match fs::read_dir(if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -682,6 +696,8 @@ impl Tailer {
         let input = if entry.gzip {
             let rewound = file.seek(SeekFrom::Start(0));
             let mut decoder = Box::new(MultiGzDecoder::new(file));
+            #[cfg(test)]
+            auditflow_testkit::stall::inside_blocking_section(|key| entry.path.starts_with(key));
             let skipped =
                 rewound.and_then(|_| io::copy(&mut (&mut decoder).take(start), &mut io::sink()));
             match skipped {
@@ -1046,12 +1062,20 @@ impl Tailer {
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 
-    /// Scans when a scan is due, and writes the checkpoint when it is due and changed.
-    fn housekeep(&mut self, timers: &mut Timers, telemetry: &dyn Telemetry) {
+    /// Whether a scan, or a write of a changed checkpoint, is due.
+    fn housekeeping_due(&self) -> bool {
         let now = Instant::now();
-        if now >= timers.next_scan {
+        now >= self.timers.next_scan
+            || (self.dirty && (now >= self.timers.next_checkpoint || self.checkpoint_now))
+    }
+
+    /// Scans when a scan is due, and writes the checkpoint when it is due and changed.
+    /// Blocks on the disk: called through [`Tailer::off_runtime`].
+    fn housekeep(&mut self, telemetry: &dyn Telemetry) {
+        let now = Instant::now();
+        if now >= self.timers.next_scan {
             self.scan();
-            timers.next_scan = Instant::from_std(auditflow_core::duration::deadline(
+            self.timers.next_scan = Instant::from_std(auditflow_core::duration::deadline(
                 now.into_std(),
                 self.settings.glob_interval,
             ));
@@ -1059,13 +1083,37 @@ impl Tailer {
                 self.account_missing_at_start();
                 // Remember where reading starts (read_from: end) before anything else.
                 self.write_checkpoint(telemetry);
-                timers.next_checkpoint = now + CHECKPOINT_INTERVAL;
+                self.timers.next_checkpoint = now + CHECKPOINT_INTERVAL;
             }
         }
-        if self.dirty && (now >= timers.next_checkpoint || self.checkpoint_now) {
+        if self.dirty && (now >= self.timers.next_checkpoint || self.checkpoint_now) {
             self.write_checkpoint(telemetry);
-            timers.next_checkpoint = now + CHECKPOINT_INTERVAL;
+            self.timers.next_checkpoint = now + CHECKPOINT_INTERVAL;
         }
+    }
+
+    /// Hands the tailer to a blocking thread for `work`, and takes it back with what
+    /// `work` returned. The task awaits meanwhile: nothing else touches the tailer, so
+    /// what `work` sees and writes (a checkpoint records only acknowledgements taken in
+    /// before it) keeps the order of the task's own steps.
+    async fn off_runtime<T: Send + 'static>(
+        self: Box<Self>,
+        work: impl FnOnce(&mut Tailer) -> T + Send + 'static,
+    ) -> (Box<Self>, T) {
+        let mut tailer = self;
+        blocking::run(move || {
+            let done = work(&mut tailer);
+            (tailer, done)
+        })
+        .await
+    }
+
+    /// [`Tailer::housekeep`], off the runtime.
+    async fn housekeep_off_runtime(self: Box<Self>, telemetry: &Arc<dyn Telemetry>) -> Box<Self> {
+        let telemetry = Arc::clone(telemetry);
+        self.off_runtime(move |tailer| tailer.housekeep(&*telemetry))
+            .await
+            .0
     }
 
     fn open_keys(&self) -> Vec<u64> {
@@ -1087,10 +1135,11 @@ impl Source for Tailer {
             dead_letter,
             ..
         } = cx;
-        let telemetry = &*telemetry;
+        let telemetry_handle = telemetry;
+        let telemetry = &*telemetry_handle;
         self.records = std::mem::replace(&mut self.records, RecordDecoder::new(&self.id))
             .with_dead_letters(&dead_letter);
-        let mut timers = Timers {
+        self.timers = Timers {
             next_scan: Instant::now(),
             next_checkpoint: Instant::now(),
         };
@@ -1103,7 +1152,9 @@ impl Source for Tailer {
             if shutdown.is_triggered() {
                 break;
             }
-            self.housekeep(&mut timers, telemetry);
+            if self.housekeeping_due() {
+                self = self.housekeep_off_runtime(&telemetry_handle).await;
+            }
             let mut progressed = false;
             for key in self.open_keys() {
                 while self.acks.len() < MAX_BATCHES_IN_FLIGHT && !memory.is_limited() {
@@ -1140,8 +1191,8 @@ impl Source for Tailer {
                             _ = shutdown.wait() => break None,
                             sent = &mut send => break Some(sent),
                             Some(done) = self.acks.join_next(), if !self.acks.is_empty() => self.acked(done),
-                            _ = tokio::time::sleep_until(timers.wake(self.dirty)) => {
-                                self.housekeep(&mut timers, telemetry);
+                            _ = tokio::time::sleep_until(self.timers.wake(self.dirty)) => {
+                                self = self.housekeep_off_runtime(&telemetry_handle).await;
                                 self.update_lag();
                             }
                         }
@@ -1167,7 +1218,10 @@ impl Source for Tailer {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let wake = timers.wake(self.dirty).min(Instant::now() + POLL_INTERVAL);
+            let wake = self
+                .timers
+                .wake(self.dirty)
+                .min(Instant::now() + POLL_INTERVAL);
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
@@ -1185,10 +1239,13 @@ impl Source for Tailer {
             match tokio::time::timeout_at(deadline, self.acks.join_next()).await {
                 Ok(Some(done)) => {
                     self.acked(done);
-                    if Instant::now() >= timers.next_checkpoint {
+                    if Instant::now() >= self.timers.next_checkpoint {
                         // The process may be stopped before the wait ends.
-                        self.write_checkpoint(telemetry);
-                        timers.next_checkpoint = Instant::now() + CHECKPOINT_INTERVAL;
+                        let telemetry = Arc::clone(&telemetry_handle);
+                        (self, ()) = self
+                            .off_runtime(move |tailer| tailer.write_checkpoint(&*telemetry))
+                            .await;
+                        self.timers.next_checkpoint = Instant::now() + CHECKPOINT_INTERVAL;
                     }
                 }
                 Ok(None) => break,
@@ -1199,12 +1256,15 @@ impl Source for Tailer {
                 }
             }
         }
-        self.write_checkpoint(telemetry);
-        self.update_lag();
-        let open = self.open_keys();
-        for key in open {
-            self.close(key, false);
-        }
+        // Written before the source returns: the topology's shutdown waits for it.
+        self.off_runtime(move |tailer| {
+            tailer.write_checkpoint(&*telemetry_handle);
+            tailer.update_lag();
+            for key in tailer.open_keys() {
+                tailer.close(key, false);
+            }
+        })
+        .await;
         Ok(())
     }
 }

@@ -486,3 +486,5 @@ async fn over_the_memory_limit_nothing_more_is_read_until_memory_falls() {
     assert_eq!(source.ids(3).await, ids("a", 3..6));
     source.stop().await;
 }
+
+mod runtime;

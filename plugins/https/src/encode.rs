@@ -62,6 +62,13 @@ impl Compression {
 
     /// Compresses `body` (which is returned as is for `none`).
     pub fn compress(self, body: Vec<u8>) -> Bytes {
+        #[cfg(test)]
+        if self != Compression::None {
+            auditflow_testkit::stall::inside_blocking_section(|key| {
+                body.windows(key.len())
+                    .any(|window| window == key.as_bytes())
+            });
+        }
         match self {
             Compression::None => Bytes::from(body),
             Compression::Gzip => {

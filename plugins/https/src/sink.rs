@@ -340,6 +340,9 @@ impl Shared {
         } = batch;
         // Compressing up to `batch.max_bytes` (1 MiB by default) is CPU work of several
         // milliseconds: it runs on a blocking thread, not on the runtime's workers.
+        // `spawn_blocking` rather than `block_in_place`: it works on any runtime (the
+        // latter panics on a `current_thread` one) and leaves the worker to the other
+        // requests in flight instead of moving them to another thread.
         let (encoding, compression) = (self.encoding, self.compression);
         let ((body, plain_bytes), events) = match compression {
             Compression::None => (encode::body(&events, encoding, compression, bytes), events),

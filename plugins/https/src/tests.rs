@@ -12,7 +12,8 @@ use auditflow_core::{
     SourceContext, Telemetry, Validate,
 };
 use auditflow_testkit::events::{audit_log_events, audit_log_lines};
-use auditflow_testkit::{compliance, MemorySource, RecordingTelemetry, SourceProbe};
+use auditflow_testkit::stall::StallWatch;
+use auditflow_testkit::{compliance, event, MemorySource, RecordingTelemetry, SourceProbe};
 use serde_json::{json, Value};
 use tls_server::{Pki, Recorded, Reply, ServerOptions, TestServer};
 
@@ -259,6 +260,53 @@ async fn every_encoding_and_compression_arrives_byte_for_byte() {
                 assert_eq!(request.header("content-type"), Some(content_type));
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn compressing_a_large_body_does_not_stall_the_runtime() {
+    for compression in ["gzip", "zstd"] {
+        // Just under 1 MiB (one body) of events that carry the marker the watch recognises.
+        let marker = format!("compressed-off-the-runtime-{compression}");
+        let ids: Vec<String> = (0..800).map(|i| format!("{marker}-{i}")).collect();
+        let events: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                event(&format!(
+                    r#"{{"kind":"Event","auditID":"{id}","pad":"{}"}}"#,
+                    "x".repeat(1100)
+                ))
+            })
+            .collect();
+        let setup = Setup::new(ServerOptions::default());
+        let sink = build(
+            "compressing",
+            setup.options(json!({
+                "compression": compression,
+                "batch": { "max_events": 1000 },
+                "request": { "concurrency": 1 },
+            })),
+            Arc::new(auditflow_core::NoTelemetry),
+        );
+        // On the runtime of `#[tokio::test]`: one thread, which compressing on it would
+        // hold for as long as that takes.
+        let watch = StallWatch::start(marker);
+        let statuses = compliance::check_sink(sink, vec![events], Duration::from_secs(60)).await;
+        assert_eq!(statuses, [BatchStatus::Delivered], "{compression}");
+        let arrived: Vec<Value> = setup
+            .server
+            .requests()
+            .iter()
+            .flat_map(|request| events_in(request, "ndjson"))
+            .map(|line| serde_json::from_str::<Value>(&line).unwrap()["auditID"].clone())
+            .collect();
+        assert!(
+            arrived == ids.iter().map(|id| json!(id)).collect::<Vec<_>>(),
+            "{compression}: {} events arrived, not the {} sent in order",
+            arrived.len(),
+            ids.len()
+        );
+        watch.assert_runtime_kept_running(&format!("{compression} compression"));
     }
 }
 
