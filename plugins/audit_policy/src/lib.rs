@@ -37,7 +37,7 @@ use serde_json::Value;
 pub use crate::lint::{lint, Code, Finding, Severity};
 pub use crate::load::{load, Loaded};
 pub use crate::policy::{Decision, Level, Policy, Stage, Stages};
-use crate::request::{request_of, Needs};
+use crate::request::{request_of, user_of, Needs};
 
 /// Applies an `audit.k8s.io/v1` Policy (v1beta1 accepted) to events: drops what it would
 /// not have logged and removes the bodies its level would not have carried.
@@ -154,7 +154,21 @@ impl Transform for AuditPolicy {
     fn transform(&mut self, batch: &mut Batch) {
         let before = batch.events.len();
         batch.events.retain_mut(|event| {
-            let decision = self.policy.evaluate(&request_of(event, self.needs));
+            // The user is read only if a rule gets as far as asking (most are settled by
+            // the verb and resource first).
+            let decision = {
+                let request = request_of(
+                    event,
+                    Needs {
+                        user: false,
+                        ..self.needs
+                    },
+                );
+                match self.needs.user {
+                    true => self.policy.evaluate_with(&request, || user_of(event)),
+                    false => self.policy.evaluate(&request),
+                }
+            };
             match outcome(&decision, event) {
                 Outcome::Drop(_) => false,
                 Outcome::Keep { lower_to } => {

@@ -223,10 +223,34 @@ pub enum Mismatch {
 impl Policy {
     /// The decision for `request`: the first matching rule, or `None`.
     pub fn evaluate(&self, request: &Request<'_>) -> Decision {
+        self.evaluate_with(request, || request.user.clone())
+    }
+
+    /// [`Policy::evaluate`] with the user read only when a rule gets as far as asking
+    /// for it: `user` is called at most once, and not at all when every rule is settled
+    /// by the verb, the resource or the path first (`request.user` is not looked at).
+    /// The decision is the same: a rule matches when all its selectors do, in any order.
+    pub fn evaluate_with<'a>(
+        &self,
+        request: &Request<'a>,
+        user: impl FnOnce() -> Option<User<'a>>,
+    ) -> Decision {
+        let mut read_user = Some(user);
+        let mut known: Option<Option<User<'a>>> = None;
         for (index, rule) in self.rules.iter().enumerate() {
-            if rule.check(request).is_ok() {
-                return self.decision(index);
+            if rule.check_request(request).is_err() {
+                continue;
             }
+            if rule.selects_user() {
+                let user = known.get_or_insert_with(|| match read_user.take() {
+                    Some(read) => read(),
+                    None => None,
+                });
+                if rule.check_user(user.as_ref()).is_err() {
+                    continue;
+                }
+            }
+            return self.decision(index);
         }
         Decision {
             rule: None,
@@ -280,20 +304,37 @@ impl Rule {
             && self.non_resource_urls.is_empty()
     }
 
-    /// Matches `request`, or says which selector did not.
+    /// Whether the rule selects on the user (`users` or `userGroups`).
+    pub fn selects_user(&self) -> bool {
+        !self.users.is_empty() || !self.user_groups.is_empty()
+    }
+
+    /// Matches `request`, or says which selector did not, in kube-apiserver's order.
     pub fn check(&self, request: &Request<'_>) -> Result<(), Mismatch> {
+        self.check_user(request.user.as_ref())?;
+        self.check_request(request)
+    }
+
+    /// The `users` and `userGroups` selectors alone.
+    pub fn check_user(&self, user: Option<&User<'_>>) -> Result<(), Mismatch> {
         if !self.users.is_empty() {
-            let user = request.user.as_ref().ok_or(Mismatch::NoUser)?;
+            let user = user.ok_or(Mismatch::NoUser)?;
             if !contains(&self.users, &user.name) {
                 return Err(Mismatch::User);
             }
         }
         if !self.user_groups.is_empty() {
-            let user = request.user.as_ref().ok_or(Mismatch::NoUser)?;
+            let user = user.ok_or(Mismatch::NoUser)?;
             if !user.groups.iter().any(|g| contains(&self.user_groups, g)) {
                 return Err(Mismatch::UserGroups);
             }
         }
+        Ok(())
+    }
+
+    /// Every selector but the user's: verbs, then namespaces and resources, or
+    /// non-resource URLs.
+    pub fn check_request(&self, request: &Request<'_>) -> Result<(), Mismatch> {
         if !self.verbs.is_empty() && !contains(&self.verbs, &request.verb) {
             return Err(Mismatch::Verb);
         }

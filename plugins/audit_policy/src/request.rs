@@ -82,17 +82,7 @@ pub fn request_of(event: &Event, needs: Needs) -> Request<'_> {
             name,
         }
     });
-    let user = if needs.user {
-        user_info(event).and_then(|user| {
-            let name = user.username.filter(|name| !name.is_empty())?;
-            Some(User {
-                name,
-                groups: user.groups.unwrap_or_default(),
-            })
-        })
-    } else {
-        None
-    };
+    let user = if needs.user { user_of(event) } else { None };
     let path = if needs.path && resource.is_none() {
         let uri = event.get_str("requestURI").unwrap_or_default();
         Cow::Borrowed(uri.split('?').next().unwrap_or_default())
@@ -105,6 +95,17 @@ pub fn request_of(event: &Event, needs: Needs) -> Request<'_> {
         resource,
         path,
     }
+}
+
+/// The authenticated user behind `event`; `None` for `user: {}` or no user at all.
+pub fn user_of(event: &Event) -> Option<User<'_>> {
+    user_info(event).and_then(|user| {
+        let name = user.username.filter(|name| !name.is_empty())?;
+        Some(User {
+            name,
+            groups: user.groups.unwrap_or_default(),
+        })
+    })
 }
 
 /// `objectRef`, walked in the event's bytes where they settle it, deserialised otherwise.

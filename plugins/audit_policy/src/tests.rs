@@ -5,7 +5,7 @@ use auditflow_testkit::{event, run_transform};
 
 use super::*;
 use crate::explain::explain;
-use crate::request::{request_of, Needs};
+use crate::request::{request_of, user_of, Needs};
 
 /// The real capture's policy and webhook bodies, as copied into the repository from
 /// `shared/corpus/kube-apiserver-1.32/` (its log is the testkit's).
@@ -982,4 +982,47 @@ fn walking_the_bytes_reads_the_same_request_as_deserialising() {
     // The routes really differ in what they read: the walk borrows what the other parses.
     let (walked, _) = both_routes(&event(tricky[0]));
     assert!(walked.contains(r#"resource: "secrets""#), "{walked}");
+}
+
+#[test]
+fn reading_the_user_only_when_a_rule_asks_decides_the_same() {
+    let p = policy(
+        "",
+        r#"- level: None
+  users: [system:kube-proxy]
+  verbs: [watch]
+  resources: [{group: "", resources: [endpoints, services]}]
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: Request
+  userGroups: [system:nodes]
+  verbs: [get, patch]
+- level: Metadata
+  userGroups: [system:authenticated]
+- level: RequestResponse
+"#,
+    );
+    let mut events = corpus_events();
+    events.extend(auditflow_generator::generated_events(
+        auditflow_generator::Profile::Metadata,
+        3,
+        2_000,
+    ));
+    let (mut asked, mut decided_by_user_rules) = (0, 0);
+    for event in &events {
+        let eager = p.evaluate(&request_of(event, Needs::ALL));
+        let without_user = Needs {
+            user: false,
+            path: true,
+        };
+        let lazy = p.evaluate_with(&request_of(event, without_user), || {
+            asked += 1;
+            user_of(event)
+        });
+        assert_eq!(eager, lazy, "{}", String::from_utf8_lossy(event.raw()));
+        decided_by_user_rules += usize::from(matches!(eager.rule, Some(0 | 2 | 3)));
+    }
+    // Some decisions needed the user, and many did not ask for it at all.
+    assert!(decided_by_user_rules > 0 && asked >= decided_by_user_rules);
+    assert!(asked < events.len() * 9 / 10, "{asked} of {}", events.len());
 }
