@@ -4,13 +4,13 @@
 //! invalid change leaves the old pipeline running and says what is wrong; a file source
 //! that did not change keeps its position when only a transform behind it changed; a
 //! webhook source rebuilt on the same address keeps its socket, so that a client sending
-//! throughout is never refused and loses nothing.
+//! throughout is never refused and loses nothing; a changed policy file is read again.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
@@ -466,6 +466,67 @@ fn an_unchanged_file_source_keeps_its_position_when_a_transform_behind_it_change
     assert!(
         stderr.contains("changed=[\"keep\"]") && stderr.contains("unchanged=2"),
         "only the filter was rebuilt; stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_changed_policy_file_is_read_again_by_sighup_though_the_pipeline_file_is_unchanged() {
+    let workspace = Workspace::new();
+    let log = workspace.path().join("audit.log");
+    let out = workspace.path().join("out.log");
+    let policy = workspace.write(
+        "policy.yaml",
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
+    );
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &file_pipeline(&workspace, "true").replace(
+            "    type: filter\n    inputs: [tail]\n    condition: 'true'\n",
+            &format!(
+                "    type: audit_policy\n    inputs: [tail]\n    policy_file: {}\n",
+                policy.display()
+            ),
+        ),
+    );
+    assert!(std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .contains("audit_policy"));
+    append_lines(&log, 0..200);
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+    wait_lines(&auditflow, &out, 200);
+    let hash_before = config_hashes(&metrics);
+
+    // Only the policy changes: `get` requests are no longer logged.
+    rewrite(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  verbs: [get]\n- level: Metadata\n",
+    );
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "ok", 1.0);
+    let verb = |i: usize| -> String {
+        let event: serde_json::Value = serde_json::from_str(&audit_line(i)).unwrap();
+        event["verb"].as_str().unwrap().to_owned()
+    };
+    let kept_after: Vec<usize> = (200..600).filter(|i| verb(*i) != "get").collect();
+    assert!(kept_after.len() < 400, "the capture has get requests");
+    append_lines(&log, 200..600);
+    let ids = wait_lines(&auditflow, &out, 200 + kept_after.len());
+    assert_ne!(
+        config_hashes(&metrics),
+        hash_before,
+        "the hash covers the policy"
+    );
+    auditflow.signal(libc::SIGTERM);
+    assert!(auditflow.wait_timeout(DEADLINE).success());
+
+    let expected: Vec<String> = (0..200).chain(kept_after).map(audit_id).collect();
+    assert_eq!(ids, expected);
+    let stderr = auditflow.stderr();
+    assert!(
+        stderr.contains("changed=[\"keep\"]") && stderr.contains("unchanged=2"),
+        "only the transform naming the policy was rebuilt; stderr:\n{stderr}"
     );
 }
 

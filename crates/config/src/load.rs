@@ -18,6 +18,7 @@ use figment::Figment;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::api::ApiConfig;
 use crate::buffer::BufferConfig;
@@ -103,7 +104,11 @@ pub struct Component {
     /// The file that defined it (for messages at run time).
     pub file: String,
     /// The component's entry as loaded (after `${VAR}` replacement and merging): type,
-    /// inputs, common and plugin options. A reload rebuilds the component when it differs.
+    /// inputs, common and plugin options; plus, under the key [`FILES_KEY`], the SHA-256 of
+    /// each file its options name (every `*_file` option, nested ones included:
+    /// `policy_file`, `bearer_tokens_file`, `tls.key_file`…). A reload rebuilds the
+    /// component when it differs, so a changed policy, token list or certificate is read
+    /// again by `SIGHUP` even when the pipeline file is unchanged.
     pub definition: Value,
 }
 
@@ -477,7 +482,12 @@ fn check_component(
         );
         return None;
     };
-    let definition = Value::Object(body.clone());
+    let mut definition = body.clone();
+    let files = referenced_files(&definition);
+    if !files.is_empty() {
+        definition.insert(FILES_KEY.to_owned(), Value::Object(files));
+    }
+    let definition = Value::Object(definition);
     let mut options = body.clone();
     let known = match registry.names(kind).join(", ") {
         names if names.is_empty() => "(none)".to_owned(),
@@ -656,6 +666,42 @@ fn check_component(
         file,
         definition,
     })
+}
+
+/// The key of a component's [`Component::definition`] that holds the fingerprints of the
+/// files its options name; no option can have it (option names have no `#`).
+pub const FILES_KEY: &str = "#files";
+
+/// `path -> sha256 hex` (or `"unreadable"`) for every string option whose name ends in
+/// `_file`, at any depth of `options`. The build reports an unreadable file; here it only
+/// has to differ from a readable one.
+fn referenced_files(options: &Map<String, Value>) -> Map<String, Value> {
+    fn walk(value: &Value, name: Option<&str>, out: &mut Map<String, Value>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    walk(value, Some(key), out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| walk(item, name, out)),
+            Value::String(path) if name.is_some_and(|name| name.ends_with("_file")) => {
+                let digest = match std::fs::read(path) {
+                    Ok(bytes) => Sha256::digest(&bytes)
+                        .iter()
+                        .map(|byte| format!("{byte:02x}"))
+                        .collect(),
+                    Err(_) => "unreadable".to_owned(),
+                };
+                out.insert(path.clone(), Value::String(digest));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Map::new();
+    for (key, value) in options {
+        walk(value, Some(key), &mut out);
+    }
+    out
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.

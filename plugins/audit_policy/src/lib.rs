@@ -46,7 +46,7 @@ use crate::request::{request_of, user_of, Needs};
 pub struct AuditPolicyConfig {
     /// Path to the Policy file (YAML or JSON), relative to the working directory. Read and
     /// checked strictly when the pipeline loads: unknown keys and invalid values are
-    /// errors with their line. A changed file takes effect at the next start.
+    /// errors with their line. A reload (`SIGHUP`) reads a changed file again.
     #[schemars(with = "String")]
     pub policy_file: PolicyFile,
 }
