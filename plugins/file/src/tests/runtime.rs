@@ -32,7 +32,7 @@ async fn a_slow_checkpoint_fsync_does_not_stall_the_runtime() {
     let mut source = start(dir.path(), json!({}));
     assert_eq!(source.ids(5).await, ids("a", 0..5));
     eventually("a checkpoint past the acknowledged lines", || {
-        checkpoint_offset(dir.path()) == len
+        checkpoint_offset(dir.path(), &log) == len
     })
     .await;
     let before_stop = watch.sections();
@@ -43,7 +43,7 @@ async fn a_slow_checkpoint_fsync_does_not_stall_the_runtime() {
         watch.sections() > before_stop,
         "no checkpoint written at shutdown"
     );
-    assert_eq!(checkpoint_offset(dir.path()), len);
+    assert_eq!(checkpoint_offset(dir.path(), &log), len);
     watch.assert_runtime_kept_running("checkpoint fsyncs");
 }
 
