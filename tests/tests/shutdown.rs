@@ -245,27 +245,28 @@ fn sigint_drains_the_events_in_flight_and_exits_0() {
     drop(stdin);
 }
 
-/// A drain that cannot finish (the server never accepts) stops when
-/// `shutdown_timeout_secs` runs out: exit 1, and the log says what was not checkpointed.
-#[test]
-fn a_drain_longer_than_shutdown_timeout_secs_exits_1() {
+/// Runs a pipeline whose sink's server refuses everything (`503`), with
+/// `shutdown_timeout_secs`, and writes one event: returns once the server saw a request
+/// for it. The workspace is returned to keep it alive.
+fn one_event_held_back(
+    name: &str,
+    shutdown_timeout_secs: u64,
+) -> (Workspace, TestServer, Auditflow, std::process::ChildStdin) {
     let workspace = Workspace::new();
-    let pki = Pki::new("timeout");
+    let pki = Pki::new(name);
     let files = pki.write_to(workspace.path());
     let open = Arc::new(AtomicBool::new(false));
     let server = gated_server(&pki, &open);
-    let pipeline = held_back_pipeline(&workspace, &server, &files.ca, 1);
+    let pipeline = held_back_pipeline(&workspace, &server, &files.ca, shutdown_timeout_secs);
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let mut stdin = auditflow.take_stdin();
     writeln!(stdin, "{}", audit_line(0)).unwrap();
     stdin.flush().unwrap();
     server.wait_until(Duration::from_secs(20), |requests| !requests.is_empty());
+    (workspace, server, auditflow, stdin)
+}
 
-    auditflow.signal(libc::SIGTERM);
-    let status = auditflow.wait_timeout(Duration::from_secs(30));
-    let stderr = auditflow.stderr();
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("shutdown timed out"), "{stderr}");
+fn assert_nothing_accepted(server: &TestServer) {
     assert!(
         server
             .requests()
@@ -273,6 +274,20 @@ fn a_drain_longer_than_shutdown_timeout_secs_exits_1() {
             .all(|r| r.reply.code() == Some(503)),
         "nothing was accepted"
     );
+}
+
+/// A drain that cannot finish (the server never accepts) stops when
+/// `shutdown_timeout_secs` runs out: exit 1, and the log says what was not checkpointed.
+#[test]
+fn a_drain_longer_than_shutdown_timeout_secs_exits_1() {
+    let (_workspace, server, mut auditflow, stdin) = one_event_held_back("timeout", 1);
+
+    auditflow.signal(libc::SIGTERM);
+    let status = auditflow.wait_timeout(Duration::from_secs(30));
+    let stderr = auditflow.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("shutdown timed out"), "{stderr}");
+    assert_nothing_accepted(&server);
     drop(stdin);
 }
 
@@ -280,17 +295,7 @@ fn a_drain_longer_than_shutdown_timeout_secs_exits_1() {
 /// waiting out `shutdown_timeout_secs` (60 s), with nothing delivered.
 #[test]
 fn a_second_signal_cuts_the_drain_short_and_exits_1() {
-    let workspace = Workspace::new();
-    let pki = Pki::new("second-signal");
-    let files = pki.write_to(workspace.path());
-    let open = Arc::new(AtomicBool::new(false));
-    let server = gated_server(&pki, &open);
-    let pipeline = held_back_pipeline(&workspace, &server, &files.ca, 60);
-    let mut auditflow = Auditflow::run(&workspace, &pipeline);
-    let mut stdin = auditflow.take_stdin();
-    writeln!(stdin, "{}", audit_line(0)).unwrap();
-    stdin.flush().unwrap();
-    server.wait_until(Duration::from_secs(20), |requests| !requests.is_empty());
+    let (_workspace, server, mut auditflow, stdin) = one_event_held_back("second-signal", 60);
 
     auditflow.signal(libc::SIGTERM);
     wait_for_log(&auditflow, "shutting down", Duration::from_secs(20));
@@ -305,12 +310,6 @@ fn a_second_signal_cuts_the_drain_short_and_exits_1() {
         "{stderr}"
     );
     assert!(!stderr.contains("shutdown timed out"), "{stderr}");
-    assert!(
-        server
-            .requests()
-            .iter()
-            .all(|r| r.reply.code() == Some(503)),
-        "nothing was accepted"
-    );
+    assert_nothing_accepted(&server);
     drop(stdin);
 }

@@ -134,21 +134,10 @@ fn tap_prints_the_events_passing_a_component_and_stops_after_the_limit() {
 
     let output = tap(&["in", "--url", &url, "--limit", "5"]);
     let written = feeder.stop();
-    assert!(
-        output.status.success(),
-        "tap failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<&str> = std::str::from_utf8(&output.stdout)
-        .expect("UTF-8")
-        .lines()
-        .collect();
-    assert_eq!(lines.len(), 5, "--limit 5 prints 5 events: {lines:?}");
     let written: HashMap<String, &String> =
         written.iter().map(|line| (audit_id(line), line)).collect();
     let mut seen = Vec::new();
-    for line in lines {
-        let tapped: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+    for tapped in tapped_events(&output, 5) {
         assert_eq!(tapped["component_id"], "in");
         assert_eq!(tapped["port"], "outputs_of");
         let id = tapped["event"]["auditID"].as_str().expect("an auditID");
@@ -292,18 +281,7 @@ fn tap_on_a_dead_letter_output_shows_the_refused_line() {
 
     let output = tap(&["in.dead_letter", "--url", &url, "--limit", "2"]);
     let written = feeder.stop();
-    assert!(
-        output.status.success(),
-        "tap failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<&str> = std::str::from_utf8(&output.stdout)
-        .expect("UTF-8")
-        .lines()
-        .collect();
-    assert_eq!(lines.len(), 2, "--limit 2 prints 2 dead letters: {lines:?}");
-    for line in lines {
-        let tapped: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+    for tapped in tapped_events(&output, 2) {
         assert_eq!(tapped["component_id"], "in.dead_letter");
         assert_eq!(tapped["port"], "outputs_of");
         let letter = &tapped["event"];
@@ -415,18 +393,7 @@ fn a_component_removed_by_a_reload_can_no_longer_be_tapped_and_its_open_tap_ends
 
     // What was kept is still tapped, and still carries everything.
     let kept = tap(&["out", "--url", &url, "--limit", "3"]);
-    assert!(
-        kept.status.success(),
-        "tap failed: {}",
-        String::from_utf8_lossy(&kept.stderr)
-    );
-    let lines: Vec<&str> = std::str::from_utf8(&kept.stdout)
-        .expect("UTF-8")
-        .lines()
-        .collect();
-    assert_eq!(lines.len(), 3, "{lines:?}");
-    for line in lines {
-        let tapped: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+    for tapped in tapped_events(&kept, 3) {
         assert_eq!(tapped["component_id"], "out");
         assert_eq!(tapped["port"], "inputs_of");
     }
@@ -589,4 +556,27 @@ fn row(screen: &str, id: &str) -> Option<Vec<String>> {
             .collect();
         (cells.first().map(String::as_str) == Some(id)).then_some(cells)
     })
+}
+
+/// The events a successful `auditflow tap --limit count` printed, one JSON object per line;
+/// fails the test unless it exited 0 with exactly `count` lines.
+fn tapped_events(output: &std::process::Output, count: usize) -> Vec<serde_json::Value> {
+    assert!(
+        output.status.success(),
+        "tap failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .collect();
+    assert_eq!(
+        lines.len(),
+        count,
+        "--limit {count} prints {count} events: {lines:?}"
+    );
+    lines
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("one JSON line"))
+        .collect()
 }
