@@ -887,3 +887,91 @@ async fn without_acknowledgements_200_means_taken_not_delivered() {
         Some(1.0)
     );
 }
+
+/// A body that stops arriving is answered `408` once `body_read_timeout_ms` has passed,
+/// with a JSON error naming the option, and none of it is delivered.
+#[test]
+fn a_body_that_stops_arriving_gets_408_naming_body_read_timeout_ms() {
+    use std::io::{Read as _, Write as _};
+    let workspace = Workspace::new();
+    let sources = "  api:\n    type: webhook\n    address: 127.0.0.1:0\n    path: /audit\n\
+                   \x20   allow_plaintext: true\n    body_read_timeout_ms: 500\n";
+    let (mut auditflow, metrics) = start(&workspace, sources, "api");
+    let address = auditflow.webhook_address("api", DEADLINE);
+    let lines = auditflow.stdout_lines();
+
+    let event = audit_line(0);
+    let half = &event[..event.len() / 2];
+    let mut tcp = std::net::TcpStream::connect(address).expect("connect");
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        tcp,
+        "POST /audit HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{half}",
+        event.len()
+    )
+    .unwrap();
+    tcp.flush().unwrap();
+    // The rest never comes; the answer does: its head, then `Content-Length` bytes.
+    let mut answer = Vec::new();
+    let complete = |answer: &[u8]| {
+        let text = String::from_utf8_lossy(answer);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })?
+            .parse()
+            .ok()?;
+        (body.len() >= length).then(|| (head.to_owned(), body[..length].to_owned()))
+    };
+    let (head, body) = loop {
+        if let Some(whole) = complete(&answer) {
+            break whole;
+        }
+        let mut chunk = [0_u8; 4096];
+        let read = tcp.read(&mut chunk).unwrap_or_else(|error| {
+            panic!(
+                "no whole answer within {DEADLINE:?}: {error}; {:?}",
+                String::from_utf8_lossy(&answer)
+            )
+        });
+        assert!(
+            read > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&chunk[..read]);
+    };
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    let body = body.as_str();
+    let error: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(
+        error["error"], "the body did not arrive within body_read_timeout_ms (500 ms)",
+        "{head}"
+    );
+
+    let text = scrape(&metrics);
+    assert_eq!(
+        metric(&text, REQUESTS, &[("component_id", "api"), ("code", "408")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "auditflow_component_received_events_total",
+            &[("component_id", "api")]
+        ),
+        Some(0.0)
+    );
+    drop(tcp);
+    auditflow.signal(libc::SIGTERM);
+    assert_eq!(auditflow.wait_timeout(DEADLINE).code(), Some(0));
+    assert!(matches!(
+        lines.recv_timeout(DEADLINE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+}
