@@ -139,6 +139,62 @@ impl WebhookClient {
         };
         Ok(Connection { sender })
     }
+
+    /// How the server refuses this client's TLS handshake: the error chain of the first
+    /// failure (the handshake or, under TLS 1.3, the first read after it), such as
+    /// `received fatal alert: CertificateRequired`.
+    ///
+    /// Nothing is sent after the handshake, so the server has no unread request when it
+    /// closes, and the alert it sent is read rather than lost to a TCP reset.
+    ///
+    /// # Panics
+    ///
+    /// When the client is plain HTTP, when the TCP connection fails, or when the server
+    /// serves: it keeps the connection open for [`REFUSAL_DEADLINE`], sends data, or closes
+    /// without an alert.
+    pub async fn tls_refusal(&self) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let tls = self
+            .tls
+            .as_ref()
+            .expect("tls_refusal needs an HTTPS client");
+        let tcp = tokio::net::TcpStream::connect(self.address)
+            .await
+            .unwrap_or_else(|error| panic!("connecting to {}: {error}", self.address));
+        let name = ServerName::try_from("localhost").expect("a DNS name");
+        let mut stream = match tls.connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(error) => return error_chain(&error),
+        };
+        let mut byte = [0_u8; 1];
+        match tokio::time::timeout(REFUSAL_DEADLINE, stream.read(&mut byte)).await {
+            Err(_) => panic!(
+                "the server took the handshake and kept the connection open for {REFUSAL_DEADLINE:?}"
+            ),
+            Ok(Ok(0)) => panic!("the server took the handshake and closed without an alert"),
+            Ok(Ok(_)) => panic!("the server took the handshake and sent data"),
+            Ok(Err(error)) => error_chain(&error),
+        }
+    }
+}
+
+/// How long [`WebhookClient::tls_refusal`] waits for the server to refuse.
+pub const REFUSAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `error` and each of its sources, joined by `": "` (an `io::Error` wrapping a TLS error
+/// shows the TLS error only among its sources).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let more = next.to_string();
+        if !text.ends_with(&more) {
+            text += ": ";
+            text += &more;
+        }
+        cause = next.source();
+    }
+    text
 }
 
 async fn handshake<S>(stream: S) -> std::io::Result<http1::SendRequest<RequestBody>>

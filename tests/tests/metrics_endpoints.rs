@@ -373,9 +373,8 @@ fn redact_reads_a_field_with_an_out_of_range_number_and_redacts_in_place() {
                 ("component_id", "scrub"),
                 ("error_type", "unparseable_field")
             ]
-        )
-        .unwrap_or(0.0),
-        0.0,
+        ),
+        Some(0.0),
         "nothing was unparseable"
     );
     drop(stdin);

@@ -1,6 +1,8 @@
 //! The `webhook` source through the real binary, with real HTTPS clients: kube-apiserver's
-//! own requests replayed over mTLS and with a bearer token, every refusal with its status
-//! and message, backpressure from a stalled sink, and 50 concurrent clients.
+//! own requests replayed over mTLS and with a bearer token, the TLS alert of each refused
+//! client certificate, every refusal with its status and message, every body shape over
+//! plain HTTP with a token from a file, `acknowledgements: false`, backpressure from a
+//! stalled sink, and 50 concurrent clients.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_line, vm_rss_kib};
-use auditflow_e2e::tls::{Pki, PkiFiles};
+use auditflow_e2e::tls::{Pki, PkiFiles, Reply, ServerOptions, TestServer};
 use auditflow_e2e::webhook_client::{captured_requests, gzip, Answer, RequestBody, WebhookClient};
 use auditflow_e2e::{http_get, metric, wait_ready, Auditflow, Workspace};
 use auditflow_topology::CHANNEL_BATCHES;
@@ -156,16 +158,25 @@ async fn kube_apiserver_batches_arrive_unchanged_over_mtls_and_with_a_token() {
     }
     assert_eq!(expected.len(), 2 * 2 * (74 + 140 + 1));
 
-    // Without a client certificate the mTLS source does not serve.
+    // Without a client certificate, or with one from another CA, the mTLS source ends
+    // the handshake with the alert that says why. The metrics below and the end of
+    // stdout show that nothing more was delivered.
     let anonymous = WebhookClient::https(mtls_address, &pki.ca_pem, None);
-    let refused = async {
-        let mut connection = anonymous.connect().await?;
-        connection.replay(&captured[2], false).await
-    }
-    .await;
+    let refusal = anonymous.tls_refusal().await;
     assert!(
-        refused.is_err(),
-        "served without a client certificate: {refused:?}"
+        refusal.contains("received fatal alert: CertificateRequired"),
+        "no client certificate: {refusal}"
+    );
+    let stranger = Pki::new("stranger");
+    let foreign = WebhookClient::https(
+        mtls_address,
+        &pki.ca_pem,
+        Some((&stranger.client_cert_pem, &stranger.client_key_pem)),
+    );
+    let refusal = foreign.tls_refusal().await;
+    assert!(
+        refusal.contains("received fatal alert: UnknownCA"),
+        "a client certificate from another CA: {refusal}"
     );
 
     let text = scrape(&metrics);
@@ -669,4 +680,298 @@ async fn sigterm_stops_accepting_and_answers_the_request_in_flight() {
         .collect();
     assert!(arrived == expected, "the in-flight events arrived changed");
     assert!(auditflow.wait_timeout(Duration::from_secs(20)).success());
+}
+
+/// Every body shape docs/webhook.md accepts, over plain HTTP: an `EventList` of
+/// `audit.k8s.io/v1beta1`, a single `Event`, a JSON array, and NDJSON whose lines hold an
+/// event, an array and an `EventList`. Each item arrives as its own bytes, in order. The
+/// token comes from `bearer_tokens_file`, whose `#` line is a comment, not a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_body_shape_arrives_item_by_item_over_http_with_a_token_from_a_file() {
+    const FILE_TOKEN: &str = "file-token-0123456789";
+    const COMMENT: &str = "# tokens of the audit webhook";
+    let workspace = Workspace::new();
+    let tokens = workspace.write("tokens", &format!("{COMMENT}\n\n{FILE_TOKEN}\n"));
+    let sources = format!(
+        "  api:\n    type: webhook\n    address: 127.0.0.1:0\n    path: /audit\n    allow_plaintext: true\n\
+         \x20   auth:\n      bearer_tokens_file: {}\n",
+        path_str(&tokens)
+    );
+    let (mut auditflow, metrics) = start(&workspace, &sources, "api");
+    let address = auditflow.webhook_address("api", DEADLINE);
+    let lines = auditflow.stdout_lines();
+    let client = WebhookClient::plain(address);
+
+    let event = audit_line;
+    let list = |api_version: &str, items: &[usize]| {
+        let items: Vec<String> = items.iter().map(|&i| event(i)).collect();
+        format!(
+            "{{\"kind\":\"EventList\",\"apiVersion\":\"{api_version}\",\"metadata\":{{}},\"items\":[{}]}}",
+            items.join(",")
+        )
+    };
+    let bodies = [
+        (
+            "an EventList of audit.k8s.io/v1beta1",
+            "application/json",
+            list("audit.k8s.io/v1beta1", &[0, 1]),
+            vec![0, 1],
+        ),
+        ("a single Event", "application/json", event(2), vec![2]),
+        (
+            "a JSON array",
+            "application/json",
+            format!("[{},{}]", event(3), event(4)),
+            vec![3, 4],
+        ),
+        (
+            "NDJSON of an event, an array and an EventList",
+            "application/x-ndjson",
+            format!(
+                "{}\n[{},{}]\n{}\n",
+                event(5),
+                event(6),
+                event(7),
+                list("audit.k8s.io/v1", &[8])
+            ),
+            vec![5, 6, 7, 8],
+        ),
+    ];
+    let bearer = format!("Bearer {FILE_TOKEN}");
+    let mut connection = client.connect().await.expect("connect");
+    for (shape, content_type, body, items) in &bodies {
+        let answer = connection
+            .post(
+                "/audit",
+                &[("Content-Type", content_type), ("Authorization", &bearer)],
+                Bytes::from(body.clone()),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{shape}: {error}"));
+        assert_eq!(answer.status, 200, "{shape}: {}", answer.body);
+        let accepted: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(
+            accepted["accepted"],
+            items.len(),
+            "{shape}: {}",
+            answer.body
+        );
+        assert_eq!(accepted["malformed"], 0, "{shape}: {}", answer.body);
+        // Acknowledged, so already written to stdout.
+        for &i in items {
+            let line = lines
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|error| panic!("{shape}: item {i}: {error:?}"));
+            assert!(
+                line == event(i),
+                "{shape}: item {i} differs:\n got {line}\nwant {}",
+                event(i)
+            );
+        }
+    }
+
+    // The comment line of the tokens file is not a token.
+    let comment = format!("Bearer {COMMENT}");
+    let mut connection = client.connect().await.expect("connect");
+    let answer = connection
+        .post(
+            "/audit",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &comment),
+            ],
+            Bytes::from(event(9)),
+        )
+        .await
+        .expect("POST with the comment as a token");
+    assert_eq!(answer.status, 401, "{}", answer.body);
+
+    let text = scrape(&metrics);
+    assert_eq!(
+        metric(&text, REQUESTS, &[("component_id", "api"), ("code", "200")]),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "auditflow_component_received_events_total",
+            &[("component_id", "api")]
+        ),
+        Some(9.0)
+    );
+    auditflow.signal(libc::SIGTERM);
+    assert_eq!(auditflow.wait_timeout(DEADLINE).code(), Some(0));
+    assert!(matches!(
+        lines.recv_timeout(DEADLINE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+}
+
+/// `acknowledgements: false` answers `200` once the pipeline took the events, though the
+/// sink cannot deliver them (its server never answers); the same pipeline with
+/// acknowledgements on answers `503` + `Retry-After` after `ack_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_acknowledgements_200_means_taken_not_delivered() {
+    let workspace = Workspace::new();
+    let (pki, files) = tls_files(&workspace);
+    let server = TestServer::start(&pki, ServerOptions::responder(|_| Reply::Hang));
+    let pipeline = workspace.write(
+        "pipeline.yaml",
+        &format!(
+            "data_dir: {data}\n\
+             metrics:\n  address: 127.0.0.1:0\n\
+             sources:\n\
+             \x20 taken:\n    type: webhook\n    address: 127.0.0.1:0\n    path: /audit\n\
+             \x20   allow_plaintext: true\n    acknowledgements: false\n\
+             \x20 delivered:\n    type: webhook\n    address: 127.0.0.1:0\n    path: /audit\n\
+             \x20   allow_plaintext: true\n    ack_timeout_ms: 1000\n\
+             sinks:\n  collector:\n    type: https\n    inputs: [taken, delivered]\n    uri: {uri}\n\
+             \x20   tls: {{ ca_file: {ca} }}\n\
+             \x20   batch: {{ max_events: 1, timeout_ms: 10 }}\n",
+            data = workspace.path().join("data").display(),
+            uri = server.url("/ingest"),
+            ca = path_str(&files.ca),
+        ),
+    );
+    let auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+    let json = ("Content-Type", "application/json");
+
+    let taken = WebhookClient::plain(auditflow.webhook_address("taken", DEADLINE));
+    let mut connection = taken.connect().await.expect("connect");
+    let answer = connection
+        .post("/audit", &[json], Bytes::from(audit_line(0)))
+        .await
+        .expect("POST to taken");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let accepted: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(accepted["accepted"], 1, "{}", answer.body);
+    // The event went on to the sink, whose server never answers.
+    server.wait_until(DEADLINE, |requests| {
+        requests
+            .iter()
+            .any(|request| request.body_str().contains(&audit_line(0)))
+    });
+
+    let delivered = WebhookClient::plain(auditflow.webhook_address("delivered", DEADLINE));
+    let mut connection = delivered.connect().await.expect("connect");
+    let answer = connection
+        .post("/audit", &[json], Bytes::from(audit_line(1)))
+        .await
+        .expect("POST to delivered");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.header("retry-after"), Some("5"));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|request| request.reply.code().is_none()),
+        "the server answered a request"
+    );
+    let text = scrape(&metrics);
+    assert_eq!(
+        metric(
+            &text,
+            REQUESTS,
+            &[("component_id", "taken"), ("code", "200")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            REQUESTS,
+            &[("component_id", "delivered"), ("code", "503")]
+        ),
+        Some(1.0)
+    );
+}
+
+/// A body that stops arriving is answered `408` once `body_read_timeout_ms` has passed,
+/// with a JSON error naming the option, and none of it is delivered.
+#[test]
+fn a_body_that_stops_arriving_gets_408_naming_body_read_timeout_ms() {
+    use std::io::{Read as _, Write as _};
+    let workspace = Workspace::new();
+    let sources = "  api:\n    type: webhook\n    address: 127.0.0.1:0\n    path: /audit\n\
+                   \x20   allow_plaintext: true\n    body_read_timeout_ms: 500\n";
+    let (mut auditflow, metrics) = start(&workspace, sources, "api");
+    let address = auditflow.webhook_address("api", DEADLINE);
+    let lines = auditflow.stdout_lines();
+
+    let event = audit_line(0);
+    let half = &event[..event.len() / 2];
+    let mut tcp = std::net::TcpStream::connect(address).expect("connect");
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        tcp,
+        "POST /audit HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{half}",
+        event.len()
+    )
+    .unwrap();
+    tcp.flush().unwrap();
+    // The rest never comes; the answer does: its head, then `Content-Length` bytes.
+    let mut answer = Vec::new();
+    let complete = |answer: &[u8]| {
+        let text = String::from_utf8_lossy(answer);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })?
+            .parse()
+            .ok()?;
+        (body.len() >= length).then(|| (head.to_owned(), body[..length].to_owned()))
+    };
+    let (head, body) = loop {
+        if let Some(whole) = complete(&answer) {
+            break whole;
+        }
+        let mut chunk = [0_u8; 4096];
+        let read = tcp.read(&mut chunk).unwrap_or_else(|error| {
+            panic!(
+                "no whole answer within {DEADLINE:?}: {error}; {:?}",
+                String::from_utf8_lossy(&answer)
+            )
+        });
+        assert!(
+            read > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&chunk[..read]);
+    };
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    let body = body.as_str();
+    let error: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(
+        error["error"], "the body did not arrive within body_read_timeout_ms (500 ms)",
+        "{head}"
+    );
+
+    let text = scrape(&metrics);
+    assert_eq!(
+        metric(&text, REQUESTS, &[("component_id", "api"), ("code", "408")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "auditflow_component_received_events_total",
+            &[("component_id", "api")]
+        ),
+        Some(0.0)
+    );
+    drop(tcp);
+    auditflow.signal(libc::SIGTERM);
+    assert_eq!(auditflow.wait_timeout(DEADLINE).code(), Some(0));
+    assert!(matches!(
+        lines.recv_timeout(DEADLINE),
+        Err(RecvTimeoutError::Disconnected)
+    ));
 }

@@ -1,8 +1,8 @@
 //! Wiring kube-apiserver to the `webhook` source cannot go wrong silently: every credential
 //! combination `webhook-kubeconfig` writes passes `webhook-check` and delivers through a
 //! client that follows the kubeconfig; each failure `webhook-check` can meet has its own
-//! message; each bad client certificate is named in the source's log; and `validate`
-//! checks the source's own certificate files.
+//! message; each bad client certificate is refused with its TLS alert and named in the
+//! source's log; and `validate` checks the source's own certificate files.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -10,7 +10,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::tls::{CertFault, Pki, PkiFiles};
-use auditflow_e2e::webhook_client::{KubeconfigClient, WebhookClient};
+use auditflow_e2e::webhook_client::{error_chain, KubeconfigClient, WebhookClient};
 use auditflow_e2e::{auditflow_bin, free_port, http_get, metric, wait_ready, Auditflow, Workspace};
 use bytes::Bytes;
 
@@ -453,43 +453,44 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
         (
             pki.client_identity(CertFault::V1),
             "the client certificate is X.509 v1; reissue it with v3 extensions, e.g. `extendedKeyUsage=clientAuth`",
+            "CertificateUnknown",
         ),
         (
             pki.client_identity(CertFault::Expired),
             "the client certificate expired at ",
+            "CertificateExpired",
         ),
         (
             pki.client_identity(CertFault::NotYetValid),
             "the client certificate is not valid before ",
+            // TLS has no alert of its own for "not yet valid".
+            "CertificateExpired",
         ),
         (
             stranger.client_identity(CertFault::None),
             "the client certificate is not signed by a CA in tls.client_ca_file (wrong CA)",
+            "UnknownCA",
         ),
         (
             pki.client_identity(CertFault::WrongKeyUsage),
             "the client certificate is not issued for this use (wrong key usage): reissue it with extendedKeyUsage=clientAuth",
+            "UnsupportedCertificate",
         ),
     ];
-    for ((cert, key), message) in &cases {
+    // Each refusal is the handshake's own alert, read by a client that sends nothing
+    // after the handshake: no request reaches the source (see the counts at the end).
+    for ((cert, key), message, alert) in &cases {
         let client = WebhookClient::https(address, &pki.ca_pem, Some((cert, key)));
-        let attempt = async {
-            let mut connection = client.connect().await?;
-            connection
-                .post(
-                    "/audit",
-                    &[("Content-Type", "application/json")],
-                    event_list("x").0,
-                )
-                .await
-        }
-        .await;
-        assert!(attempt.is_err(), "{message}: served: {attempt:?}");
+        let refusal = client.tls_refusal().await;
+        assert!(
+            refusal.contains(&format!("received fatal alert: {alert}")),
+            "{message}: {refusal}"
+        );
         wait_for_log(&source, message);
     }
     // webhook-check with a v1 client certificate in the kubeconfig: TLS 1.3 learns of the
     // refusal on its first read, and says where to look.
-    let (cert, key) = &cases[0].0;
+    let ((cert, key), _, _) = &cases[0];
     let cert_file = workspace.write("v1.pem", cert);
     let key_file = workspace.write("v1.key", key);
     let server = format!("https://localhost:{port}/audit");
@@ -523,7 +524,14 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
         &stranger.ca_pem,
         Some((&pki.client_cert_pem, &pki.client_key_pem)),
     );
-    assert!(distrustful.connect().await.is_err());
+    let distrust = match distrustful.connect().await {
+        Ok(_) => panic!("a client trusting another CA connected"),
+        Err(error) => error_chain(&error),
+    };
+    assert!(
+        distrust.contains("invalid peer certificate: UnknownIssuer"),
+        "{distrust}"
+    );
     wait_for_log(
         &source,
         "the client does not trust tls.cert_file (alert unknown_ca, wrong CA)",
@@ -533,6 +541,15 @@ async fn each_bad_client_certificate_is_named_in_the_log() {
     assert_eq!(
         metric(&body, "auditflow_webhook_tls_failures_total", &[]),
         Some(cases.len() as f64 + 2.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "auditflow_component_received_events_total",
+            &[("component_id", "api")]
+        ),
+        Some(0.0),
+        "an event arrived through a refused handshake"
     );
 }
 

@@ -326,6 +326,9 @@ impl TransformConfig for RedactConfig {
             .iter()
             .map(|name| auditflow_metrics::redactions_total().with_label_values(&[&cx.id, name]))
             .collect();
+        // At zero from the start, like the engine's own series: a dashboard or an alert
+        // on it finds the series before the first error, not a gap.
+        cx.telemetry.errored(UNPARSEABLE_FIELD, 0);
         Ok(Box::new(Redact {
             counts: vec![0; redactor.detector_names.len()],
             redactor: Arc::new(redactor),
@@ -335,6 +338,9 @@ impl TransformConfig for RedactConfig {
         }))
     }
 }
+
+/// The `error_type` of a candidate field too deeply nested to read, replaced whole.
+const UNPARSEABLE_FIELD: &str = "unparseable_field";
 
 struct Redact {
     /// Compiled once, shared by the copies that run batches at the same time.
@@ -369,7 +375,7 @@ impl Transform for Redact {
                      (over 10,000 levels); the whole field was replaced with [REDACTED]"
                 );
                 self.telemetry
-                    .errored("unparseable_field", outcome.unparseable);
+                    .errored(UNPARSEABLE_FIELD, outcome.unparseable);
             }
         }
         for (counter, count) in self.counters.iter().zip(&mut self.counts) {

@@ -201,7 +201,7 @@ fn a_number_serde_cannot_hold_keeps_its_digits_beside_a_secret() {
 }
 
 #[test]
-fn a_field_nested_too_deep_to_read_is_replaced_whole() {
+fn a_field_nested_too_deep_to_read_is_replaced_whole_and_counted_as_unparseable_field() {
     // Only a transform upstream could set such a field: the decoder refuses it. Run on a
     // stack as large as the runtime's threads have.
     std::thread::Builder::new()
@@ -211,13 +211,33 @@ fn a_field_nested_too_deep_to_read_is_replaced_whole() {
             for _ in 0..10_001 {
                 deep = json!([deep]);
             }
-            let mut input = event(r#"{"verb":"get","requestObject":{}}"#);
-            input.insert("requestObject", deep);
-            let mut transform = redact_with(json!({}), "deep");
-            let out = run_transform(transform.as_mut(), vec![input]);
+            let mut input = event(r#"{"verb":"get","requestObject":{},"responseObject":{}}"#);
+            input.insert("requestObject", deep.clone());
+            input.insert("responseObject", deep);
+            let readable = event(r#"{"verb":"get","requestObject":{"h":"Bearer abc123def456"}}"#);
+            let telemetry = Arc::new(auditflow_testkit::RecordingTelemetry::default());
+            let mut transform = config(json!({}))
+                .unwrap()
+                .build(BuildContext {
+                    id: "deep".into(),
+                    data_dir: "/nonexistent".into(),
+                    telemetry: Arc::clone(&telemetry) as Arc<dyn auditflow_core::Telemetry>,
+                })
+                .unwrap();
+            let out = run_transform(transform.as_mut(), vec![input, readable]);
             assert_eq!(
                 String::from_utf8(out[0].to_json_bytes().to_vec()).unwrap(),
-                r#"{"verb":"get","requestObject":"[REDACTED]"}"#
+                r#"{"verb":"get","requestObject":"[REDACTED]","responseObject":"[REDACTED]"}"#
+            );
+            assert_eq!(
+                String::from_utf8(out[1].to_json_bytes().to_vec()).unwrap(),
+                r#"{"verb":"get","requestObject":{"h":"Bearer [REDACTED]"},"annotations":{"auditflow.io/redacted":"bearer"}}"#
+            );
+            // Two unreadable fields of one event; the readable event counts nothing. The
+            // build put the series at zero first.
+            assert_eq!(
+                telemetry.recorded().errored,
+                [("unparseable_field", 0), ("unparseable_field", 2)]
             );
         })
         .unwrap()
