@@ -207,12 +207,12 @@ pub fn outcome(decision: &Decision, event: &Event) -> Outcome {
     if decision.level == Level::None {
         return Outcome::Drop(DropReason::LevelNone);
     }
-    if let Some(stage) = event.get_str("stage").and_then(Stage::parse) {
+    if let Some(stage) = known(event, "stage", Stage::from_bytes) {
         if decision.omit_stages.contains(stage) {
             return Outcome::Drop(DropReason::StageOmitted(stage));
         }
     }
-    let lower_to = match event.get_str("level").and_then(Level::parse) {
+    let lower_to = match known(event, "level", Level::from_bytes) {
         Some(level) if level <= decision.level => None,
         // Above the decision, or unknown: trimmed to the decision's level.
         _ => Some(decision.level),
@@ -220,10 +220,24 @@ pub fn outcome(decision: &Decision, event: &Event) -> Outcome {
     Outcome::Keep { lower_to }
 }
 
+/// A top-level field holding one of a few known names (`stage`, `level`), matched on its
+/// bytes: a string without escapes is compared as it is, without converting it to `str`;
+/// anything else goes through [`Event::get_str`].
+fn known<T>(event: &Event, key: &str, from_bytes: fn(&[u8]) -> Option<T>) -> Option<T> {
+    match event.raw_field(key) {
+        Some([b'"', name @ .., b'"']) if memchr::memchr2(b'\\', b'"', name).is_none() => {
+            from_bytes(name)
+        }
+        _ => event
+            .get_str(key)
+            .and_then(|name| from_bytes(name.as_bytes())),
+    }
+}
+
 /// Lowers `event` to `lower_to` and strips managed fields where the decision says so.
 fn apply(decision: &Decision, lower_to: Option<Level>, event: &mut Event) {
     if let Some(level) = lower_to {
-        let known_level = event.get_str("level").and_then(Level::parse).is_some();
+        let known_level = known(event, "level", Level::from_bytes).is_some();
         if level < Level::RequestResponse {
             event.delete("responseObject");
         }

@@ -32,7 +32,14 @@ impl Level {
 
     /// The level as kube-apiserver spells it (case-sensitive).
     pub fn parse(text: &str) -> Option<Level> {
-        Level::ALL.into_iter().find(|level| level.as_str() == text)
+        Level::from_bytes(text.as_bytes())
+    }
+
+    /// [`Level::parse`] on the name's bytes.
+    pub fn from_bytes(name: &[u8]) -> Option<Level> {
+        Level::ALL
+            .into_iter()
+            .find(|level| level.as_str().as_bytes() == name)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -68,8 +75,16 @@ impl Stage {
         Stage::Panic,
     ];
 
+    /// The stage as kube-apiserver spells it (case-sensitive).
     pub fn parse(text: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|stage| stage.as_str() == text)
+        Stage::from_bytes(text.as_bytes())
+    }
+
+    /// [`Stage::parse`] on the name's bytes.
+    pub fn from_bytes(name: &[u8]) -> Option<Stage> {
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str().as_bytes() == name)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -1026,3 +1026,21 @@ fn reading_the_user_only_when_a_rule_asks_decides_the_same() {
     assert!(decided_by_user_rules > 0 && asked >= decided_by_user_rules);
     assert!(asked < events.len() * 9 / 10, "{asked} of {}", events.len());
 }
+
+#[test]
+fn stage_and_level_written_with_escapes_read_as_the_names_they_spell() {
+    let p = policy("omitStages: [RequestReceived]\n", "- level: Request\n");
+    let (mut policy_transform, discards) = transform(p);
+    let escaped_stage = full_event("Request\\u0052eceived", "Metadata");
+    let escaped_level = full_event("ResponseComplete", "Metadat\\u0061");
+    let request_response = full_event("ResponseComplete", "RequestResponse");
+    let mut batch = Batch::new(vec![escaped_stage, escaped_level.clone(), request_response]);
+    policy_transform.transform(&mut batch);
+    // The omitted stage is dropped; `Metadata` is at or below `Request`, so that event
+    // leaves as it came; `RequestResponse` is lowered to `Request`.
+    assert_eq!(batch.len(), 2);
+    assert_eq!(discards.discarded_events("filtered"), 1);
+    assert_eq!(batch.events[0].raw(), escaped_level.raw());
+    assert!(!batch.events[0].is_modified());
+    assert_eq!(json(&batch.events[1])["level"], "Request");
+}
