@@ -947,6 +947,18 @@ fn a_body_that_stops_arriving_gets_408_naming_body_read_timeout_ms() {
         answer.extend_from_slice(&chunk[..read]);
     };
     assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    // The connection is closed after the answer, so it holds nothing up at shutdown.
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nconnection: close"),
+        "{head}"
+    );
+    let mut rest = [0_u8; 64];
+    assert_eq!(
+        tcp.read(&mut rest)
+            .expect("the server closes the connection"),
+        0,
+        "nothing follows the answer"
+    );
     let body = body.as_str();
     let error: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
     assert_eq!(

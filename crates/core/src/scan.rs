@@ -547,10 +547,35 @@ fn find_member_inner(input: &[u8], key: &[u8]) -> Option<Lookup> {
     }
 }
 
+/// A value found by [`MemberWalk`] or [`ElementWalk`]: where it is in the input, and
+/// whether it is a string written without escapes (its body is then the bytes between
+/// the quotes, as they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Walked {
+    pub range: Range<usize>,
+    pub plain_string: bool,
+}
+
+/// Steps over the validated value at `pos`: where it ends, and whether it is a string
+/// without escapes. `None` where serde_json may refuse it (see [`skip_value`]).
+fn step_value(input: &[u8], pos: usize) -> Option<Walked> {
+    if input.get(pos) == Some(&b'"') {
+        let (end, escaped) = skip_string(input, pos + 1)?;
+        return Some(Walked {
+            range: pos..end,
+            plain_string: !escaped,
+        });
+    }
+    Some(Walked {
+        range: pos..skip_value(input, pos)?,
+        plain_string: false,
+    })
+}
+
 /// Walks the members of a validated object one at a time, the way [`find_member`] steps
-/// over them: `(key, value)` byte ranges, the key between its quotes. `Err(())` (and the
-/// end of the walk) where the bytes cannot answer for the parsed value: a key with
-/// escapes, or a value serde_json may refuse (see [`Lookup::Unsure`]).
+/// over them: the key's range between its quotes, and the value. `Err(())` (and the end
+/// of the walk) where the bytes cannot answer for the parsed value: a key with escapes,
+/// or a value serde_json may refuse (see [`Lookup::Unsure`]).
 pub(crate) struct MemberWalk<'a> {
     input: &'a [u8],
     /// Where the next key's opening quote is; `None` once the walk is over.
@@ -569,7 +594,7 @@ impl<'a> MemberWalk<'a> {
         Some(MemberWalk { input, pos })
     }
 
-    fn step(&mut self, pos: usize) -> Option<(Range<usize>, Range<usize>, Option<usize>)> {
+    fn step(&mut self, pos: usize) -> Option<(Range<usize>, Walked, Option<usize>)> {
         let input = self.input;
         if *input.get(pos)? != b'"' {
             return None;
@@ -583,35 +608,34 @@ impl<'a> MemberWalk<'a> {
         if *input.get(pos)? != b':' {
             return None;
         }
-        let value_start = skip_blank(input, pos + 1);
-        let value_end = skip_value(input, value_start)?;
-        let pos = skip_blank(input, value_end);
+        let value = step_value(input, skip_blank(input, pos + 1))?;
+        let pos = skip_blank(input, value.range.end);
         let next = match *input.get(pos)? {
             b',' => Some(skip_blank(input, pos + 1)),
             b'}' => None,
             _ => return None,
         };
-        Some((key_start..key_end - 1, value_start..value_end, next))
+        Some((key_start..key_end - 1, value, next))
     }
 }
 
-impl<'a> Iterator for MemberWalk<'a> {
-    type Item = Result<(&'a [u8], &'a [u8]), ()>;
+impl Iterator for MemberWalk<'_> {
+    type Item = Result<(Range<usize>, Walked), ()>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let pos = self.pos.take()?;
         match self.step(pos) {
             Some((key, value, next)) => {
                 self.pos = next;
-                Some(Ok((&self.input[key], &self.input[value])))
+                Some(Ok((key, value)))
             }
             None => Some(Err(())),
         }
     }
 }
 
-/// Walks the elements of a validated array: each element's bytes, or `Err(())` (and the
-/// end of the walk) for one serde_json may refuse.
+/// Walks the elements of a validated array: each element, or `Err(())` (and the end of
+/// the walk) for one serde_json may refuse.
 pub(crate) struct ElementWalk<'a> {
     input: &'a [u8],
     pos: Option<usize>,
@@ -629,28 +653,28 @@ impl<'a> ElementWalk<'a> {
         Some(ElementWalk { input, pos })
     }
 
-    fn step(&self, pos: usize) -> Option<(Range<usize>, Option<usize>)> {
+    fn step(&self, pos: usize) -> Option<(Walked, Option<usize>)> {
         let input = self.input;
-        let end = skip_value(input, pos)?;
-        let after = skip_blank(input, end);
+        let value = step_value(input, pos)?;
+        let after = skip_blank(input, value.range.end);
         let next = match *input.get(after)? {
             b',' => Some(skip_blank(input, after + 1)),
             b']' => None,
             _ => return None,
         };
-        Some((pos..end, next))
+        Some((value, next))
     }
 }
 
-impl<'a> Iterator for ElementWalk<'a> {
-    type Item = Result<&'a [u8], ()>;
+impl Iterator for ElementWalk<'_> {
+    type Item = Result<Walked, ()>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let pos = self.pos.take()?;
         match self.step(pos) {
             Some((value, next)) => {
                 self.pos = next;
-                Some(Ok(&self.input[value]))
+                Some(Ok(value))
             }
             None => Some(Err(())),
         }

@@ -115,14 +115,15 @@ fn object_ref(event: &Event) -> Option<ObjectRef<'_>> {
     };
     let walked = (|| {
         let mut object = ObjectRef::default();
-        for member in raw::members(bytes)? {
+        // One UTF-8 check for the whole object, not one per string read.
+        for member in raw::members(std::str::from_utf8(bytes).ok()?)? {
             let (key, value) = member.ok()?;
             let slot = match key {
-                b"apiGroup" => &mut object.api_group,
-                b"resource" => &mut object.resource,
-                b"subresource" => &mut object.subresource,
-                b"namespace" => &mut object.namespace,
-                b"name" => &mut object.name,
+                "apiGroup" => &mut object.api_group,
+                "resource" => &mut object.resource,
+                "subresource" => &mut object.subresource,
+                "namespace" => &mut object.namespace,
+                "name" => &mut object.name,
                 _ => continue,
             };
             *slot = optional_string(value)?;
@@ -144,15 +145,15 @@ fn user_info(event: &Event) -> Option<UserInfo<'_>> {
     };
     let walked = (|| {
         let mut user = UserInfo::default();
-        for member in raw::members(bytes)? {
+        for member in raw::members(std::str::from_utf8(bytes).ok()?)? {
             let (key, value) = member.ok()?;
             match key {
-                b"username" => user.username = optional_string(value)?,
-                b"groups" if value == b"null" => user.groups = None,
-                b"groups" => {
+                "username" => user.username = optional_string(value)?,
+                "groups" if value.is_null() => user.groups = None,
+                "groups" => {
                     let mut groups = SmallVec::new();
-                    for element in raw::elements(value)? {
-                        groups.push(raw::string(element.ok()?)?);
+                    for element in raw::elements(value.raw())? {
+                        groups.push(element.ok()?.string()?);
                     }
                     user.groups = Some(groups);
                 }
@@ -169,10 +170,10 @@ fn user_info(event: &Event) -> Option<UserInfo<'_>> {
 
 /// A member that deserialises as `Option<String>`: `Some(None)` for `null`, `None` (the
 /// caller deserialises instead) for anything but a string the bytes settle.
-fn optional_string(value: &[u8]) -> Option<Option<Cow<'_, str>>> {
-    match raw::string(value) {
+fn optional_string(value: raw::Value<'_>) -> Option<Option<Cow<'_, str>>> {
+    match value.string() {
         Some(text) => Some(Some(text)),
-        None if value == b"null" => Some(None),
+        None if value.is_null() => Some(None),
         None => None,
     }
 }

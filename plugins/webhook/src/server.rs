@@ -516,6 +516,8 @@ impl State {
         .await
         .map_err(|_| {
             self.timed_out("body");
+            // The rest of the body may still come: the connection cannot carry another
+            // request, so it is closed after the answer (RFC 9110 §15.5.9).
             Reply::error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -523,6 +525,7 @@ impl State {
                     body_timeout.as_millis()
                 ),
             )
+            .with_header(header::CONNECTION, "close")
         })??;
 
         let body_len = body.len();
