@@ -18,7 +18,8 @@ fn sample_log() -> String {
 }
 
 /// Runs rbac_denial -> sample(rate 10) -> stdout over the sample log; returns the output
-/// events and the metrics text scraped once every denial was counted.
+/// events and the metrics text scraped once every denial was counted and every event
+/// passed `sample`.
 fn run_chain(workspace: &Workspace) -> (Vec<Value>, String) {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let pipeline = workspace.write(
@@ -48,10 +49,26 @@ fn run_chain(workspace: &Workspace) -> (Vec<Value>, String) {
             "auditflow_rbac_denials_total",
             &[("component_id", "denials")],
         );
-        if denials == Some(10.0) {
+        // And every event has passed `thin`: kept ones reached `out`, the rest were
+        // counted as sampled out.
+        let passed = |component: &str, name: &str, labels: &[(&str, &str)]| {
+            let mut labels = labels.to_vec();
+            labels.push(("component_id", component));
+            metric(&text, name, &labels).unwrap_or(0.0)
+        };
+        let through = passed("out", "auditflow_component_received_events_total", &[])
+            + passed(
+                "thin",
+                "auditflow_component_discarded_events_total",
+                &[("reason", "sampled")],
+            );
+        if denials == Some(10.0) && through == sample_log().lines().count() as f64 {
             break text;
         }
-        assert!(Instant::now() < deadline, "denials not counted:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "denials not counted or events not through `thin` ({through}):\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(stdin);

@@ -119,11 +119,17 @@ pub fn run(
         };
         supervise(running, &mut signals, reloads, watch).await
     });
-    // Standard input may still be blocked in a read that cannot be cancelled; the pipeline
-    // is done, so do not wait for it.
-    runtime.shutdown_background();
+    // Let the runtime's threads end before the process does: one still running while
+    // `exit` tears the C library down can crash it (a segfault in `pthread_detach` was
+    // seen). Standard input may still be blocked in a read that cannot be cancelled, so
+    // the wait is bounded.
+    runtime.shutdown_timeout(BLOCKING_THREADS_GRACE);
     code
 }
+
+/// How long the end of `run` waits for the runtime's blocking threads (a read of standard
+/// input that cannot be cancelled is the one that may take it all).
+const BLOCKING_THREADS_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Holds the process under `memory_limit_mb` (or 90% of its cgroup's limit): sources pause
 /// while it is over (see `auditflow_core::memory`).
