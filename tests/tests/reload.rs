@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
@@ -107,6 +107,18 @@ struct Sent {
     answered: Instant,
 }
 
+impl Sent {
+    /// The request of `count` events from `first`, sent at `started`, answered now.
+    fn answered_now(first: usize, count: usize, started: Instant) -> Sent {
+        Sent {
+            first,
+            count,
+            started,
+            answered: Instant::now(),
+        }
+    }
+}
+
 /// An `EventList` of the lines `range` of [`audit_line`].
 fn event_list(range: std::ops::Range<usize>) -> Bytes {
     let items: Vec<String> = range.map(audit_line).collect();
@@ -114,6 +126,18 @@ fn event_list(range: std::ops::Range<usize>) -> Bytes {
         r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
         items.join(",")
     ))
+}
+
+/// A plain-HTTP client of the webhook source at `address`, with one connection open.
+async fn plain_connection(
+    address: SocketAddr,
+) -> (WebhookClient, auditflow_e2e::webhook_client::Connection) {
+    let client = WebhookClient::plain(address);
+    let connection = client
+        .connect()
+        .await
+        .expect("connect to the webhook source");
+    (client, connection)
 }
 
 /// What the test and its load clients share: how many requests were answered so far, and
@@ -155,11 +179,7 @@ async fn load(
     every: Duration,
     control: Arc<LoadControl>,
 ) -> Vec<Sent> {
-    let client = WebhookClient::plain(address);
-    let mut connection = client
-        .connect()
-        .await
-        .expect("connect to the webhook source");
+    let (_client, mut connection) = plain_connection(address).await;
     let mut sent = Vec::new();
     let mut next = first;
     let mut tick = tokio::time::interval(every);
@@ -177,12 +197,7 @@ async fn load(
             .await
             .expect("the kept-alive connection to the webhook source still answers");
         assert_eq!(answer.status, 200, "request from {next}: {}", answer.body);
-        sent.push(Sent {
-            first: next,
-            count: per_request,
-            started,
-            answered: Instant::now(),
-        });
+        sent.push(Sent::answered_now(next, per_request, started));
         control.answered.fetch_add(1, Ordering::SeqCst);
         next += per_request;
     }
@@ -759,25 +774,20 @@ fn webhook_listening(auditflow: &Auditflow) -> Vec<SocketAddr> {
 }
 
 /// Posts `per_request` events at a time on one kept-alive connection, with the bearer
-/// token, until `stop` is set. A connection the server closes (an instance that stops
+/// token, until `control` says stop, counting the answers in it. A connection the server closes (an instance that stops
 /// drains its connections as at shutdown) is opened again and the unanswered request sent
 /// again; a refused connect fails the test. Returns what was acknowledged and how many
 /// times the connection was opened again.
 async fn send_across_reloads(
     address: SocketAddr,
     per_request: usize,
-    acknowledged_requests: Arc<std::sync::atomic::AtomicUsize>,
-    stop: Arc<Mutex<bool>>,
+    control: Arc<LoadControl>,
 ) -> (Vec<Sent>, usize) {
-    let client = WebhookClient::plain(address);
-    let mut connection = client
-        .connect()
-        .await
-        .expect("connect to the webhook source");
+    let (client, mut connection) = plain_connection(address).await;
     let mut sent = Vec::new();
     let mut reconnects = 0;
     let mut next = 0;
-    while !*stop.lock().expect("not poisoned") {
+    while !control.stop.load(Ordering::SeqCst) {
         let body = event_list(next..next + per_request);
         let started = Instant::now();
         let headers = [
@@ -787,13 +797,8 @@ async fn send_across_reloads(
         match connection.post("/audit?timeout=30s", &headers, body).await {
             Ok(answer) => {
                 assert_eq!(answer.status, 200, "request from {next}: {}", answer.body);
-                sent.push(Sent {
-                    first: next,
-                    count: per_request,
-                    started,
-                    answered: Instant::now(),
-                });
-                acknowledged_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sent.push(Sent::answered_now(next, per_request, started));
+                control.answered.fetch_add(1, Ordering::SeqCst);
                 next += per_request;
             }
             Err(_) => {
@@ -833,30 +838,9 @@ async fn a_webhook_source_rebuilt_on_the_same_address_keeps_its_socket_and_refus
     assert_eq!(listening.len(), 1, "{}", auditflow.stderr());
     let address = listening[0];
 
-    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let stop = Arc::new(Mutex::new(false));
-    let client = tokio::spawn(send_across_reloads(
-        address,
-        10,
-        Arc::clone(&acknowledged),
-        Arc::clone(&stop),
-    ));
-    let wait_acknowledged = |count: usize| {
-        let deadline = Instant::now() + DEADLINE;
-        while acknowledged.load(std::sync::atomic::Ordering::Relaxed) < count {
-            assert!(
-                !client.is_finished(),
-                "the client stopped early (its panic is above)"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {count} requests acknowledged after {DEADLINE:?}; stderr:\n{}",
-                auditflow.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    tokio::task::block_in_place(|| wait_acknowledged(50));
+    let control = Arc::new(LoadControl::default());
+    let client = tokio::spawn(send_across_reloads(address, 10, Arc::clone(&control)));
+    control.wait_answered(50).await;
 
     // The tokens file moves: the source is rebuilt, on the same address.
     rewrite(&pipeline, &pipeline_with(&rotated_tokens));
@@ -872,9 +856,8 @@ async fn a_webhook_source_rebuilt_on_the_same_address_keeps_its_socket_and_refus
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let after_reload = acknowledged.load(std::sync::atomic::Ordering::Relaxed);
-    tokio::task::block_in_place(|| wait_acknowledged(after_reload + 50));
-    *stop.lock().expect("not poisoned") = true;
+    control.wait_answered(50).await;
+    control.stop();
     let (sent, reconnects) = client.await.expect("the client ran to the end");
 
     auditflow.signal(libc::SIGTERM);

@@ -35,23 +35,39 @@ fn validate(dir: &Path, pipeline: &Path) -> std::process::Output {
         .expect("run auditflow validate")
 }
 
-/// A webhook source on a port another process holds: valid (exit 0 from `validate`), but
-/// `run` cannot start it: exit 1, with the component and the address in the message.
-#[test]
-fn a_busy_port_is_a_start_failure_exit_1() {
-    let workspace = Workspace::new();
+/// Holds a loopback port and writes a pipeline (`data_dir` plus `rest(port)`) that names
+/// it: the pipeline is valid (`validate` exits 0), though `run` cannot listen there.
+/// Returns the held port, its address and the pipeline file.
+fn valid_on_a_taken_port(
+    workspace: &Workspace,
+    rest: impl FnOnce(std::net::SocketAddr) -> String,
+) -> (TcpListener, std::net::SocketAddr, std::path::PathBuf) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
     let pipeline = workspace.write(
         "pipeline.yaml",
         &format!(
-            "data_dir: {}\nsources:\n  api:\n    type: webhook\n    address: {address}\n    allow_plaintext: true\n\
-             sinks:\n  out: {{ type: blackhole, inputs: [api] }}\n",
-            workspace.path().join("data").display()
+            "data_dir: {}\n{}",
+            workspace.path().join("data").display(),
+            rest(address)
         ),
     );
     let checked = validate(workspace.path(), &pipeline);
     assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    (taken, address, pipeline)
+}
+
+/// A webhook source on a port another process holds: valid (exit 0 from `validate`), but
+/// `run` cannot start it: exit 1, with the component and the address in the message.
+#[test]
+fn a_busy_port_is_a_start_failure_exit_1() {
+    let workspace = Workspace::new();
+    let (taken, address, pipeline) = valid_on_a_taken_port(&workspace, |address| {
+        format!(
+            "sources:\n  api:\n    type: webhook\n    address: {address}\n    allow_plaintext: true\n\
+             sinks:\n  out: {{ type: blackhole, inputs: [api] }}\n"
+        )
+    });
 
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let status = auditflow.wait_timeout(Duration::from_secs(20));
@@ -92,18 +108,12 @@ fn a_busy_metrics_port_is_a_start_failure_exit_1() {
 #[test]
 fn a_busy_api_port_is_a_start_failure_exit_1() {
     let workspace = Workspace::new();
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = taken.local_addr().unwrap();
-    let pipeline = workspace.write(
-        "pipeline.yaml",
-        &format!(
-            "data_dir: {}\napi:\n  address: {address}\n  tap: true\n\
-             sources:\n  in: {{ type: stdin }}\nsinks:\n  out: {{ type: blackhole, inputs: [in] }}\n",
-            workspace.path().join("data").display()
-        ),
-    );
-    let checked = validate(workspace.path(), &pipeline);
-    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    let (taken, address, pipeline) = valid_on_a_taken_port(&workspace, |address| {
+        format!(
+            "api:\n  address: {address}\n  tap: true\n\
+             sources:\n  in: {{ type: stdin }}\nsinks:\n  out: {{ type: blackhole, inputs: [in] }}\n"
+        )
+    });
 
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let stdin = auditflow.take_stdin();

@@ -98,9 +98,10 @@ impl Feeder {
     }
 }
 
-/// Runs `auditflow tap ARGS...` to its end (bounded by [`DEADLINE`]).
-fn tap(args: &[&str]) -> Output {
-    let child = Command::new(auditflow_bin())
+/// Starts `auditflow tap ARGS...` without a token from the environment, its standard
+/// output and error piped.
+fn spawn_tap(args: &[&str]) -> std::process::Child {
+    Command::new(auditflow_bin())
         .arg("tap")
         .args(args)
         .env_remove("AUDITFLOW_API_TOKEN")
@@ -108,7 +109,12 @@ fn tap(args: &[&str]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start auditflow tap");
+        .expect("start auditflow tap")
+}
+
+/// Runs `auditflow tap ARGS...` to its end (bounded by [`DEADLINE`]).
+fn tap(args: &[&str]) -> Output {
+    let child = spawn_tap(args);
     let id = child.id();
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -300,15 +306,7 @@ fn tap_on_a_dead_letter_output_shows_the_refused_line() {
 /// its subscription is open. Its standard output's remaining lines come on the receiver.
 fn tap_in_background(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let mut child = Command::new(auditflow_bin())
-        .arg("tap")
-        .args(args)
-        .env_remove("AUDITFLOW_API_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start auditflow tap");
+    let mut child = spawn_tap(args);
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -66,6 +66,24 @@ fn start(dir: &Path, extra: serde_json::Value) -> Running {
     }
 }
 
+/// Writes `bytes` gzipped to `path`, as a log rotator's compressed backup.
+fn write_gz(path: &Path, bytes: &[u8]) {
+    let mut gz = flate2::write::GzEncoder::new(fs::File::create(path).unwrap(), Default::default());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap();
+}
+
+/// A source over `dir/logs` that has read the five lines `a0..a4` of `logs/audit.log`:
+/// returns the folder, the log and the running source.
+async fn reading_five_lines(dir: &Path) -> (PathBuf, PathBuf, Running) {
+    let logs = logs(dir);
+    let log = logs.join("audit.log");
+    append(&log, &lines("a", 0..5));
+    let mut source = start(dir, json!({}));
+    assert_eq!(source.ids(5).await, ids("a", 0..5));
+    (logs, log, source)
+}
+
 impl Running {
     /// The next batch, failing after a few seconds.
     async fn batch(&mut self) -> Batch {
@@ -264,11 +282,7 @@ async fn an_unacknowledged_batch_is_read_again_after_a_restart() {
 #[tokio::test]
 async fn rename_rotation_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let logs = logs(dir.path());
-    let log = logs.join("audit.log");
-    append(&log, &lines("a", 0..5));
-    let mut source = start(dir.path(), json!({}));
-    assert_eq!(source.ids(5).await, ids("a", 0..5));
+    let (logs, log, mut source) = reading_five_lines(dir.path()).await;
     // Lines written just before the rename are read from the renamed file.
     append(&log, &lines("a", 5..8));
     fs::rename(&log, logs.join("audit-2024-01-01T00-00-00.000.log")).unwrap();
@@ -335,12 +349,10 @@ async fn a_gzipped_backup_is_read_once() {
     let dir = tempfile::tempdir().unwrap();
     let logs = logs(dir.path());
     let text = lines("z", 0..50);
-    let mut gz = flate2::write::GzEncoder::new(
-        fs::File::create(logs.join("audit-2024-01-01T00-00-00.000.log.gz")).unwrap(),
-        Default::default(),
+    write_gz(
+        &logs.join("audit-2024-01-01T00-00-00.000.log.gz"),
+        text.as_bytes(),
     );
-    gz.write_all(text.as_bytes()).unwrap();
-    gz.finish().unwrap();
     let mut source = start(dir.path(), json!({}));
     assert_eq!(source.ids(50).await, ids("z", 0..50));
     source.quiet().await;

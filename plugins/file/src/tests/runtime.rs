@@ -66,20 +66,13 @@ async fn a_slow_directory_scan_does_not_stall_the_runtime() {
 #[tokio::test]
 async fn resuming_a_gzipped_file_does_not_stall_the_runtime() {
     let dir = tempfile::tempdir().unwrap();
-    let logs = logs(dir.path());
-    let log = logs.join("audit.log");
-    append(&log, &lines("a", 0..5));
-    let mut source = start(dir.path(), json!({}));
-    assert_eq!(source.ids(5).await, ids("a", 0..5));
+    let (logs, log, source) = reading_five_lines(dir.path()).await;
     source.stop().await;
     // Written to while the source was stopped, then rotated into a `.gz`: the next start
     // finds it by its fingerprint and decompresses it up to the checkpoint.
     append(&log, &lines("a", 5..8));
     let gz = logs.join("audit-2024-01-01T00-00-00.000.log.gz");
-    let mut encoder =
-        flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), Default::default());
-    encoder.write_all(&fs::read(&log).unwrap()).unwrap();
-    encoder.finish().unwrap();
+    write_gz(&gz, &fs::read(&log).unwrap());
     fs::remove_file(&log).unwrap();
     let watch = StallWatch::start(key(&gz));
     let mut source = start(dir.path(), json!({}));
