@@ -23,6 +23,7 @@
 //! anchors would not, so such a pattern makes every field with a string a candidate.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use aho_corasick::{packed, AhoCorasick, AhoCorasickKind, MatchKind};
 use memchr::memmem;
@@ -444,13 +445,47 @@ impl CustomPrefilter {
     }
 }
 
-/// A `\uXXXX` escape of a risky character, or `\/`.
+/// The two escapes [`escape_hit`] looks for, as two-byte searches that stop only where
+/// both bytes stand together.
+static UNICODE_ESCAPE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\\u"));
+static SLASH_ESCAPE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\\/"));
+
+/// How many other escapes [`escape_hit`] steps over one by one before it switches to
+/// the two-byte searches.
+const SHORT_ESCAPES_ONE_BY_ONE: usize = 16;
+
+/// A `\uXXXX` escape of a risky character, or `\/`. (A backslash that is itself
+/// escaped, `\\u0065`, counts too: a candidate too many, never one too few.)
+///
+/// Most bytes hold a few escapes at most, and stepping from backslash to backslash
+/// settles them in one pass. A multi-line string holds thousands (`\n` in a
+/// ConfigMap's data): past a few, the rest is left to two searches for `\u` and `\/`,
+/// which do not stop on the others.
 fn escape_hit(raw: &[u8]) -> bool {
-    memchr::memchr_iter(b'\\', raw).any(|at| match raw.get(at + 1) {
-        Some(b'u') => unicode_escape_is_risky(&raw[at + 2..]),
-        Some(b'/') => true,
-        _ => false,
-    })
+    let mut short = 0;
+    for at in memchr::memchr_iter(b'\\', raw) {
+        match raw.get(at + 1) {
+            Some(b'u') => {
+                if unicode_escape_is_risky(&raw[at + 2..]) {
+                    return true;
+                }
+            }
+            Some(b'/') => return true,
+            _ => {
+                short += 1;
+                if short == SHORT_ESCAPES_ONE_BY_ONE {
+                    let rest = &raw[at..];
+                    return UNICODE_ESCAPE
+                        .find_iter(rest)
+                        .any(|at| unicode_escape_is_risky(&rest[at + 2..]))
+                        || SLASH_ESCAPE.find(rest).is_some();
+                }
+            }
+        }
+    }
+    false
 }
 
 fn unicode_escape_is_risky(rest: &[u8]) -> bool {
@@ -546,6 +581,20 @@ mod tests {
         assert!(prefilter.hit(br#""\u0065yJhbGciOiJ""#));
         assert!(prefilter.hit(br#""https:\/\/u:p@h""#));
         assert!(prefilter.hit(br#"{"\u0064ata":{}}"#));
+    }
+
+    #[test]
+    fn a_hiding_escape_after_many_short_ones_is_found() {
+        let prefilter = all();
+        let lines = "key: value\\n".repeat(SHORT_ESCAPES_ONE_BY_ONE * 4);
+        assert!(!prefilter.hit(format!(r#"{{"a":"{lines}"}}"#).as_bytes()));
+        for hiding in [r"\u0065yJhbGciOiJ", r"https:\/\/h", r"\\u0065yJ"] {
+            let raw = format!(r#"{{"a":"{lines}{hiding}"}}"#);
+            assert!(prefilter.hit(raw.as_bytes()), "{hiding}");
+        }
+        // Go's escapes among them are still no candidates.
+        let go = format!(r#"{{"a":"{lines}a\u0026b\u003c"}}"#);
+        assert!(!prefilter.hit(go.as_bytes()));
     }
 
     #[test]

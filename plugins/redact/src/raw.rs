@@ -151,10 +151,18 @@ impl<'a> Parser<'a> {
     fn string(&mut self) -> Option<&'a [u8]> {
         let start = self.at + 1;
         let mut at = start;
+        // A quote ends the string unless an odd run of backslashes stands before it:
+        // this stops once per quote, not once per escape (a ConfigMap's multi-line
+        // data holds thousands of `\n`).
         loop {
-            let found = at + memchr::memchr2(b'"', b'\\', &self.bytes[at..])?;
-            if self.bytes[found] == b'\\' {
-                at = found + 2;
+            let found = at + memchr::memchr(b'"', &self.bytes[at..])?;
+            let backslashes = self.bytes[start..found]
+                .iter()
+                .rev()
+                .take_while(|byte| **byte == b'\\')
+                .count();
+            if backslashes % 2 == 1 {
+                at = found + 1;
                 continue;
             }
             self.at = found + 1;
@@ -224,6 +232,9 @@ pub(crate) fn decode_mapped(raw: &[u8]) -> Option<(String, Vec<usize>)> {
 
 /// The text of a string's bytes, filling `map` (see [`decode_mapped`]) when given one.
 fn unescape(raw: &[u8], mut map: Option<&mut Vec<usize>>) -> Option<String> {
+    // Checked once as a whole: escapes are ASCII, so every run between them starts and
+    // ends on a character boundary and is valid text too.
+    let whole = std::str::from_utf8(raw).ok()?;
     let mut text = String::with_capacity(raw.len());
     let mut at = 0;
     while at < raw.len() {
@@ -231,7 +242,7 @@ fn unescape(raw: &[u8], mut map: Option<&mut Vec<usize>>) -> Option<String> {
         if raw[at] != b'\\' {
             // A run of plain bytes up to the next escape, copied as it is.
             let end = memchr::memchr(b'\\', &raw[at..]).map_or(raw.len(), |found| at + found);
-            text.push_str(std::str::from_utf8(&raw[at..end]).ok()?);
+            text.push_str(&whole[at..end]);
             if let Some(map) = map.as_deref_mut() {
                 map.extend(at..end);
             }
@@ -345,6 +356,28 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    #[test]
+    fn a_string_ends_at_the_first_quote_after_an_even_run_of_backslashes() {
+        // `"a\\\\"` ends after two escaped backslashes; `\"` and `\\\"` are quotes inside.
+        let bytes = br#"["a\\\\", "b\"c\\\"d", "e\n\n\\", "\\"]"#;
+        let node = parse(bytes).unwrap();
+        let Kind::Array(items) = &node.kind else {
+            panic!("{node:?}")
+        };
+        let texts: Vec<_> = items.iter().map(|item| item.text().unwrap()).collect();
+        assert_eq!(texts, ["a\\\\", "b\"c\\\"d", "e\n\n\\", "\\"]);
+        assert!(parse(br#"["x\"]"#).is_none());
+        assert!(parse(br#""x\\\""#).is_none());
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_does_not_decode() {
+        assert!(decode(b"a\xff").is_none());
+        assert!(decode(b"a\\n\xff").is_none());
+        assert!(decode_mapped(b"\xe2\x82\\n").is_none());
+        assert_eq!(decode("\u{e9}t\\u00e9\\n".as_bytes()).unwrap(), "\u{e9}t\u{e9}\n");
     }
 
     #[test]
