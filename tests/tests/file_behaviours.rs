@@ -108,7 +108,8 @@ impl Seen {
 
     /// Fails unless the lines of `expected` (one file's events, in the order it holds
     /// them) arrived in that order, each byte for byte as [`audit_line`] wrote it.
-    fn assert_in_file_order(&self, expected: &[usize]) {
+    fn assert_in_file_order(&self, expected: impl IntoIterator<Item = usize>) {
+        let expected: Vec<usize> = expected.into_iter().collect();
         let wanted: BTreeSet<usize> = expected.iter().copied().collect();
         let arrived: Vec<String> = self
             .lines
@@ -863,7 +864,7 @@ fn device_inode(path: &Path) -> String {
     format!("device_inode:{}:{}", meta.dev(), meta.ino())
 }
 
-/// `range` in order, as a list.
+/// The indices of `ranges`, one range after another.
 fn indices(ranges: &[std::ops::Range<usize>]) -> Vec<usize> {
     ranges.iter().flat_map(Clone::clone).collect()
 }
@@ -918,8 +919,8 @@ fn device_inode_follows_a_renamed_file_and_reads_a_new_inode_from_its_start() {
     let stderr = run.stop();
 
     seen.assert_exactly_once(indices(&[0..110, 200..270, 300..330]));
-    for file in [&[0..110][..], &[200..270], &[300..330]] {
-        seen.assert_in_file_order(&indices(file));
+    for file in [0..110, 200..270, 300..330] {
+        seen.assert_in_file_order(file);
     }
     let second_name = format!("file={}", second.display());
     let resumed = stderr
@@ -992,8 +993,8 @@ fn a_file_shorter_than_its_checksum_is_read_from_its_start_once_it_grows() {
 
     assert_eq!(malformed, 0.0, "the start of the line was never sent alone");
     seen.assert_exactly_once(indices(&[0..55, 60..62, 70..75]));
-    seen.assert_in_file_order(&indices(&[50..55]));
-    seen.assert_in_file_order(&indices(&[0..50, 70..75]));
+    seen.assert_in_file_order(50..55);
+    seen.assert_in_file_order(indices(&[0..50, 70..75]));
     let short_record = checkpoints(&workspace)
         .into_iter()
         .find(|record| record.path == short)
@@ -1035,8 +1036,8 @@ fn read_from_end_reads_a_file_too_short_at_the_first_start_from_its_beginning() 
     run.wait_all(100..104);
     run.stop();
     seen.assert_exactly_once(indices(&[20..25, 100..104]));
-    seen.assert_in_file_order(&indices(&[100..104]));
-    seen.assert_in_file_order(&indices(&[20..25]));
+    seen.assert_in_file_order(100..104);
+    seen.assert_in_file_order(20..25);
 }
 
 /// What a restart made of a file truncated while auditflow was stopped.
@@ -1117,8 +1118,8 @@ fn truncated_while_stopped(fingerprint: &str, kept: usize) -> Truncated {
 
 impl Truncated {
     /// The restart printed exactly `expected`, in order, byte for byte.
-    fn assert_restart_printed(&self, expected: &[usize]) {
-        let written: Vec<String> = expected.iter().map(|&i| audit_line(i)).collect();
+    fn assert_restart_printed(&self, expected: impl IntoIterator<Item = usize>) {
+        let written: Vec<String> = expected.into_iter().map(audit_line).collect();
         assert!(
             self.after_restart == written,
             "after the restart: {:?}",
@@ -1168,7 +1169,7 @@ impl Truncated {
 #[test]
 fn device_inode_a_file_truncated_while_stopped_is_read_again_from_its_start() {
     let truncated = truncated_while_stopped("device_inode", 0);
-    truncated.assert_restart_printed(&indices(&[1_000..1_015]));
+    truncated.assert_restart_printed(1_000..1_015);
     truncated
         .seen
         .assert_exactly_once(indices(&[0..100, 1_000..1_015]));
@@ -1185,7 +1186,7 @@ fn device_inode_a_file_truncated_while_stopped_is_read_again_from_its_start() {
 #[test]
 fn checksum_a_file_cut_short_while_stopped_is_read_again_from_its_start() {
     let truncated = truncated_while_stopped("checksum", 10);
-    truncated.assert_restart_printed(&indices(&[0..10, 1_000..1_015]));
+    truncated.assert_restart_printed(indices(&[0..10, 1_000..1_015]));
     let counts = truncated.seen.counts();
     assert!((0..10).all(|i| counts[&i] == 2));
     assert!((10..100).chain(1_000..1_015).all(|i| counts[&i] == 1));
@@ -1203,7 +1204,7 @@ fn checksum_a_file_cut_short_while_stopped_is_read_again_from_its_start() {
 #[test]
 fn checksum_a_file_emptied_and_rewritten_while_stopped_is_a_new_file_read_from_its_start() {
     let truncated = truncated_while_stopped("checksum", 0);
-    truncated.assert_restart_printed(&indices(&[1_000..1_015]));
+    truncated.assert_restart_printed(1_000..1_015);
     truncated
         .seen
         .assert_exactly_once(indices(&[0..100, 1_000..1_015]));

@@ -304,6 +304,8 @@ fn a_second_signal_exits_at_once() {
     }
     // Draining cannot finish while stdout is not read, and the timeout is 10 minutes: after
     // the first signal the process still answers, with events held in front of the sink.
+    // That it went on draining until the second signal is shown by the answer to that
+    // signal below: only a process still draining logs "second signal" and exits 1.
     let buffered = value(&scrape(&address), BUFFER, &[("component_id", "out")]);
     assert!(
         buffered > 0.0,
