@@ -33,8 +33,15 @@ fn next_pipeline() -> usize {
 }
 
 /// Runs `source` (YAML under `in:`) → the sidecar transforms → stdout, feeding `stdin`;
-/// returns the output lines and the metrics text scraped before stdin closed.
-fn run_pipeline(workspace: &Workspace, source: &str, stdin: &[u8], expect: usize) -> Run {
+/// returns the output lines and the metrics text scraped, before stdin closed, once the
+/// source counted `records` received and the sink `expect` sent.
+fn run_pipeline(
+    workspace: &Workspace,
+    source: &str,
+    stdin: &[u8],
+    records: usize,
+    expect: usize,
+) -> Run {
     let pipeline = workspace.write(
         &format!("p-{}.yaml", next_pipeline()),
         &format!(
@@ -50,7 +57,7 @@ fn run_pipeline(workspace: &Workspace, source: &str, stdin: &[u8], expect: usize
     input.write_all(stdin).unwrap();
     input.flush().unwrap();
     let mut out = receive(&lines, expect, &auditflow);
-    let metrics = scrape_settled(&address);
+    let metrics = scrape_settled(&address, records, expect);
     drop(input);
     auditflow.signal(libc::SIGTERM);
     let status = auditflow.wait_timeout(Duration::from_secs(30));
@@ -102,22 +109,30 @@ impl Run {
     }
 }
 
-/// Metrics once two scrapes a moment apart agree (the source has counted what it read).
-fn scrape_settled(address: &str) -> String {
-    let mut last = String::new();
-    for _ in 0..50 {
+/// The metrics once they account for the whole input: the source `in` counted `records`
+/// received (every refusal among them is counted by then too) and the sink `out` `sent`
+/// events. Fails after 30 s.
+fn scrape_settled(address: &str, records: usize, sent: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         let (_, text) = http_get(address, "/metrics").unwrap();
-        let counts: String = text
-            .lines()
-            .filter(|l| l.starts_with("auditflow_component_"))
-            .collect();
-        if counts == last {
+        let count =
+            |name: &str, id: &str| metric(&text, name, &[("component_id", id)]).unwrap_or(0.0);
+        let counted = (
+            count("auditflow_component_received_events_total", "in"),
+            count("auditflow_component_sent_events_total", "out"),
+        );
+        if counted == (records as f64, sent as f64) {
             return text;
         }
-        last = counts;
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s the source counted {} of {records} records received and the sink {} of {sent} events sent:\n{text}",
+            counted.0,
+            counted.1
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    http_get(address, "/metrics").unwrap().1
 }
 
 /// One HTTP/1.1 POST on a fresh connection: (status, body).
@@ -145,8 +160,15 @@ fn post(address: &str, content_type: &str, body: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-/// A webhook source → the sidecar transforms → stdout; posts each body, expecting 200.
-fn through_webhook(workspace: &Workspace, bodies: &[(&str, Vec<u8>)], expect: usize) -> Run {
+/// A webhook source → the sidecar transforms → stdout; posts each body, expecting 200;
+/// returns the output and the metrics once the source counted `records` received (events
+/// and refused items) and the sink `expect` sent.
+fn through_webhook(
+    workspace: &Workspace,
+    bodies: &[(&str, Vec<u8>)],
+    records: usize,
+    expect: usize,
+) -> Run {
     let pipeline = workspace.write(
         &format!("w-{}.yaml", next_pipeline()),
         &format!(
@@ -168,7 +190,7 @@ fn through_webhook(workspace: &Workspace, bodies: &[(&str, Vec<u8>)], expect: us
         assert_eq!(status, 200, "{content_type}: {reply}");
     }
     let mut out = receive(&lines, expect, &auditflow);
-    let text = scrape_settled(&metrics);
+    let text = scrape_settled(&metrics, records, expect);
     auditflow.signal(libc::SIGTERM);
     assert_eq!(
         auditflow.wait_timeout(Duration::from_secs(30)).code(),
@@ -208,7 +230,8 @@ fn events_nested_up_to_10_000_levels_pass_every_transform_unchanged_and_deeper_i
         } else {
             b""
         };
-        let run = run_pipeline(&workspace, &source, stdin, 3);
+        // Four lines: three events and the one too deep.
+        let run = run_pipeline(&workspace, &source, stdin, 4, 3);
         assert_eq!(run.out.len(), 3, "{name}");
         assert_eq!(run.out[0], shallow, "{name}: 150 levels, byte for byte");
         assert_eq!(run.out[1], deepest, "{name}: 10,000 levels, byte for byte");
@@ -226,6 +249,7 @@ fn events_nested_up_to_10_000_levels_pass_every_transform_unchanged_and_deeper_i
             format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{shallow},{deepest},{too_deep}]}}"#)
                 .into_bytes(),
         )],
+        3,
         2,
     );
     assert_eq!(run.out, [shallow, deepest], "webhook");
@@ -242,6 +266,7 @@ fn ndjson_lines_holding_an_event_list_or_an_array_are_unrolled_and_tagged() {
     let run = through_webhook(
         &workspace,
         &[("application/x-ndjson", body.into_bytes())],
+        3,
         3,
     );
     let ids: Vec<serde_json::Value> = run
@@ -271,11 +296,13 @@ fn pretty_printed_events_one_after_another_are_a_stream_for_stdin_webhook_and_fi
         "{ type: stdin, framing: json_stream }",
         pretty.as_bytes(),
         3,
+        3,
     );
     assert_eq!(run.out, expected, "stdin with framing: json_stream");
     let run = through_webhook(
         &workspace,
         &[("application/json", pretty.as_bytes().to_vec())],
+        3,
         3,
     );
     assert_eq!(run.out, expected, "webhook");
@@ -286,7 +313,7 @@ fn pretty_printed_events_one_after_another_are_a_stream_for_stdin_webhook_and_fi
         "{{ type: file, include: [\"{}/*.json\"], framing: json_stream }}",
         logs.display()
     );
-    let run = run_pipeline(&workspace, &source, b"", 3);
+    let run = run_pipeline(&workspace, &source, b"", 3, 3);
     assert_eq!(run.out, expected, "file with framing: json_stream");
 }
 
@@ -295,17 +322,18 @@ fn a_utf8_byte_order_mark_is_skipped_by_stdin_file_and_webhook() {
     let workspace = Workspace::new();
     let event = r#"{"auditID":"bom","verb":"get"}"#;
     let with_bom = format!("\u{feff}{event}\n");
-    let run = run_pipeline(&workspace, "{ type: stdin }", with_bom.as_bytes(), 1);
+    let run = run_pipeline(&workspace, "{ type: stdin }", with_bom.as_bytes(), 1, 1);
     assert_eq!(run.out, [event], "stdin");
     let logs = workspace.path().join("bom");
     fs::create_dir_all(&logs).unwrap();
     fs::write(logs.join("audit.log"), &with_bom).unwrap();
     let source = format!("{{ type: file, include: [\"{}/*.log\"] }}", logs.display());
-    let run = run_pipeline(&workspace, &source, b"", 1);
+    let run = run_pipeline(&workspace, &source, b"", 1, 1);
     assert_eq!(run.out, [event], "file");
     let run = through_webhook(
         &workspace,
         &[("application/json", with_bom.into_bytes())],
+        1,
         1,
     );
     assert_eq!(run.out, [event], "webhook");
@@ -328,7 +356,7 @@ fn nul_padding(padding: usize) {
     }
     fs::write(logs.join("audit.log"), &content).unwrap();
     let source = format!("{{ type: file, include: [\"{}/*.log\"] }}", logs.display());
-    let run = run_pipeline(&workspace, &source, b"", 20);
+    let run = run_pipeline(&workspace, &source, b"", 20, 20);
     let expected: Vec<String> = (0..20).map(line).collect();
     assert_eq!(run.out, expected, "{padding} NUL bytes");
     assert!(run.discarded("nul_padding") >= 1.0);
@@ -362,7 +390,7 @@ fn a_flood_of_malformed_input_is_counted_whole_and_logged_at_a_bounded_rate() {
     }
     input.push_str(r#"{"auditID":"last","verb":"get"}"#);
     input.push('\n');
-    let run = run_pipeline(&workspace, "{ type: stdin }", input.as_bytes(), 1);
+    let run = run_pipeline(&workspace, "{ type: stdin }", input.as_bytes(), 1_001, 1);
     assert_eq!(run.discarded("malformed"), 1_000.0);
     let warnings = run
         .stderr

@@ -3,8 +3,10 @@
 //! links (to a file, to a directory, and a link re-pointed as kubelet re-points one); a
 //! `.gz` of a partly read file (after a restart, and while running under back-pressure);
 //! positions of vanished files forgotten after `forget_after_secs`; a file deleted with
-//! bytes unread (the error line and `auditflow_file_lost_bytes_total`); and the exact count
-//! of `auditflow_file_rotations_total`.
+//! bytes unread (the error line and `auditflow_file_lost_bytes_total`); the exact count
+//! of `auditflow_file_rotations_total`; `fingerprint: device_inode` across renames; a file
+//! too short for its checksum (also with `read_from: end`); and a file truncated while
+//! auditflow was stopped.
 //!
 //! Each test waits for conditions (events on stdout or at a collector, a log line, a
 //! metric, the checkpoint file) with generous deadlines: the machine may be loaded.
@@ -52,10 +54,13 @@ fn dir(path: PathBuf) -> PathBuf {
 struct Seen {
     counts: Mutex<BTreeMap<usize, u32>>,
     foreign: Mutex<Vec<String>>,
+    /// Every line, in the order it arrived.
+    lines: Mutex<Vec<String>>,
 }
 
 impl Seen {
     fn count(&self, line: &str) {
+        self.lines.lock().unwrap().push(line.to_owned());
         match index_of(line) {
             Some(i) => *self.counts.lock().unwrap().entry(i).or_default() += 1,
             None => self.foreign.lock().unwrap().push(line.to_owned()),
@@ -98,6 +103,33 @@ impl Seen {
         assert!(
             self.foreign.lock().unwrap().is_empty(),
             "lines that are no written event"
+        );
+    }
+
+    /// Fails unless the lines of `expected` (one file's events, in the order it holds
+    /// them) arrived in that order, each byte for byte as [`audit_line`] wrote it.
+    fn assert_in_file_order(&self, expected: impl IntoIterator<Item = usize>) {
+        let expected: Vec<usize> = expected.into_iter().collect();
+        let wanted: BTreeSet<usize> = expected.iter().copied().collect();
+        let arrived: Vec<String> = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| index_of(line).is_some_and(|i| wanted.contains(&i)))
+            .cloned()
+            .collect();
+        let written: Vec<String> = expected.iter().map(|&i| audit_line(i)).collect();
+        let first_difference = arrived
+            .iter()
+            .zip(&written)
+            .position(|(got, want)| got != want);
+        assert!(
+            arrived == written,
+            "{} lines arrived, {} written; first difference at {first_difference:?}: got {:?}",
+            arrived.len(),
+            written.len(),
+            first_difference.map(|at| index_of(&arrived[at]))
         );
     }
 }
@@ -224,16 +256,38 @@ fn wait_log(process: &Auditflow, text: &str, times: usize) -> String {
     }
 }
 
-/// The paths `checkpoints.json` names.
-fn checkpointed(workspace: &Workspace) -> BTreeSet<PathBuf> {
+/// One record of `checkpoints.json`.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Checkpoint {
+    path: PathBuf,
+    fingerprint: String,
+    offset: u64,
+}
+
+/// The records of `checkpoints.json`, sorted by path.
+fn checkpoints(workspace: &Workspace) -> Vec<Checkpoint> {
     let path = workspace.path().join("data/in/checkpoints.json");
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let state: serde_json::Value = serde_json::from_str(&text).unwrap();
-    state["files"]
+    let mut records: Vec<Checkpoint> = state["files"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|record| PathBuf::from(record["path"].as_str().unwrap()))
+        .map(|record| Checkpoint {
+            path: PathBuf::from(record["path"].as_str().unwrap()),
+            fingerprint: record["fingerprint"].as_str().unwrap().to_owned(),
+            offset: record["offset"].as_u64().unwrap(),
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+/// The paths `checkpoints.json` names.
+fn checkpointed(workspace: &Workspace) -> BTreeSet<PathBuf> {
+    checkpoints(workspace)
+        .into_iter()
+        .map(|record| record.path)
         .collect()
 }
 
@@ -795,4 +849,378 @@ fn a_partial_last_line_waits_for_its_newline_across_a_restart() {
     assert_eq!(malformed(&run), 0.0);
     run.stop();
     seen.assert_exactly_once(0..12);
+}
+
+fn len(path: &Path) -> u64 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .len()
+}
+
+/// The `device_inode` fingerprint of the file at `path`, as the checkpoint writes it.
+fn device_inode(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).unwrap();
+    format!("device_inode:{}:{}", meta.dev(), meta.ino())
+}
+
+/// The indices of `ranges`, one range after another.
+fn indices(ranges: &[std::ops::Range<usize>]) -> Vec<usize> {
+    ranges.iter().flat_map(Clone::clone).collect()
+}
+
+/// `fingerprint: device_inode`: a file renamed by rotation (the globs still match it) is
+/// followed under its new name and not read again, both when it is renamed while auditflow
+/// runs and when it is renamed while auditflow is stopped (the restart finds it by its
+/// inode and resumes at its checkpoint). The new file at the old name has a new inode: it
+/// is read from its start.
+#[test]
+fn device_inode_follows_a_renamed_file_and_reads_a_new_inode_from_its_start() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let live = logs.join("audit.log");
+    let (first, second) = (logs.join("audit-1.log"), logs.join("audit-2.log"));
+    append(&live, &audit_lines(0..100));
+    let options = format!(
+        "include: [\"{}/*.log\"]\nfingerprint: device_inode\nglob_interval_ms: 100\nrotate_wait_secs: 120",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..100);
+
+    // Rotated while running: the last lines written before the rename, then a new file.
+    append(&live, &audit_lines(100..110));
+    fs::rename(&live, &first).unwrap();
+    append(&live, &audit_lines(200..250));
+    run.wait_all(indices(&[100..110, 200..250]));
+    run.wait_metric("auditflow_file_rotations_total", 1.0);
+    append(&live, &audit_lines(250..260));
+    run.wait_all(250..260);
+    run.stop();
+    seen.assert_exactly_once(indices(&[0..110, 200..260]));
+    // Both known by their inodes, the renamed one under its new name, each read to its end.
+    let record = |path: &Path| Checkpoint {
+        path: path.to_owned(),
+        fingerprint: device_inode(path),
+        offset: len(path),
+    };
+    assert_eq!(checkpoints(&workspace), [record(&first), record(&live)]);
+
+    // Rotated while stopped, after a few more lines.
+    let resume_at = len(&live);
+    append(&live, &audit_lines(260..270));
+    fs::rename(&live, &second).unwrap();
+    append(&live, &audit_lines(300..320));
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(indices(&[260..270, 300..320]));
+    append(&live, &audit_lines(320..330));
+    run.wait_all(320..330);
+    let stderr = run.stop();
+
+    seen.assert_exactly_once(indices(&[0..110, 200..270, 300..330]));
+    for file in [0..110, 200..270, 300..330] {
+        seen.assert_in_file_order(file);
+    }
+    let second_name = format!("file={}", second.display());
+    let resumed = stderr
+        .lines()
+        .find(|line| line.contains("resuming file") && line.contains(&second_name))
+        .unwrap_or_else(|| panic!("no \"resuming file\" line for {second_name}:\n{stderr}"));
+    assert!(
+        resumed.contains(&format!("offset={resume_at} ")),
+        "resumed at its checkpoint, {resume_at}: {resumed}"
+    );
+    assert_eq!(
+        checkpoints(&workspace),
+        [record(&first), record(&second), record(&live)]
+    );
+}
+
+/// With `fingerprint: checksum` (the default) a file is known by its first line, or by its
+/// first 256 bytes: a file holding less than that, with no newline yet, has no identity. It
+/// is not followed and not checkpointed (neither before nor after a restart), and nothing of
+/// it is sent. Once its first line is complete it is read from its start: every event once,
+/// whole, in order; the other file goes on being read once.
+#[test]
+fn a_file_shorter_than_its_checksum_is_read_from_its_start_once_it_grows() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let (live, short) = (logs.join("audit.log"), logs.join("short.log"));
+    append(&live, &audit_lines(0..50));
+    let options = format!(
+        "include: [\"{}/*.log\"]\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..50);
+
+    let line = audit_line(50);
+    let (head, tail) = line.split_at(120);
+    append(&short, head);
+    // A file made after the short one: the scan that finds it looks at the short one too,
+    // and the checkpoint that names it names every file followed by then.
+    let not_followed = |marker: &Path, index: usize, run: &Run| {
+        append(marker, &audit_lines(index..index + 1));
+        run.wait_all(index..index + 1);
+        wait_checkpoint(&workspace, "the marker file is checkpointed", |files| {
+            files.contains(marker)
+        });
+        assert!(
+            !checkpointed(&workspace).contains(&short),
+            "a file of {} bytes without a newline is followed",
+            len(&short)
+        );
+    };
+    not_followed(&logs.join("marker-1.log"), 60, &run);
+    run.stop();
+    assert!(!checkpointed(&workspace).contains(&short));
+
+    let run = Run::start(&workspace, &options, &seen);
+    not_followed(&logs.join("marker-2.log"), 61, &run);
+    append(&short, &format!("{tail}\n{}", audit_lines(51..55)));
+    run.wait_all(50..55);
+    append(&live, &audit_lines(70..75));
+    run.wait_all(70..75);
+    let malformed = metric(
+        &run.scrape(),
+        "auditflow_component_discarded_events_total",
+        &[("component_id", "in"), ("reason", "malformed")],
+    )
+    .unwrap_or(0.0);
+    run.stop();
+
+    assert_eq!(malformed, 0.0, "the start of the line was never sent alone");
+    seen.assert_exactly_once(indices(&[0..55, 60..62, 70..75]));
+    seen.assert_in_file_order(50..55);
+    seen.assert_in_file_order(indices(&[0..50, 70..75]));
+    let short_record = checkpoints(&workspace)
+        .into_iter()
+        .find(|record| record.path == short)
+        .expect("the grown file is checkpointed");
+    assert_eq!(short_record.offset, len(&short));
+}
+
+/// `read_from: end` applies to the files the first scan of the first start fingerprints.
+/// A file too short for a fingerprint then (part of its first line) is read from its
+/// beginning once it can be: its first event, begun before the start, is not skipped.
+#[test]
+fn read_from_end_reads_a_file_too_short_at_the_first_start_from_its_beginning() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let (live, short) = (logs.join("audit.log"), logs.join("short.log"));
+    append(&live, &audit_lines(0..20));
+    let line = audit_line(100);
+    let (head, tail) = line.split_at(120);
+    append(&short, head);
+    let options = format!(
+        "include: [\"{}/*.log\"]\nread_from: end\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    // The first scan is checkpointed at once: audit.log at its end, the short file unnamed.
+    wait_checkpoint(&workspace, "the first scan is checkpointed", |files| {
+        files.contains(&live)
+    });
+    let positions: Vec<(PathBuf, u64)> = checkpoints(&workspace)
+        .into_iter()
+        .map(|record| (record.path, record.offset))
+        .collect();
+    assert_eq!(positions, [(live.clone(), len(&live))]);
+
+    append(&live, &audit_lines(20..25));
+    run.wait_all(20..25);
+    append(&short, &format!("{tail}\n{}", audit_lines(101..104)));
+    run.wait_all(100..104);
+    run.stop();
+    seen.assert_exactly_once(indices(&[20..25, 100..104]));
+    seen.assert_in_file_order(100..104);
+    seen.assert_in_file_order(20..25);
+}
+
+/// What a restart made of a file truncated while auditflow was stopped.
+struct Truncated {
+    seen: Arc<Seen>,
+    /// The lines the restart printed, in order.
+    after_restart: Vec<String>,
+    stderr: String,
+    rotations: f64,
+    lost_bytes: f64,
+    /// The file's checkpointed offset before the truncation, and its size after.
+    checkpoint: u64,
+    size: u64,
+    /// The file's size when the restart stopped.
+    end: u64,
+    /// The checkpoint's records after the restart, as (path, offset), sorted.
+    positions: Vec<(PathBuf, u64)>,
+    path: PathBuf,
+}
+
+/// `audit.log` (events 0..100) read whole and stopped; then, while auditflow is stopped, it
+/// is cut to its first `kept` lines and events 1000..1010 are appended, so that its
+/// checkpoint lies past its new end. The restart must go on following it (1010..1015 are
+/// appended once it has read 1000..1010) and stop with exit 0.
+fn truncated_while_stopped(fingerprint: &str, kept: usize) -> Truncated {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let live = logs.join("audit.log");
+    append(&live, &audit_lines(0..100));
+    let options = format!(
+        "include: [\"{}/*.log\"]\nfingerprint: {fingerprint}\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..100);
+    run.stop();
+    let checkpoint = checkpoints(&workspace)[0].offset;
+    assert_eq!(checkpoint, len(&live));
+
+    OpenOptions::new()
+        .write(true)
+        .open(&live)
+        .unwrap()
+        .set_len(audit_lines(0..kept).len() as u64)
+        .unwrap();
+    append(&live, &audit_lines(1_000..1_010));
+    let size = len(&live);
+    assert!(size < checkpoint, "the checkpoint lies past the new end");
+
+    let restart = seen.lines.lock().unwrap().len();
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(1_000..1_010);
+    append(&live, &audit_lines(1_010..1_015));
+    run.wait_all(1_010..1_015);
+    let rotations = run.metric("auditflow_file_rotations_total");
+    let lost_bytes = run.metric("auditflow_file_lost_bytes_total");
+    let stderr = run.stop();
+    let mut positions: Vec<(PathBuf, u64)> = checkpoints(&workspace)
+        .into_iter()
+        .map(|record| (record.path, record.offset))
+        .collect();
+    positions.sort();
+    let after_restart = seen.lines.lock().unwrap()[restart..].to_vec();
+    Truncated {
+        seen,
+        after_restart,
+        stderr,
+        rotations,
+        lost_bytes,
+        checkpoint,
+        size,
+        end: len(&live),
+        positions,
+        path: live,
+    }
+}
+
+impl Truncated {
+    /// The restart printed exactly `expected`, in order, byte for byte.
+    fn assert_restart_printed(&self, expected: impl IntoIterator<Item = usize>) {
+        let written: Vec<String> = expected.into_iter().map(audit_line).collect();
+        assert!(
+            self.after_restart == written,
+            "after the restart: {:?}",
+            self.after_restart
+                .iter()
+                .map(|line| index_of(line))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// The checkpoint holds the file at its new end, and no other position for it.
+    fn assert_checkpointed_at_its_new_end_only(&self) {
+        assert_eq!(self.positions, [(self.path.clone(), self.end)]);
+    }
+
+    fn assert_no_warning_or_error(&self) {
+        for level in ["ERROR", "WARN"] {
+            assert!(
+                !self.stderr.contains(level),
+                "the restart logged {level}:\n{}",
+                self.stderr
+            );
+        }
+        assert_eq!(self.lost_bytes, 0.0, "nothing is reported lost");
+    }
+
+    /// The restart logged that the file is shorter than its checkpoint, with both numbers.
+    fn assert_logged_shorter_than_checkpoint(&self) {
+        let line = self
+            .stderr
+            .lines()
+            .find(|line| line.contains("file is shorter than its checkpoint"))
+            .unwrap_or_else(|| panic!("nothing logged of the truncation:\n{}", self.stderr));
+        for field in [
+            format!("file={}", self.path.display()),
+            format!("checkpoint={}", self.checkpoint),
+            format!("size={}", self.size),
+        ] {
+            assert!(line.contains(&field), "{field} missing from: {line}");
+        }
+    }
+}
+
+/// `device_inode`: the truncated file keeps its inode, so the restart recognises it, sees
+/// that it is shorter than its checkpoint, logs so, counts a rotation and reads its new
+/// content from the start: every new event once, in order, nothing of the old content.
+#[test]
+fn device_inode_a_file_truncated_while_stopped_is_read_again_from_its_start() {
+    let truncated = truncated_while_stopped("device_inode", 0);
+    truncated.assert_restart_printed(1_000..1_015);
+    truncated
+        .seen
+        .assert_exactly_once(indices(&[0..100, 1_000..1_015]));
+    truncated.assert_logged_shorter_than_checkpoint();
+    assert_eq!(truncated.rotations, 1.0);
+    truncated.assert_checkpointed_at_its_new_end_only();
+    truncated.assert_no_warning_or_error();
+}
+
+/// `checksum`, the first line kept (cut at a line boundary, then written again): the same
+/// file by its fingerprint, shorter than its checkpoint. Read from the start, as the
+/// docs say: its first ten events come a second time, then the new ones, once each; the
+/// cut is logged and counted as a rotation.
+#[test]
+fn checksum_a_file_cut_short_while_stopped_is_read_again_from_its_start() {
+    let truncated = truncated_while_stopped("checksum", 10);
+    truncated.assert_restart_printed(indices(&[0..10, 1_000..1_015]));
+    let counts = truncated.seen.counts();
+    assert!((0..10).all(|i| counts[&i] == 2));
+    assert!((10..100).chain(1_000..1_015).all(|i| counts[&i] == 1));
+    assert_eq!(counts.len(), 115);
+    truncated.assert_logged_shorter_than_checkpoint();
+    assert_eq!(truncated.rotations, 1.0);
+    truncated.assert_checkpointed_at_its_new_end_only();
+    truncated.assert_no_warning_or_error();
+}
+
+/// `checksum`, emptied and written again (copy-truncate while auditflow was stopped): a new
+/// first line is a new file, read from its start; the old content was all acknowledged, so
+/// nothing is reported lost. The old position stays in the checkpoint beside the new one
+/// (a file that vanished is remembered for `forget_after_secs`).
+#[test]
+fn checksum_a_file_emptied_and_rewritten_while_stopped_is_a_new_file_read_from_its_start() {
+    let truncated = truncated_while_stopped("checksum", 0);
+    truncated.assert_restart_printed(1_000..1_015);
+    truncated
+        .seen
+        .assert_exactly_once(indices(&[0..100, 1_000..1_015]));
+    assert!(
+        truncated.stderr.contains("following a new file"),
+        "{}",
+        truncated.stderr
+    );
+    assert!(!truncated.stderr.contains("shorter than its checkpoint"));
+    assert_eq!(truncated.rotations, 0.0);
+    assert_eq!(
+        truncated.positions,
+        [
+            (truncated.path.clone(), truncated.end),
+            (truncated.path.clone(), truncated.checkpoint)
+        ]
+    );
+    truncated.assert_no_warning_or_error();
 }

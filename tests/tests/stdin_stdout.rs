@@ -302,8 +302,15 @@ fn a_second_signal_exits_at_once() {
         assert!(Instant::now() < deadline, "the first signal was not taken");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Draining cannot finish while stdout is not read, and the timeout is 10 minutes.
-    std::thread::sleep(Duration::from_millis(300));
+    // Draining cannot finish while stdout is not read, and the timeout is 10 minutes: after
+    // the first signal the process still answers, with events held in front of the sink.
+    // That it went on draining until the second signal is shown by the answer to that
+    // signal below: only a process still draining logs "second signal" and exits 1.
+    let buffered = value(&scrape(&address), BUFFER, &[("component_id", "out")]);
+    assert!(
+        buffered > 0.0,
+        "nothing held in front of the stalled sink after the first signal"
+    );
     assert!(
         auditflow.child.try_wait().unwrap().is_none(),
         "exited although draining could not finish"
@@ -343,7 +350,9 @@ fn a_stalled_stdout_stops_reading_with_memory_bounded() {
     );
     let stalled_at = writer.written();
     let rss = vm_rss_kib(auditflow.child.id());
-    std::thread::sleep(Duration::from_millis(500));
+    // Still stalled over another run of steady scrapes, at the same place: the writer is
+    // blocked, not slowed.
+    assert_eq!(wait_until_stalled(&address, &writer, TOTAL), read);
     assert_eq!(
         writer.written(),
         stalled_at,
