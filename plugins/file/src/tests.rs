@@ -480,6 +480,28 @@ fn options_are_checked() {
     assert!(unknown.is_err());
 }
 
+/// Each glob option used to stop at its first bad pattern: with two bad `include`
+/// patterns only `include[0]` was reported, and `auditflow validate` had to be run again
+/// to find the second.
+#[test]
+fn validate_reports_every_error_not_only_the_first() {
+    let config: FileConfig = serde_json::from_value(json!({
+        "include": ["/var/log/[audit/*.log", "/var/log/audit/*.log", "/var/log/{a/*.log"],
+        "exclude": ["/var/log/[old"],
+        "max_line_bytes": 0,
+    }))
+    .unwrap();
+    let fields: Vec<_> = config
+        .validate()
+        .into_iter()
+        .filter_map(|e| e.field)
+        .collect();
+    assert_eq!(
+        fields,
+        ["include[0]", "include[2]", "exclude[0]", "max_line_bytes"]
+    );
+}
+
 /// The pause outlasts `rotate_wait_secs` (1 s here): a file idle at its end when the pause
 /// began, and written to meanwhile, must not be closed as finished with those lines unread.
 /// (The flag is process-wide: nextest runs each test in a process of its own.)
