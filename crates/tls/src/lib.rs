@@ -5,6 +5,7 @@
 //! - [`read_certs`]: a certificate chain (or a CA bundle) from a PEM file.
 //! - [`read_key`]: the first private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
 //! - [`root_store`]: a [`RootCertStore`] holding every certificate of a CA file.
+//! - [`Loaded`]: what was read, or the error for a file this machine does not have.
 //! - [`explain`]: rustls handshake errors in words an operator acts on.
 //! - [`inspect`]: checks of a server's certificate and key files for `validate`.
 //!
@@ -70,6 +71,16 @@ pub fn root_store(path: &Path, option: &str) -> Result<RootCertStore, BuildError
         })?;
     }
     Ok(roots)
+}
+
+/// A file a plugin's options name, read when the pipeline loads.
+pub enum Loaded<T> {
+    /// What the file holds, read and checked.
+    Read(T),
+    /// The file is not on this machine. `auditflow validate` passes over it, so that a
+    /// pipeline validates where its secrets are not (CI); `run` fails with this error,
+    /// which names the option and the file.
+    Absent(BuildError),
 }
 
 fn read(path: &Path, option: &str) -> Result<Vec<u8>, BuildError> {
