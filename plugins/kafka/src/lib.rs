@@ -47,6 +47,14 @@ fn client_config(
     config
 }
 
+/// Names the client after its component (`auditflow-<id>`), unless `librdkafka_options`
+/// names it: the passthrough overrides anything.
+fn name_client(config: &mut ClientConfig, id: &str, passthrough: &BTreeMap<String, String>) {
+    if !passthrough.contains_key("client.id") {
+        config.set("client.id", format!("auditflow-{id}"));
+    }
+}
+
 /// Sends librdkafka's own log lines and client errors to `tracing`, with the component
 /// id (otherwise they would go nowhere).
 fn forward_log(id: &str, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
