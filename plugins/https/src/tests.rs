@@ -754,6 +754,39 @@ fn a_client_key_that_is_not_the_certificates_is_a_validate_error() {
     assert!(found[0].1.starts_with(&expected), "{found:?}");
 }
 
+/// `build` ran `validate`, which read the TLS files, and then read them again to make the
+/// client configuration. Here the CA file is a named pipe that gives its bytes to one
+/// reader: a second open waits for a writer that never comes.
+#[test]
+fn build_reads_the_tls_files_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let made = std::process::Command::new("mkfifo").arg(&ca).status();
+    assert!(made.expect("mkfifo runs").success());
+    let pem = Pki::new("collector").ca_pem;
+    let writer_side = ca.clone();
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_side)
+            .unwrap();
+        pipe.write_all(pem.as_bytes()).unwrap();
+    });
+    let (built, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let options = json!({ "uri": "https://collector/ingest", "tls": { "ca_file": ca } });
+        build("read_once", options, Arc::new(auditflow_core::NoTelemetry));
+        built.send(()).unwrap();
+    });
+    match done.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("build is still waiting to open the CA file a second time")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the sink did not build"),
+    }
+}
+
 #[test]
 fn a_timeout_of_zero_is_a_validate_error() {
     let found = problems(json!({
