@@ -83,6 +83,29 @@ pub enum Loaded<T> {
     Absent(BuildError),
 }
 
+impl<T> Loaded<T> {
+    /// What reading gave, for a compile step that goes on to the next file: the value, or
+    /// `None` with the reason noted, the problems in `problems` and an absent file's error
+    /// in `absent` (the first one only, as `run` reports one).
+    pub fn note(
+        found: Result<Loaded<T>, Vec<BuildError>>,
+        problems: &mut Vec<BuildError>,
+        absent: &mut Option<BuildError>,
+    ) -> Option<T> {
+        match found {
+            Ok(Loaded::Read(value)) => Some(value),
+            Ok(Loaded::Absent(error)) => {
+                absent.get_or_insert(error);
+                None
+            }
+            Err(found) => {
+                problems.extend(found);
+                None
+            }
+        }
+    }
+}
+
 fn read(path: &Path, option: &str) -> Result<Vec<u8>, BuildError> {
     std::fs::read(path).map_err(|error| {
         BuildError::field(option, format!("cannot read {}: {error}", path.display()))

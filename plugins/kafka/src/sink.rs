@@ -83,9 +83,8 @@ impl Compression {
 
 impl KafkaSinkConfig {
     /// The options checked (every problem at once) and made into the sink, but for the
-    /// client's name, which is the component's, given by `build`. The one step behind both
-    /// `validate` and `build`; librdkafka's own check of its properties is left to `build`
-    /// (what it accepts depends on how the binary was built).
+    /// client's name, which is the component's. The one step behind both `validate` and
+    /// `build` ([`crate::finish_client`] does the rest).
     fn compile(&self) -> Result<KafkaSink, Vec<BuildError>> {
         let mut errors = Vec::new();
         if self.bootstrap_servers.trim().is_empty() {
@@ -139,10 +138,7 @@ impl Validate for KafkaSinkConfig {
 impl SinkConfig for KafkaSinkConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
         let mut sink = self.compile().map_err(BuildError::first_of)?;
-        crate::name_client(&mut sink.config, &cx.id, &self.librdkafka_options);
-        sink.config
-            .create_native_config()
-            .map_err(|error| BuildError::field("librdkafka_options", error.to_string()))?;
+        crate::finish_client(&mut sink.config, &cx.id, &self.librdkafka_options)?;
         Ok(Box::new(sink))
     }
 }

@@ -162,10 +162,8 @@ const OWNED_OPTIONS: &[&str] = &["enable.auto.commit", "enable.auto.offset.store
 
 impl KafkaSourceConfig {
     /// The options checked (every problem at once) and made into the source, but for the
-    /// client's name, which is the component's, given by `build`. The one step behind both
-    /// `validate` and `build`. librdkafka's own check of its properties is left to `build`:
-    /// what it accepts depends on how the binary was built (OpenSSL, SASL), not on the
-    /// pipeline.
+    /// client's name, which is the component's. The one step behind both `validate` and
+    /// `build` ([`crate::finish_client`] does the rest).
     fn compile(&self) -> Result<KafkaSource, Vec<BuildError>> {
         let mut errors = Vec::new();
         if self.bootstrap_servers.trim().is_empty() {
@@ -242,12 +240,7 @@ impl Validate for KafkaSourceConfig {
 impl SourceConfig for KafkaSourceConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let mut source = self.compile().map_err(BuildError::first_of)?;
-        crate::name_client(&mut source.config, &cx.id, &self.librdkafka_options);
-        // Checks every librdkafka property now, so a typo fails at load, not at run.
-        source
-            .config
-            .create_native_config()
-            .map_err(|error| BuildError::field("librdkafka_options", error.to_string()))?;
+        crate::finish_client(&mut source.config, &cx.id, &self.librdkafka_options)?;
         Ok(Box::new(source))
     }
 }

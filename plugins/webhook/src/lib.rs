@@ -213,36 +213,17 @@ impl WebhookConfig {
         let mut problems = self.option_problems();
         let mut absent = None;
         // What a TLS client would refuse later is found here, before anything starts.
-        let tls = match &self.tls {
-            None => None,
-            Some(tls) => match tls::compile(tls, self.address) {
-                Ok(Loaded::Read(config)) => Some(config),
-                Ok(Loaded::Absent(error)) => {
-                    absent.get_or_insert(error);
-                    None
-                }
-                Err(found) => {
-                    problems.extend(found);
-                    None
-                }
-            },
-        };
+        let tls = self.tls.as_ref().and_then(|tls| {
+            Loaded::note(tls::compile(tls, self.address), &mut problems, &mut absent)
+        });
         let tokens = match &self.auth {
             None => None,
             Some(AuthConfig::BearerTokens(tokens)) => {
                 Some(tokens.iter().map(|t| TokenDigest::of(&t.0)).collect())
             }
-            Some(AuthConfig::BearerTokensFile(path)) => match read_tokens_file(path) {
-                Ok(Loaded::Read(tokens)) => Some(tokens),
-                Ok(Loaded::Absent(error)) => {
-                    absent.get_or_insert(error);
-                    None
-                }
-                Err(found) => {
-                    problems.extend(found);
-                    None
-                }
-            },
+            Some(AuthConfig::BearerTokensFile(path)) => {
+                Loaded::note(read_tokens_file(path), &mut problems, &mut absent)
+            }
             Some(AuthConfig::AccessKeys(keys)) => {
                 Some(keys.iter().map(|k| TokenDigest::of(&k.0)).collect())
             }

@@ -22,24 +22,18 @@ pub(crate) fn compile(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut problems = Vec::new();
     let mut absent = None;
-    let identity = match load_server_files(
-        &config.cert_file,
-        "tls.cert_file",
-        &config.key_file,
-        "tls.key_file",
-        listen,
-        SystemTime::now(),
-    ) {
-        Ok(Loaded::Read(identity)) => Some(identity),
-        Ok(Loaded::Absent(error)) => {
-            absent = Some(error);
-            None
-        }
-        Err(found) => {
-            problems.extend(found);
-            None
-        }
-    };
+    let identity = Loaded::note(
+        load_server_files(
+            &config.cert_file,
+            "tls.cert_file",
+            &config.key_file,
+            "tls.key_file",
+            listen,
+            SystemTime::now(),
+        ),
+        &mut problems,
+        &mut absent,
+    );
     let verifier = match &config.client_ca_file {
         None => None,
         Some(path) => match root_store(path, "tls.client_ca_file") {
