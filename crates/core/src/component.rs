@@ -151,6 +151,16 @@ impl BuildError {
             message: message.into(),
         }
     }
+
+    /// The first of the problems a plugin's compile step found: what `build` returns, as
+    /// `validate` (the same compile step) has reported every one of them when the pipeline
+    /// loaded.
+    pub fn first_of(problems: Vec<BuildError>) -> BuildError {
+        problems
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| BuildError::new("the options cannot be compiled"))
+    }
 }
 
 /// A running component failed.

@@ -1,4 +1,4 @@
-//! Checks of a server's own certificate and key files that can be made before anything
+//! A server's own certificate and key files, read once and checked before anything
 //! listens: what a TLS client would refuse later, found by `auditflow validate`.
 
 use std::net::{IpAddr, SocketAddr};
@@ -11,35 +11,38 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::explain::utc_from_unix;
-use crate::{read_certs, read_key};
+use crate::{read_certs, read_key, Loaded};
 
-/// Every problem with a server certificate (`cert_option`) and its key (`key_option`) for a
-/// server listening on `listen`, at time `now`: the leaf certificate's X.509 version, its
-/// validity period, that the key belongs to it, and that its subjectAltNames can cover the
-/// listen address. Files that cannot be read give their one error; files that do not exist
-/// are left to the build step, so that a pipeline validates on a machine without its
-/// secrets (CI) and `run` still names the missing file.
-pub fn check_server_files(
+/// A server certificate (`cert_option`) and its key (`key_option`), read once, for a server
+/// listening on `listen`, at time `now`; or every problem with them: the leaf certificate's
+/// X.509 version, its validity period, that the key belongs to it, and that its
+/// subjectAltNames can cover the listen address. Files that cannot be read give their one
+/// error; a file that does not exist is [`Loaded::Absent`], left to the build step, so that
+/// a pipeline validates on a machine without its secrets (CI) and `run` still names the
+/// missing file.
+pub fn load_server_files(
     cert_file: &Path,
     cert_option: &str,
     key_file: &Path,
     key_option: &str,
     listen: SocketAddr,
     now: SystemTime,
-) -> Vec<BuildError> {
+) -> Result<Loaded<CertifiedKey>, Vec<BuildError>> {
     let mut problems = Vec::new();
-    if !cert_file.exists() {
-        return problems;
-    }
     let certs = match read_certs(cert_file, cert_option) {
+        Err(error) if !cert_file.exists() => return Ok(Loaded::Absent(error)),
         Ok(certs) => Some(certs),
         Err(error) => {
             problems.push(error);
             None
         }
     };
+    let mut absent = None;
     let key = match read_key(key_file, key_option) {
-        _ if !key_file.exists() => None,
+        Err(error) if !key_file.exists() => {
+            absent = Some(error);
+            None
+        }
         Ok(key) => Some(key),
         Err(error) => {
             problems.push(error);
@@ -47,7 +50,7 @@ pub fn check_server_files(
         }
     };
     let Some(certs) = certs else {
-        return problems;
+        return Err(problems);
     };
     let path = cert_file.display();
     let leaf = match X509Certificate::from_der(certs[0].as_ref()) {
@@ -57,7 +60,7 @@ pub fn check_server_files(
                 cert_option,
                 format!("{path}: the first certificate is not valid X.509: {error}"),
             ));
-            return problems;
+            return Err(problems);
         }
     };
     let version = leaf.version().0 + 1;
@@ -94,26 +97,37 @@ pub fn check_server_files(
             ),
         ));
     }
+    // Found before the chain moves into the identity (`leaf` borrows it), reported after
+    // the key.
+    let uncovered = (version == 3)
+        .then(|| san_problem(&leaf, listen.ip()))
+        .flatten();
+    let mut identity = None;
     if let Some(key) = key {
         let provider = rustls::crypto::ring::default_provider();
-        let matched = CertifiedKey::from_der(certs.clone(), key, &provider);
-        if let Err(error) = matched {
-            problems.push(BuildError::field(
+        match CertifiedKey::from_der(certs, key, &provider) {
+            Ok(certified) => identity = Some(certified),
+            Err(error) => problems.push(BuildError::field(
                 key_option,
                 format!(
                     "{} is not the private key of the certificate in {path} ({error}): give \
                      the key the certificate was issued for",
                     key_file.display()
                 ),
-            ));
+            )),
         }
     }
-    if version == 3 {
-        if let Some(problem) = san_problem(&leaf, listen.ip()) {
-            problems.push(BuildError::field(cert_option, format!("{path}: {problem}")));
-        }
+    if let Some(problem) = uncovered {
+        problems.push(BuildError::field(cert_option, format!("{path}: {problem}")));
     }
-    problems
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    match (identity, absent) {
+        (Some(identity), _) => Ok(Loaded::Read(identity)),
+        (None, Some(absent)) => Ok(Loaded::Absent(absent)),
+        (None, None) => unreachable!("a key that was read is either matched or a problem"),
+    }
 }
 
 /// Why no client could reach `listen` by a name the certificate lists, if none could.
@@ -195,8 +209,8 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let cert_file = write(dir.path(), "cert.pem", &cert.pem());
         let key_file = write(dir.path(), "key.pem", &key.serialize_pem());
-        let check = |cert: &Path, key: &Path, address: &str, at: SystemTime| {
-            check_server_files(
+        let load = |cert: &Path, key: &Path, address: &str, at: SystemTime| {
+            load_server_files(
                 cert,
                 "tls.cert_file",
                 key,
@@ -204,15 +218,34 @@ mod tests {
                 listen(address),
                 at,
             )
-            .into_iter()
-            .map(|problem| format!("{}: {}", problem.field.unwrap(), problem.message))
-            .collect::<Vec<_>>()
+        };
+        let check = |cert: &Path, key: &Path, address: &str, at: SystemTime| {
+            load(cert, key, address, at)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|problem| format!("{}: {}", problem.field.unwrap(), problem.message))
+                .collect::<Vec<_>>()
         };
         assert!(check(&cert_file, &key_file, "127.0.0.1:8443", now).is_empty());
         assert!(check(&cert_file, &key_file, "0.0.0.0:8443", now).is_empty());
+        assert!(matches!(
+            load(&cert_file, &key_file, "127.0.0.1:8443", now),
+            Ok(Loaded::Read(_))
+        ));
         // Files that are not there are the build step's to report.
         let absent = dir.path().join("absent.pem");
-        assert!(check(&absent, &absent, "127.0.0.1:8443", now).is_empty());
+        for (cert, key) in [(&absent, &key_file), (&cert_file, &absent)] {
+            match load(cert, key, "127.0.0.1:8443", now) {
+                Ok(Loaded::Absent(error)) => assert!(
+                    error
+                        .message
+                        .starts_with(&format!("cannot read {}: ", absent.display())),
+                    "{error:?}"
+                ),
+                _ => panic!("{} is absent", absent.display()),
+            }
+        }
 
         let later = now + Duration::from_secs(7200);
         let expired = check(&cert_file, &key_file, "127.0.0.1:8443", later);

@@ -5,6 +5,7 @@
 //! - [`read_certs`]: a certificate chain (or a CA bundle) from a PEM file.
 //! - [`read_key`]: the first private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
 //! - [`root_store`]: a [`RootCertStore`] holding every certificate of a CA file.
+//! - [`Loaded`]: what was read, or the error for a file this machine does not have.
 //! - [`explain`]: rustls handshake errors in words an operator acts on.
 //! - [`inspect`]: checks of a server's certificate and key files for `validate`.
 //!
@@ -70,6 +71,39 @@ pub fn root_store(path: &Path, option: &str) -> Result<RootCertStore, BuildError
         })?;
     }
     Ok(roots)
+}
+
+/// A file a plugin's options name, read when the pipeline loads.
+pub enum Loaded<T> {
+    /// What the file holds, read and checked.
+    Read(T),
+    /// The file is not on this machine. `auditflow validate` passes over it, so that a
+    /// pipeline validates where its secrets are not (CI); `run` fails with this error,
+    /// which names the option and the file.
+    Absent(BuildError),
+}
+
+impl<T> Loaded<T> {
+    /// What reading gave, for a compile step that goes on to the next file: the value, or
+    /// `None` with the reason noted, the problems in `problems` and an absent file's error
+    /// in `absent` (the first one only, as `run` reports one).
+    pub fn note(
+        found: Result<Loaded<T>, Vec<BuildError>>,
+        problems: &mut Vec<BuildError>,
+        absent: &mut Option<BuildError>,
+    ) -> Option<T> {
+        match found {
+            Ok(Loaded::Read(value)) => Some(value),
+            Ok(Loaded::Absent(error)) => {
+                absent.get_or_insert(error);
+                None
+            }
+            Err(found) => {
+                problems.extend(found);
+                None
+            }
+        }
+    }
 }
 
 fn read(path: &Path, option: &str) -> Result<Vec<u8>, BuildError> {

@@ -73,8 +73,10 @@ fn default_max_entries() -> NonZeroUsize {
 /// `window_secs`: a week at most (kube-apiserver stops resending after minutes).
 const WINDOW_SECS: DurationRange = DurationRange::secs(1, 7 * DurationRange::DAY_SECS);
 
-impl Validate for DedupeConfig {
-    fn validate(&self) -> Vec<BuildError> {
+impl DedupeConfig {
+    /// The options checked, every problem at once, and made into the (empty) store of the
+    /// keys seen. The one step behind both `validate` and `build`.
+    fn compile(&self) -> Result<KeyStore, Vec<BuildError>> {
         let mut problems = Vec::new();
         if self.fields.is_empty() {
             problems.push(BuildError::field(
@@ -87,7 +89,23 @@ impl Validate for DedupeConfig {
                 .check("window_secs", self.window_secs.get())
                 .err(),
         );
-        problems
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(self.key_store())
+    }
+
+    fn key_store(&self) -> KeyStore {
+        KeyStore::new(
+            self.window_secs.get().saturating_mul(1000),
+            self.max_entries.get(),
+        )
+    }
+}
+
+impl Validate for DedupeConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
     }
 }
 
@@ -98,8 +116,10 @@ impl TransformConfig for DedupeConfig {
     }
 
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError> {
-        Ok(Box::new(Dedupe::new(
+        let store = self.compile().map_err(BuildError::first_of)?;
+        Ok(Box::new(Dedupe::with_store(
             self,
+            store,
             cx.telemetry,
             Some(auditflow_metrics::dedupe_keys().with_label_values(&[cx.id.as_str()])),
         )))
@@ -125,12 +145,18 @@ impl Dedupe {
         telemetry: Arc<dyn Telemetry>,
         gauge: Option<IntGauge>,
     ) -> Dedupe {
+        Dedupe::with_store(config, config.key_store(), telemetry, gauge)
+    }
+
+    fn with_store(
+        config: &DedupeConfig,
+        store: KeyStore,
+        telemetry: Arc<dyn Telemetry>,
+        gauge: Option<IntGauge>,
+    ) -> Dedupe {
         Dedupe {
             fields: config.fields.clone(),
-            store: KeyStore::new(
-                config.window_secs.get().saturating_mul(1000),
-                config.max_entries.get(),
-            ),
+            store,
             buffer: Vec::with_capacity(128),
             started: Instant::now(),
             telemetry,

@@ -232,6 +232,26 @@ fn a_window_past_one_week_is_a_validate_error() {
     );
 }
 
+/// Only `validate` ran the checks: `build`, called on its own, made a transform with no
+/// key fields, which silently keeps every event.
+#[test]
+fn validate_reports_every_error_not_only_the_first() {
+    let options = config(serde_json::json!({"fields": [], "window_secs": 604_801}));
+    let fields: Vec<_> = options
+        .validate()
+        .into_iter()
+        .filter_map(|problem| problem.field)
+        .collect();
+    assert_eq!(fields, ["fields", "window_secs"]);
+    let built = options.build(BuildContext {
+        id: "dedupe".into(),
+        data_dir: std::env::temp_dir(),
+        telemetry: Arc::new(auditflow_core::NoTelemetry),
+    });
+    let error = built.err().expect("the options are refused");
+    assert_eq!(error.field.as_deref(), Some("fields"));
+}
+
 #[test]
 fn config_defaults_and_errors() {
     let defaults = config(serde_json::json!({}));

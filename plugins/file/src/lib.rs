@@ -137,22 +137,34 @@ fn default_forget_after_secs() -> u64 {
     3600
 }
 
-/// Compiles glob patterns; the error names the option and index.
-fn glob_set(field: &str, patterns: &[String]) -> Result<GlobSet, BuildError> {
+/// Compiles glob patterns, or every pattern that does not compile, each named by option
+/// and index.
+fn glob_set(field: &str, patterns: &[String]) -> Result<GlobSet, Vec<BuildError>> {
     let mut set = GlobSetBuilder::new();
+    let mut errors = Vec::new();
     for (index, pattern) in patterns.iter().enumerate() {
-        let glob = GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| BuildError::field(format!("{field}[{index}]"), e.kind().to_string()))?;
-        set.add(glob);
+        match GlobBuilder::new(pattern).literal_separator(true).build() {
+            Ok(glob) => {
+                set.add(glob);
+            }
+            Err(e) => errors.push(BuildError::field(
+                format!("{field}[{index}]"),
+                e.kind().to_string(),
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     set.build()
-        .map_err(|e| BuildError::field(field, e.to_string()))
+        .map_err(|e| vec![BuildError::field(field, e.to_string())])
 }
 
-impl Validate for FileConfig {
-    fn validate(&self) -> Vec<BuildError> {
+impl FileConfig {
+    /// The options compiled into the tailer's settings (each glob compiled once), or every
+    /// problem with them, each naming its field. The one step behind both `validate` and
+    /// `build`; the checkpoint directory, which depends on the machine, is left to `build`.
+    fn compile(&self) -> Result<tailer::Settings, Vec<BuildError>> {
         let mut errors = Vec::new();
         if self.include.is_empty() {
             errors.push(BuildError::field(
@@ -160,11 +172,15 @@ impl Validate for FileConfig {
                 "list at least one file or glob pattern",
             ));
         }
-        for (field, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
-            if let Err(error) = glob_set(field, patterns) {
-                errors.push(error);
+        let mut globs = |field, patterns| match glob_set(field, patterns) {
+            Ok(set) => Some(set),
+            Err(problems) => {
+                errors.extend(problems);
+                None
             }
-        }
+        };
+        let include = globs("include", &self.include);
+        let exclude = globs("exclude", &self.exclude);
         if self.max_line_bytes == 0 {
             errors.push(BuildError::field("max_line_bytes", "must be at least 1"));
         }
@@ -180,14 +196,28 @@ impl Validate for FileConfig {
         for (field, range, value) in durations {
             errors.extend(range.check(field, value).err());
         }
-        if let Some(problem) = self.envelope().problem() {
+        let envelope = self.envelope();
+        if let Some(problem) = envelope.problem() {
             errors.push(BuildError::field("keep_envelope_fields", problem));
         }
-        errors
+        match (include, exclude) {
+            (Some(include), Some(exclude)) if errors.is_empty() => Ok(tailer::Settings {
+                include_patterns: self.include.clone(),
+                include,
+                exclude,
+                glob_interval: Duration::from_millis(self.glob_interval_ms),
+                read_from: self.read_from,
+                fingerprint: self.fingerprint,
+                max_line_bytes: self.max_line_bytes,
+                framing: self.framing,
+                envelope,
+                rotate_wait: Duration::from_secs(self.rotate_wait_secs),
+                forget_after: Duration::from_secs(self.forget_after_secs),
+            }),
+            _ => Err(errors),
+        }
     }
-}
 
-impl FileConfig {
     fn envelope(&self) -> Envelope {
         Envelope {
             decoding: self.decoding,
@@ -196,24 +226,15 @@ impl FileConfig {
     }
 }
 
+impl Validate for FileConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
+    }
+}
+
 impl SourceConfig for FileConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
-        if let Some(error) = self.validate().into_iter().next() {
-            return Err(error);
-        }
-        let settings = tailer::Settings {
-            include_patterns: self.include.clone(),
-            include: glob_set("include", &self.include)?,
-            exclude: glob_set("exclude", &self.exclude)?,
-            glob_interval: Duration::from_millis(self.glob_interval_ms),
-            read_from: self.read_from,
-            fingerprint: self.fingerprint,
-            max_line_bytes: self.max_line_bytes,
-            framing: self.framing,
-            envelope: self.envelope(),
-            rotate_wait: Duration::from_secs(self.rotate_wait_secs),
-            forget_after: Duration::from_secs(self.forget_after_secs),
-        };
+        let settings = self.compile().map_err(BuildError::first_of)?;
         let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings).map_err(|message| {
             BuildError::new(format!("cannot use the checkpoint directory: {message}"))
         })?;

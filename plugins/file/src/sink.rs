@@ -57,33 +57,41 @@ fn default_max_bytes() -> u64 {
     100 * 1024 * 1024
 }
 
-impl Validate for FileSinkConfig {
-    fn validate(&self) -> Vec<BuildError> {
+impl FileSinkConfig {
+    /// The options compiled into the files the sink writes (the path template parsed
+    /// once), or every problem with them. The one step behind both `validate` and `build`.
+    fn compile(&self) -> Result<Files, Vec<BuildError>> {
         let mut errors = Vec::new();
-        if let Err(error) = PathTemplate::parse(&self.path) {
-            errors.push(error);
-        }
+        let template = PathTemplate::parse(&self.path);
         if self.max_bytes == 0 {
             errors.push(BuildError::field("max_bytes", "must be at least 1"));
         }
-        errors
+        match template {
+            Ok(template) if errors.is_empty() => Ok(Files {
+                template,
+                max_bytes: self.max_bytes,
+                compression: self.compression,
+                active: None,
+            }),
+            Ok(_) => Err(errors),
+            Err(error) => {
+                errors.insert(0, error);
+                Err(errors)
+            }
+        }
+    }
+}
+
+impl Validate for FileSinkConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
     }
 }
 
 impl SinkConfig for FileSinkConfig {
     fn build(&self, _: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
-        let template = PathTemplate::parse(&self.path)?;
-        if self.max_bytes == 0 {
-            return Err(BuildError::field("max_bytes", "must be at least 1"));
-        }
-        Ok(Box::new(FileSink {
-            files: Files {
-                template,
-                max_bytes: self.max_bytes,
-                compression: self.compression,
-                active: None,
-            },
-        }))
+        let files = self.compile().map_err(BuildError::first_of)?;
+        Ok(Box::new(FileSink { files }))
     }
 }
 

@@ -458,19 +458,23 @@ fn a_forget_after_past_30_days_is_a_validate_error() {
     );
 }
 
-#[test]
-fn options_are_checked() {
-    let config: FileConfig = serde_json::from_value(json!({
-        "include": ["/var/log/[audit/*.log"],
-        "max_line_bytes": 0,
-        "forget_after_secs": 0,
-    }))
-    .unwrap();
-    let fields: Vec<_> = config
+/// The field of each problem `validate` finds with `options`.
+fn problem_fields(options: serde_json::Value) -> Vec<String> {
+    serde_json::from_value::<FileConfig>(options)
+        .unwrap()
         .validate()
         .into_iter()
         .filter_map(|e| e.field)
-        .collect();
+        .collect()
+}
+
+#[test]
+fn options_are_checked() {
+    let fields = problem_fields(json!({
+        "include": ["/var/log/[audit/*.log"],
+        "max_line_bytes": 0,
+        "forget_after_secs": 0,
+    }));
     assert_eq!(
         fields,
         vec!["include[0]", "max_line_bytes", "forget_after_secs"]
@@ -478,6 +482,22 @@ fn options_are_checked() {
     let unknown =
         serde_json::from_value::<FileConfig>(json!({"include": ["a"], "read_from": "middle"}));
     assert!(unknown.is_err());
+}
+
+/// Each glob option used to stop at its first bad pattern: with two bad `include`
+/// patterns only `include[0]` was reported, and `auditflow validate` had to be run again
+/// to find the second.
+#[test]
+fn validate_reports_every_error_not_only_the_first() {
+    let fields = problem_fields(json!({
+        "include": ["/var/log/[audit/*.log", "/var/log/audit/*.log", "/var/log/{a/*.log"],
+        "exclude": ["/var/log/[old"],
+        "max_line_bytes": 0,
+    }));
+    assert_eq!(
+        fields,
+        ["include[0]", "include[2]", "exclude[0]", "max_line_bytes"]
+    );
 }
 
 /// The pause outlasts `rotate_wait_secs` (1 s here): a file idle at its end when the pause

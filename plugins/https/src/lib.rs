@@ -8,8 +8,10 @@
 //! no input, which is the backpressure that reaches the source.
 //!
 //! # Layout
-//! - this module: the options, their checks, and building the sink.
-//! - [`tls`]: the rustls client configuration from the `tls` options.
+//! - this module: the options, the compile step that checks them (every problem at once)
+//!   and makes what the sink is built from, and building the sink.
+//! - [`tls`]: the `tls` options' files, read and checked once, and the rustls client
+//!   configuration made from them.
 //! - [`encode`]: request bodies (encoding, then compression).
 //! - [`sink`]: batching, the request slots, retries and acknowledgements.
 //!
@@ -293,15 +295,16 @@ pub struct TlsOptions {
     pub insecure_skip_verify: bool,
 }
 
-impl Validate for HttpsConfig {
-    fn validate(&self) -> Vec<BuildError> {
+impl HttpsConfig {
+    /// The options compiled into what the sink is built from (the uri parsed, the headers
+    /// made, the TLS files read), or every problem with them, each naming its field. The
+    /// one step behind both `validate` and `build`.
+    fn compile(&self) -> Result<Compiled, Vec<BuildError>> {
         let mut errors = Vec::new();
-        if let Err(error) = self.parse_uri() {
-            errors.push(error);
-        }
-        if let Err(error) = sink::header_map(self) {
-            errors.push(error);
-        }
+        let uri = self.parse_uri().map_err(|error| errors.push(error)).ok();
+        let headers = sink::header_map(self)
+            .map_err(|problems| errors.extend(problems))
+            .ok();
         let request = &self.request;
         let durations = [
             ("batch.timeout_ms", BATCH_TIMEOUT_MS, self.batch.timeout_ms),
@@ -336,12 +339,17 @@ impl Validate for HttpsConfig {
                 ),
             ));
         }
-        errors.extend(tls::check(&self.tls));
-        errors
+        let tls = tls::compile(&self.tls)
+            .map_err(|problems| errors.extend(problems))
+            .ok();
+        match (uri, headers, tls) {
+            (Some(uri), Some(headers), Some(tls)) if errors.is_empty() => {
+                Ok(Compiled { uri, headers, tls })
+            }
+            _ => Err(errors),
+        }
     }
-}
 
-impl HttpsConfig {
     fn parse_uri(&self) -> Result<hyper::Uri, BuildError> {
         let uri: hyper::Uri = self
             .uri
@@ -370,13 +378,26 @@ impl HttpsConfig {
     }
 }
 
+/// The options compiled: what the sink is built from, but for the system's certificate
+/// authorities (the machine's, loaded by `build`) and the metrics.
+struct Compiled {
+    uri: hyper::Uri,
+    /// Every request's headers: content type and encoding, credentials, the user's own.
+    headers: hyper::HeaderMap,
+    tls: tls::ClientTls,
+}
+
+impl Validate for HttpsConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
+    }
+}
+
 impl SinkConfig for HttpsConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
-        if let Some(error) = self.validate().into_iter().next() {
-            return Err(error);
-        }
-        let uri = self.parse_uri()?;
-        let tls = tls::client_config(&self.tls)?;
+        let Compiled { uri, headers, tls } = self.compile().map_err(BuildError::first_of)?;
+        let server_name = tls.server_name.clone();
+        let tls = tls.into_config()?;
         if self.tls.insecure_skip_verify {
             tracing::warn!(
                 component_id = %cx.id,
@@ -387,10 +408,12 @@ impl SinkConfig for HttpsConfig {
         Ok(Box::new(sink::HttpsSink::new(
             self,
             uri,
+            headers,
             tls,
+            server_name,
             cx.id,
             cx.telemetry,
-        )?))
+        )))
     }
 }
 

@@ -63,9 +63,10 @@ struct Shared {
 }
 
 /// The headers every request carries: content type and encoding, credentials, and the
-/// user's own (which may override the first two).
-pub(crate) fn header_map(config: &HttpsConfig) -> Result<HeaderMap, BuildError> {
+/// user's own (which may override the first two); or every header that cannot be sent.
+pub(crate) fn header_map(config: &HttpsConfig) -> Result<HeaderMap, Vec<BuildError>> {
     let mut headers = HeaderMap::new();
+    let mut errors = Vec::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(config.encoding.content_type()),
@@ -79,11 +80,20 @@ pub(crate) fn header_map(config: &HttpsConfig) -> Result<HeaderMap, BuildError> 
     );
     for (name, value) in &config.headers.0 {
         let field = || format!("headers.{name}");
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| BuildError::field(field(), "is not a valid HTTP header name"))?;
-        let mut value = HeaderValue::from_str(value).map_err(|_| {
-            BuildError::field(field(), "has characters an HTTP header value cannot hold")
-        })?;
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            errors.push(BuildError::field(
+                field(),
+                "is not a valid HTTP header name",
+            ));
+            continue;
+        };
+        let Ok(mut value) = HeaderValue::from_str(value) else {
+            errors.push(BuildError::field(
+                field(),
+                "has characters an HTTP header value cannot hold",
+            ));
+            continue;
+        };
         value.set_sensitive(true);
         headers.insert(name, value);
     }
@@ -95,26 +105,36 @@ pub(crate) fn header_map(config: &HttpsConfig) -> Result<HeaderMap, BuildError> 
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.0))
             ),
         };
-        let mut value = HeaderValue::from_str(&text).map_err(|_| {
-            BuildError::field(
+        match HeaderValue::from_str(&text) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            Err(_) => errors.push(BuildError::field(
                 "auth",
                 "has characters an HTTP header cannot hold (a newline at the end of a token file?)",
-            )
-        })?;
-        value.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, value);
+            )),
+        }
     }
-    Ok(headers)
+    if errors.is_empty() {
+        Ok(headers)
+    } else {
+        Err(errors)
+    }
 }
 
 impl HttpsSink {
+    /// The sink for `config`, from what its compile step made: the parsed `uri`, every
+    /// request's `headers`, the TLS client configuration and `tls.server_name`.
     pub(crate) fn new(
         config: &HttpsConfig,
         uri: Uri,
+        headers: HeaderMap,
         tls: rustls::ClientConfig,
+        server_name: Option<ServerName<'static>>,
         id: String,
         telemetry: Arc<dyn Telemetry>,
-    ) -> Result<HttpsSink, BuildError> {
+    ) -> HttpsSink {
         let timeout = config.request.timeout();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -126,13 +146,7 @@ impl HttpsSink {
         } else {
             builder.https_only()
         };
-        if let Some(name) = &config.tls.server_name {
-            let name = ServerName::try_from(name.clone()).map_err(|_| {
-                BuildError::field(
-                    "tls.server_name",
-                    format!("{name:?} is not a DNS name or IP address"),
-                )
-            })?;
+        if let Some(name) = server_name {
             builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
         }
         let connector = builder.enable_http1().enable_http2().wrap_connector(http);
@@ -157,7 +171,7 @@ impl HttpsSink {
         // check) sees `0`, not nothing, before the first request.
         auditflow_metrics::sink_inflight_requests().with_label_values(&[&id]);
         auditflow_metrics::sink_retries_total().with_label_values(&[&id]);
-        Ok(HttpsSink {
+        HttpsSink {
             shared: Arc::new(Shared {
                 name: format!("sinks.{id}"),
                 id,
@@ -168,7 +182,7 @@ impl HttpsSink {
                     Method::Post => hyper::Method::POST,
                     Method::Put => hyper::Method::PUT,
                 },
-                headers: header_map(config)?,
+                headers,
                 encoding: config.encoding,
                 compression: config.compression,
                 timeout,
@@ -182,7 +196,7 @@ impl HttpsSink {
             }),
             batch: config.batch.clone(),
             concurrency: config.request.concurrency.get(),
-        })
+        }
     }
 }
 

@@ -710,6 +710,83 @@ fn problems(options: Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `headers` used to stop at the first header that could not be sent, so a second bad one
+/// showed only after the first was fixed.
+#[test]
+fn validate_reports_every_error_not_only_the_first() {
+    let found = problems(json!({
+        "uri": "https://collector/ingest",
+        "headers": { "bad header": "x", "X-Tenant": "line\nbreak" },
+    }));
+    assert_eq!(
+        found,
+        [
+            (
+                "headers.X-Tenant".to_owned(),
+                "has characters an HTTP header value cannot hold".to_owned()
+            ),
+            (
+                "headers.bad header".to_owned(),
+                "is not a valid HTTP header name".to_owned()
+            ),
+        ]
+    );
+}
+
+/// The client key was matched to its certificate only when the sink was built, so
+/// `auditflow validate` passed a pair that `run` then refused.
+#[test]
+fn a_client_key_that_is_not_the_certificates_is_a_validate_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Pki::new("collector").write_to(dir.path());
+    let tls = |key: &std::path::Path| json!({ "ca_file": files.ca, "cert_file": files.client_cert, "key_file": key });
+    let uri = "https://collector/ingest";
+    let matched = problems(json!({ "uri": uri, "tls": tls(&files.client_key) }));
+    assert!(matched.is_empty(), "{matched:?}");
+    let found = problems(json!({ "uri": uri, "tls": tls(&files.server_key) }));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "tls.key_file");
+    let expected = format!(
+        "{}: does not go with tls.cert_file {}: ",
+        files.server_key.display(),
+        files.client_cert.display()
+    );
+    assert!(found[0].1.starts_with(&expected), "{found:?}");
+}
+
+/// `build` ran `validate`, which read the TLS files, and then read them again to make the
+/// client configuration. Here the CA file is a named pipe that gives its bytes to one
+/// reader: a second open waits for a writer that never comes.
+#[test]
+fn build_reads_the_tls_files_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let made = std::process::Command::new("mkfifo").arg(&ca).status();
+    assert!(made.expect("mkfifo runs").success());
+    let pem = Pki::new("collector").ca_pem;
+    let writer_side = ca.clone();
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_side)
+            .unwrap();
+        pipe.write_all(pem.as_bytes()).unwrap();
+    });
+    let (built, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let options = json!({ "uri": "https://collector/ingest", "tls": { "ca_file": ca } });
+        build("read_once", options, Arc::new(auditflow_core::NoTelemetry));
+        built.send(()).unwrap();
+    });
+    match done.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("build is still waiting to open the CA file a second time")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the sink did not build"),
+    }
+}
+
 #[test]
 fn a_timeout_of_zero_is_a_validate_error() {
     let found = problems(json!({

@@ -47,6 +47,25 @@ fn client_config(
     config
 }
 
+/// The last of a build: names the client after its component (`auditflow-<id>`) unless
+/// `librdkafka_options` names it (the passthrough overrides anything), then has librdkafka
+/// check every property, so that a typo fails `run` at start. That check is not part of
+/// the compile step behind `validate`: what librdkafka accepts depends on how the binary
+/// was built (OpenSSL, SASL), not on the pipeline.
+fn finish_client(
+    config: &mut ClientConfig,
+    id: &str,
+    passthrough: &BTreeMap<String, String>,
+) -> Result<(), auditflow_core::BuildError> {
+    if !passthrough.contains_key("client.id") {
+        config.set("client.id", format!("auditflow-{id}"));
+    }
+    config.create_native_config().map_err(|error| {
+        auditflow_core::BuildError::field("librdkafka_options", error.to_string())
+    })?;
+    Ok(())
+}
+
 /// Sends librdkafka's own log lines and client errors to `tracing`, with the component
 /// id (otherwise they would go nowhere).
 fn forward_log(id: &str, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {

@@ -82,23 +82,10 @@ impl Compression {
 }
 
 impl KafkaSinkConfig {
-    fn client_config(&self, id: &str) -> ClientConfig {
-        let client_id = format!("auditflow-{id}");
-        crate::client_config(
-            &self.bootstrap_servers,
-            &[
-                ("client.id", &client_id),
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("compression.type", self.compression.as_str()),
-            ],
-            &self.librdkafka_options,
-        )
-    }
-}
-
-impl Validate for KafkaSinkConfig {
-    fn validate(&self) -> Vec<BuildError> {
+    /// The options checked (every problem at once) and made into the sink, but for the
+    /// client's name, which is the component's. The one step behind both `validate` and
+    /// `build` ([`crate::finish_client`] does the rest).
+    fn compile(&self) -> Result<KafkaSink, Vec<BuildError>> {
         let mut errors = Vec::new();
         if self.bootstrap_servers.trim().is_empty() {
             errors.push(BuildError::field(
@@ -112,16 +99,9 @@ impl Validate for KafkaSinkConfig {
         if self.key_field.is_empty() {
             errors.push(BuildError::field("key_field", "must not be empty"));
         }
-        errors
-    }
-}
-
-impl SinkConfig for KafkaSinkConfig {
-    fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
-        let config = self.client_config(&cx.id);
-        config
-            .create_native_config()
-            .map_err(|error| BuildError::field("librdkafka_options", error.to_string()))?;
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let headers = (!self.headers.is_empty()).then(|| {
             self.headers
                 .iter()
@@ -132,12 +112,34 @@ impl SinkConfig for KafkaSinkConfig {
                     })
                 })
         });
-        Ok(Box::new(KafkaSink {
-            config,
+        Ok(KafkaSink {
+            config: crate::client_config(
+                &self.bootstrap_servers,
+                &[
+                    ("enable.idempotence", "true"),
+                    ("acks", "all"),
+                    ("compression.type", self.compression.as_str()),
+                ],
+                &self.librdkafka_options,
+            ),
             topic: self.topic.clone(),
             key_field: self.key_field.clone(),
             headers,
-        }))
+        })
+    }
+}
+
+impl Validate for KafkaSinkConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
+    }
+}
+
+impl SinkConfig for KafkaSinkConfig {
+    fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
+        let mut sink = self.compile().map_err(BuildError::first_of)?;
+        crate::finish_client(&mut sink.config, &cx.id, &self.librdkafka_options)?;
+        Ok(Box::new(sink))
     }
 }
 
@@ -300,6 +302,31 @@ fn key_of<'a>(event: &'a Event, field: &str) -> Option<&'a [u8]> {
 mod tests {
     use super::*;
     use auditflow_testkit::event;
+
+    /// Only `validate` ran the option checks; `build`, called on its own, made a producer
+    /// of a config they refuse.
+    #[test]
+    fn validate_reports_every_error_not_only_the_first() {
+        let config: KafkaSinkConfig = serde_json::from_value(serde_json::json!({
+            "bootstrap_servers": "127.0.0.1:9092",
+            "topic": "",
+            "key_field": "",
+        }))
+        .unwrap();
+        let fields: Vec<_> = config
+            .validate()
+            .into_iter()
+            .filter_map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["topic", "key_field"]);
+        let built = config.build(BuildContext {
+            id: "kafka".into(),
+            data_dir: std::env::temp_dir(),
+            telemetry: Arc::new(auditflow_core::NoTelemetry),
+        });
+        let error = built.err().expect("the options are refused");
+        assert_eq!(error.field.as_deref(), Some("topic"));
+    }
 
     #[test]
     fn keys_are_the_field_characters() {

@@ -161,31 +161,10 @@ fn default_commit_interval_ms() -> u64 {
 const OWNED_OPTIONS: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
 
 impl KafkaSourceConfig {
-    fn client_config(&self, id: &str) -> ClientConfig {
-        let reset = match self.auto_offset_reset {
-            AutoOffsetReset::Earliest => "earliest",
-            AutoOffsetReset::Latest => "latest",
-        };
-        let client_id = format!("auditflow-{id}");
-        let mut config = crate::client_config(
-            &self.bootstrap_servers,
-            &[
-                ("client.id", &client_id),
-                ("auto.offset.reset", reset),
-                ("enable.partition.eof", "false"),
-            ],
-            &self.librdkafka_options,
-        );
-        config
-            .set("group.id", &self.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
-        config
-    }
-}
-
-impl Validate for KafkaSourceConfig {
-    fn validate(&self) -> Vec<BuildError> {
+    /// The options checked (every problem at once) and made into the source, but for the
+    /// client's name, which is the component's. The one step behind both `validate` and
+    /// `build` ([`crate::finish_client`] does the rest).
+    fn compile(&self) -> Result<KafkaSource, Vec<BuildError>> {
         let mut errors = Vec::new();
         if self.bootstrap_servers.trim().is_empty() {
             errors.push(BuildError::field(
@@ -207,7 +186,8 @@ impl Validate for KafkaSourceConfig {
                 .check("commit_interval_ms", self.commit_interval_ms)
                 .err(),
         );
-        if let Some(problem) = self.decoding.envelope(&self.keep_envelope_fields).problem() {
+        let envelope = self.decoding.envelope(&self.keep_envelope_fields);
+        if let Some(problem) = envelope.problem() {
             errors.push(BuildError::field("keep_envelope_fields", problem));
         }
         for key in OWNED_OPTIONS {
@@ -218,24 +198,50 @@ impl Validate for KafkaSourceConfig {
                 ));
             }
         }
-        errors
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(KafkaSource {
+            config: self.client_config(),
+            topics: self.topics.clone(),
+            decoding: self.decoding,
+            envelope,
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
+        })
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let reset = match self.auto_offset_reset {
+            AutoOffsetReset::Earliest => "earliest",
+            AutoOffsetReset::Latest => "latest",
+        };
+        let mut config = crate::client_config(
+            &self.bootstrap_servers,
+            &[
+                ("auto.offset.reset", reset),
+                ("enable.partition.eof", "false"),
+            ],
+            &self.librdkafka_options,
+        );
+        config
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+    }
+}
+
+impl Validate for KafkaSourceConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
     }
 }
 
 impl SourceConfig for KafkaSourceConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
-        let config = self.client_config(&cx.id);
-        // Checks every librdkafka property now, so a typo fails at load, not at run.
-        config
-            .create_native_config()
-            .map_err(|error| BuildError::field("librdkafka_options", error.to_string()))?;
-        Ok(Box::new(KafkaSource {
-            config,
-            topics: self.topics.clone(),
-            decoding: self.decoding,
-            envelope: self.decoding.envelope(&self.keep_envelope_fields),
-            commit_interval: Duration::from_millis(self.commit_interval_ms),
-        }))
+        let mut source = self.compile().map_err(BuildError::first_of)?;
+        crate::finish_client(&mut source.config, &cx.id, &self.librdkafka_options)?;
+        Ok(Box::new(source))
     }
 }
 
@@ -985,6 +991,39 @@ mod tests {
     fn ids(reader: &Reader) -> Vec<&str> {
         let events = &reader.decoded.events;
         events.iter().filter_map(|e| e.get_str("auditID")).collect()
+    }
+
+    /// Only `validate` ran the option checks; `build`, called on its own (as a reload may),
+    /// made a consumer of a config they refuse, with no broker and no topic.
+    #[test]
+    fn validate_reports_every_error_not_only_the_first() {
+        let config: KafkaSourceConfig = serde_json::from_value(serde_json::json!({
+            "bootstrap_servers": " ",
+            "topics": [],
+            "group_id": "auditflow",
+            "librdkafka_options": { "enable.auto.commit": "true" },
+        }))
+        .unwrap();
+        let fields: Vec<_> = config
+            .validate()
+            .into_iter()
+            .filter_map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "bootstrap_servers",
+                "topics",
+                "librdkafka_options.enable.auto.commit"
+            ]
+        );
+        let built = config.build(BuildContext {
+            id: "kafka".into(),
+            data_dir: std::env::temp_dir(),
+            telemetry: Arc::new(NoTelemetry),
+        });
+        let error = built.err().expect("the options are refused");
+        assert_eq!(error.field.as_deref(), Some("bootstrap_servers"));
     }
 
     #[test]

@@ -317,10 +317,7 @@ impl TransformConfig for RedactConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError> {
         // `validate` has reported every problem when the pipeline loaded; the first is
         // enough here.
-        let redactor = self.compile().map_err(|errors| {
-            let first = errors.into_iter().next();
-            first.unwrap_or_else(|| BuildError::new("the redact options cannot be compiled"))
-        })?;
+        let redactor = self.compile().map_err(BuildError::first_of)?;
         let counters = redactor
             .detector_names
             .iter()

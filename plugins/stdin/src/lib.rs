@@ -53,35 +53,43 @@ fn default_max_line_bytes() -> usize {
     4 * 1024 * 1024
 }
 
-impl Validate for StdinConfig {
-    fn validate(&self) -> Vec<BuildError> {
+impl StdinConfig {
+    /// The options checked, every problem at once, and made into the envelope each record
+    /// is read with. The one step behind both `validate` and `build`.
+    fn compile(&self) -> Result<Envelope, Vec<BuildError>> {
         let mut errors = Vec::new();
         if self.max_line_bytes == 0 {
             errors.push(BuildError::field("max_line_bytes", "must be at least 1"));
         }
-        if let Some(problem) = self.envelope().problem() {
+        let envelope = Envelope {
+            decoding: self.decoding,
+            keep: self.keep_envelope_fields.clone(),
+        };
+        if let Some(problem) = envelope.problem() {
             errors.push(BuildError::field("keep_envelope_fields", problem));
         }
-        errors
+        if errors.is_empty() {
+            Ok(envelope)
+        } else {
+            Err(errors)
+        }
     }
 }
 
-impl StdinConfig {
-    fn envelope(&self) -> Envelope {
-        Envelope {
-            decoding: self.decoding,
-            keep: self.keep_envelope_fields.clone(),
-        }
+impl Validate for StdinConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
     }
 }
 
 impl SourceConfig for StdinConfig {
     fn build(&self, _: BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let envelope = self.compile().map_err(BuildError::first_of)?;
         Ok(Box::new(LineSource {
             reader: tokio::io::stdin(),
             max_line_bytes: self.max_line_bytes,
             framing: self.framing,
-            envelope: self.envelope(),
+            envelope,
         }))
     }
 }
@@ -219,6 +227,31 @@ mod tests {
     use auditflow_core::channel;
     use auditflow_core::{NoTelemetry, Output, Shutdown};
     use auditflow_testkit::RecordingTelemetry;
+
+    /// Only `validate` ran the checks: `build`, called on its own, made a source with
+    /// `max_line_bytes: 0`, which no record fits.
+    #[test]
+    fn validate_reports_every_error_not_only_the_first() {
+        let config = StdinConfig {
+            max_line_bytes: 0,
+            framing: Framing::default(),
+            decoding: Decoding::Audit,
+            keep_envelope_fields: vec![EnvelopeField::LogGroup],
+        };
+        let fields: Vec<_> = config
+            .validate()
+            .into_iter()
+            .filter_map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["max_line_bytes", "keep_envelope_fields"]);
+        let built = config.build(BuildContext {
+            id: "in".into(),
+            data_dir: std::env::temp_dir(),
+            telemetry: Arc::new(NoTelemetry),
+        });
+        let error = built.err().expect("the options are refused");
+        assert_eq!(error.field.as_deref(), Some("max_line_bytes"));
+    }
 
     /// Runs a source over `reader` to its end (or, with `stop_after`, until that many
     /// events came out, then shuts it down); returns the batches.

@@ -8,8 +8,10 @@
 //! succeed.
 //!
 //! # Layout
-//! - this module: the options ([`WebhookConfig`]), their checks, and the build step, which
-//!   loads certificates and tokens and binds the listener (so a busy port is a config error).
+//! - this module: the options ([`WebhookConfig`]); the compile step behind both `validate`
+//!   and `build`, which checks them (every problem at once) and reads certificates and
+//!   tokens once; and the build step, which binds the listener (so a busy port fails
+//!   `run` at start, naming `address`).
 //! - [`server`]: the accept loop, TLS, and the request handler; bodies are split into
 //!   events by [`auditflow_core::decode`], which the `kafka` source shares.
 //! - `connection`: one connection's life: the idle watch, lingering closes, and the
@@ -37,6 +39,7 @@ use std::time::Duration;
 use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
+use auditflow_tls::Loaded;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -200,8 +203,61 @@ fn default_body_read_timeout_ms() -> u64 {
     30_000
 }
 
-impl Validate for WebhookConfig {
-    fn validate(&self) -> Vec<BuildError> {
+impl WebhookConfig {
+    /// The options compiled into what the source is built from (certificates, keys and
+    /// tokens read once, the TLS configuration made), or every problem with them, each
+    /// naming its field. The one step behind both `validate` and `build`; the listener,
+    /// whose port belongs to the machine, is left to `build`, and so are files this
+    /// machine does not have ([`Loaded::Absent`]).
+    fn compile(&self) -> Result<Loaded<Compiled>, Vec<BuildError>> {
+        let mut problems = self.option_problems();
+        let mut absent = None;
+        // What a TLS client would refuse later is found here, before anything starts.
+        let tls = self.tls.as_ref().and_then(|tls| {
+            Loaded::note(tls::compile(tls, self.address), &mut problems, &mut absent)
+        });
+        let tokens = match &self.auth {
+            None => None,
+            Some(AuthConfig::BearerTokens(tokens)) => {
+                Some(tokens.iter().map(|t| TokenDigest::of(&t.0)).collect())
+            }
+            Some(AuthConfig::BearerTokensFile(path)) => {
+                Loaded::note(read_tokens_file(path), &mut problems, &mut absent)
+            }
+            Some(AuthConfig::AccessKeys(keys)) => {
+                Some(keys.iter().map(|k| TokenDigest::of(&k.0)).collect())
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        if let Some(absent) = absent {
+            return Ok(Loaded::Absent(absent));
+        }
+        Ok(Loaded::Read(Compiled {
+            tls,
+            settings: server::Settings {
+                path: self.path.clone(),
+                tokens,
+                max_body_bytes: self.max_body_bytes,
+                acknowledgements: self.acknowledgements,
+                accept_timeout: Duration::from_millis(self.accept_timeout_ms),
+                ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+                max_connections: self.max_connections,
+                header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+                pass_check_events: self.pass_check_events,
+                decoding: std::sync::Arc::new(firehose::BodyDecoding {
+                    protocol: self.protocol,
+                    envelope: self.envelope(),
+                    max_record_bytes: self.max_body_bytes,
+                }),
+            },
+        }))
+    }
+
+    /// What is wrong with the options taken one by one, before any file is read.
+    fn option_problems(&self) -> Vec<BuildError> {
         let mut problems = Vec::new();
         match (&self.tls, self.allow_plaintext) {
             (None, false) => problems.push(BuildError::field(
@@ -238,17 +294,6 @@ impl Validate for WebhookConfig {
         ];
         for (field, value) in timeouts {
             problems.extend(TIMEOUT_MS.check(field, value).err());
-        }
-        if let Some(tls) = &self.tls {
-            // What a TLS client would refuse later, found before anything starts.
-            problems.extend(auditflow_tls::inspect::check_server_files(
-                &tls.cert_file,
-                "tls.cert_file",
-                &tls.key_file,
-                "tls.key_file",
-                self.address,
-                std::time::SystemTime::now(),
-            ));
         }
         if let Some(problem) = self.envelope().problem() {
             problems.push(BuildError::field("keep_envelope_fields", problem));
@@ -295,6 +340,19 @@ impl Validate for WebhookConfig {
     }
 }
 
+/// The options compiled: everything the source is built from but its listener.
+struct Compiled {
+    /// `None` with `allow_plaintext`.
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    settings: server::Settings,
+}
+
+impl Validate for WebhookConfig {
+    fn validate(&self) -> Vec<BuildError> {
+        self.compile().err().unwrap_or_default()
+    }
+}
+
 /// Why a token could never match an `Authorization` header, if it could not.
 fn token_problem(token: &str) -> Option<&'static str> {
     if token.is_empty() {
@@ -317,16 +375,9 @@ impl WebhookConfig {
 
 impl SourceConfig for WebhookConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
-        let tls = self.tls.as_ref().map(tls::server_config).transpose()?;
-        let tokens = match &self.auth {
-            None => None,
-            Some(AuthConfig::BearerTokens(tokens)) => {
-                Some(tokens.iter().map(|t| TokenDigest::of(&t.0)).collect())
-            }
-            Some(AuthConfig::BearerTokensFile(path)) => Some(read_tokens_file(path)?),
-            Some(AuthConfig::AccessKeys(keys)) => {
-                Some(keys.iter().map(|k| TokenDigest::of(&k.0)).collect())
-            }
+        let Compiled { tls, settings } = match self.compile().map_err(BuildError::first_of)? {
+            Loaded::Read(compiled) => compiled,
+            Loaded::Absent(error) => return Err(error),
         };
         // Bound here, not in `run`, so that a busy port fails `auditflow run` at start
         // with the option's name rather than later as a runtime failure. Rebuilt by a
@@ -341,23 +392,6 @@ impl SourceConfig for WebhookConfig {
                 ),
             )
         })?;
-        let settings = server::Settings {
-            path: self.path.clone(),
-            tokens,
-            max_body_bytes: self.max_body_bytes,
-            acknowledgements: self.acknowledgements,
-            accept_timeout: Duration::from_millis(self.accept_timeout_ms),
-            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
-            max_connections: self.max_connections,
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
-            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
-            pass_check_events: self.pass_check_events,
-            decoding: std::sync::Arc::new(firehose::BodyDecoding {
-                protocol: self.protocol,
-                envelope: self.envelope(),
-                max_record_bytes: self.max_body_bytes,
-            }),
-        };
         Ok(Box::new(server::WebhookSource::new(
             listener, tls, settings, &cx.id,
         )))
@@ -385,27 +419,38 @@ impl TokenDigest {
     }
 }
 
-fn read_tokens_file(path: &std::path::Path) -> Result<Vec<TokenDigest>, BuildError> {
+/// The tokens of a `bearer_tokens_file`, or every line that holds no usable token.
+fn read_tokens_file(path: &std::path::Path) -> Result<Loaded<Vec<TokenDigest>>, Vec<BuildError>> {
     const FIELD: &str = "auth.bearer_tokens_file";
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        BuildError::field(FIELD, format!("cannot read {}: {error}", path.display()))
-    })?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            let error =
+                BuildError::field(FIELD, format!("cannot read {}: {error}", path.display()));
+            return if path.exists() {
+                Err(vec![error])
+            } else {
+                Ok(Loaded::Absent(error))
+            };
+        }
+    };
     let mut tokens = Vec::new();
+    let mut problems = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let token = line.trim();
         if token.is_empty() || token.starts_with('#') {
             continue;
         }
-        if let Some(problem) = token_problem(token) {
-            return Err(BuildError::field(
+        match token_problem(token) {
+            Some(problem) => problems.push(BuildError::field(
                 FIELD,
                 format!("{} line {}: the token {problem}", path.display(), index + 1),
-            ));
+            )),
+            None => tokens.push(TokenDigest::of(token)),
         }
-        tokens.push(TokenDigest::of(token));
     }
-    if tokens.is_empty() {
-        return Err(BuildError::field(
+    if tokens.is_empty() && problems.is_empty() {
+        problems.push(BuildError::field(
             FIELD,
             format!(
                 "{} holds no token (one per line): every request would be refused",
@@ -413,7 +458,11 @@ fn read_tokens_file(path: &std::path::Path) -> Result<Vec<TokenDigest>, BuildErr
             ),
         ));
     }
-    Ok(tokens)
+    if problems.is_empty() {
+        Ok(Loaded::Read(tokens))
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]

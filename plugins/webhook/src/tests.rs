@@ -141,6 +141,8 @@ fn missing_certificate_and_token_files_fail_the_build_naming_the_option() {
         "tls": {"cert_file": "/nonexistent/tls.crt", "key_file": "/nonexistent/tls.key"},
         "address": "127.0.0.1:0",
     }));
+    // A pipeline validates on a machine without its secrets (CI); `run` names the file.
+    assert!(options.validate().is_empty());
     let error = options.build(build_cx()).err().unwrap();
     assert_eq!(error.field.as_deref(), Some("tls.cert_file"));
 
@@ -155,6 +157,45 @@ fn missing_certificate_and_token_files_fail_the_build_naming_the_option() {
     let error = options.build(build_cx()).err().unwrap();
     assert_eq!(error.field.as_deref(), Some("auth.bearer_tokens_file"));
     assert!(error.message.contains("holds no token"));
+}
+
+/// A `bearer_tokens_file` was read only by `build`, which stopped at its first bad line:
+/// `auditflow validate` passed a file that `run` refused, and each bad line showed only
+/// once the one before it was fixed.
+#[test]
+fn validate_reports_every_error_not_only_the_first() {
+    let tokens = tempfile_dir().join("two-bad-tokens");
+    std::fs::write(&tokens, "good\nhas space\n# a comment\ntab\there\n").unwrap();
+    let problems: Vec<(String, String)> = config(serde_json::json!({
+        "allow_plaintext": true,
+        "path": "audit",
+        "auth": {"bearer_tokens_file": tokens},
+    }))
+    .validate()
+    .into_iter()
+    .map(|problem| (problem.field.unwrap_or_default(), problem.message))
+    .collect();
+    let bad_line = |line: usize| {
+        (
+            "auth.bearer_tokens_file".to_owned(),
+            format!(
+                "{} line {line}: the token contains whitespace or control characters, which a \
+                 bearer token cannot",
+                tokens.display()
+            ),
+        )
+    };
+    assert_eq!(
+        problems,
+        [
+            (
+                "path".to_owned(),
+                "\"audit\" is not a URL path: it starts with `/` and has no query".to_owned()
+            ),
+            bad_line(2),
+            bad_line(4),
+        ]
+    );
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
