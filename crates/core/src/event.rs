@@ -84,6 +84,10 @@ pub struct Event {
     /// Unescaped keys of the members whose keys hold escapes, by member index (rare:
     /// Kubernetes keys need none). `None` when no key has an escape.
     escaped_keys: EscapedKeys,
+    /// Some member's key is not one of [`KNOWN_KEYS`] (or repeats one): only then can a
+    /// key outside them be there. Most audit events hold known keys only, so looking for
+    /// another (`items`, say) needs no scan.
+    other_keys: bool,
     /// Values parsed from the members' bytes, one slot per member, made on the first read
     /// and shared by clones (the bytes they come from are shared and never change).
     parsed: OnceLock<Arc<[OnceLock<Option<Value>>]>>,
@@ -259,6 +263,7 @@ impl Event {
             members: SmallVec::new(),
             known: [ABSENT; KNOWN_KEYS.len()],
             escaped_keys: None,
+            other_keys: false,
             parsed: OnceLock::new(),
             changed: None,
         };
@@ -270,6 +275,8 @@ impl Event {
             ..
         } = &mut event;
         index_into(raw, members, known, escaped_keys)?;
+        let known_present = event.known.iter().filter(|at| **at != ABSENT).count();
+        event.other_keys = event.members.len() > known_present;
         Ok(event)
     }
 
@@ -287,6 +294,7 @@ impl Event {
             members: SmallVec::new(),
             known: [ABSENT; KNOWN_KEYS.len()],
             escaped_keys: None,
+            other_keys: false,
             parsed: OnceLock::new(),
             changed: Some(fields),
         }
@@ -665,19 +673,21 @@ impl Event {
     }
 
     fn member_position(&self, key: &str) -> Option<usize> {
-        if let Some(known) = known_key(key.as_bytes()) {
-            match self.known[known] {
+        match known_key(key.as_bytes()) {
+            Some(known) => match self.known[known] {
                 ABSENT => return None,
                 UNINDEXED => {}
                 position => return Some(usize::from(position)),
-            }
+            },
+            None if !self.other_keys => return None,
+            None => {}
         }
-        (0..self.members.len()).rposition(|i| self.member_key(i) == key)
+        (0..self.members.len()).rposition(|i| self.member_key_is(i, key))
     }
 
     fn field_position(&self, fields: &[Field], key: &str) -> Option<usize> {
         fields.iter().rposition(|field| match &field.key {
-            Key::Member(i) => self.member_key(*i as usize) == key,
+            Key::Member(i) => self.member_key_is(*i as usize, key),
             Key::Owned(owned) => &**owned == key,
         })
     }
@@ -726,6 +736,16 @@ impl Event {
         }
         // The decoder checked the bytes are UTF-8.
         std::str::from_utf8(&self.raw[self.members[i].key()]).unwrap_or_default()
+    }
+
+    /// Whether `members[i]`'s key is `key`, comparing bytes (no UTF-8 check per call).
+    fn member_key_is(&self, i: usize, key: &str) -> bool {
+        if let Some(escaped) = &self.escaped_keys {
+            if let Ok(at) = escaped.binary_search_by_key(&(i as u32), |(index, _)| *index) {
+                return &*escaped[at].1 == key;
+            }
+        }
+        &self.raw[self.members[i].key()] == key.as_bytes()
     }
 
     /// `members[i]`'s value parsed, from the shared cache.
@@ -1178,6 +1198,24 @@ mod tests {
         assert_eq!(event.get("a\"b"), Some(&json!(1)));
         event.insert("c", json!(3));
         assert_eq!(written(&event), r#"{"a\"b":1,"c":3}"#);
+    }
+
+    #[test]
+    fn keys_outside_the_audit_ones_are_found_however_they_are_written() {
+        // Known keys only: another key is absent without a scan, and still absent.
+        let only_known = event(r#"{"kind":"Event","verb":"get","verb":"list"}"#);
+        assert_eq!(only_known.raw_field("items"), None);
+        assert_eq!(only_known.get_str("verb"), Some("list"));
+        let list = event(r#"{"kind":"EventList","items":[1],"items":[2]}"#);
+        assert_eq!(list.raw_field("items"), Some(&b"[2]"[..]));
+        let escaped = event(r#"{"kind":"EventList","items":[3]}"#);
+        assert_eq!(escaped.raw_field("items"), Some(&b"[3]"[..]));
+        let escaped_known = event(r#"{"verb":"get"}"#);
+        assert_eq!(escaped_known.get_str("verb"), Some("get"));
+        assert_eq!(escaped_known.raw_field("items"), None);
+        // A repeated known key makes room for others.
+        let repeated = event(r#"{"verb":"a","verb":"b","x":1}"#);
+        assert_eq!(repeated.get("x"), Some(&json!(1)));
     }
 
     #[test]

@@ -489,13 +489,13 @@ impl Redactor {
         };
         let mut body: Option<Body> = None;
         let mut planned: Vec<(String, Plan)> = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for key in event.keys() {
-            if seen.contains(&key) {
+        // Read once: each key's text is checked as UTF-8 when read.
+        let keys: Vec<&str> = event.keys().collect();
+        for (at, &key) in keys.iter().enumerate() {
+            if keys[..at].contains(&key) {
                 continue;
             }
-            seen.push(key);
-            let repeated = event.keys().filter(|other| *other == key).count() > 1;
+            let repeated = keys[at + 1..].contains(&key);
             let is_body = key == "requestObject" || key == "responseObject";
             let fields: Vec<&Path> = self
                 .fields

@@ -377,7 +377,10 @@ mod tests {
         assert!(decode(b"a\xff").is_none());
         assert!(decode(b"a\\n\xff").is_none());
         assert!(decode_mapped(b"\xe2\x82\\n").is_none());
-        assert_eq!(decode("\u{e9}t\\u00e9\\n".as_bytes()).unwrap(), "\u{e9}t\u{e9}\n");
+        assert_eq!(
+            decode("\u{e9}t\\u00e9\\n".as_bytes()).unwrap(),
+            "\u{e9}t\u{e9}\n"
+        );
     }
 
     #[test]
