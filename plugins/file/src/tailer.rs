@@ -49,6 +49,7 @@ use auditflow_core::{
 use flate2::read::MultiGzDecoder;
 use globset::GlobSet;
 use prometheus::{IntCounter, IntGauge};
+use sha2::{Digest, Sha256};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
@@ -172,6 +173,9 @@ struct Entry {
     /// The scan that last found another matched file with this file's fingerprint while
     /// this one was open (a `.gz` or a copy): what is unread here can be read from it.
     copy_seen_in_scan: Option<u64>,
+    /// The file's start when it was last closed (`checksum` only): once the file is gone,
+    /// what tells another file with its fingerprint from it.
+    start: Option<StartDigest>,
 }
 
 impl Entry {
@@ -193,7 +197,31 @@ impl Entry {
             frozen: false,
             unseen_since_start: false,
             copy_seen_in_scan: None,
+            start: None,
         }
+    }
+}
+
+/// A digest of a file's first bytes, up to [`COMPARE_BYTES`].
+#[derive(Debug, Clone, Copy)]
+struct StartDigest {
+    len: usize,
+    sum: [u8; 32],
+}
+
+impl StartDigest {
+    fn of(start: &[u8]) -> StartDigest {
+        let mut sum = [0u8; 32];
+        sum.copy_from_slice(&Sha256::digest(start));
+        StartDigest {
+            len: start.len(),
+            sum,
+        }
+    }
+
+    /// Whether another file's `start`, at least as long, differs from the digested one.
+    fn differs_from(&self, start: &[u8]) -> bool {
+        Sha256::digest(&start[..self.len]).as_slice() != self.sum
     }
 }
 
@@ -708,9 +736,11 @@ impl Tailer {
 
     /// The path of entry `key`'s file when `file` (at `path`, with the same `checksum`
     /// fingerprint) is another file rather than a copy of it, a hard link to it, or the
-    /// same file moved: both are still there, and their starts differ beyond the first
-    /// line. `None` when the entry's file is gone or replaced, as after a rotation: then
-    /// `file` is taken for it, as the fingerprint says.
+    /// same file moved: their starts differ beyond the first line. The entry's start is
+    /// read from its open handle; once closed, a digest of it taken then stands in for it;
+    /// else (after a restart) it is read from the entry's last path while that holds its
+    /// fingerprint. `None` when there is nothing to compare with (gone while auditflow was
+    /// stopped): then `file` is taken for it, as the fingerprint says.
     fn other_file_with_fingerprint(
         &self,
         key: u64,
@@ -732,6 +762,15 @@ impl Tailer {
                 if entry.path == path {
                     return None;
                 }
+                if let Some(closed) = entry.start {
+                    // Its start as it was closed tells, whether it moved or not, unless
+                    // `file` is shorter (then its last path may still tell).
+                    let start = start_of(file, is_gzip(path)).ok()?;
+                    if start.len() >= closed.len {
+                        return closed.differs_from(&start).then(|| entry.path.clone());
+                    }
+                }
+                // The entry's file, if it is still at its last path.
                 let known = File::open(&entry.path).ok()?;
                 let meta = known.metadata().ok()?;
                 if (meta.dev(), meta.ino()) == inode {
@@ -827,6 +866,13 @@ impl Tailer {
             return;
         };
         let still_matched = settle && entry.gone_since.is_none();
+        if self.settings.fingerprint == FingerprintMode::Checksum {
+            let start = match &reader.input {
+                Input::Plain(file) => start_of(file, false),
+                Input::Gzip(decoder) => start_of(decoder.get_ref(), true),
+            };
+            entry.start = start.ok().map(|start| StartDigest::of(&start));
+        }
         let meta = match &reader.input {
             Input::Plain(file) => file.metadata().ok(),
             Input::Gzip(decoder) => decoder.get_ref().metadata().ok(),

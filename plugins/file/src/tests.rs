@@ -599,3 +599,43 @@ async fn a_copy_of_a_pretty_printed_file_is_neither_read_twice_nor_reported() {
     assert_eq!(collisions(&source), 0);
     source.stop().await;
 }
+
+#[tokio::test]
+async fn a_file_sharing_only_its_first_line_with_a_deleted_file_does_not_take_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    let (a, b) = (logs.join("a.log"), logs.join("b.log"));
+    append(&a, &pretty("a", 0..3));
+    let options = json!({"framing": "json_stream", "rotate_wait_secs": 0});
+    let mut source = start(dir.path(), options);
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    fs::remove_file(&a).unwrap();
+    // The scan that finds the first marker also finds `a.log` gone and, with no wait,
+    // closes it: its entry is kept, with its position, and nothing is left at its path.
+    let_scans_pass(&mut source, &logs).await;
+    // Longer than what was read of `a.log`: taken for it, it would be read from that offset.
+    append(&b, &pretty("b", 0..5));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 1);
+    source.stop().await;
+}
+
+#[tokio::test]
+async fn a_closed_pretty_printed_file_renamed_and_grown_is_resumed_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    let a = logs.join("a.log");
+    append(&a, &pretty("a", 0..3));
+    let options = json!({"framing": "json_stream", "rotate_wait_secs": 0});
+    let mut source = start(dir.path(), options);
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    // Idle with no wait: closed by the time the markers' scans have passed.
+    let_scans_pass(&mut source, &logs).await;
+    let renamed = logs.join("a-1.log");
+    fs::rename(&a, &renamed).unwrap();
+    append(&renamed, &pretty("a", 3..5));
+    assert_eq!(source.ids(2).await, ids("a", 3..5));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 0);
+    source.stop().await;
+}
