@@ -776,17 +776,18 @@ impl Tailer {
                 if (meta.dev(), meta.ino()) == inode {
                     return None;
                 }
-                let start = start_of(&known, entry.gzip).ok()?;
-                let head = &start[..start.len().min(CHECKSUM_BYTES)];
-                if Fingerprint::of_start(head) != entry.fingerprint {
-                    // Another file took the entry's path (a rotation).
-                    return None;
-                }
-                Ok(start)
+                start_of(&known, entry.gzip)
             }
         };
+        let known_start = known_start.ok()?;
+        let head = &known_start[..known_start.len().min(CHECKSUM_BYTES)];
+        if Fingerprint::of_start(head) != entry.fingerprint {
+            // Another file took the entry's path (a rotation), or the open one was
+            // truncated and rewritten since the last look: nothing to compare with.
+            return None;
+        }
         let start = start_of(file, is_gzip(path)).ok()?;
-        (!same_start(&known_start.ok()?, &start)).then(|| entry.path.clone())
+        (!same_start(&known_start, &start)).then(|| entry.path.clone())
     }
 
     /// Warns and counts, once per path, that the file at `path` is not read because it
