@@ -5,8 +5,9 @@
 //! positions of vanished files forgotten after `forget_after_secs`; a file deleted with
 //! bytes unread (the error line and `auditflow_file_lost_bytes_total`); the exact count
 //! of `auditflow_file_rotations_total`; `fingerprint: device_inode` across renames; a file
-//! too short for its checksum (also with `read_from: end`); and a file truncated while
-//! auditflow was stopped.
+//! too short for its checksum (also with `read_from: end`); a file truncated while
+//! auditflow was stopped; and pretty-printed files that share their first line (reported
+//! under `checksum`, read with `device_inode`, a copy told apart from another file).
 //!
 //! Each test waits for conditions (events on stdout or at a collector, a log line, a
 //! metric, the checkpoint file) with generous deadlines: the machine may be loaded.
@@ -1223,4 +1224,137 @@ fn checksum_a_file_emptied_and_rewritten_while_stopped_is_a_new_file_read_from_i
         ]
     );
     truncated.assert_no_warning_or_error();
+}
+
+/// Events `range` pretty-printed as `jq .` writes them: every such file starts with the
+/// line `{`, so under `fingerprint: checksum` all of them share one fingerprint.
+fn pretty_events(range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| {
+            let event: serde_json::Value = serde_json::from_str(&audit_line(i)).unwrap();
+            serde_json::to_string_pretty(&event).unwrap() + "\n"
+        })
+        .collect()
+}
+
+const COLLISION_WARNING: &str = "share their first line";
+
+/// `a.json` (events 0..5) and `b.json` (events 5..10), pretty-printed, read with
+/// `framing: json_stream` and the given `fingerprint`; returns the workspace, the two
+/// files, the run and what it printed.
+fn two_pretty_files(fingerprint: &str) -> (Workspace, PathBuf, PathBuf, Run, Arc<Seen>) {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let (a, b) = (logs.join("a.json"), logs.join("b.json"));
+    append(&a, &pretty_events(0..5));
+    append(&b, &pretty_events(5..10));
+    let options = format!(
+        "include: [\"{}/*.json\"]\nframing: json_stream\nfingerprint: {fingerprint}\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    (workspace, a, b, run, seen)
+}
+
+/// Lets several directory scans pass: each marker file is found by a scan that starts
+/// after the previous marker's event arrived. Returns the markers' events.
+fn let_scans_pass(run: &Run, logs: &Path, first: usize) -> std::ops::Range<usize> {
+    for i in first..first + 3 {
+        append(
+            &logs.join(format!("marker-{i}.json")),
+            &audit_lines(i..i + 1),
+        );
+        run.wait_all(i..i + 1);
+    }
+    first..first + 3
+}
+
+fn collisions_counted(run: &Run) -> f64 {
+    metric(
+        &run.scrape(),
+        "auditflow_component_errors_total",
+        &[
+            ("component_id", "in"),
+            ("error_type", "fingerprint_collision"),
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Under `fingerprint: checksum` two pretty-printed files share a fingerprint (their first
+/// line is `{`). The second is another file, not a copy: it is not read, and that is not
+/// silent. One warning names both files and says to use `device_inode`, once however many
+/// scans pass, and `auditflow_component_errors_total{error_type="fingerprint_collision"}`
+/// reads 1. The first file is read whole.
+#[test]
+fn checksum_two_pretty_printed_files_sharing_their_first_line_are_reported_once() {
+    let (_workspace, a, b, run, seen) = two_pretty_files("checksum");
+    run.wait_all(0..5);
+    wait_log(&run.auditflow, COLLISION_WARNING, 1);
+    let markers = let_scans_pass(&run, a.parent().unwrap(), 20);
+    assert_eq!(collisions_counted(&run), 1.0);
+    let stderr = run.stop();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains(COLLISION_WARNING))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning, not one per scan:\n{stderr}"
+    );
+    let warning = warnings[0];
+    assert!(warning.contains("WARN"), "{warning}");
+    for file in [&a, &b] {
+        assert!(
+            warning.contains(&file.display().to_string()),
+            "names {}: {warning}",
+            file.display()
+        );
+    }
+    assert!(
+        warning.contains("fingerprint: device_inode") && warning.contains("not read"),
+        "{warning}"
+    );
+    seen.assert_exactly_once(indices(&[0..5, markers]));
+}
+
+/// The same two files with `fingerprint: device_inode` (what the warning advises): every
+/// event of both arrives once, and nothing is reported.
+#[test]
+fn device_inode_reads_two_pretty_printed_files_sharing_their_first_line() {
+    let (_workspace, a, _, run, seen) = two_pretty_files("device_inode");
+    run.wait_all(0..10);
+    let markers = let_scans_pass(&run, a.parent().unwrap(), 20);
+    assert_eq!(collisions_counted(&run), 0.0);
+    let stderr = run.stop();
+    assert!(!stderr.contains(COLLISION_WARNING), "{stderr}");
+    seen.assert_exactly_once(indices(&[0..10, markers]));
+}
+
+/// A real copy (`cp`) of a pretty-printed file being read, under `checksum`: the same bytes, so no warning and no error count, and their events are not
+/// read a second time; what is appended to the file later is read once.
+#[test]
+fn checksum_a_copy_of_a_pretty_printed_file_is_not_a_collision() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let a = logs.join("a.json");
+    append(&a, &pretty_events(0..5));
+    let options = format!(
+        "include: [\"{}/*.json\"]\nframing: json_stream\nglob_interval_ms: 100",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..5);
+    fs::copy(&a, logs.join("a-copy.json")).unwrap();
+    let markers = let_scans_pass(&run, &logs, 20);
+    append(&a, &pretty_events(5..8));
+    run.wait_all(5..8);
+    let more_markers = let_scans_pass(&run, &logs, 30);
+    assert_eq!(collisions_counted(&run), 0.0);
+    let stderr = run.stop();
+    assert!(!stderr.contains(COLLISION_WARNING), "{stderr}");
+    seen.assert_exactly_once(indices(&[0..8, markers, more_markers]));
 }

@@ -49,11 +49,12 @@ use auditflow_core::{
 use flate2::read::MultiGzDecoder;
 use globset::GlobSet;
 use prometheus::{IntCounter, IntGauge};
+use sha2::{Digest, Sha256};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use crate::checkpoint::{CheckpointStore, Record};
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, CHECKSUM_BYTES};
 use crate::{FingerprintMode, ReadFrom};
 
 /// Batches sent and not yet acknowledged, over all files. Reading pauses at this many:
@@ -69,6 +70,9 @@ const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 256 * 1024;
 /// Directory levels `**` descends at most.
 const MAX_DEPTH: usize = 32;
+/// Bytes compared at most to tell a copy of a known file from another file that only
+/// shares its fingerprint (its first line).
+const COMPARE_BYTES: usize = 4096;
 
 /// The options, compiled.
 #[derive(Debug)]
@@ -169,6 +173,9 @@ struct Entry {
     /// The scan that last found another matched file with this file's fingerprint while
     /// this one was open (a `.gz` or a copy): what is unread here can be read from it.
     copy_seen_in_scan: Option<u64>,
+    /// The file's start when it was last closed (`checksum` only): once the file is gone,
+    /// what tells another file with its fingerprint from it.
+    start: Option<StartDigest>,
 }
 
 impl Entry {
@@ -190,7 +197,31 @@ impl Entry {
             frozen: false,
             unseen_since_start: false,
             copy_seen_in_scan: None,
+            start: None,
         }
+    }
+}
+
+/// A digest of a file's first bytes, up to [`COMPARE_BYTES`].
+#[derive(Debug, Clone, Copy)]
+struct StartDigest {
+    len: usize,
+    sum: [u8; 32],
+}
+
+impl StartDigest {
+    fn of(start: &[u8]) -> StartDigest {
+        let mut sum = [0u8; 32];
+        sum.copy_from_slice(&Sha256::digest(start));
+        StartDigest {
+            len: start.len(),
+            sum,
+        }
+    }
+
+    /// Whether another file's `start`, at least as long, differs from the digested one.
+    fn differs_from(&self, start: &[u8]) -> bool {
+        Sha256::digest(&start[..self.len]).as_slice() != self.sum
     }
 }
 
@@ -299,6 +330,9 @@ pub struct Tailer {
     /// Lost bytes were just reported: the checkpoint must say so at once, or a crash before
     /// the next periodic write would have the restart report them again.
     checkpoint_now: bool,
+    /// Matched files left unread because another file has their fingerprint: reported
+    /// once each while the globs match them.
+    collisions: HashSet<PathBuf>,
     timers: Timers,
 }
 
@@ -326,6 +360,7 @@ impl Tailer {
             records: records_decoder,
             sending: None,
             checkpoint_now: false,
+            collisions: HashSet::new(),
             timers: Timers {
                 next_scan: Instant::now(),
                 next_checkpoint: Instant::now(),
@@ -437,13 +472,15 @@ impl Tailer {
     }
 
     /// Looks for new, renamed, truncated and deleted files.
-    fn scan(&mut self) {
+    fn scan(&mut self, telemetry: &dyn Telemetry) {
         let now = Instant::now();
         let files = self.expand();
         if self.scans == 0 && files.is_empty() {
             tracing::info!(component_id = %self.id, include = ?self.settings.include_patterns,
                 "no file matches include yet; waiting for one");
         }
+        self.collisions
+            .retain(|collided| files.iter().any(|(path, _)| path == collided));
         let mut seen = HashSet::with_capacity(files.len());
         let mut unopened = Vec::new();
         // Files open already: renamed, truncated?
@@ -501,7 +538,7 @@ impl Tailer {
                 }
                 self.settled.remove(&inode);
             }
-            self.discover(path, &meta, inode, now);
+            self.discover(path, &meta, inode, now, telemetry);
         }
         self.settled.retain(|inode, _| seen.contains(inode));
         self.close_finished(now);
@@ -602,7 +639,14 @@ impl Tailer {
     }
 
     /// A matched file that is not open: a new file, or a known one to resume.
-    fn discover(&mut self, path: PathBuf, meta: &Metadata, inode: Inode, now: Instant) {
+    fn discover(
+        &mut self,
+        path: PathBuf,
+        meta: &Metadata,
+        inode: Inode,
+        now: Instant,
+        telemetry: &dyn Telemetry,
+    ) {
         let mode = self.settings.fingerprint;
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -632,6 +676,10 @@ impl Tailer {
         };
         let key = match self.by_fingerprint.get(&fingerprint) {
             Some(&key) => {
+                if let Some(known) = self.other_file_with_fingerprint(key, &path, &file, inode) {
+                    self.report_collision(&path, &known, telemetry);
+                    return;
+                }
                 let entry = self.entries.get_mut(&key).expect("indexed entries exist");
                 entry.last_seen = now;
                 entry.unseen_since_start = false;
@@ -684,6 +732,75 @@ impl Tailer {
             }
         };
         self.open(key, file, inode, meta.len());
+    }
+
+    /// The path of entry `key`'s file when `file` (at `path`, with the same `checksum`
+    /// fingerprint) is another file rather than a copy of it, a hard link to it, or the
+    /// same file moved: their starts differ beyond the first line. The entry's start is
+    /// read from its open handle; once closed, a digest of it taken then stands in for it;
+    /// else (after a restart) it is read from the entry's last path while that holds its
+    /// fingerprint. `None` when there is nothing to compare with (gone while auditflow was
+    /// stopped): then `file` is taken for it, as the fingerprint says.
+    fn other_file_with_fingerprint(
+        &self,
+        key: u64,
+        path: &Path,
+        file: &File,
+        inode: Inode,
+    ) -> Option<PathBuf> {
+        if self.settings.fingerprint != FingerprintMode::Checksum {
+            return None;
+        }
+        let entry = self.entries.get(&key)?;
+        let known_start = match &entry.reader {
+            Some(reader) if reader.inode == inode => return None,
+            Some(reader) => match &reader.input {
+                Input::Plain(known) => start_of(known, false),
+                Input::Gzip(decoder) => start_of(decoder.get_ref(), true),
+            },
+            None => {
+                if entry.path == path {
+                    return None;
+                }
+                if let Some(closed) = entry.start {
+                    // Its start as it was closed tells, whether it moved or not, unless
+                    // `file` is shorter (then its last path may still tell).
+                    let start = start_of(file, is_gzip(path)).ok()?;
+                    if start.len() >= closed.len {
+                        return closed.differs_from(&start).then(|| entry.path.clone());
+                    }
+                }
+                // The entry's file, if it is still at its last path.
+                let known = File::open(&entry.path).ok()?;
+                let meta = known.metadata().ok()?;
+                if (meta.dev(), meta.ino()) == inode {
+                    return None;
+                }
+                start_of(&known, entry.gzip)
+            }
+        };
+        let known_start = known_start.ok()?;
+        let head = &known_start[..known_start.len().min(CHECKSUM_BYTES)];
+        if Fingerprint::of_start(head) != entry.fingerprint {
+            // Another file took the entry's path (a rotation), or the open one was
+            // truncated and rewritten since the last look: nothing to compare with.
+            return None;
+        }
+        let start = start_of(file, is_gzip(path)).ok()?;
+        (!same_start(&known_start, &start)).then(|| entry.path.clone())
+    }
+
+    /// Warns and counts, once per path, that the file at `path` is not read because it
+    /// shares its fingerprint with the file at `known`.
+    fn report_collision(&mut self, path: &Path, known: &Path, telemetry: &dyn Telemetry) {
+        if !self.collisions.insert(path.to_path_buf()) {
+            return;
+        }
+        telemetry.errored("fingerprint_collision", 1);
+        tracing::warn!(component_id = %self.id, file = %path.display(),
+            same_first_line_as = %known.display(),
+            "this file and another one share their first line, and with it their checksum fingerprint: this file is not read; set `fingerprint: device_inode` on source {}, or make the files' first lines differ",
+            self.id);
     }
 
     /// Opens `file` for entry `key` at the entry's read position.
@@ -750,6 +867,13 @@ impl Tailer {
             return;
         };
         let still_matched = settle && entry.gone_since.is_none();
+        if self.settings.fingerprint == FingerprintMode::Checksum {
+            let start = match &reader.input {
+                Input::Plain(file) => start_of(file, false),
+                Input::Gzip(decoder) => start_of(decoder.get_ref(), true),
+            };
+            entry.start = start.ok().map(|start| StartDigest::of(&start));
+        }
         let meta = match &reader.input {
             Input::Plain(file) => file.metadata().ok(),
             Input::Gzip(decoder) => decoder.get_ref().metadata().ok(),
@@ -1074,7 +1198,7 @@ impl Tailer {
     fn housekeep(&mut self, telemetry: &dyn Telemetry) {
         let now = Instant::now();
         if now >= self.timers.next_scan {
-            self.scan();
+            self.scan(telemetry);
             self.timers.next_scan = Instant::from_std(auditflow_core::duration::deadline(
                 now.into_std(),
                 self.settings.glob_interval,
@@ -1271,6 +1395,51 @@ impl Source for Tailer {
 
 fn is_gzip(path: &Path) -> bool {
     path.extension().is_some_and(|extension| extension == "gz")
+}
+
+/// Up to [`COMPARE_BYTES`] of a file's start, decompressed if `gzip`, read without moving
+/// the handle's offset (it may be a reader's). A `.gz` still being written gives what it
+/// holds so far.
+fn start_of(file: &File, gzip: bool) -> io::Result<Vec<u8>> {
+    let mut start = vec![0; COMPARE_BYTES];
+    let mut filled = 0;
+    let mut input: Box<dyn Read + '_> = if gzip {
+        Box::new(MultiGzDecoder::new(ReadAt { file, offset: 0 }))
+    } else {
+        Box::new(ReadAt { file, offset: 0 })
+    };
+    while filled < COMPARE_BYTES {
+        match input.read(&mut start[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if gzip && error.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(error) => return Err(error),
+        }
+    }
+    start.truncate(filled);
+    Ok(start)
+}
+
+/// Whether two files' starts agree as far as both go: one can be a copy of the other
+/// (a copy still being written is shorter).
+fn same_start(a: &[u8], b: &[u8]) -> bool {
+    let both = a.len().min(b.len());
+    a[..both] == b[..both]
+}
+
+/// Reads a file from its own offset, leaving the handle's offset alone.
+struct ReadAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = self.file.read_at(buffer, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
 }
 
 /// The directory to list for a pattern, and how many levels below it to look.

@@ -520,3 +520,142 @@ async fn over_the_memory_limit_nothing_more_is_read_until_memory_falls() {
 }
 
 mod runtime;
+
+/// Events `prefix{range}` pretty-printed as `jq .` writes them: every such file starts with
+/// the line `{`, so all of them share one `checksum` fingerprint.
+fn pretty(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| {
+            let event = json!({"kind": "Event", "auditID": format!("{prefix}{i}"), "verb": "get"});
+            serde_json::to_string_pretty(&event).unwrap() + "\n"
+        })
+        .collect()
+}
+
+/// How often the source counted a fingerprint collision.
+fn collisions(source: &Running) -> usize {
+    source
+        .counts
+        .recorded()
+        .errored
+        .iter()
+        .filter(|(error_type, _)| *error_type == "fingerprint_collision")
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Lets several scans pass: each file of plain lines appended here is found by a scan that
+/// starts after the previous one's events arrived.
+async fn let_scans_pass(source: &mut Running, logs: &Path) {
+    for marker in ["marker-1", "marker-2", "marker-3"] {
+        append(&logs.join(format!("{marker}.log")), &lines(marker, 0..1));
+        assert_eq!(source.ids(1).await, ids(marker, 0..1));
+    }
+}
+
+#[tokio::test]
+async fn a_file_sharing_only_its_first_line_with_a_file_being_read_is_reported_once_not_skipped_silently(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    append(&logs.join("a.log"), &pretty("a", 0..3));
+    let mut source = start(dir.path(), json!({"framing": "json_stream"}));
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    append(&logs.join("b.log"), &pretty("b", 0..3));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 1, "counted once, not once per scan");
+    // Reading the first file goes on.
+    append(&logs.join("a.log"), &pretty("a", 3..4));
+    assert_eq!(source.ids(1).await, ids("a", 3..4));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 1);
+    source.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_restart_a_file_sharing_only_its_first_line_does_not_take_the_other_files_position()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    let (a, b) = (logs.join("a.log"), logs.join("b.log"));
+    append(&a, &pretty("a", 0..3));
+    let mut source = start(dir.path(), json!({"framing": "json_stream"}));
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    source.stop().await;
+    // Longer than what was read of `a.log`, and older: the first scan finds it first, while
+    // the entry it matches is closed. Taken for `a.log`, it would be read from that offset.
+    append(&b, &pretty("b", 0..5));
+    let older = fs::metadata(&a).unwrap().modified().unwrap() - Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_modified(older)
+        .unwrap();
+    append(&a, &pretty("a", 3..5));
+    let mut source = start(dir.path(), json!({"framing": "json_stream"}));
+    assert_eq!(source.ids(2).await, ids("a", 3..5));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 1);
+    source.stop().await;
+}
+
+#[tokio::test]
+async fn a_copy_of_a_pretty_printed_file_is_neither_read_twice_nor_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    let a = logs.join("a.log");
+    append(&a, &pretty("a", 0..3));
+    let mut source = start(dir.path(), json!({"framing": "json_stream"}));
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    fs::copy(&a, logs.join("a-copy.log")).unwrap();
+    fs::hard_link(&a, logs.join("a-link.log")).unwrap();
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 0);
+    source.stop().await;
+    // After a restart too, with the first file found after its copy.
+    let mut source = start(dir.path(), json!({"framing": "json_stream"}));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 0);
+    source.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_sharing_only_its_first_line_with_a_deleted_file_does_not_take_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    let (a, b) = (logs.join("a.log"), logs.join("b.log"));
+    append(&a, &pretty("a", 0..3));
+    let options = json!({"framing": "json_stream", "rotate_wait_secs": 0});
+    let mut source = start(dir.path(), options);
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    fs::remove_file(&a).unwrap();
+    // The scan that finds the first marker also finds `a.log` gone and, with no wait,
+    // closes it: its entry is kept, with its position, and nothing is left at its path.
+    let_scans_pass(&mut source, &logs).await;
+    // Longer than what was read of `a.log`: taken for it, it would be read from that offset.
+    append(&b, &pretty("b", 0..5));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 1);
+    source.stop().await;
+}
+
+#[tokio::test]
+async fn a_closed_pretty_printed_file_renamed_and_grown_is_resumed_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = logs(dir.path());
+    let a = logs.join("a.log");
+    append(&a, &pretty("a", 0..3));
+    let options = json!({"framing": "json_stream", "rotate_wait_secs": 0});
+    let mut source = start(dir.path(), options);
+    assert_eq!(source.ids(3).await, ids("a", 0..3));
+    // Idle with no wait: closed by the time the markers' scans have passed.
+    let_scans_pass(&mut source, &logs).await;
+    let renamed = logs.join("a-1.log");
+    fs::rename(&a, &renamed).unwrap();
+    append(&renamed, &pretty("a", 3..5));
+    assert_eq!(source.ids(2).await, ids("a", 3..5));
+    let_scans_pass(&mut source, &logs).await;
+    assert_eq!(collisions(&source), 0);
+    source.stop().await;
+}
