@@ -372,11 +372,20 @@ async fn without_the_client_certificate_nothing_is_acknowledged_and_the_log_says
     assert_eq!(statuses, [BatchStatus::Rejected]);
     assert!(setup.server.requests().is_empty());
     assert!(!setup.server.handshake_errors().is_empty());
-    // The server's alert may be lost to the reset of its close, so the log names either.
+    // With TLS 1.3 the client finishes its side of the handshake before the server
+    // refuses it, so the server's alert can be lost to its close: the client then sees
+    // the connection reset, closed, or a broken pipe on its next write. The server's own
+    // handshake errors above show that it was the refusal.
     let logs = logs.text();
+    let refused = [
+        "CertificateRequired",
+        "reset",
+        "connection closed",
+        "broken pipe",
+    ];
     assert!(
         logs.contains("giving up a request of 245 events")
-            && (logs.contains("CertificateRequired") || logs.contains("reset")),
+            && refused.iter().any(|why| logs.contains(why)),
         "logs:\n{logs}"
     );
     assert_eq!(counts.recorded().errored, [("retries_exhausted", 245)]);
