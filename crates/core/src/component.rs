@@ -163,6 +163,77 @@ impl BuildError {
     }
 }
 
+/// A config's compiled options, kept from [`Validate::validate`] for the `build` that
+/// follows, so that `auditflow run` compiles each component once: globs, templates and
+/// TLS files are compiled or read by `validate` when the pipeline loads, and `build` takes
+/// that result instead of compiling again.
+///
+/// A plugin holds one as a field of its config (`#[serde(skip)]`, `#[schemars(skip)]`),
+/// fills it in `validate` with [`CompileOnce::validate`] and empties it in `build` with
+/// [`CompileOnce::take`]. A `build` with nothing kept (no `validate` before it, or a
+/// second build of the same config, as when a reload restarts a source with its previous
+/// options) compiles afresh, so a build never uses a result twice. A clone starts empty.
+pub struct CompileOnce<T> {
+    kept: std::sync::Mutex<Option<T>>,
+}
+
+impl<T> CompileOnce<T> {
+    /// Runs `compile` and keeps its result for the next [`CompileOnce::take`]; returns
+    /// every problem it found (none when it compiled).
+    pub fn validate(
+        &self,
+        compile: impl FnOnce() -> Result<T, Vec<BuildError>>,
+    ) -> Vec<BuildError> {
+        match compile() {
+            Ok(compiled) => {
+                *self.kept() = Some(compiled);
+                Vec::new()
+            }
+            Err(problems) => problems,
+        }
+    }
+
+    /// What the last [`CompileOnce::validate`] compiled, or else what `compile` gives now;
+    /// the first problem when it does not compile.
+    pub fn take(
+        &self,
+        compile: impl FnOnce() -> Result<T, Vec<BuildError>>,
+    ) -> Result<T, BuildError> {
+        let kept = self.kept().take();
+        match kept {
+            Some(compiled) => Ok(compiled),
+            None => compile().map_err(BuildError::first_of),
+        }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Option<T>> {
+        // A panic while holding the lock leaves only an `Option` behind, which is sound.
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<T> Default for CompileOnce<T> {
+    fn default() -> CompileOnce<T> {
+        CompileOnce {
+            kept: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T> Clone for CompileOnce<T> {
+    fn clone(&self) -> CompileOnce<T> {
+        CompileOnce::default()
+    }
+}
+
+impl<T> fmt::Debug for CompileOnce<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CompileOnce")
+    }
+}
+
 /// A running component failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
@@ -268,4 +339,63 @@ pub trait TransformConfig: Validate + fmt::Debug + Send + Sync {
 /// A sink's options.
 pub trait SinkConfig: Validate + fmt::Debug + Send + Sync {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::{BuildError, CompileOnce};
+
+    /// A compile step that counts its runs and compiles to its run number, or fails.
+    fn counting(
+        runs: &Cell<u32>,
+        fails: bool,
+    ) -> impl FnOnce() -> Result<u32, Vec<BuildError>> + '_ {
+        move || {
+            runs.set(runs.get() + 1);
+            if fails {
+                Err(vec![
+                    BuildError::field("a", "first"),
+                    BuildError::field("b", "second"),
+                ])
+            } else {
+                Ok(runs.get())
+            }
+        }
+    }
+
+    #[test]
+    fn a_build_after_validate_takes_what_validate_compiled() {
+        let runs = Cell::new(0);
+        let compiled = CompileOnce::default();
+        assert!(compiled.validate(counting(&runs, false)).is_empty());
+        assert_eq!(compiled.take(counting(&runs, false)), Ok(1));
+        assert_eq!(runs.get(), 1, "the build compiled again");
+        // A second build (a source restarted with its previous options) compiles afresh.
+        assert_eq!(compiled.take(counting(&runs, false)), Ok(2));
+        assert_eq!(runs.get(), 2);
+    }
+
+    #[test]
+    fn validate_returns_every_problem_and_keeps_nothing() {
+        let runs = Cell::new(0);
+        let compiled: CompileOnce<u32> = CompileOnce::default();
+        let problems = compiled.validate(counting(&runs, true));
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_deref()).collect();
+        assert_eq!(fields, [Some("a"), Some("b")]);
+        let error = compiled.take(counting(&runs, true)).unwrap_err();
+        assert_eq!(error, BuildError::field("a", "first"));
+        assert_eq!(runs.get(), 2);
+    }
+
+    #[test]
+    fn a_clone_starts_empty() {
+        let runs = Cell::new(0);
+        let compiled = CompileOnce::default();
+        assert!(compiled.validate(counting(&runs, false)).is_empty());
+        let copy = compiled.clone();
+        assert_eq!(copy.take(counting(&runs, false)), Ok(2));
+        assert_eq!(compiled.take(counting(&runs, false)), Ok(1));
+    }
 }

@@ -55,7 +55,7 @@ pub mod tap;
 pub use batch::Batch;
 pub use channel::Output;
 pub use component::{
-    BuildContext, BuildError, ComponentError, ComponentKind, NoTelemetry, Shutdown,
+    BuildContext, BuildError, CompileOnce, ComponentError, ComponentKind, NoTelemetry, Shutdown,
     ShutdownTrigger, Sink, SinkConfig, SinkContext, Source, SourceConfig, SourceContext, Telemetry,
     Transform, TransformConfig, Validate,
 };

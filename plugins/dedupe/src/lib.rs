@@ -26,7 +26,8 @@ use auditflow_core::condition::Path;
 use auditflow_core::duration::DurationRange;
 use auditflow_core::event::RawLookup;
 use auditflow_core::{
-    Batch, BuildContext, BuildError, Event, Telemetry, Transform, TransformConfig, Validate,
+    Batch, BuildContext, BuildError, CompileOnce, Event, Telemetry, Transform, TransformConfig,
+    Validate,
 };
 use prometheus::IntGauge;
 use schemars::JsonSchema;
@@ -38,6 +39,10 @@ use twox_hash::XxHash3_128;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<KeyStore>,
     /// The fields that make an event's key, as paths (`auditID`, `objectRef.name`). Two
     /// events are duplicates when every field is equal (or absent in both). Events that
     /// have none of them are always kept.
@@ -105,7 +110,7 @@ impl DedupeConfig {
 
 impl Validate for DedupeConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
@@ -116,7 +121,7 @@ impl TransformConfig for DedupeConfig {
     }
 
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError> {
-        let store = self.compile().map_err(BuildError::first_of)?;
+        let store = self.compiled.take(|| self.compile())?;
         Ok(Box::new(Dedupe::with_store(
             self,
             store,

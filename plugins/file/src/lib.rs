@@ -30,7 +30,7 @@ use std::time::Duration;
 use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::framing::Framing;
-use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
+use auditflow_core::{BuildContext, BuildError, CompileOnce, Source, SourceConfig, Validate};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -40,6 +40,10 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<tailer::Settings>,
     /// Glob patterns of the files to read (`/var/log/kubernetes/audit/*.log`). `*` stays
     /// within one directory; `**` crosses directories. Rotated backups must match too for
     /// their last lines to be read after a restart.
@@ -228,13 +232,13 @@ impl FileConfig {
 
 impl Validate for FileConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
 impl SourceConfig for FileConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
-        let settings = self.compile().map_err(BuildError::first_of)?;
+        let settings = self.compiled.take(|| self.compile())?;
         let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings).map_err(|message| {
             BuildError::new(format!("cannot use the checkpoint directory: {message}"))
         })?;

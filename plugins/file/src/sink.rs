@@ -16,7 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use auditflow_core::blocking::run as blocking;
 use auditflow_core::{
-    BatchStatus, BuildContext, BuildError, ComponentError, Sink, SinkConfig, SinkContext, Validate,
+    BatchStatus, BuildContext, BuildError, CompileOnce, ComponentError, Sink, SinkConfig,
+    SinkContext, Validate,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -29,6 +30,10 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<Files>,
     /// The file to write, as a template of the current UTC time:
     /// `/var/log/auditflow/audit-%Y-%m-%d.log`. `%Y` year, `%m` month, `%d` day, `%H`
     /// hour, `%M` minute, `%S` second, `%%` a percent sign. Directories are created.
@@ -84,13 +89,13 @@ impl FileSinkConfig {
 
 impl Validate for FileSinkConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
 impl SinkConfig for FileSinkConfig {
     fn build(&self, _: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
-        let files = self.compile().map_err(BuildError::first_of)?;
+        let files = self.compiled.take(|| self.compile())?;
         Ok(Box::new(FileSink { files }))
     }
 }
@@ -466,6 +471,7 @@ mod tests {
             path: format!("{}/out/audit.log", dir.path().display()),
             max_bytes: default_max_bytes(),
             compression: Compression::None,
+            compiled: CompileOnce::default(),
         };
         assert!(config.validate().is_empty());
         let sink = config

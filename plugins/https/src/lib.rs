@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use auditflow_core::duration::DurationRange;
-use auditflow_core::{BuildContext, BuildError, Sink, SinkConfig, Validate};
+use auditflow_core::{BuildContext, BuildError, CompileOnce, Sink, SinkConfig, Validate};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpsConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<Compiled>,
     /// Where to send: `https://host:port/path`. `http://` only with `allow_plaintext: true`.
     pub uri: String,
     /// Allow an `http://` uri: events (and credentials) then travel unencrypted.
@@ -389,13 +393,13 @@ struct Compiled {
 
 impl Validate for HttpsConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
 impl SinkConfig for HttpsConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
-        let Compiled { uri, headers, tls } = self.compile().map_err(BuildError::first_of)?;
+        let Compiled { uri, headers, tls } = self.compiled.take(|| self.compile())?;
         let server_name = tls.server_name.clone();
         let tls = tls.into_config()?;
         if self.tls.insecure_skip_verify {

@@ -796,6 +796,49 @@ fn build_reads_the_tls_files_once() {
     }
 }
 
+/// `auditflow run` validates every component when the pipeline loads and then builds it:
+/// the build takes what `validate` compiled instead of reading the TLS files again. The CA
+/// file is a named pipe that gives its bytes to one reader only.
+#[test]
+fn validate_then_build_reads_the_tls_files_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let made = std::process::Command::new("mkfifo").arg(&ca).status();
+    assert!(made.expect("mkfifo runs").success());
+    let pem = Pki::new("collector").ca_pem;
+    let writer_side = ca.clone();
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_side)
+            .unwrap();
+        pipe.write_all(pem.as_bytes()).unwrap();
+    });
+    let (built, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let options = json!({ "uri": "https://collector/ingest", "tls": { "ca_file": ca } });
+        let config = config(options);
+        let problems = config.validate();
+        assert!(problems.is_empty(), "{problems:?}");
+        let cx = BuildContext {
+            id: "validated_once".into(),
+            data_dir: "/nonexistent".into(),
+            telemetry: Arc::new(auditflow_core::NoTelemetry),
+        };
+        let sink = config.build(cx);
+        built.send(sink.is_ok()).unwrap();
+    });
+    match done.recv_timeout(Duration::from_secs(30)) {
+        Ok(built) => assert!(built, "the validated sink did not build"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("build is waiting to open the CA file that validate already read")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("validate or build panicked")
+        }
+    }
+}
+
 #[test]
 fn a_timeout_of_zero_is_a_validate_error() {
     let found = problems(json!({

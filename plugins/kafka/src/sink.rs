@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use auditflow_core::{
-    BatchStatus, BuildContext, BuildError, ComponentError, DeadLetter, Event, Location, Sink,
-    SinkConfig, SinkContext, Validate,
+    BatchStatus, BuildContext, BuildError, CompileOnce, ComponentError, DeadLetter, Event,
+    Location, Sink, SinkConfig, SinkContext, Validate,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -34,6 +34,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<KafkaSink>,
     /// Brokers to bootstrap from, comma-separated `host:port`.
     pub bootstrap_servers: String,
     /// Topic to write to.
@@ -131,13 +135,13 @@ impl KafkaSinkConfig {
 
 impl Validate for KafkaSinkConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
 impl SinkConfig for KafkaSinkConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError> {
-        let mut sink = self.compile().map_err(BuildError::first_of)?;
+        let mut sink = self.compiled.take(|| self.compile())?;
         crate::finish_client(&mut sink.config, &cx.id, &self.librdkafka_options)?;
         Ok(Box::new(sink))
     }

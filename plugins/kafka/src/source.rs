@@ -32,9 +32,9 @@ use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{self, Envelope, EnvelopeField};
 use auditflow_core::records::LogLimiter;
 use auditflow_core::{
-    Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, ComponentError, DeadLetter,
-    DeadLetterOutput, Event, Finalizers, Location, Output, Source, SourceConfig, SourceContext,
-    Telemetry, Validate,
+    Batch, BatchNotifier, BatchStatus, BuildContext, BuildError, CompileOnce, ComponentError,
+    DeadLetter, DeadLetterOutput, Event, Finalizers, Location, Output, Source, SourceConfig,
+    SourceContext, Telemetry, Validate,
 };
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
@@ -64,6 +64,10 @@ const SEEK_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<KafkaSource>,
     /// Brokers to bootstrap from, comma-separated `host:port`.
     pub bootstrap_servers: String,
     /// Topics to subscribe to.
@@ -233,13 +237,13 @@ impl KafkaSourceConfig {
 
 impl Validate for KafkaSourceConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
 impl SourceConfig for KafkaSourceConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
-        let mut source = self.compile().map_err(BuildError::first_of)?;
+        let mut source = self.compiled.take(|| self.compile())?;
         crate::finish_client(&mut source.config, &cx.id, &self.librdkafka_options)?;
         Ok(Box::new(source))
     }

@@ -37,7 +37,8 @@ use std::sync::Arc;
 use auditflow_config::types::Pattern;
 use auditflow_core::condition::Path;
 use auditflow_core::{
-    Batch, BuildContext, BuildError, Event, Telemetry, Transform, TransformConfig, Validate,
+    Batch, BuildContext, BuildError, CompileOnce, Event, Telemetry, Transform, TransformConfig,
+    Validate,
 };
 use bytes::Bytes;
 use prometheus::IntCounter;
@@ -57,6 +58,10 @@ pub const REDACTED_ANNOTATION: &str = "auditflow.io/redacted";
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedactConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<Redactor>,
     /// The built-in detectors, all on by default; turn one off by name, for instance
     /// `detectors: { bootstrap_token: false }`.
     #[serde(default)]
@@ -309,7 +314,7 @@ impl RedactConfig {
 
 impl Validate for RedactConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
@@ -317,7 +322,7 @@ impl TransformConfig for RedactConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError> {
         // `validate` has reported every problem when the pipeline loaded; the first is
         // enough here.
-        let redactor = self.compile().map_err(BuildError::first_of)?;
+        let redactor = self.compiled.take(|| self.compile())?;
         let counters = redactor
             .detector_names
             .iter()

@@ -18,8 +18,8 @@ use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
 use auditflow_core::framing::{Frame, Framer, Framing};
 use auditflow_core::records::RecordDecoder;
 use auditflow_core::{
-    Batch, BuildContext, BuildError, ComponentError, Event, Finalizers, Location, Source,
-    SourceConfig, SourceContext, Validate,
+    Batch, BuildContext, BuildError, CompileOnce, ComponentError, Event, Finalizers, Location,
+    Source, SourceConfig, SourceContext, Validate,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -29,6 +29,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<Envelope>,
     /// Longest record accepted, in bytes; a longer one is skipped and counted as `oversized`.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
@@ -78,13 +82,13 @@ impl StdinConfig {
 
 impl Validate for StdinConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
 impl SourceConfig for StdinConfig {
     fn build(&self, _: BuildContext) -> Result<Box<dyn Source>, BuildError> {
-        let envelope = self.compile().map_err(BuildError::first_of)?;
+        let envelope = self.compiled.take(|| self.compile())?;
         Ok(Box::new(LineSource {
             reader: tokio::io::stdin(),
             max_line_bytes: self.max_line_bytes,
@@ -237,6 +241,7 @@ mod tests {
             framing: Framing::default(),
             decoding: Decoding::Audit,
             keep_envelope_fields: vec![EnvelopeField::LogGroup],
+            compiled: CompileOnce::default(),
         };
         let fields: Vec<_> = config
             .validate()

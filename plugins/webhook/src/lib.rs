@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use auditflow_core::duration::DurationRange;
 use auditflow_core::envelope::{Decoding, Envelope, EnvelopeField};
-use auditflow_core::{BuildContext, BuildError, Source, SourceConfig, Validate};
+use auditflow_core::{BuildContext, BuildError, CompileOnce, Source, SourceConfig, Validate};
 use auditflow_tls::Loaded;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -50,6 +50,10 @@ use crate::firehose::Protocol;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// What `validate` compiled when the pipeline loaded, for `build` to take.
+    #[serde(skip)]
+    #[schemars(skip)]
+    compiled: CompileOnce<Loaded<Compiled>>,
     /// Address to listen on (`host:port`).
     #[serde(default = "default_address")]
     pub address: SocketAddr,
@@ -349,7 +353,7 @@ struct Compiled {
 
 impl Validate for WebhookConfig {
     fn validate(&self) -> Vec<BuildError> {
-        self.compile().err().unwrap_or_default()
+        self.compiled.validate(|| self.compile())
     }
 }
 
@@ -375,7 +379,7 @@ impl WebhookConfig {
 
 impl SourceConfig for WebhookConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
-        let Compiled { tls, settings } = match self.compile().map_err(BuildError::first_of)? {
+        let Compiled { tls, settings } = match self.compiled.take(|| self.compile())? {
             Loaded::Read(compiled) => compiled,
             Loaded::Absent(error) => return Err(error),
         };
