@@ -286,14 +286,14 @@ sinks:
 mod apiserver {
     use super::*;
 
-    pub const TIME_SCALE: f64 = 1.0 / 20.0;
-    pub const BATCH_EVENTS: usize = 400;
+    pub(crate) const TIME_SCALE: f64 = 1.0 / 20.0;
+    pub(crate) const BATCH_EVENTS: usize = 400;
 
-    pub fn scaled(seconds: f64) -> Duration {
+    pub(crate) fn scaled(seconds: f64) -> Duration {
         Duration::from_secs_f64(seconds * TIME_SCALE)
     }
 
-    pub fn event_list(ids: &[usize]) -> bytes::Bytes {
+    pub(crate) fn event_list(ids: &[usize]) -> bytes::Bytes {
         let items: Vec<String> = ids.iter().map(|&i| audit_line(i)).collect();
         format!(
             r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
@@ -304,7 +304,11 @@ mod apiserver {
 
     /// Sends one batch with the backend's retries; `attempts: None` retries for ever.
     /// Returns whether it was accepted.
-    pub async fn send(client: &WebhookClient, ids: &[usize], attempts: Option<usize>) -> bool {
+    pub(crate) async fn send(
+        client: &WebhookClient,
+        ids: &[usize],
+        attempts: Option<usize>,
+    ) -> bool {
         let body = event_list(ids);
         let mut backoff = scaled(10.0);
         let mut attempt = 0;

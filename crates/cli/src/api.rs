@@ -26,11 +26,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// Events a second one tap gets unless it asks for fewer (`rate`), and the most it may ask.
-pub const DEFAULT_EVENTS_PER_SEC: u32 = 100;
-pub const MAX_EVENTS_PER_SEC: u32 = 10_000;
+pub(crate) const DEFAULT_EVENTS_PER_SEC: u32 = 100;
+pub(crate) const MAX_EVENTS_PER_SEC: u32 = 10_000;
 
 /// What the API serves.
-pub struct Api {
+pub(crate) struct Api {
     pub taps: Taps,
     /// `api.tap`.
     pub tap: bool,
@@ -40,14 +40,14 @@ pub struct Api {
 
 /// The API's socket, bound before the pipeline starts (a port in use fails the start),
 /// served once it runs.
-pub struct Listening {
+pub(crate) struct Listening {
     listener: std::net::TcpListener,
     tap: bool,
     token: Option<String>,
 }
 
 /// Reads `api.token_file` and binds `api.address`; the message names the field.
-pub fn listen(config: &ApiConfig) -> Result<Listening, String> {
+pub(crate) fn listen(config: &ApiConfig) -> Result<Listening, String> {
     let token = match &config.token_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
@@ -84,7 +84,7 @@ impl Listening {
     /// Serves the API on a thread and runtime of its own, so that a pipeline keeping every
     /// worker busy (one worker thread, a source that never waits) does not hold a tap's
     /// events back. The thread ends with the process.
-    pub fn spawn(self, taps: Taps) -> std::io::Result<()> {
+    pub(crate) fn spawn(self, taps: Taps) -> std::io::Result<()> {
         let api = Arc::new(Api {
             taps,
             tap: self.tap,
@@ -111,7 +111,7 @@ impl Listening {
 type ApiBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 /// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, api: Arc<Api>) {
+pub(crate) async fn serve(listener: TcpListener, api: Arc<Api>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// `auditflow validate`: every problem, sorted, one per line; exit 2 when there are any
 /// (the code `run` exits with for the same pipeline).
-pub fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
+pub(crate) fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
     let pipeline = match auditflow_config::load(files, registry) {
         Ok(pipeline) => pipeline,
         Err(errors) => {
@@ -42,7 +42,7 @@ pub fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
 }
 
 /// `auditflow graph`: the pipeline in Graphviz DOT.
-pub fn graph(files: &[PathBuf], registry: &Registry) -> ExitCode {
+pub(crate) fn graph(files: &[PathBuf], registry: &Registry) -> ExitCode {
     match auditflow_config::load(files, registry) {
         Ok(pipeline) => {
             print!("{}", to_dot(&pipeline));
@@ -88,7 +88,7 @@ fn to_dot(pipeline: &Pipeline) -> String {
 }
 
 /// `auditflow plugins`: every type with its options, from the config structs' docs.
-pub fn plugins(only: Option<&str>, registry: &Registry) -> ExitCode {
+pub(crate) fn plugins(only: Option<&str>, registry: &Registry) -> ExitCode {
     let mut out = String::new();
     let mut shown = 0;
     for kind in [

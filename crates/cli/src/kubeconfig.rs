@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 /// Options of `webhook-kubeconfig`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The webhook source's URL as the API server reaches it: `https://HOST:PORT/PATH`
     /// (PATH is the source's `path`).
     #[arg(long)]
@@ -44,10 +44,10 @@ pub struct Args {
 }
 
 /// The environment variable that can hold the token.
-pub const TOKEN_ENV: &str = "AUDITFLOW_WEBHOOK_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "AUDITFLOW_WEBHOOK_TOKEN";
 
 /// Prints the kubeconfig to standard output; usage errors exit 2.
-pub fn print(args: &Args) -> ExitCode {
+pub(crate) fn print(args: &Args) -> ExitCode {
     let env_token = std::env::var(TOKEN_ENV).ok();
     match render(args, env_token.as_deref()) {
         Ok((text, notes)) => {

@@ -12,7 +12,7 @@ use auditflow_core::decode::{decode, Shape};
 use clap::{Subcommand, ValueEnum};
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Check audit Policy files: every finding with file:line, severity and a stable code.
     /// Exit 1 when any file has an error, 0 with warnings only, 2 when a file cannot be read.
     Lint {
@@ -41,12 +41,12 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
 
-pub fn run(command: Command) -> ExitCode {
+pub(crate) fn run(command: Command) -> ExitCode {
     match command {
         Command::Lint { files, format } => lint_files(&files, format),
         Command::Explain {

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// What events to read and which of them to look at: shared by `query` and `rbac suggest`.
 #[derive(Debug, clap::Args)]
-pub struct Inputs {
+pub(crate) struct Inputs {
     /// Audit log files: plain, `.gz`, a rotated set (read oldest first), or webhook
     /// `EventList` bodies. `-` or none at all reads standard input.
     pub files: Vec<PathBuf>,
@@ -40,7 +40,7 @@ pub struct Inputs {
 
 impl Inputs {
     /// The inputs in reading order.
-    pub fn inputs(&self) -> Vec<Input> {
+    pub(crate) fn inputs(&self) -> Vec<Input> {
         if self.files.is_empty() {
             return vec![Input::Stdin];
         }
@@ -56,7 +56,7 @@ impl Inputs {
     }
 
     /// The `--since`/`--until` window.
-    pub fn window(&self) -> Result<TimeWindow, String> {
+    pub(crate) fn window(&self) -> Result<TimeWindow, String> {
         let now = jiff::Timestamp::now();
         let bound = |flag: &str, text: &Option<String>| {
             text.as_deref()
@@ -71,7 +71,7 @@ impl Inputs {
     }
 
     /// Sizes rayon's pool; only the first call in a process has an effect.
-    pub fn configure_threads(&self) {
+    pub(crate) fn configure_threads(&self) {
         if let Some(threads) = self.threads.filter(|n| *n > 0) {
             let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -82,7 +82,7 @@ impl Inputs {
 
 /// Options of `query`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     inputs: Inputs,
     /// Only events for which this condition holds (the language of `filter`, see
@@ -118,7 +118,7 @@ pub struct Args {
 }
 
 /// Runs `query`; exits 2 on a usage error, 1 when an input cannot be read.
-pub fn run(args: &Args) -> ExitCode {
+pub(crate) fn run(args: &Args) -> ExitCode {
     let (query, format) = match build(args) {
         Ok(built) => built,
         Err(message) => {
@@ -218,13 +218,13 @@ fn table_width(is_terminal: bool) -> Option<u16> {
 
 /// The progress bar on standard error: drawn only when standard error is a terminal and
 /// the input is large (over 32 MB, or standard input).
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     started: Instant,
 }
 
 impl Progress {
-    pub fn new(inputs: &[Input]) -> Progress {
+    pub(crate) fn new(inputs: &[Input]) -> Progress {
         const LARGE_BYTES: u64 = 32_000_000;
         let total = total_bytes(inputs);
         let wanted = std::io::stderr().is_terminal() && total.is_none_or(|t| t > LARGE_BYTES);
@@ -250,7 +250,7 @@ impl Progress {
         }
     }
 
-    pub fn update(&mut self, stats: &ScanStats) {
+    pub(crate) fn update(&mut self, stats: &ScanStats) {
         if let Some(bar) = &self.bar {
             bar.set_position(stats.bytes_read);
             let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
@@ -262,7 +262,7 @@ impl Progress {
         }
     }
 
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -271,7 +271,7 @@ impl Progress {
 
 /// Prints the summary line, malformed lines and read errors on standard error; returns
 /// whether an input failed part-way.
-pub fn report(stats: &ScanStats, what: &str) -> bool {
+pub(crate) fn report(stats: &ScanStats, what: &str) -> bool {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,

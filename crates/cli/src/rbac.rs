@@ -10,7 +10,7 @@ use auditflow_query::ReadOptions;
 use crate::query::{report, Inputs, Progress};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Print the least RBAC (Roles, ClusterRoles and their bindings) that would have
     /// allowed the denied requests, as YAML for `kubectl apply -f`.
     Suggest(SuggestArgs),
@@ -18,7 +18,7 @@ pub enum Command {
 
 /// Options of `rbac suggest`.
 #[derive(Debug, clap::Args)]
-pub struct SuggestArgs {
+pub(crate) struct SuggestArgs {
     #[command(flatten)]
     inputs: Inputs,
     /// Only this user's denials (under impersonation, the impersonated user's).
@@ -39,7 +39,7 @@ pub struct SuggestArgs {
 }
 
 /// Runs `rbac suggest`; exits 2 on a usage error, 1 when an input cannot be read.
-pub fn run(command: &Command) -> ExitCode {
+pub(crate) fn run(command: &Command) -> ExitCode {
     let Command::Suggest(args) = command;
     let window = match args.inputs.window() {
         Ok(window) => window,

@@ -3,7 +3,7 @@
 
 use auditflow_config::{Plugin, Registry};
 
-pub fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     Registry::new(vec![
         // Sources.
         Plugin::source::<auditflow_stdin::StdinConfig>(

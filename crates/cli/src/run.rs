@@ -15,7 +15,7 @@ use crate::watch::FileWatch;
 /// Stack reserved for each runtime thread (workers and blocking threads).
 const WORKER_STACK_BYTES: usize = 64 << 20;
 
-pub fn run(
+pub(crate) fn run(
     files: &[PathBuf],
     threads: Option<usize>,
     watch: bool,
@@ -408,7 +408,7 @@ fn start_failure(errors: &[ConfigError]) -> ExitCode {
 }
 
 /// The pipeline is invalid: exit 2.
-pub fn config_failure(errors: &[ConfigError]) -> ExitCode {
+pub(crate) fn config_failure(errors: &[ConfigError]) -> ExitCode {
     for error in errors {
         eprintln!("{error}");
     }

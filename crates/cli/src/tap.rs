@@ -13,7 +13,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Component ids to tap.
     #[arg(required = true, value_name = "ID")]
     ids: Vec<String>,
@@ -47,7 +47,7 @@ enum Format {
     Pretty,
 }
 
-pub fn run(args: &Args) -> ExitCode {
+pub(crate) fn run(args: &Args) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -187,7 +187,7 @@ fn token(file: Option<&PathBuf>) -> Result<Option<String>, String> {
 
 /// `GET base+path` over plain HTTP/1.1 (the API and `/metrics` are loopback or behind a
 /// port-forward); errors say what to check.
-pub async fn get(
+pub(crate) async fn get(
     base: &str,
     path: &str,
     token: Option<&str>,

@@ -24,13 +24,13 @@ const REFRESH: Duration = Duration::from_secs(1);
 const CHANNEL_EVENTS: f64 = 2000.0;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The instance's metrics endpoint (its pipeline's `metrics.address`).
     #[arg(long, default_value = "http://127.0.0.1:9598")]
     url: String,
 }
 
-pub fn run(args: &Args) -> ExitCode {
+pub(crate) fn run(args: &Args) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

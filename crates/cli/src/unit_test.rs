@@ -93,7 +93,7 @@ struct ExpectedOutput {
 }
 
 /// Runs every test of the pipeline made of `files` (merged as `run` merges them).
-pub fn test(files: &[PathBuf], registry: &Registry) -> ExitCode {
+pub(crate) fn test(files: &[PathBuf], registry: &Registry) -> ExitCode {
     let pipeline = match auditflow_config::load(files, registry) {
         Ok(pipeline) => pipeline,
         Err(errors) => return crate::run::config_failure(&errors),

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 const QUIET: Duration = Duration::from_millis(300);
 
 /// Watches pipeline files for a change of contents.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     files: Vec<PathBuf>,
     /// The bytes of each file as last loaded (`None`: it could not be read).
     loaded: Vec<Option<Vec<u8>>>,
@@ -32,7 +32,7 @@ pub struct FileWatch {
 
 impl FileWatch {
     /// Starts watching the folders of `files`.
-    pub fn start(files: &[PathBuf]) -> Result<FileWatch, String> {
+    pub(crate) fn start(files: &[PathBuf]) -> Result<FileWatch, String> {
         let (tx, events) = mpsc::unbounded_channel();
         let names: Vec<OsString> = files
             .iter()
@@ -71,13 +71,13 @@ impl FileWatch {
     }
 
     /// Records the files' current bytes as loaded (a reload by `SIGHUP` happened).
-    pub fn mark_loaded(&mut self) {
+    pub(crate) fn mark_loaded(&mut self) {
         self.loaded = read_all(&self.files);
     }
 
     /// Waits until the files' bytes differ from what was last loaded, then records them as
     /// loaded. Never returns if the watch stopped.
-    pub async fn changed(&mut self) {
+    pub(crate) async fn changed(&mut self) {
         loop {
             if self.events.recv().await.is_none() {
                 std::future::pending::<()>().await;

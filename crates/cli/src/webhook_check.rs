@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 /// Options of `webhook-check`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The kubeconfig kube-apiserver reads (`--audit-webhook-config-file`).
     #[arg(long)]
     kubeconfig: PathBuf,
@@ -110,7 +110,7 @@ struct Target {
 
 /// Runs the check; 0 when a real API server would get a 2xx, 1 when a step fails, 2 when
 /// the kubeconfig cannot be used at all.
-pub fn check(args: &Args) -> ExitCode {
+pub(crate) fn check(args: &Args) -> ExitCode {
     let target = match resolve(&args.kubeconfig) {
         Ok(target) => target,
         Err(message) => {

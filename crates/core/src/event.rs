@@ -1337,12 +1337,12 @@ mod tests {
         use crate::scan::MAX_DEPTH;
 
         /// A key as its byte span, or unescaped when it has escapes; a value as its span.
-        pub type Index = Vec<(Result<(u32, u32), String>, (u32, u32))>;
+        pub(super) type Index = Vec<(Result<(u32, u32), String>, (u32, u32))>;
 
         /// The index serde_json makes of `raw`, or `None` where it refuses it. Nesting
         /// deeper than `MAX_DEPTH` counts as refused: serde_json skips such values but
         /// cannot parse them (see `crate::scan`).
-        pub fn index(raw: &[u8]) -> Option<Index> {
+        pub(super) fn index(raw: &[u8]) -> Option<Index> {
             let mut de = serde_json::Deserializer::from_slice(raw);
             de.disable_recursion_limit();
             let fields = de.deserialize_map(IndexVisitor { base: raw }).ok()?;

@@ -31,7 +31,7 @@ use std::ops::Range;
 /// as kube-apiserver's JSON decoder goes (`k8s.io/apimachinery`'s limit), so every event
 /// it logs is accepted. Values are parsed with serde_json's recursion limit lifted and
 /// its stack grown on demand (see `crate::event::parse_value`).
-pub const MAX_DEPTH: usize = 10_000;
+pub(crate) const MAX_DEPTH: usize = 10_000;
 
 /// One member of the top-level object, as byte ranges of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]

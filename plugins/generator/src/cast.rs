@@ -9,7 +9,7 @@ use crate::json::{push_hex, push_uuid};
 
 /// An API resource as it appears in `objectRef` and request URIs.
 #[derive(Debug, Clone, Copy)]
-pub struct Resource {
+pub(crate) struct Resource {
     pub name: &'static str,
     /// `""` for the core group.
     pub group: &'static str,
@@ -34,23 +34,24 @@ const fn res(
     }
 }
 
-pub const PODS: Resource = res("pods", "", "v1", "Pod", true);
-pub const CONFIGMAPS: Resource = res("configmaps", "", "v1", "ConfigMap", true);
-pub const SECRETS: Resource = res("secrets", "", "v1", "Secret", true);
-pub const NODES: Resource = res("nodes", "", "v1", "Node", false);
-pub const EVENTS: Resource = res("events", "", "v1", "Event", true);
-pub const SERVICEACCOUNTS: Resource = res("serviceaccounts", "", "v1", "ServiceAccount", true);
-pub const LEASES: Resource = res("leases", "coordination.k8s.io", "v1", "Lease", true);
-pub const DEPLOYMENTS: Resource = res("deployments", "apps", "v1", "Deployment", true);
-pub const REPLICASETS: Resource = res("replicasets", "apps", "v1", "ReplicaSet", true);
-pub const ENDPOINTSLICES: Resource = res(
+pub(crate) const PODS: Resource = res("pods", "", "v1", "Pod", true);
+pub(crate) const CONFIGMAPS: Resource = res("configmaps", "", "v1", "ConfigMap", true);
+pub(crate) const SECRETS: Resource = res("secrets", "", "v1", "Secret", true);
+pub(crate) const NODES: Resource = res("nodes", "", "v1", "Node", false);
+pub(crate) const EVENTS: Resource = res("events", "", "v1", "Event", true);
+pub(crate) const SERVICEACCOUNTS: Resource =
+    res("serviceaccounts", "", "v1", "ServiceAccount", true);
+pub(crate) const LEASES: Resource = res("leases", "coordination.k8s.io", "v1", "Lease", true);
+pub(crate) const DEPLOYMENTS: Resource = res("deployments", "apps", "v1", "Deployment", true);
+pub(crate) const REPLICASETS: Resource = res("replicasets", "apps", "v1", "ReplicaSet", true);
+pub(crate) const ENDPOINTSLICES: Resource = res(
     "endpointslices",
     "discovery.k8s.io",
     "v1",
     "EndpointSlice",
     true,
 );
-pub const TOKENREVIEWS: Resource = res(
+pub(crate) const TOKENREVIEWS: Resource = res(
     "tokenreviews",
     "authentication.k8s.io",
     "v1",
@@ -59,7 +60,7 @@ pub const TOKENREVIEWS: Resource = res(
 );
 
 /// What controllers and informers list and watch, roughly by how often.
-pub const WATCHED: &[Resource] = &[
+pub(crate) const WATCHED: &[Resource] = &[
     PODS,
     PODS,
     PODS,
@@ -158,7 +159,7 @@ pub const WATCHED: &[Resource] = &[
     ),
 ];
 
-pub const NAMESPACES: &[&str] = &[
+pub(crate) const NAMESPACES: &[&str] = &[
     "default",
     "kube-system",
     "monitoring",
@@ -177,7 +178,7 @@ pub const NAMESPACES: &[&str] = &[
 ];
 
 /// The namespace whose Secrets a (misconfigured) policy logs with full bodies.
-pub const LEAKY_NAMESPACE: &str = "legacy-app";
+pub(crate) const LEAKY_NAMESPACE: &str = "legacy-app";
 
 const APPS: &[(&str, &str, &str)] = &[
     (
@@ -340,7 +341,7 @@ const KUBE_VERSION: &str = "v1.32.0 (linux/amd64) kubernetes/cd13ec4";
 
 /// One client of the API server, with its JSON pieces rendered once.
 #[derive(Debug)]
-pub struct Actor {
+pub(crate) struct Actor {
     /// The username, as it appears inside messages.
     pub name: String,
     /// The whole `user` object.
@@ -353,7 +354,7 @@ pub struct Actor {
 
 /// A pod of a workload.
 #[derive(Debug)]
-pub struct Pod {
+pub(crate) struct Pod {
     pub namespace: &'static str,
     pub app: &'static str,
     pub image: &'static str,
@@ -365,7 +366,7 @@ pub struct Pod {
 }
 
 #[derive(Debug)]
-pub struct Cast {
+pub(crate) struct Cast {
     pub apiserver: Actor,
     pub controller_manager: Actor,
     pub scheduler: Actor,
@@ -388,7 +389,7 @@ pub struct Cast {
 const NODE_COUNT: usize = 24;
 
 impl Cast {
-    pub fn new(rng: &mut StdRng) -> Cast {
+    pub(crate) fn new(rng: &mut StdRng) -> Cast {
         let credential = |rng: &mut StdRng| {
             let mut digest = Vec::with_capacity(64);
             push_hex(&mut digest, &rng.random::<[u8; 32]>());

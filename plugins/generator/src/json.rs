@@ -7,7 +7,7 @@ use base64::Engine;
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `n` in decimal.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -32,7 +32,7 @@ fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
 }
 
 /// Appends `bytes` as lowercase hex.
-pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     for byte in bytes {
         out.push(HEX[(byte >> 4) as usize]);
         out.push(HEX[(byte & 15) as usize]);
@@ -40,7 +40,7 @@ pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Appends a version-4 UUID made from 128 random bits (`1b324196-e8ec-4ca7-9161-defb81ba7337`).
-pub fn push_uuid(out: &mut Vec<u8>, bits: u128) {
+pub(crate) fn push_uuid(out: &mut Vec<u8>, bits: u128) {
     let mut bytes = bits.to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
@@ -57,7 +57,7 @@ pub fn push_uuid(out: &mut Vec<u8>, bits: u128) {
 
 /// Appends `micros` since the Unix epoch as kube-apiserver writes audit timestamps:
 /// `2026-11-23T08:24:13.385382Z` (UTC, always six fractional digits).
-pub fn push_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
+pub(crate) fn push_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
     push_datetime(out, micros.div_euclid(1_000_000));
     out.push(b'.');
     push_padded(out, micros.rem_euclid(1_000_000) as u64, 6);
@@ -65,7 +65,7 @@ pub fn push_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
 }
 
 /// Appends whole seconds since the Unix epoch as `2026-11-23T08:24:13Z` (object metadata).
-pub fn push_timestamp_secs(out: &mut Vec<u8>, secs: i64) {
+pub(crate) fn push_timestamp_secs(out: &mut Vec<u8>, secs: i64) {
     push_datetime(out, secs);
     out.push(b'Z');
 }
@@ -102,7 +102,7 @@ fn civil_from_days(days: i64) -> (i64, u64, u64) {
 }
 
 /// Appends `bytes` in unpadded base64url (the alphabet of JWT segments).
-pub fn push_base64url(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_base64url(out: &mut Vec<u8>, bytes: &[u8]) {
     let start = out.len();
     out.resize(
         start + base64::encoded_len(bytes.len(), false).unwrap_or(0),
@@ -115,7 +115,7 @@ pub fn push_base64url(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Appends `bytes` in standard padded base64 (Secret `data` values).
-pub fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
     let start = out.len();
     out.resize(
         start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
@@ -129,7 +129,7 @@ pub fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// One value for a [`fill`] template hole.
 #[derive(Debug, Clone, Copy)]
-pub enum Arg<'a> {
+pub(crate) enum Arg<'a> {
     /// Bytes copied as they are (already JSON-escaped).
     Str(&'a str),
     Raw(&'a [u8]),
@@ -148,7 +148,7 @@ pub enum Arg<'a> {
 const HOLE: u8 = b'`';
 
 /// Appends `template` with each backtick replaced by the next of `args`.
-pub fn fill(out: &mut Vec<u8>, template: &str, args: &[Arg<'_>]) {
+pub(crate) fn fill(out: &mut Vec<u8>, template: &str, args: &[Arg<'_>]) {
     let mut rest = template.as_bytes();
     let mut args = args.iter();
     while let Some(at) = memchr::memchr(HOLE, rest) {

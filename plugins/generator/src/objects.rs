@@ -11,7 +11,7 @@ use crate::json::{fill, push_base64, push_base64url, push_u64, Arg};
 /// Pieces rendered once for the `request_response` profile (they are big and never
 /// change): the images a node reports, and config text to cut config maps from.
 #[derive(Debug)]
-pub struct Library {
+pub(crate) struct Library {
     node_images: Vec<u8>,
     /// JSON-escaped YAML, and the offsets just after each of its line breaks (so a cut
     /// never splits an escape).
@@ -56,7 +56,7 @@ const NODE_IMAGES: &[(&str, u64)] = &[
 ];
 
 impl Library {
-    pub fn new(rng: &mut StdRng) -> Library {
+    pub(crate) fn new(rng: &mut StdRng) -> Library {
         let mut node_images = Vec::new();
         for (index, (image, size)) in NODE_IMAGES.iter().enumerate() {
             if index > 0 {
@@ -125,7 +125,7 @@ impl Library {
 }
 
 /// What object writers need besides the output buffer.
-pub struct Cx<'a> {
+pub(crate) struct Cx<'a> {
     pub rng: &'a mut StdRng,
     pub cast: &'a Cast,
     pub library: Option<&'a Library>,
@@ -159,7 +159,7 @@ fn api_version(resource: &Resource) -> String {
 }
 
 /// A whole object of `resource` named `name`, as a get, update or create returns it.
-pub fn object(
+pub(crate) fn object(
     out: &mut Vec<u8>,
     cx: &mut Cx,
     resource: &Resource,
@@ -184,7 +184,7 @@ pub fn object(
 }
 
 /// A `<Kind>List` of about 2–50 KB.
-pub fn list(out: &mut Vec<u8>, cx: &mut Cx, resource: &Resource, ns: Option<&str>) {
+pub(crate) fn list(out: &mut Vec<u8>, cx: &mut Cx, resource: &Resource, ns: Option<&str>) {
     let version = api_version(resource);
     let rv = cx.resource_version();
     fill(
@@ -207,7 +207,7 @@ pub fn list(out: &mut Vec<u8>, cx: &mut Cx, resource: &Resource, ns: Option<&str
     out.extend_from_slice(b"]}");
 }
 
-pub fn pod_object(out: &mut Vec<u8>, cx: &mut Cx, index: usize, typed: bool) {
+pub(crate) fn pod_object(out: &mut Vec<u8>, cx: &mut Cx, index: usize, typed: bool) {
     let pod = &cx.cast.pods[index];
     let node = cx.cast.node_names[pod.node].as_str();
     let node_ip = format!("10.0.1.{}", 11 + pod.node);
@@ -277,7 +277,7 @@ pub fn pod_object(out: &mut Vec<u8>, cx: &mut Cx, index: usize, typed: bool) {
     );
 }
 
-pub fn config_map(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, typed: bool) {
+pub(crate) fn config_map(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, typed: bool) {
     let len = cx.rng.random_range(600..16_000);
     let text = cx.library.map_or(&b"log_level: info\\n"[..], |library| {
         library.config_text(len)
@@ -306,7 +306,14 @@ pub fn config_map(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, typed: b
 
 /// A Secret as `kubectl apply` sends it: base64 `data` (one value a base64 service-account
 /// JWT) and the whole object again in `last-applied-configuration`.
-pub fn secret(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, stored: bool, typed: bool) {
+pub(crate) fn secret(
+    out: &mut Vec<u8>,
+    cx: &mut Cx,
+    ns: &str,
+    name: &str,
+    stored: bool,
+    typed: bool,
+) {
     let mut token = Vec::with_capacity(1024);
     let pod_index = cx.rng.random_range(0..cx.cast.pods.len());
     jwt(&mut token, cx, pod_index);
@@ -357,7 +364,7 @@ pub fn secret(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, stored: bool
     );
 }
 
-pub fn node(out: &mut Vec<u8>, cx: &mut Cx, index: usize, typed: bool) {
+pub(crate) fn node(out: &mut Vec<u8>, cx: &mut Cx, index: usize, typed: bool) {
     let name = cx.cast.node_names[index].as_str();
     let ip = format!("10.0.1.{}", 11 + index);
     let heartbeat = cx.now_secs - cx.rng.random_range(0..40);
@@ -405,7 +412,7 @@ pub fn node(out: &mut Vec<u8>, cx: &mut Cx, index: usize, typed: bool) {
     );
 }
 
-pub fn lease(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, typed: bool) {
+pub(crate) fn lease(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, typed: bool) {
     let rv = cx.resource_version();
     let renew = cx.now_secs * 1_000_000 + cx.rng.random_range(0..1_000_000);
     out.push(b'{');
@@ -428,7 +435,7 @@ pub fn lease(out: &mut Vec<u8>, cx: &mut Cx, ns: &str, name: &str, typed: bool) 
 }
 
 /// A core `Event` a kubelet reports about one of its pods.
-pub fn event(out: &mut Vec<u8>, cx: &mut Cx, pod_index: usize) {
+pub(crate) fn event(out: &mut Vec<u8>, cx: &mut Cx, pod_index: usize) {
     let pod = &cx.cast.pods[pod_index];
     let node = cx.cast.node_names[pod.node].as_str();
     let id: u64 = cx.rng.random();
@@ -534,7 +541,7 @@ fn generic(
 
 /// A signed-looking service-account token for the pod at `pod_index`: the header of
 /// this cluster, real claims, and 256 random bytes of "signature".
-pub fn jwt(out: &mut Vec<u8>, cx: &mut Cx, pod_index: usize) {
+pub(crate) fn jwt(out: &mut Vec<u8>, cx: &mut Cx, pod_index: usize) {
     let pod = &cx.cast.pods[pod_index];
     let iat = cx.now_secs;
     let mut claims = Vec::with_capacity(640);
@@ -568,7 +575,12 @@ pub fn jwt(out: &mut Vec<u8>, cx: &mut Cx, pod_index: usize) {
 }
 
 /// The request and response of a TokenReview a kubelet or webhook makes for `pod_index`'s token.
-pub fn token_review(request: &mut Vec<u8>, response: &mut Vec<u8>, cx: &mut Cx, pod_index: usize) {
+pub(crate) fn token_review(
+    request: &mut Vec<u8>,
+    response: &mut Vec<u8>,
+    cx: &mut Cx,
+    pod_index: usize,
+) {
     let mut token = Vec::with_capacity(1024);
     jwt(&mut token, cx, pod_index);
     let pod = &cx.cast.pods[pod_index];
@@ -594,7 +606,12 @@ pub fn token_review(request: &mut Vec<u8>, response: &mut Vec<u8>, cx: &mut Cx, 
 }
 
 /// The request and response of a TokenRequest a kubelet makes for a pod's service account.
-pub fn token_request(request: &mut Vec<u8>, response: &mut Vec<u8>, cx: &mut Cx, pod_index: usize) {
+pub(crate) fn token_request(
+    request: &mut Vec<u8>,
+    response: &mut Vec<u8>,
+    cx: &mut Cx,
+    pod_index: usize,
+) {
     let mut token = Vec::with_capacity(1024);
     jwt(&mut token, cx, pod_index);
     let pod = &cx.cast.pods[pod_index];
@@ -618,7 +635,7 @@ pub fn token_request(request: &mut Vec<u8>, response: &mut Vec<u8>, cx: &mut Cx,
 }
 
 /// A strategic-merge patch of a node's or pod's status, as kubelets send them.
-pub fn status_patch(out: &mut Vec<u8>, cx: &mut Cx, pod_uid: Option<u128>) {
+pub(crate) fn status_patch(out: &mut Vec<u8>, cx: &mut Cx, pod_uid: Option<u128>) {
     let now = cx.now_secs;
     match pod_uid {
         None => fill(
@@ -640,7 +657,7 @@ pub fn status_patch(out: &mut Vec<u8>, cx: &mut Cx, pod_uid: Option<u128>) {
 }
 
 /// A `kubectl patch`/`annotate` body.
-pub fn user_patch(out: &mut Vec<u8>, cx: &mut Cx) {
+pub(crate) fn user_patch(out: &mut Vec<u8>, cx: &mut Cx) {
     match cx.rng.random_range(0..3) {
         0 => {
             out.extend_from_slice(br#"{"spec":{"replicas":"#);
@@ -658,11 +675,11 @@ pub fn user_patch(out: &mut Vec<u8>, cx: &mut Cx) {
     }
 }
 
-pub const DELETE_OPTIONS: &[u8] =
+pub(crate) const DELETE_OPTIONS: &[u8] =
     br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}"#;
 
 /// The `Status` a successful delete returns.
-pub fn delete_status(out: &mut Vec<u8>, cx: &mut Cx, resource: &Resource, name: &str) {
+pub(crate) fn delete_status(out: &mut Vec<u8>, cx: &mut Cx, resource: &Resource, name: &str) {
     fill(
         out,
         r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","details":{"name":"`","kind":"`","uid":"`"}}"#,
@@ -675,7 +692,7 @@ pub fn delete_status(out: &mut Vec<u8>, cx: &mut Cx, resource: &Resource, name: 
 }
 
 /// A pod that PodSecurity admission will reject.
-pub fn privileged_pod(out: &mut Vec<u8>, name: &str, ns: &str) {
+pub(crate) fn privileged_pod(out: &mut Vec<u8>, name: &str, ns: &str) {
     fill(
         out,
         r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"`","namespace":"`","creationTimestamp":null,"labels":{"run":"`"}},"spec":{"containers":[{"name":"`","image":"busybox:1.36","args":["sh"],"resources":{},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"IfNotPresent","securityContext":{"privileged":true},"stdin":true,"stdinOnce":true,"tty":true}],"restartPolicy":"Never","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","securityContext":{},"schedulerName":"default-scheduler","enableServiceLinks":true},"status":{}}"#,

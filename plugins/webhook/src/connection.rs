@@ -30,12 +30,12 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// After closing, a connection discards up to this much of what the client still sends...
-pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 /// ...for at most this long.
-pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A stream that lingers on close (see the module docs) and counts the bytes it read.
-pub struct Lingering<S> {
+pub(crate) struct Lingering<S> {
     inner: S,
     read: Arc<AtomicU64>,
     linger: Option<Linger>,
@@ -47,7 +47,7 @@ struct Linger {
 }
 
 impl<S> Lingering<S> {
-    pub fn new(inner: S) -> Lingering<S> {
+    pub(crate) fn new(inner: S) -> Lingering<S> {
         Lingering {
             inner,
             read: Arc::new(AtomicU64::new(0)),
@@ -56,7 +56,7 @@ impl<S> Lingering<S> {
     }
 
     /// Bytes read so far, shared with whoever watches the connection.
-    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+    pub(crate) fn bytes_read(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.read)
     }
 }
@@ -128,13 +128,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<S> {
 }
 
 /// Requests in progress on one connection, and when the last one ended.
-pub struct Activity {
+pub(crate) struct Activity {
     active: AtomicUsize,
     idle_since: Mutex<Instant>,
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
@@ -142,20 +142,20 @@ impl Activity {
     }
 
     /// Marks a request in progress until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> ActiveRequest {
+    pub(crate) fn begin(self: &Arc<Self>) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::AcqRel);
         ActiveRequest(Arc::clone(self))
     }
 
     /// `None` while a request is in progress, else when the connection became idle.
-    pub fn idle_since(&self) -> Option<Instant> {
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
         let idle_since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
         (self.active.load(Ordering::Acquire) == 0).then_some(idle_since)
     }
 }
 
 /// A request in progress (see [`Activity::begin`]).
-pub struct ActiveRequest(Arc<Activity>);
+pub(crate) struct ActiveRequest(Arc<Activity>);
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
@@ -166,14 +166,14 @@ impl Drop for ActiveRequest {
 
 /// A response body holding the request's body (and the request's place on its
 /// connection) until the answer has been sent.
-pub struct AnswerBody {
+pub(crate) struct AnswerBody {
     data: Option<Bytes>,
     request: Option<Incoming>,
     active: Option<ActiveRequest>,
 }
 
 impl AnswerBody {
-    pub fn new(data: Bytes, request: Incoming, active: ActiveRequest) -> AnswerBody {
+    pub(crate) fn new(data: Bytes, request: Incoming, active: ActiveRequest) -> AnswerBody {
         AnswerBody {
             data: Some(data),
             request: Some(request),
