@@ -482,3 +482,41 @@ pub fn run_to_end(
     drop(stdin);
     child.wait_with_output().expect("wait for auditflow")
 }
+
+/// A tmux server of the test's own (its own socket), killed when the test ends.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// A server on a socket named after this process and `name`.
+    pub fn new(name: &str) -> Tmux {
+        Tmux {
+            socket: format!("auditflow-{name}-{}", std::process::id()),
+        }
+    }
+
+    /// Runs `tmux ARGS` on this server; fails the test unless it succeeds; its stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let output = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux is installed (scripts/test installs it)");
+        assert!(
+            output.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}

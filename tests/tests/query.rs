@@ -555,3 +555,88 @@ fn usage_errors_exit_2_and_point_at_the_problem() {
         .unwrap()
         .starts_with("auditflow query: /nonexistent/audit.log: No such file or directory"));
 }
+
+/// On a terminal, a query over standard input (size unknown) draws a spinner with bytes
+/// and events per second on standard error while it reads, and clears it before the
+/// result. Driven in tmux, with the input coming through a named pipe that the test keeps
+/// open until the bar has been seen.
+#[test]
+fn a_terminal_gets_a_progress_bar_while_the_input_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.expect("mkfifo runs").success());
+    let exit_file = dir.path().join("query.exit");
+    let tmux = auditflow_e2e::Tmux::new("query");
+    let command = format!(
+        "{} query --group-by verb - < {}; echo exit=$? > {}; sleep 600",
+        auditflow_e2e::auditflow_bin().display(),
+        fifo.display(),
+        exit_file.display()
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "query",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &command,
+    ]);
+
+    // The query blocks opening the pipe until the test opens it for writing.
+    let mut input = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let capture = std::fs::read(capture()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut rounds = 0;
+    let bar = loop {
+        input.write_all(&capture).unwrap();
+        rounds += 1;
+        let screen = tmux.run(&["capture-pane", "-p", "-t", "query"]);
+        if let Some(line) = screen.lines().find(|line| line.contains("events/s")) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress bar after {rounds} copies of the capture; last screen:\n{screen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // `{bytes} {bytes_per_sec} N events, R events/s`.
+    assert!(bar.contains("B/s"), "bytes per second: {bar:?}");
+    assert!(bar.contains(" events, "), "events read: {bar:?}");
+    drop(input);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let exit = loop {
+        if let Ok(text) = std::fs::read_to_string(&exit_file) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query did not end once its input closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(exit.trim(), "exit=0");
+    let screen = tmux.run(&["capture-pane", "-p", "-t", "query"]);
+    assert!(
+        !screen.contains("events/s"),
+        "the bar was not cleared:\n{screen}"
+    );
+    // Every copy of the capture's `list` events counted once, in the result table.
+    let lists = capture.split(|&b| b == b'\n').filter(|line| {
+        std::str::from_utf8(line).is_ok_and(|line| line.contains("\"verb\":\"list\""))
+    });
+    let expected = lists.count() * rounds;
+    let counted = screen
+        .lines()
+        .find_map(|line| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            (cells.first() == Some(&"list")).then(|| cells[1].parse::<usize>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no `list` row:\n{screen}"));
+    assert_eq!(counted, expected, "{screen}");
+}

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use auditflow_e2e::audit_lines::audit_line;
-use auditflow_e2e::{auditflow_bin, Auditflow, Workspace};
+use auditflow_e2e::{auditflow_bin, Auditflow, Tmux, Workspace};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -444,42 +444,6 @@ fn validate_refuses_an_api_beyond_loopback_without_a_token() {
     );
 }
 
-/// A tmux server of the test's own (its own socket), killed when the test ends.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new() -> Tmux {
-        Tmux {
-            socket: format!("auditflow-top-{}", std::process::id()),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let output = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux is installed (scripts/test installs it)");
-        assert!(
-            output.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .status();
-    }
-}
-
 #[test]
 fn top_in_tmux_shows_every_component_with_its_rates_and_quits_on_q() {
     let workspace = Workspace::new();
@@ -491,7 +455,7 @@ fn top_in_tmux_shows_every_component_with_its_rates_and_quits_on_q() {
     let metrics = instance.metrics_address(DEADLINE);
     let exit_file = workspace.path().join("top.exit");
 
-    let tmux = Tmux::new();
+    let tmux = Tmux::new("top");
     let command = format!(
         "{} top --url http://{metrics}; echo exit=$? > {}; sleep 600",
         auditflow_bin().display(),

@@ -129,9 +129,20 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     args.inputs.configure_threads();
     let inputs = args.inputs.inputs();
     let stdout = std::io::stdout();
-    let width = table_width(stdout.is_terminal());
-    let mut sink = output::sink(format, Box::new(stdout.lock()), width);
+    let on_terminal = stdout.is_terminal();
+    let width = table_width(on_terminal);
     let mut progress = Progress::new(&inputs);
+    // On a terminal that also shows the bar, the answer is written with the bar lifted,
+    // so that the bar's redraws and its final clearing never touch the answer's lines.
+    let out: Box<dyn Write> = match &progress.bar {
+        Some(bar) if on_terminal => Box::new(AroundBar {
+            bar: bar.clone(),
+            out: stdout.lock(),
+            partial: Vec::new(),
+        }),
+        _ => Box::new(stdout.lock()),
+    };
+    let mut sink = output::sink(format, out, width);
     let result = auditflow_query::query::run(
         &query,
         &inputs,
@@ -266,6 +277,48 @@ impl Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Standard output while the progress bar is on the same terminal. Whole lines are
+/// written with the bar lifted and flushed at once (the bar redraws below them); the end
+/// of a line not yet complete waits here, since the bar would be drawn after it.
+struct AroundBar<W: Write> {
+    bar: ProgressBar,
+    out: W,
+    partial: Vec<u8>,
+}
+
+impl<W: Write> AroundBar<W> {
+    fn write_lifted(&mut self, upto: usize) -> std::io::Result<()> {
+        let (out, lines) = (&mut self.out, &self.partial[..upto]);
+        self.bar.suspend(|| {
+            out.write_all(lines)?;
+            out.flush()
+        })?;
+        self.partial.drain(..upto);
+        Ok(())
+    }
+}
+
+impl<W: Write> Drop for AroundBar<W> {
+    fn drop(&mut self) {
+        // The rest of a last line without its newline; a failure here was the sink's too.
+        let _ = self.flush();
+    }
+}
+
+impl<W: Write> Write for AroundBar<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(bytes);
+        if let Some(newline) = memchr::memrchr(b'\n', &self.partial) {
+            self.write_lifted(newline + 1)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_lifted(self.partial.len())
     }
 }
 
