@@ -4,7 +4,9 @@
 //! invalid change leaves the old pipeline running and says what is wrong; a file source
 //! that did not change keeps its position when only a transform behind it changed; a
 //! webhook source rebuilt on the same address keeps its socket, so that a client sending
-//! throughout is never refused and loses nothing; a changed policy file is read again.
+//! throughout is never refused and loses nothing; a changed policy file is read again; a
+//! changed stdin source goes on reading where the old one stopped; a source whose new
+//! port is taken keeps its old options until a later reload.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
