@@ -901,15 +901,15 @@ async fn a_webhook_source_rebuilt_on_the_same_address_keeps_its_socket_and_refus
     );
 }
 
-/// `in` (stdin, `max_line_bytes` as given) -> file sink `out`; its dead letters -> file
+/// `id` (stdin, `max_line_bytes` as given) -> file sink `out`; its dead letters -> file
 /// sink `refused`. The metrics endpoint on any free port.
-fn stdin_pipeline(workspace: &Workspace, max_line_bytes: usize) -> String {
+fn stdin_pipeline(workspace: &Workspace, id: &str, max_line_bytes: usize) -> String {
     format!(
         "data_dir: {data}\n\
          metrics:\n  address: 127.0.0.1:0\n\
-         sources:\n  in:\n    type: stdin\n    max_line_bytes: {max_line_bytes}\n\
-         sinks:\n  out:\n    type: file\n    inputs: [in]\n    path: {out}\n\
-         \x20 refused:\n    type: file\n    inputs: [in.dead_letter]\n    path: {refused}\n",
+         sources:\n  {id}:\n    type: stdin\n    max_line_bytes: {max_line_bytes}\n\
+         sinks:\n  out:\n    type: file\n    inputs: [{id}]\n    path: {out}\n\
+         \x20 refused:\n    type: file\n    inputs: [{id}.dead_letter]\n    path: {refused}\n",
         data = workspace.path().join("data").display(),
         out = workspace.path().join("out.log").display(),
         refused = workspace.path().join("refused.log").display(),
@@ -982,9 +982,27 @@ fn write_until(stdin: std::process::ChildStdin, big: String, stop: Arc<AtomicBoo
 /// `max_line_bytes` refuses a long line only after the reload.
 #[test]
 fn a_changed_stdin_source_goes_on_reading_where_the_old_one_stopped() {
+    let stderr = reload_stdin_source("in");
+    assert!(stderr.contains("changed=[\"in\"]"), "{stderr}");
+}
+
+/// The same when the reload renames the source: the one added waits for the one removed
+/// to stop, and goes on where it stopped.
+#[test]
+fn a_renamed_stdin_source_goes_on_reading_where_the_old_one_stopped() {
+    let stderr = reload_stdin_source("input");
+    assert!(
+        stderr.contains("added=[\"input\"] changed=[\"out\", \"refused\"] removed=[\"in\"]"),
+        "{stderr}"
+    );
+}
+
+/// Pipes lines into `in` continuously; mid-stream, a reload lowers its `max_line_bytes`
+/// (and names it `new_id`); then the input ends. Returns the process's stderr.
+fn reload_stdin_source(new_id: &str) -> String {
     let workspace = Workspace::new();
     let out = workspace.path().join("out.log");
-    let pipeline = workspace.write("pipeline.yaml", &stdin_pipeline(&workspace, 4 << 20));
+    let pipeline = workspace.write("pipeline.yaml", &stdin_pipeline(&workspace, "in", 4 << 20));
     let mut auditflow = Auditflow::run(&workspace, &pipeline);
     let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
@@ -1005,7 +1023,7 @@ fn a_changed_stdin_source_goes_on_reading_where_the_old_one_stopped() {
     };
     wait_complete_lines(&auditflow, &out, 2_000);
 
-    rewrite(&pipeline, &stdin_pipeline(&workspace, 8_192));
+    rewrite(&pipeline, &stdin_pipeline(&workspace, new_id, 8_192));
     auditflow.signal(libc::SIGHUP);
     wait_reloads(&auditflow, &metrics, "ok", 1.0);
     let at_reload = wait_complete_lines(&auditflow, &out, 0);
@@ -1024,7 +1042,6 @@ fn a_changed_stdin_source_goes_on_reading_where_the_old_one_stopped() {
     let status = auditflow.wait_timeout(DEADLINE);
     let stderr = auditflow.stderr();
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("changed=[\"in\"]"), "{stderr}");
 
     let ids = arrived_ids(&out);
     let expected: Vec<String> = (0..100)
@@ -1062,6 +1079,8 @@ fn a_changed_stdin_source_goes_on_reading_where_the_old_one_stopped() {
             "offset": written.bytes,
         })
     );
+    assert_eq!(letters[0]["component_id"], new_id);
+    stderr
 }
 
 /// Posts the events `range` to the webhook source at `address` on a new connection,

@@ -13,9 +13,11 @@
 //! `{"file":"-","line":<record number>,"offset":<first byte>}`.
 //!
 //! Standard input is read once per process: an instance that stops before end of input
-//! (a reload changed its options) leaves the input handle, with any read still in flight,
-//! and the bytes it read but did not frame to the instance that starts next,
-//! so that a reload loses, repeats and reorders nothing.
+//! (a reload changed its options, or renamed it) leaves the input handle, with any read
+//! still in flight, and the bytes it read but did not frame to the instance that starts
+//! next, so that a reload loses, repeats and reorders nothing. One instance reads at a
+//! time: another waits until it stops (two `stdin` sources in one pipeline read one after
+//! the other, so the second finds the input at its end).
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
@@ -28,8 +30,8 @@ use auditflow_core::{
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
-use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, Stdin};
+use tokio::sync::Mutex;
 
 /// Reads audit events from standard input; ends at end of input.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -109,8 +111,9 @@ struct Position {
 }
 
 /// The standard input of the process, and where in it the last instance that read it
-/// stopped: what the next instance goes on with.
-static STDIN: Mutex<Option<(Stdin, Position)>> = Mutex::new(None);
+/// stopped: what the next instance goes on with. An instance holds the lock while it
+/// reads, so that one added under another id waits for the one a reload removed.
+static STDIN: Mutex<Option<(Stdin, Position)>> = Mutex::const_new(None);
 
 /// The `stdin` source: a [`LineSource`] over standard input that goes on where the
 /// instance it replaces stopped.
@@ -122,9 +125,12 @@ struct StdinSource {
 
 #[async_trait]
 impl Source for StdinSource {
-    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
-        let resumed = STDIN.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let (reader, from) = match resumed {
+    async fn run(self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
+        let mut stdin = tokio::select! {
+            stdin = STDIN.lock() => stdin,
+            _ = cx.shutdown.wait() => return Ok(()),
+        };
+        let (reader, from) = match stdin.take() {
             Some((reader, position)) => (reader, Some(position)),
             None => (tokio::io::stdin(), None),
         };
@@ -134,9 +140,7 @@ impl Source for StdinSource {
             framing: self.framing,
             envelope: self.envelope,
         };
-        if let Some(left) = source.read(cx, from).await? {
-            *STDIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(left);
-        }
+        *stdin = source.read(cx, from).await?;
         Ok(())
     }
 }
