@@ -4,10 +4,11 @@
 //! sends at most what it had already fetched (one batch); once the flag clears, every
 //! event arrives.
 //!
-//! The flag is process-wide: nextest runs this test in a process of its own.
+//! The flag is process-wide, as is the log this test reads: nextest runs this test in a
+//! process of its own.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditflow_core::batch::MAX_BATCH_EVENTS;
@@ -19,9 +20,53 @@ use auditflow_core::{
 use auditflow_e2e::kafka::Broker;
 use auditflow_e2e::Workspace;
 
+/// What the process logs, kept to be searched.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    /// Keeps the `auditflow_kafka` log of this process, from debug level up.
+    fn capture() -> Log {
+        let log = Log::default();
+        tracing_subscriber::fmt()
+            .with_env_filter("auditflow_kafka=debug")
+            .with_ansi(false)
+            .with_writer(log.clone())
+            .init();
+        log
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
 #[test]
 fn over_the_memory_limit_the_kafka_source_pauses_and_resumes_without_losing_events() {
     const EVENTS: usize = 5_000;
+    let log = Log::capture();
     let Some(broker) = Broker::start() else {
         return;
     };
@@ -64,8 +109,27 @@ fn over_the_memory_limit_the_kafka_source_pauses_and_resumes_without_losing_even
         }
     });
 
-    // Long enough for the group to form and fetch (a few seconds with Tansu).
-    std::thread::sleep(Duration::from_secs(8));
+    // The group formed (about 20 s with Tansu on a busy machine), the source fetched, and
+    // paused its partitions over the limit.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !log
+        .text()
+        .contains("kafka partitions paused: memory is at its limit")
+    {
+        let came_out = received.load(Ordering::SeqCst);
+        assert!(
+            came_out <= MAX_BATCH_EVENTS,
+            "{came_out} events came out over the memory limit before the partitions paused"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the source did not pause its partitions within 120 s over the memory limit; \
+             {} events came out; log:\n{}",
+            received.load(Ordering::SeqCst),
+            log.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let while_limited = received.load(Ordering::SeqCst);
     assert!(
         while_limited <= MAX_BATCH_EVENTS,

@@ -4,7 +4,9 @@
 //! invalid change leaves the old pipeline running and says what is wrong; a file source
 //! that did not change keeps its position when only a transform behind it changed; a
 //! webhook source rebuilt on the same address keeps its socket, so that a client sending
-//! throughout is never refused and loses nothing; a changed policy file is read again.
+//! throughout is never refused and loses nothing; a changed policy file is read again; a
+//! changed stdin source goes on reading where the old one stopped; a source whose new
+//! port is taken keeps its old options until a later reload.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -897,4 +899,288 @@ async fn a_webhook_source_rebuilt_on_the_same_address_keeps_its_socket_and_refus
         sent.len(),
         ids.len()
     );
+}
+
+/// `id` (stdin, `max_line_bytes` as given) -> file sink `out`; its dead letters -> file
+/// sink `refused`. The metrics endpoint on any free port.
+fn stdin_pipeline(workspace: &Workspace, id: &str, max_line_bytes: usize) -> String {
+    format!(
+        "data_dir: {data}\n\
+         metrics:\n  address: 127.0.0.1:0\n\
+         sources:\n  {id}:\n    type: stdin\n    max_line_bytes: {max_line_bytes}\n\
+         sinks:\n  out:\n    type: file\n    inputs: [{id}]\n    path: {out}\n\
+         \x20 refused:\n    type: file\n    inputs: [{id}.dead_letter]\n    path: {refused}\n",
+        data = workspace.path().join("data").display(),
+        out = workspace.path().join("out.log").display(),
+        refused = workspace.path().join("refused.log").display(),
+    )
+}
+
+/// An event line of about `bytes` bytes with `auditID` `id`.
+fn big_line(id: &str, bytes: usize) -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"{id}","pad":"{}"}}"#,
+        "x".repeat(bytes)
+    )
+}
+
+/// Waits until `path` holds `count` complete lines (a line being written is not one).
+fn wait_complete_lines(auditflow: &Auditflow, path: &Path, count: usize) -> usize {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let lines = bytes.iter().filter(|&&byte| byte == b'\n').count();
+        if lines >= count {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lines} of {count} lines in {} after {DEADLINE:?}; stderr:\n{}",
+            path.display(),
+            auditflow.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the writer of the stdin test wrote: numbered lines, and bytes.
+struct Written {
+    stdin: std::process::ChildStdin,
+    lines: usize,
+    bytes: usize,
+}
+
+/// Writes [`audit_line`]s from 0 to `stdin` until `stop`, each cut in two writes (so that
+/// the source often holds half a record), with `big` after line 99. As fast as the pipe
+/// takes them: the reader sets the pace.
+fn write_until(stdin: std::process::ChildStdin, big: String, stop: Arc<AtomicBool>) -> Written {
+    use std::io::Write;
+    let mut written = Written {
+        stdin,
+        lines: 0,
+        bytes: 0,
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let mut line = audit_line(written.lines) + "\n";
+        if written.lines == 100 {
+            line = format!("{big}\n{line}");
+        }
+        let (head, tail) = line.as_bytes().split_at(line.len() / 2);
+        for part in [head, tail] {
+            written.stdin.write_all(part).expect("write to stdin");
+            written.stdin.flush().expect("flush stdin");
+        }
+        written.bytes += line.len();
+        written.lines += 1;
+    }
+    written
+}
+
+/// Issue 20: a reload that changed the stdin source's options lost what the old instance
+/// had read (its partial record, and the read in flight on standard input). The new
+/// instance goes on with both: every line arrives once, in order, and the new
+/// `max_line_bytes` refuses a long line only after the reload.
+#[test]
+fn a_changed_stdin_source_goes_on_reading_where_the_old_one_stopped() {
+    let stderr = reload_stdin_source("in");
+    assert!(stderr.contains("changed=[\"in\"]"), "{stderr}");
+}
+
+/// The same when the reload renames the source: the one added waits for the one removed
+/// to stop, and goes on where it stopped.
+#[test]
+fn a_renamed_stdin_source_goes_on_reading_where_the_old_one_stopped() {
+    let stderr = reload_stdin_source("input");
+    assert!(
+        stderr.contains("added=[\"input\"] changed=[\"out\", \"refused\"] removed=[\"in\"]"),
+        "{stderr}"
+    );
+}
+
+/// Pipes lines into `in` continuously; mid-stream, a reload lowers its `max_line_bytes`
+/// (and names it `new_id`); then the input ends. Returns the process's stderr.
+fn reload_stdin_source(new_id: &str) -> String {
+    let workspace = Workspace::new();
+    let out = workspace.path().join("out.log");
+    let pipeline = workspace.write("pipeline.yaml", &stdin_pipeline(&workspace, "in", 4 << 20));
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+
+    // 20,000 bytes: accepted before the reload, over the limit after it.
+    let (big_before, big_after) = (
+        big_line("big-before", 20_000),
+        big_line("big-after", 20_000),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stdin, big, stop) = (
+            auditflow.take_stdin(),
+            big_before.clone(),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || write_until(stdin, big, stop))
+    };
+    wait_complete_lines(&auditflow, &out, 2_000);
+
+    rewrite(&pipeline, &stdin_pipeline(&workspace, new_id, 8_192));
+    auditflow.signal(libc::SIGHUP);
+    wait_reloads(&auditflow, &metrics, "ok", 1.0);
+    let at_reload = wait_complete_lines(&auditflow, &out, 0);
+    wait_complete_lines(&auditflow, &out, at_reload + 2_000);
+    stop.store(true, Ordering::SeqCst);
+    let mut written = writer.join().expect("the writer ran");
+
+    {
+        use std::io::Write;
+        let tail: String = (written.lines..written.lines + 10)
+            .map(|i| audit_line(i) + "\n")
+            .collect();
+        write!(written.stdin, "{big_after}\n{tail}").expect("write the tail");
+    }
+    drop(written.stdin);
+    let status = auditflow.wait_timeout(DEADLINE);
+    let stderr = auditflow.stderr();
+    assert!(status.success(), "{stderr}");
+
+    let ids = arrived_ids(&out);
+    let expected: Vec<String> = (0..100)
+        .map(audit_id)
+        .chain(["big-before".to_owned()])
+        .chain((100..written.lines + 10).map(audit_id))
+        .collect();
+    if ids != expected {
+        let arrived: HashSet<&String> = ids.iter().collect();
+        let missing: Vec<&String> = expected.iter().filter(|id| !arrived.contains(id)).collect();
+        let first_difference = ids.iter().zip(&expected).position(|(a, b)| a != b);
+        panic!(
+            "{} lines arrived for {} written: {} missing (first {:?}), first out of place at {first_difference:?}",
+            ids.len(),
+            expected.len(),
+            missing.len(),
+            missing.first()
+        );
+    }
+
+    // The long line after the reload is refused, as the record that followed every line
+    // written before it, at the byte it started at: the count goes on across the reload.
+    let refused = std::fs::read_to_string(workspace.path().join("refused.log")).unwrap();
+    let letters: Vec<serde_json::Value> = refused
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a dead letter"))
+        .collect();
+    assert_eq!(letters.len(), 1, "{refused}");
+    assert_eq!(letters[0]["reason"], "oversized");
+    assert_eq!(
+        letters[0]["location"],
+        serde_json::json!({
+            "file": "-",
+            "line": written.lines + 2,
+            "offset": written.bytes,
+        })
+    );
+    assert_eq!(letters[0]["component_id"], new_id);
+    stderr
+}
+
+/// Posts the events `range` to the webhook source at `address` on a new connection,
+/// waiting until something listens there; every answer must be 200.
+async fn post_events(address: SocketAddr, range: std::ops::Range<usize>) {
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {address}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_client, mut connection) = plain_connection(address).await;
+    let answer = connection
+        .post(
+            "/audit",
+            &[("Content-Type", "application/json")],
+            event_list(range.clone()),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("posting {range:?} to {address}: {error}"));
+    assert_eq!(
+        answer.status, 200,
+        "{range:?} to {address}: {}",
+        answer.body
+    );
+}
+
+/// A reload that moves a webhook source to a port another process holds: the source
+/// starts again on its old socket with its old options, the log says so, the reload counts
+/// as failed; once the port is free, a reload of the same files moves it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_new_port_is_taken_keeps_its_old_options_until_a_later_reload() {
+    let workspace = Workspace::new();
+    let pipeline_on = |address: &str| {
+        format!(
+            "data_dir: {data}\n\
+             metrics:\n  address: 127.0.0.1:0\n\
+             sources:\n  api:\n    type: webhook\n    address: {address}\n    path: /audit\n    allow_plaintext: true\n\
+             sinks:\n  out:\n    type: file\n    inputs: [api]\n    path: {out}\n",
+            data = workspace.path().join("data").display(),
+            out = workspace.path().join("out.log").display(),
+        )
+    };
+    let pipeline = workspace.write("pipeline.yaml", &pipeline_on("127.0.0.1:0"));
+    let mut auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+    let old = auditflow.webhook_address("api", DEADLINE);
+    post_events(old, 0..10).await;
+
+    // Another process listens on the new address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let new = taken.local_addr().expect("its address");
+    rewrite(&pipeline, &pipeline_on(&new.to_string()));
+    auditflow.signal(libc::SIGHUP);
+    let (auditflow_ref, metrics_ref) = (&auditflow, metrics.clone());
+    tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "failed", 1.0));
+    let stderr = auditflow.stderr();
+    let fell_back = stderr
+        .lines()
+        .find(|line| line.contains("the reloaded source cannot start"))
+        .unwrap_or_else(|| panic!("no fallback logged; stderr:\n{stderr}"));
+    assert!(
+        fell_back.contains("component_id=api")
+            && fell_back.contains(&format!("cannot listen on {new}"))
+            && fell_back.contains("starting it again with its previous options"),
+        "{fell_back}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while webhook_listening(&auditflow).len() < 2 {
+        assert!(Instant::now() < deadline, "{}", auditflow.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(webhook_listening(&auditflow), [old, old], "the old socket");
+    post_events(old, 10..20).await;
+    let text = scrape(&metrics);
+    assert_eq!(metric(&text, RELOADS, &[("result", "ok")]), Some(1.0));
+    assert_eq!(metric(&text, RELOADS, &[("result", "failed")]), Some(1.0));
+
+    // The port is free: the same files, reloaded again, move the source there.
+    drop(taken);
+    auditflow.signal(libc::SIGHUP);
+    let (auditflow_ref, metrics_ref) = (&auditflow, metrics.clone());
+    tokio::task::block_in_place(|| wait_reloads(auditflow_ref, &metrics_ref, "ok", 2.0));
+    let deadline = Instant::now() + DEADLINE;
+    while webhook_listening(&auditflow).len() < 3 {
+        assert!(Instant::now() < deadline, "{}", auditflow.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(webhook_listening(&auditflow), [old, old, new]);
+    post_events(new, 20..30).await;
+    let text = scrape(&metrics);
+    assert_eq!(metric(&text, RELOADS, &[("result", "failed")]), Some(1.0));
+    assert!(
+        tokio::net::TcpStream::connect(old).await.is_err(),
+        "the old socket closed"
+    );
+    auditflow.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| auditflow.wait_timeout(DEADLINE));
+    let stderr = auditflow.stderr();
+    assert!(status.success(), "{stderr}");
+    let expected: Vec<String> = (0..30).map(audit_id).collect();
+    assert_eq!(arrived_ids(&workspace.path().join("out.log")), expected);
 }

@@ -102,6 +102,26 @@ impl Framer {
         }
     }
 
+    /// This framer with other options, for the instance a reload builds in place of the one
+    /// that read the stream so far: it keeps the bytes held, where they start, a record
+    /// being skipped as oversized and a NUL run not yet reported. The held bytes are
+    /// scanned again when `framing` differs (the scan state belongs to the old framing);
+    /// `max_bytes` applies from the record being held on.
+    pub fn resume_with(self, framing: Framing, max_bytes: usize) -> Framer {
+        let rescan = framing != self.framing;
+        Framer {
+            framing,
+            max_bytes,
+            scanned: if rescan { 0 } else { self.scanned },
+            value: if rescan {
+                ValueState::default()
+            } else {
+                self.value
+            },
+            ..self
+        }
+    }
+
     /// Line framing ([`Framing::Lines`]).
     pub fn lines(max_bytes: usize, offset: u64) -> Framer {
         Framer::new(Framing::Lines, max_bytes, offset)

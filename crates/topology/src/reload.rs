@@ -14,9 +14,13 @@
 //! and handed to the replacement when it listens on the same address (see
 //! [`auditflow_core::listener`]), so that the port never closes. Removed components drain
 //! as at shutdown; added ones start.
+//!
+//! A changed source whose new options cannot start (its new port is taken) starts again
+//! with the options it ran with, and the reload counts as failed; the next reload starts
+//! it again, with the options the files then give, even when they did not change.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use auditflow_config::{AnyConfig, ConfigError, Pipeline};
 use auditflow_core::{dead_letter, listener, ComponentError, ComponentKind, Source};
@@ -25,6 +29,14 @@ use sha2::{Digest, Sha256};
 
 use crate::running::Running;
 use crate::{build_context, build_into, build_later, located, TopologyBuilder};
+
+/// Sources running the options they had before a reload, because the reload's could not
+/// start: the pipeline whose options each runs, by id.
+pub(crate) type FallenBack = Arc<Mutex<BTreeMap<String, Arc<Pipeline>>>>;
+
+fn lock(fallen_back: &FallenBack) -> MutexGuard<'_, BTreeMap<String, Arc<Pipeline>>> {
+    fallen_back.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// What a reload changed, by component id (each list sorted).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,6 +74,8 @@ impl Running {
             .flat_map(|component| component.inputs.iter())
             .filter_map(|input| dead_letter::component_of(input))
             .collect();
+        // A source that fell back runs other options than the running pipeline says.
+        let fallen_back = lock(&self.fallen_back).clone();
         let mut summary = ReloadSummary::default();
         for component in &pipeline.components {
             let id = component.id.clone();
@@ -70,6 +84,7 @@ impl Running {
                 Some(live) => {
                     // A new data_dir moves every component's state: all start again there.
                     let same = !data_dir_moved
+                        && !fallen_back.contains_key(&component.id)
                         && live.kind == component.kind
                         && live.definition.as_ref() == Some(&component.definition)
                         && live.dead_letter_read
@@ -105,12 +120,14 @@ impl Running {
                 .get(&component.id)
                 .is_some_and(|live| live.kind == ComponentKind::Source);
             if changed && was_source && component.kind == ComponentKind::Source {
-                let (new, old, id) = (Arc::clone(&pipeline), old.clone(), component.id.clone());
+                let (new, id) = (Arc::clone(&pipeline), component.id.clone());
+                let runs = fallen_back.get(&id).cloned().or_else(|| old.clone());
+                let fell_back = Arc::clone(&self.fallen_back);
                 // Its listening sockets stay open from the old instance's stop until the
                 // new one is built: one on the same address is handed over.
                 let sockets = listener::hold(&id);
                 let make = Box::new(move || {
-                    let source = restart_source(&new, old.as_deref(), &id);
+                    let source = restart_source(&new, runs, &id, &fell_back);
                     drop(sockets);
                     source
                 });
@@ -150,6 +167,8 @@ impl Running {
             }
             leaving.push(live);
         }
+        // Rebuilt or removed now (before the rebuilt ones can fall back again).
+        lock(&self.fallen_back).retain(|id, _| !fallen_back.contains_key(id));
         self.launch(builder, predecessors);
         // Stopped only once the new graph holds its own senders: a source that stopped
         // before could close the channel of an unchanged reader for good (its last
@@ -163,22 +182,35 @@ impl Running {
 }
 
 /// Builds the replacement of a changed source once its predecessor stopped. When the new
-/// options cannot start (a port someone else took meanwhile), the previous ones are tried,
-/// so that the pipeline keeps its input; when neither can, the pipeline fails.
+/// options cannot start (a port someone else took meanwhile), the options it ran with
+/// (`old`) are tried, so that the pipeline keeps its input, and the reload counts as
+/// failed; when neither can start, the pipeline fails.
 fn restart_source(
     new: &Pipeline,
-    old: Option<&Pipeline>,
+    old: Option<Arc<Pipeline>>,
     id: &str,
+    fallen_back: &FallenBack,
 ) -> Result<Box<dyn Source>, ComponentError> {
     let error = match build_source(new, id) {
         Ok(source) => return Ok(source),
         Err(error) => error,
     };
-    tracing::error!(component_id = id, error = %error, "the reloaded source cannot start; starting it again with its previous options");
-    let previous = old.map(|old| build_source(old, id));
+    auditflow_metrics::reloads_total()
+        .with_label_values(&["failed"])
+        .inc();
+    tracing::error!(
+        component_id = %id,
+        error = %error,
+        "the reloaded source cannot start; starting it again with its previous options \
+         (fix the cause, then reload to start it with the new ones)"
+    );
+    let previous = old.map(|old| (build_source(&old, id), old));
     match previous {
-        Some(Ok(source)) => Ok(source),
-        Some(Err(again)) => Err(ComponentError::Fatal(format!(
+        Some((Ok(source), old)) => {
+            lock(fallen_back).insert(id.to_owned(), old);
+            Ok(source)
+        }
+        Some((Err(again), _)) => Err(ComponentError::Fatal(format!(
             "cannot start after a reload ({error}), nor with its previous options ({again})"
         ))),
         None => Err(ComponentError::Fatal(format!(

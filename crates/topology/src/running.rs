@@ -65,6 +65,9 @@ pub struct Running {
     pub(crate) pipeline: Option<Arc<Pipeline>>,
     /// The tap points of every component, the ones a reload starts included.
     pub(crate) taps: Taps,
+    /// Sources a reload could not start with their new options, running their previous
+    /// ones: the pipeline whose options each runs. The next reload starts them again.
+    pub(crate) fallen_back: crate::reload::FallenBack,
 }
 
 impl Running {
@@ -75,6 +78,7 @@ impl Running {
             live: BTreeMap::new(),
             pipeline: None,
             taps: Taps::new(),
+            fallen_back: Default::default(),
         }
     }
 

@@ -315,7 +315,7 @@ impl Source for KafkaSource {
                         break Err(closed.into());
                     }
                     if paused && !memory.is_limited() {
-                        set_paused(&consumer, &id, false);
+                        set_paused(&consumer, &id, None);
                         paused = false;
                     }
                     if !reader.is_empty() {
@@ -328,7 +328,7 @@ impl Source for KafkaSource {
                     // so no batch registered later covers offsets past the seek.
                     pending = reader.flush(&out, &shared);
                     if pending.is_some() && !paused {
-                        set_paused(&consumer, &id, true);
+                        set_paused(&consumer, &id, Some(FULL));
                         paused = true;
                     }
                     let seeks = shared.lock().rewind();
@@ -337,7 +337,7 @@ impl Source for KafkaSource {
                 _ = memory.changed() => {
                     let limited = memory.is_limited();
                     if limited && !paused {
-                        set_paused(&consumer, &id, true);
+                        set_paused(&consumer, &id, Some(MEMORY));
                         paused = true;
                     } else if !limited && pending.is_none() {
                         // What was fetched before the pause goes first.
@@ -345,7 +345,7 @@ impl Source for KafkaSource {
                             pending = reader.flush(&out, &shared);
                         }
                         if paused && pending.is_none() {
-                            set_paused(&consumer, &id, false);
+                            set_paused(&consumer, &id, None);
                             paused = false;
                         }
                     }
@@ -369,7 +369,8 @@ impl Source for KafkaSource {
                     }
                     if (pending.is_some() || memory.is_limited()) && (!paused || shared.rebalanced.swap(false, Ordering::AcqRel)) {
                         // Partitions assigned while paused start unpaused: pause them too.
-                        set_paused(&consumer, &id, true);
+                        let why = if pending.is_some() { FULL } else { MEMORY };
+                        set_paused(&consumer, &id, Some(why));
                         paused = true;
                     }
                 }
@@ -569,7 +570,13 @@ fn commit<C: Consumer<X>, X: ConsumerContext>(
     }
 }
 
-fn set_paused(consumer: &Consumer_, id: &str, pause: bool) {
+/// Why partitions pause, as the log says it.
+const FULL: &str = "the pipeline is full";
+const MEMORY: &str = "memory is at its limit";
+
+/// Pauses the assigned partitions (`why` they pause), or resumes them (`None`).
+fn set_paused(consumer: &Consumer_, id: &str, why: Option<&'static str>) {
+    let pause = why.is_some();
     let assignment = match consumer.assignment() {
         Ok(assignment) => assignment,
         Err(error) => {
@@ -583,12 +590,18 @@ fn set_paused(consumer: &Consumer_, id: &str, pause: bool) {
         consumer.resume(&assignment)
     };
     match result {
-        Ok(()) => tracing::debug!(
-            component_id = %id,
-            partitions = assignment.count(),
-            "kafka partitions {}",
-            if pause { "paused: the pipeline is full or memory is at its limit" } else { "resumed" }
-        ),
+        Ok(()) => match why {
+            Some(why) => tracing::debug!(
+                component_id = %id,
+                partitions = assignment.count(),
+                "kafka partitions paused: {why}"
+            ),
+            None => tracing::debug!(
+                component_id = %id,
+                partitions = assignment.count(),
+                "kafka partitions resumed"
+            ),
+        },
         Err(error) => {
             tracing::warn!(component_id = %id, %error, pause, "cannot pause or resume kafka partitions")
         }

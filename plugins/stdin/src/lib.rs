@@ -11,6 +11,13 @@
 //!
 //! Refused records go to `<id>.dead_letter` where something reads it, located as
 //! `{"file":"-","line":<record number>,"offset":<first byte>}`.
+//!
+//! Standard input is read once per process: an instance that stops before end of input
+//! (a reload changed its options, or renamed it) leaves the input handle, with any read
+//! still in flight, and the bytes it read but did not frame to the instance that starts
+//! next, so that a reload loses, repeats and reorders nothing. One instance reads at a
+//! time: another waits until it stops (two `stdin` sources in one pipeline read one after
+//! the other, so the second finds the input at its end).
 
 use async_trait::async_trait;
 use auditflow_core::batch::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
@@ -23,7 +30,8 @@ use auditflow_core::{
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, Stdin};
+use tokio::sync::Mutex;
 
 /// Reads audit events from standard input; ends at end of input.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -89,12 +97,55 @@ impl Validate for StdinConfig {
 impl SourceConfig for StdinConfig {
     fn build(&self, _: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let envelope = self.compiled.take(|| self.compile())?;
-        Ok(Box::new(LineSource {
-            reader: tokio::io::stdin(),
+        Ok(Box::new(StdinSource {
             max_line_bytes: self.max_line_bytes,
             framing: self.framing,
             envelope,
         }))
+    }
+}
+
+/// Where an instance that stopped before end of input left the stream.
+struct Position {
+    /// The bytes read but not yet framed, and their stream offset.
+    framer: Framer,
+    /// Stream offset just past the last record passed on, and that record's number.
+    offset: u64,
+    record: u64,
+}
+
+/// The standard input of the process, and where in it the last instance that read it
+/// stopped: what the next instance goes on with. An instance holds the lock while it
+/// reads, so that one added under another id waits for the one a reload removed.
+static STDIN: Mutex<Option<(Stdin, Position)>> = Mutex::const_new(None);
+
+/// The `stdin` source: a [`LineSource`] over standard input that goes on where the
+/// instance it replaces stopped.
+struct StdinSource {
+    max_line_bytes: usize,
+    framing: Framing,
+    envelope: Envelope,
+}
+
+#[async_trait]
+impl Source for StdinSource {
+    async fn run(self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
+        let mut stdin = tokio::select! {
+            stdin = STDIN.lock() => stdin,
+            _ = cx.shutdown.wait() => return Ok(()),
+        };
+        let (reader, from) = match stdin.take() {
+            Some((reader, position)) => (reader, Some(position)),
+            None => (tokio::io::stdin(), None),
+        };
+        let source = LineSource {
+            reader,
+            max_line_bytes: self.max_line_bytes,
+            framing: self.framing,
+            envelope: self.envelope,
+        };
+        *stdin = source.read(cx, from).await?;
+        Ok(())
     }
 }
 
@@ -109,14 +160,49 @@ pub struct LineSource<R> {
 
 #[async_trait]
 impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
-    async fn run(mut self: Box<Self>, mut cx: SourceContext) -> Result<(), ComponentError> {
-        let mut framer = Framer::new(self.framing, self.max_line_bytes, 0);
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError> {
+        self.read(cx, None).await.map(drop)
+    }
+}
+
+impl<R: AsyncRead + Send + Unpin> LineSource<R> {
+    /// Reads to end of input (`None`), or until told to stop: then returns the reader and
+    /// where it stopped, what was read but not framed included. Starts at the beginning
+    /// of the stream, or `from` where a stopped instance left it.
+    async fn read(
+        mut self,
+        mut cx: SourceContext,
+        from: Option<Position>,
+    ) -> Result<Option<(R, Position)>, ComponentError> {
         let mut decoder = Decoder::new(&cx, self.envelope.clone());
+        let mut framer = match from {
+            Some(Position {
+                framer,
+                offset,
+                record,
+            }) => {
+                (decoder.offset, decoder.record) = (offset, record);
+                framer.resume_with(self.framing, self.max_line_bytes)
+            }
+            None => Framer::new(self.framing, self.max_line_bytes, 0),
+        };
         let mut memory = auditflow_core::memory::pressure();
+        let mut stopped = false;
         loop {
+            // The held bytes first: a resumed framer may hold whole records.
+            while let Some(frame) = framer.next_frame() {
+                decoder.frame(frame, &cx);
+                if decoder.is_full() {
+                    decoder.flush(&cx).await?;
+                }
+            }
+            decoder.flush(&cx).await?;
             let read = tokio::select! {
                 biased;
-                _ = cx.shutdown.wait() => break,
+                _ = cx.shutdown.wait() => {
+                    stopped = true;
+                    break;
+                }
                 // Over memory_limit_mb, read nothing more until memory falls.
                 _ = memory.relieved(), if memory.is_limited() => continue,
                 read = self.reader.read_buf(framer.buffer()), if !memory.is_limited() => read,
@@ -134,16 +220,14 @@ impl<R: AsyncRead + Send + Unpin + 'static> Source for LineSource<R> {
                 decoder.flush(&cx).await?;
                 break;
             }
-            while let Some(frame) = framer.next_frame() {
-                decoder.frame(frame, &cx);
-                if decoder.is_full() {
-                    decoder.flush(&cx).await?;
-                }
-            }
-            decoder.flush(&cx).await?;
         }
         decoder.records.finish();
-        Ok(())
+        let position = Position {
+            framer,
+            offset: decoder.offset,
+            record: decoder.record,
+        };
+        Ok(stopped.then_some((self.reader, position)))
     }
 }
 
@@ -376,6 +460,85 @@ mod tests {
         let batches = run(reader, 1024, Framing::JsonStream, counts, Some(2)).await;
         assert_eq!(text(&batches.concat()), [r#"{"n":1}"#, r#"{"n":2}"#]);
         drop(writer);
+    }
+
+    /// A reload replaces the source while input keeps coming: the instance built with the
+    /// new options goes on with the reader and the partial record the old one held, and
+    /// the new `max_line_bytes` applies from there.
+    #[tokio::test]
+    async fn a_stopped_source_hands_its_input_and_partial_record_to_the_next() {
+        use tokio::io::AsyncWriteExt;
+        let counts = Arc::new(RecordingTelemetry::default());
+        let context = || {
+            let (tx, rx) = channel::channel(64, Arc::new(NoTelemetry));
+            let (trigger, shutdown) = Shutdown::new();
+            let cx = SourceContext {
+                id: "in".into(),
+                out: Output::new(vec![tx], Arc::new(NoTelemetry)),
+                shutdown,
+                telemetry: Arc::clone(&counts) as Arc<dyn auditflow_core::Telemetry>,
+                dead_letter: auditflow_core::DeadLetterOutput::disconnected("in"),
+            };
+            (cx, rx, trigger)
+        };
+        let (mut writer, reader) = tokio::io::duplex(1024);
+        let before = b"{\"long\":\"xxxxxxxxxxxxxxxxxxxx\"}\n{\"n\":2}\n{\"par";
+        writer.write_all(before).await.unwrap();
+        let (cx, mut rx, trigger) = context();
+        let first = LineSource {
+            reader,
+            max_line_bytes: 1024,
+            framing: Framing::Lines,
+            envelope: Default::default(),
+        };
+        let first = tokio::spawn(first.read(cx, None));
+        let mut events = Vec::new();
+        while events.len() < 2 {
+            events.extend(rx.recv().await.expect("two events").events.clone());
+        }
+        trigger.trigger();
+        let (reader, position) = first
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("stopped before end of input: the input is left");
+        assert_eq!(
+            position.framer.pending_bytes(),
+            5,
+            "the partial record is held"
+        );
+
+        let (cx, mut rx, _trigger) = context();
+        let second = LineSource {
+            reader,
+            max_line_bytes: 16,
+            framing: Framing::Lines,
+            envelope: Default::default(),
+        };
+        let second = tokio::spawn(second.read(cx, Some(position)));
+        let after = b"tial\":3}\n{\"long\":\"xxxxxxxxxxxxxxxxxxxx\"}\n{\"n\":5}\n";
+        writer.write_all(after).await.unwrap();
+        drop(writer);
+        while let Some(batch) = rx.recv().await {
+            events.extend(batch.events.clone());
+        }
+        assert!(second.await.unwrap().unwrap().is_none(), "read to the end");
+        assert_eq!(
+            text(&events),
+            [
+                r#"{"long":"xxxxxxxxxxxxxxxxxxxx"}"#,
+                r#"{"n":2}"#,
+                r#"{"partial":3}"#,
+                r#"{"n":5}"#
+            ],
+            "nothing lost or repeated, in order; the long record refused only after"
+        );
+        assert_eq!(counts.discarded_events("oversized"), 1);
+        assert_eq!(
+            counts.recorded().received,
+            (5, before.len() + after.len()),
+            "every byte counted once"
+        );
     }
 
     /// (The flag is process-wide: nextest runs each test in a process of its own.)
