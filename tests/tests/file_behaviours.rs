@@ -7,7 +7,8 @@
 //! of `auditflow_file_rotations_total`; `fingerprint: device_inode` across renames; a file
 //! too short for its checksum (also with `read_from: end`); a file truncated while
 //! auditflow was stopped; and pretty-printed files that share their first line (reported
-//! under `checksum`, read with `device_inode`, a copy told apart from another file).
+//! under `checksum`, read with `device_inode`, a copy told apart from another file); and
+//! `stdin`, a plain file and a `.gz` counting blank, oversized and malformed lines alike.
 //!
 //! Each test waits for conditions (events on stdout or at a collector, a log line, a
 //! metric, the checkpoint file) with generous deadlines: the machine may be loaded.
@@ -1357,4 +1358,168 @@ fn checksum_a_copy_of_a_pretty_printed_file_is_not_a_collision() {
     let stderr = run.stop();
     assert!(!stderr.contains(COLLISION_WARNING), "{stderr}");
     seen.assert_exactly_once(indices(&[0..8, markers, more_markers]));
+}
+
+/// What one source made of the bytes [`alike_input`] holds: what it printed, in order, and
+/// what it counted.
+#[derive(Debug, PartialEq)]
+struct Counted {
+    printed: Vec<String>,
+    /// `auditflow_component_discarded_events_total` by reason.
+    discarded: BTreeMap<&'static str, f64>,
+    received_events: f64,
+    received_bytes: f64,
+}
+
+impl Counted {
+    fn counts(&self) -> (&BTreeMap<&'static str, f64>, f64, f64) {
+        (&self.discarded, self.received_events, self.received_bytes)
+    }
+}
+
+const ALIKE_MAX_LINE_BYTES: usize = 16_384;
+
+/// Events 0 to 5 among every kind of line that is not one event: a blank line, a line of
+/// spaces and a tab, a line over `max_line_bytes`, a malformed line, an `EventList` of two
+/// items, a line ending in `\r\n`, and a run of NUL bytes.
+fn alike_input() -> Vec<u8> {
+    for i in 0..6 {
+        assert!(audit_line(i).len() < ALIKE_MAX_LINE_BYTES);
+    }
+    let oversized = format!(
+        "{{\"kind\":\"Event\",\"padding\":\"{}\"}}",
+        "x".repeat(ALIKE_MAX_LINE_BYTES + 100)
+    );
+    let mut input = format!(
+        "{}\n\n  \t \n{}\n{oversized}\nnot json\n\
+         {{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{},{}]}}\n{}\r\n",
+        audit_line(0),
+        audit_line(1),
+        audit_line(2),
+        audit_line(3),
+        audit_line(4),
+    )
+    .into_bytes();
+    input.extend_from_slice(&[0; 64]);
+    input.extend_from_slice(format!("{}\n", audit_line(5)).as_bytes());
+    input
+}
+
+/// Runs a source `in` with `options` (and `max_line_bytes`) → `stdout`, writing `stdin`
+/// to its standard input (kept open until the end), until it printed six events; then
+/// reads its counts.
+fn count_alike(workspace: &Workspace, options: &str, stdin: &[u8]) -> Counted {
+    let pipeline = workspace.pipeline_with_metrics(
+        "127.0.0.1:0",
+        &format!(
+            "sources:\n  in:\n{}sinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
+            source_block(&format!(
+                "{options}\nmax_line_bytes: {ALIKE_MAX_LINE_BYTES}"
+            ))
+        ),
+    );
+    let mut auditflow = Auditflow::run(workspace, &pipeline);
+    let lines = auditflow.stdout_lines();
+    let mut input = auditflow.take_stdin();
+    input.write_all(stdin).unwrap();
+    input.flush().unwrap();
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+    let mut printed = Vec::new();
+    while printed.len() < 6 {
+        match lines.recv_timeout(DEADLINE) {
+            Ok(line) => printed.push(line),
+            Err(error) => panic!(
+                "{options}: {} events printed ({error}); stderr:\n{}",
+                printed.len(),
+                auditflow.stderr()
+            ),
+        }
+    }
+    // The last line holds the last event: everything before it was counted before it
+    // was sent.
+    let text = http_get(&metrics, "/metrics").unwrap().1;
+    let source = [("component_id", "in")];
+    let discarded = ["malformed", "too_deep", "oversized", "nul_padding"]
+        .into_iter()
+        .map(|reason| {
+            let labels = [("component_id", "in"), ("reason", reason)];
+            let count = metric(&text, "auditflow_component_discarded_events_total", &labels);
+            (reason, count.unwrap_or(0.0))
+        })
+        .collect();
+    let counted = Counted {
+        printed,
+        discarded,
+        received_events: metric(&text, "auditflow_component_received_events_total", &source)
+            .unwrap_or_else(|| panic!("{options}: no received series:\n{text}")),
+        received_bytes: metric(&text, "auditflow_component_received_bytes_total", &source)
+            .unwrap_or_else(|| panic!("{options}: no received bytes series:\n{text}")),
+    };
+    drop(input);
+    auditflow.signal(libc::SIGTERM);
+    let status = auditflow.wait_timeout(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", auditflow.stderr());
+    counted
+}
+
+/// `stdin`, a plain file and a `.gz` file frame and decode lines with the same code, and
+/// count alike what is not an event: the same bytes give the same events, byte for byte
+/// and in order, and the same `discarded` and `received` counts. Blank and whitespace-only
+/// lines are skipped uncounted; a line over `max_line_bytes` is one `oversized` record;
+/// NUL padding is counted once and is no record; an `EventList` line is two events.
+#[test]
+fn stdin_files_and_gzip_count_blank_and_oversized_lines_alike() {
+    let input = alike_input();
+    let from_stdin = count_alike(&Workspace::new(), "type: stdin", &input);
+
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    fs::write(logs.join("audit.log"), &input).unwrap();
+    let from_file = count_alike(
+        &workspace,
+        &format!(
+            "type: file\ninclude: [\"{}/*.log\"]\nglob_interval_ms: 100",
+            logs.display()
+        ),
+        b"",
+    );
+
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    write_gzip(&logs.join("audit.log.gz"), &input);
+    let from_gzip = count_alike(
+        &workspace,
+        &format!(
+            "type: file\ninclude: [\"{}/*.gz\"]\nglob_interval_ms: 100",
+            logs.display()
+        ),
+        b"",
+    );
+
+    let expected: Vec<String> = (0..6).map(audit_line).collect();
+    assert_eq!(from_stdin.printed, expected);
+    assert_eq!(
+        from_stdin.discarded,
+        BTreeMap::from([
+            ("malformed", 1.0),
+            ("too_deep", 0.0),
+            ("oversized", 1.0),
+            ("nul_padding", 1.0)
+        ])
+    );
+    // Six events, the malformed line and the oversized one.
+    assert_eq!(from_stdin.received_events, 8.0);
+    assert_eq!(from_stdin.received_bytes, input.len() as f64);
+    for (what, counted) in [("a plain file", &from_file), ("a .gz file", &from_gzip)] {
+        assert!(
+            counted.printed == from_stdin.printed,
+            "{what} printed other lines than stdin"
+        );
+        assert_eq!(
+            counted.counts(),
+            from_stdin.counts(),
+            "{what} counts unlike stdin (discarded, received events, received bytes)"
+        );
+    }
 }

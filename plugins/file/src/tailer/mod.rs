@@ -385,7 +385,7 @@ impl Source for Tailer {
                         break;
                     };
                     progressed = true;
-                    telemetry.received(fill.lines, fill.bytes);
+                    telemetry.received(fill.records, fill.bytes);
                     let letters = self.records.take_dead_letters();
                     if fill.events.is_empty() && letters.is_empty() {
                         self.push_pending(key, fill.end, Some(BatchStatus::Delivered));

@@ -59,7 +59,11 @@ impl Reader {
 pub(super) struct Fill {
     pub(super) events: Vec<Event>,
     pub(super) end: Position,
+    /// Lines and JSON values taken, blank ones included: what bounds a batch.
     pub(super) lines: usize,
+    /// Records that were meant to be events (events plus refused records; not blank
+    /// lines nor NUL padding), counted as received as `stdin` counts them.
+    pub(super) records: usize,
     pub(super) bytes: usize,
 }
 
@@ -98,7 +102,8 @@ impl Framed<'_> {
         let start = std::mem::replace(&mut self.read.offset, end);
         let line = self.read.line;
         let path = self.path;
-        self.records
+        let read = self
+            .records
             .decode(frame, self.telemetry, &mut self.fill.events, || {
                 Location::File {
                     file: path.display().to_string(),
@@ -106,6 +111,7 @@ impl Framed<'_> {
                     offset: start,
                 }
             });
+        self.fill.records += read.records;
     }
 
     /// Whether the batch is full. Counting lines, not events, also bounds a run of
@@ -278,6 +284,7 @@ impl Tailer {
                 events: Vec::new(),
                 end: Position::default(),
                 lines: 0,
+                records: 0,
                 bytes: 0,
             },
             telemetry,
