@@ -3,7 +3,9 @@
 //! links (to a file, to a directory, and a link re-pointed as kubelet re-points one); a
 //! `.gz` of a partly read file (after a restart, and while running under back-pressure);
 //! positions of vanished files forgotten after `forget_after_secs`; a file deleted with
-//! bytes unread (the error line and `auditflow_file_lost_bytes_total`); the exact count
+//! bytes unread (the error line and `auditflow_file_lost_bytes_total`); a file renamed out
+//! of the globs with bytes unread (supplied by a `.gz` appearing late, or counted lost when
+//! its position is forgotten); the exact count
 //! of `auditflow_file_rotations_total`; `fingerprint: device_inode` across renames; a file
 //! too short for its checksum (also with `read_from: end`); a file truncated while
 //! auditflow was stopped; and pretty-printed files that share their first line (reported
@@ -1522,4 +1524,143 @@ fn stdin_files_and_gzip_count_blank_and_oversized_lines_alike() {
             "{what} counts unlike stdin (discarded, received events, received bytes)"
         );
     }
+}
+
+/// Under back-pressure (the destination is down) a file is renamed out of the globs and
+/// closed after `rotate_wait_secs` with most of it unread. Only then does a `.gz` of it
+/// appear (compressed late, as logrotate's `delaycompress` or a slow compression leaves
+/// it), and the plain file is removed. The `.gz` supplies the unread tail: every event
+/// arrives once, and as nothing was lost, `auditflow_file_lost_bytes_total` stays 0.
+#[test]
+fn a_gz_appearing_after_its_file_was_closed_with_bytes_unread_is_not_counted_lost() {
+    const TOTAL: usize = 40_000;
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let live = logs.join("audit.log");
+    append(&live, &audit_lines(0..TOTAL));
+    let collector = Collector::start(&workspace, false);
+    let pipeline = workspace.pipeline_with_metrics(
+        "127.0.0.1:0",
+        &format!(
+            "sources:\n  in:\n    type: file\n    include: [\"{0}/*.log\", \"{0}/*.gz\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n\
+             sinks:\n  out:\n    inputs: [in]\n{1}",
+            logs.display(),
+            collector.sink_options()
+        ),
+    );
+    let auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+    wait_checkpoint(&workspace, "the live file is checkpointed", |files| {
+        files.contains(&live)
+    });
+    // Renamed out of the globs (`*.log` does not match `audit.log.1`), drained for
+    // rotate_wait_secs, then closed with bytes unread: no copy of it exists yet.
+    let backup = logs.join("audit.log.1");
+    fs::rename(&live, &backup).unwrap();
+    wait_log(
+        &auditflow,
+        "closing a renamed or deleted file after rotate_wait_secs with bytes unread",
+        1,
+    );
+    write_gzip(&logs.join("audit.log.1.gz"), &fs::read(&backup).unwrap());
+    fs::remove_file(&backup).unwrap();
+
+    collector.set_up(true);
+    let delivered = collector.wait_for(DEADLINE, "every event delivered", |delivered| {
+        delivered.iter().collect::<BTreeSet<_>>().len() >= TOTAL
+    });
+    let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
+    assert_eq!(indices, (0..TOTAL).collect::<BTreeSet<_>>());
+    assert_eq!(duplicates(&delivered), 0, "events delivered twice");
+    let text = http_get(&metrics, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(
+            &text,
+            "auditflow_file_lost_bytes_total",
+            &[("component_id", "in")]
+        ),
+        Some(0.0),
+        "bytes read from the .gz were counted lost:\n{}",
+        auditflow.stderr()
+    );
+}
+
+/// Under back-pressure a file is renamed out of the globs and closed after
+/// `rotate_wait_secs` with bytes unread. It is still on disk, so nothing is counted yet;
+/// when neither it nor a copy of it came back within `forget_after_secs`, the unread bytes
+/// are counted lost, once, with an error naming the file; what was read arrives.
+#[test]
+fn a_file_renamed_away_with_bytes_unread_is_counted_lost_when_its_position_is_forgotten() {
+    const TOTAL: usize = 40_000;
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let live = logs.join("audit.log");
+    let text = audit_lines(0..TOTAL);
+    append(&live, &text);
+    let collector = Collector::start(&workspace, false);
+    let pipeline = workspace.pipeline_with_metrics(
+        "127.0.0.1:0",
+        &format!(
+            "sources:\n  in:\n    type: file\n    include: [\"{}/*.log\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n    forget_after_secs: 3\n\
+             sinks:\n  out:\n    inputs: [in]\n{}",
+            logs.display(),
+            collector.sink_options()
+        ),
+    );
+    let auditflow = Auditflow::run(&workspace, &pipeline);
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+    wait_checkpoint(&workspace, "the file is checkpointed", |files| {
+        files.contains(&live)
+    });
+    fs::rename(&live, logs.join("audit.log.1")).unwrap();
+    wait_log(
+        &auditflow,
+        "closing a renamed or deleted file after rotate_wait_secs with bytes unread",
+        1,
+    );
+    // What was read before the rename arrives; the batches in flight are acknowledged.
+    collector.set_up(true);
+    let stderr = wait_log(&auditflow, "with bytes unread: they are lost", 1);
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("with bytes unread: they are lost"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "logged as an error: {line}");
+    assert!(
+        line.contains(&live.display().to_string()),
+        "names the file: {line}"
+    );
+    assert!(
+        line.contains("forget_after_secs"),
+        "counted when the position is forgotten, not when the file is closed: {line}"
+    );
+    let logged: u64 = line
+        .split("lost_bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost_bytes=N in {line}"));
+    let lost_series = || {
+        let text = http_get(&metrics, "/metrics").unwrap().1;
+        metric(
+            &text,
+            "auditflow_file_lost_bytes_total",
+            &[("component_id", "in")],
+        )
+        .unwrap()
+    };
+    assert_eq!(lost_series(), logged as f64);
+    assert!(logged > 0 && (logged as usize) < text.len());
+
+    // With the lost bytes, what was read is the whole file.
+    let read_events = text[..text.len() - logged as usize].matches('\n').count();
+    let delivered = collector.wait_for(DEADLINE, "what was read delivered", |delivered| {
+        delivered.len() >= read_events
+    });
+    let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
+    assert_eq!(indices, (0..read_events).collect::<BTreeSet<_>>());
+    assert_eq!(duplicates(&delivered), 0);
+    assert_eq!(lost_series(), logged as f64, "counted once");
 }

@@ -9,11 +9,14 @@
 //!
 //! - **Rename rotation**: the open file keeps being read through its handle; under its new
 //!   name if the globs still match it, or for `rotate_wait` if not. The new file at the old
-//!   name is a new entry, read from 0.
+//!   name is a new entry, read from 0. A file renamed away and closed with bytes unread is
+//!   still on disk: it, or a copy compressed later, may come back and supply them, so they
+//!   are counted lost only once its position is forgotten (`forget_after`).
 //! - **Copy-truncate**: a file shorter than what was read from it (or, with `checksum`,
 //!   whose first line changed) is read again from 0 as a new entry; the old entry keeps its
 //!   fingerprint and position, so a copy that the globs match resumes where reading stopped.
-//! - **Deletion**: the open handle is drained for up to `rotate_wait`, then closed.
+//! - **Deletion**: the open handle is drained for up to `rotate_wait`, then closed; what
+//!   is unread then is lost, unless a matched copy of the file supplies it.
 //! - **Back-pressure**: while a full pipeline holds a batch back, scans and checkpoint
 //!   writes go on, so a file rotated and deleted during a long outage is still known, and
 //!   what it loses is counted (once, across restarts too).
@@ -132,6 +135,10 @@ struct Entry {
     /// The scan that last found another matched file with this file's fingerprint while
     /// this one was open (a `.gz` or a copy): what is unread here can be read from it.
     copy_seen_in_scan: Option<u64>,
+    /// Closed after `rotate_wait` gone, with its bytes unread up to this offset: what of
+    /// them neither the file coming back nor a copy of it supplies is counted lost when
+    /// the entry is forgotten.
+    unread_until: Option<u64>,
     /// The file's start when it was last closed (`checksum` only): once the file is gone,
     /// what tells another file with its fingerprint from it.
     start: Option<StartDigest>,
@@ -156,6 +163,7 @@ impl Entry {
             frozen: false,
             unseen_since_start: false,
             copy_seen_in_scan: None,
+            unread_until: None,
             start: None,
         }
     }
