@@ -5,7 +5,7 @@
 //! positions of vanished files forgotten after `forget_after_secs`; a file deleted with
 //! bytes unread (the error line and `auditflow_file_lost_bytes_total`); a file renamed out
 //! of the globs with bytes unread (supplied by a `.gz` appearing late, or counted lost when
-//! its position is forgotten); the exact count
+//! its position is forgotten); an idle-closed file renamed away and back; the exact count
 //! of `auditflow_file_rotations_total`; `fingerprint: device_inode` across renames; a file
 //! too short for its checksum (also with `read_from: end`); a file truncated while
 //! auditflow was stopped; and pretty-printed files that share their first line (reported
@@ -1584,6 +1584,54 @@ fn a_gz_appearing_after_its_file_was_closed_with_bytes_unread_is_not_counted_los
         "bytes read from the .gz were counted lost:\n{}",
         auditflow.stderr()
     );
+}
+
+/// A file read to its end is closed once idle for `rotate_wait_secs`. Renamed out of the
+/// globs while closed, it loses nothing; renamed back, it resumes where it was and is not
+/// read again; a new file taking its name is read from its start, once. A closed file's
+/// rename is not seen, so it is not counted as a rotation (nor twice when it comes back).
+#[test]
+fn an_idle_closed_file_renamed_away_is_neither_lost_nor_read_again() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let live = logs.join("audit.log");
+    let away = logs.join("audit.old");
+    append(&live, &audit_lines(0..100));
+    let options = format!(
+        "include: [\"{0}/*.log\", \"{0}/marker-*.json\"]\nglob_interval_ms: 100\nrotate_wait_secs: 1",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..100);
+    run.wait_metric("auditflow_file_open_files", 0.0);
+
+    // Away and back, with scans in between that no longer find it.
+    fs::rename(&live, &away).unwrap();
+    let markers = let_scans_pass(&run, &logs, 1_000);
+    run.wait_metric("auditflow_file_open_files", 0.0);
+    fs::rename(&away, &live).unwrap();
+    append(&live, &audit_lines(100..110));
+    run.wait_all(100..110);
+    run.wait_metric("auditflow_file_open_files", 0.0);
+
+    // Away again, and a new file takes its name.
+    fs::rename(&live, &away).unwrap();
+    let more_markers = let_scans_pass(&run, &logs, 2_000);
+    append(&live, &audit_lines(110..200));
+    run.wait_all(110..200);
+    let more_scans = let_scans_pass(&run, &logs, 3_000);
+    assert_eq!(run.metric("auditflow_file_lost_bytes_total"), 0.0);
+    assert_eq!(run.metric("auditflow_file_rotations_total"), 0.0);
+    run.stop();
+    seen.assert_exactly_once(
+        (0..200)
+            .chain(markers)
+            .chain(more_markers)
+            .chain(more_scans),
+    );
+    seen.assert_in_file_order(0..110);
+    seen.assert_in_file_order(110..200);
 }
 
 /// Under back-pressure a file is renamed out of the globs and closed after
