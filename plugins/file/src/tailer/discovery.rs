@@ -1,15 +1,14 @@
-//! Finding files: expanding the globs, and what each scan makes of what it finds. A new
-//! file becomes an entry; a known fingerprint at another path is a rename (or a `.gz`
-//! or copy of a file being read); a file shorter than what was read from it is a
-//! copy-truncate; an open file no longer matched is drained for `rotate_wait`, and then
-//! closed with what it still held counted as lost. Entries of files unseen for
-//! `forget_after` are forgotten.
+//! What each scan makes of the files the globs match. A new file becomes an entry; a
+//! known fingerprint at another path is a rename (or a `.gz` or copy of a file being
+//! read); a file shorter than what was read from it is a copy-truncate; an open file no
+//! longer matched is drained for `rotate_wait` (closed by [`super::closing`]). Under
+//! `checksum`, a file that only shares its first line with a known one is told apart.
 
-use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, Metadata};
+use std::collections::HashSet;
+use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use auditflow_core::framing::Framer;
@@ -23,8 +22,6 @@ use super::{Entry, Inode, Position, Tailer};
 use crate::fingerprint::{Fingerprint, CHECKSUM_BYTES};
 use crate::{FingerprintMode, ReadFrom};
 
-/// Directory levels `**` descends at most.
-const MAX_DEPTH: usize = 32;
 /// Bytes compared at most to tell a copy of a known file from another file that only
 /// shares its fingerprint (its first line).
 const COMPARE_BYTES: usize = 4096;
@@ -56,75 +53,10 @@ impl StartDigest {
 pub(super) struct Settled {
     len: u64,
     modified: Option<SystemTime>,
-    key: u64,
+    pub(super) key: u64,
 }
 
 impl Tailer {
-    /// Lists the files the globs match, oldest first.
-    fn expand(&self) -> Vec<(PathBuf, Metadata)> {
-        let mut found = BTreeMap::new();
-        for pattern in &self.settings.include_patterns {
-            let (base, depth) = walk_root(Path::new(pattern));
-            let mut visited = HashSet::new();
-            self.first_visit(&base, &mut visited);
-            self.walk(&base, depth, &mut found, &mut visited);
-        }
-        let mut files: Vec<(PathBuf, Metadata)> = found.into_iter().collect();
-        files.sort_by_key(|(path, meta)| (meta.modified().ok(), path.clone()));
-        files
-    }
-
-    /// Whether directory `dir` was not listed yet in this expansion (links can form cycles).
-    fn first_visit(&self, dir: &Path, visited: &mut HashSet<Inode>) -> bool {
-        fs::metadata(dir).is_ok_and(|meta| visited.insert((meta.dev(), meta.ino())))
-    }
-
-    fn walk(
-        &self,
-        dir: &Path,
-        depth: usize,
-        found: &mut BTreeMap<PathBuf, Metadata>,
-        visited: &mut HashSet<Inode>,
-    ) {
-        #[cfg(test)]
-        auditflow_testkit::stall::inside_blocking_section(|key| dir.starts_with(key));
-        let listing = match fs::read_dir(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        }) {
-            Ok(listing) => listing,
-            Err(error) => {
-                if error.kind() != io::ErrorKind::NotFound {
-                    tracing::debug!(component_id = %self.id, dir = %dir.display(), %error, "cannot list directory");
-                }
-                return;
-            }
-        };
-        for item in listing.flatten() {
-            let path = dir.join(item.file_name());
-            let Ok(kind) = item.file_type() else { continue };
-            // A link to a directory is descended like the directory (`**` through it).
-            let is_dir = kind.is_dir()
-                || (kind.is_symlink() && fs::metadata(&path).is_ok_and(|meta| meta.is_dir()));
-            if is_dir {
-                if depth > 1 && self.first_visit(&path, visited) {
-                    self.walk(&path, depth - 1, found, visited);
-                }
-                continue;
-            }
-            if !self.settings.include.is_match(&path) || self.settings.exclude.is_match(&path) {
-                continue;
-            }
-            // Follows symbolic links: a link to a log file is read as that file.
-            if let Ok(meta) = fs::metadata(&path) {
-                if meta.is_file() {
-                    found.insert(path, meta);
-                }
-            }
-        }
-    }
-
     /// Looks for new, renamed, truncated and deleted files.
     pub(super) fn scan(&mut self, telemetry: &dyn Telemetry) {
         let now = Instant::now();
@@ -467,157 +399,6 @@ impl Tailer {
             },
         );
     }
-
-    /// Closes files gone for `rotate_wait`, and files idle at their end for as long.
-    fn close_finished(&mut self, now: Instant) {
-        let wait = self.settings.rotate_wait;
-        let mut closing = Vec::new();
-        let mut lost = Vec::new();
-        let mut held = Vec::new();
-        for (&key, entry) in &self.entries {
-            let Some(reader) = &entry.reader else {
-                continue;
-            };
-            if let Some(since) = entry.gone_since {
-                if now.duration_since(since) >= wait {
-                    // The size through the handle: the last scan may predate the last write.
-                    let (size, deleted) = match &reader.input {
-                        Input::Plain(file) => file
-                            .metadata()
-                            .map_or((entry.size, true), |meta| (meta.len(), meta.nlink() == 0)),
-                        Input::Gzip(_) => (entry.size, true),
-                    };
-                    let unread = size.saturating_sub(reader.framer.offset());
-                    if unread > 0 && entry.copy_seen_in_scan == Some(self.scans) {
-                        // A `.gz` (or a copy) of it is matched: the rest is read from there.
-                        tracing::info!(component_id = %self.id, file = %entry.path.display(),
-                            unread_bytes = unread,
-                            "closing a renamed or deleted file after rotate_wait_secs; a matched copy of it (such as its .gz) supplies the rest");
-                    } else if unread > 0 && deleted {
-                        self.metrics.lost_bytes.inc_by(unread);
-                        tracing::error!(component_id = %self.id, file = %entry.path.display(),
-                            lost_bytes = unread, "closing a renamed or deleted file after rotate_wait_secs with bytes unread: they are lost (reading fell behind, or its last line had no newline); a disk buffer on the sinks, a longer rotate_wait_secs or more --audit-log-maxbackup keep them");
-                        lost.push((key, reader.framer.offset()));
-                    } else if unread > 0 {
-                        // Renamed away, still on disk: renamed back, or compressed late into a
-                        // `.gz` that include matches, it supplies them while its position is
-                        // kept. Only then are they known to be lost.
-                        tracing::warn!(component_id = %self.id, file = %entry.path.display(),
-                            unread_bytes = unread, forget_after_secs = self.settings.forget_after.as_secs(),
-                            "closing a renamed or deleted file after rotate_wait_secs with bytes unread; it was renamed, not deleted: unless it or a copy of it (such as its .gz) comes back under include within forget_after_secs, they are counted as lost then");
-                        held.push((key, size));
-                    } else {
-                        tracing::info!(component_id = %self.id, file = %entry.path.display(),
-                            "closing a renamed or deleted file: drained");
-                    }
-                    closing.push(key);
-                }
-            } else if entry
-                .idle_since
-                .is_some_and(|since| now.duration_since(since) >= wait)
-                && reader.framer.pending_bytes() == 0
-                // Written to while reading was held back (a full pipeline, the memory
-                // limit): not finished. (A gzip file's size is not in read offsets.)
-                && (matches!(reader.input, Input::Gzip(_)) || entry.size <= entry.read.offset)
-            {
-                closing.push(key);
-            }
-        }
-        for (key, read) in lost {
-            // Counted once: a restart counts only what stays unacknowledged of what was read.
-            if let Some(entry) = self.entries.get_mut(&key) {
-                entry.size = read;
-                self.dirty = true;
-                self.checkpoint_now = true;
-            }
-        }
-        for (key, size) in held {
-            if let Some(entry) = self.entries.get_mut(&key) {
-                // Checkpointed with its size: a restart that finds neither the file nor a
-                // copy of it counts them then, once.
-                entry.size = size;
-                entry.unread_until = Some(size);
-                self.dirty = true;
-            }
-        }
-        for key in closing {
-            self.close(key, true);
-        }
-    }
-
-    /// Files renamed out of include and closed with bytes unread that neither came back
-    /// nor left a copy that supplied those bytes within `forget_after`: they are lost.
-    fn count_unread_as_lost(&mut self, now: Instant) {
-        for entry in self.entries.values_mut() {
-            let expired =
-                entry.retired || now.duration_since(entry.last_seen) >= self.settings.forget_after;
-            if entry.reader.is_some() || !expired {
-                continue;
-            }
-            let Some(end) = entry.unread_until.take() else {
-                continue;
-            };
-            let lost = end.saturating_sub(entry.read.offset);
-            if lost == 0 {
-                continue;
-            }
-            self.metrics.lost_bytes.inc_by(lost);
-            // Counted once: the checkpoint says so at once, so a restart does not count
-            // them again.
-            entry.size = entry.read.offset;
-            self.dirty = true;
-            self.checkpoint_now = true;
-            tracing::error!(component_id = %self.id, file = %entry.path.display(),
-                lost_bytes = lost, "forgetting a file renamed out of include and closed after rotate_wait_secs with bytes unread: they are lost, as neither it nor a copy of it (such as its .gz) came back under include within forget_after_secs (reading fell behind, or its last line had no newline); a disk buffer on the sinks, a longer rotate_wait_secs or more --audit-log-maxbackup keep them");
-        }
-    }
-
-    /// After the first scan: files the checkpoint names that are gone, with bytes that
-    /// were never acknowledged. They cannot be read any more: count and report them.
-    pub(super) fn account_missing_at_start(&mut self) {
-        for entry in self.entries.values_mut() {
-            if !std::mem::take(&mut entry.unseen_since_start) || entry.retired {
-                continue;
-            }
-            let lost = entry.size.saturating_sub(entry.committed.offset);
-            if lost > 0 {
-                // Counted once: the next checkpoint says nothing more is missing from it, so
-                // a later restart does not count these bytes again.
-                let size = std::mem::replace(&mut entry.size, entry.committed.offset);
-                self.dirty = true;
-                self.metrics.lost_bytes.inc_by(lost);
-                tracing::error!(component_id = %self.id, file = %entry.path.display(),
-                    checkpoint = entry.committed.offset, size, lost_bytes = lost,
-                    "a file the checkpoint names is gone with bytes never acknowledged: they are lost (deleted or rotated away while auditflow was stopped or blocked); a disk buffer on the sinks, or more --audit-log-maxbackup, keeps them");
-            }
-        }
-    }
-
-    /// Forgets files closed and unseen for `forget_after`, and retired entries with nothing
-    /// in flight.
-    fn forget_old(&mut self, now: Instant) {
-        self.count_unread_as_lost(now);
-        let mut forgotten = Vec::new();
-        for (&key, entry) in &self.entries {
-            if entry.reader.is_some() || !entry.pending.is_empty() || self.sending == Some(key) {
-                continue;
-            }
-            if entry.retired || now.duration_since(entry.last_seen) >= self.settings.forget_after {
-                forgotten.push(key);
-            }
-        }
-        for key in forgotten {
-            if let Some(entry) = self.entries.remove(&key) {
-                if let Some(fingerprint) = entry.fingerprint {
-                    if self.by_fingerprint.get(&fingerprint) == Some(&key) {
-                        self.by_fingerprint.remove(&fingerprint);
-                    }
-                }
-                self.settled.retain(|_, settled| settled.key != key);
-                self.dirty = true;
-            }
-        }
-    }
 }
 
 /// Up to [`COMPARE_BYTES`] of a file's start, decompressed if `gzip`, read without moving
@@ -663,30 +444,6 @@ impl Read for ReadAt<'_> {
         self.offset += read as u64;
         Ok(read)
     }
-}
-
-/// The directory to list for a pattern, and how many levels below it to look.
-fn walk_root(pattern: &Path) -> (PathBuf, usize) {
-    let components: Vec<Component> = pattern.components().collect();
-    let is_glob = |component: &Component| {
-        component
-            .as_os_str()
-            .to_string_lossy()
-            .contains(['*', '?', '[', '{'])
-    };
-    let literal = components
-        .iter()
-        .take(components.len().saturating_sub(1))
-        .take_while(|component| !is_glob(component))
-        .count();
-    let base: PathBuf = components[..literal].iter().collect();
-    let rest = &components[literal..];
-    let depth = if rest.iter().any(|c| c.as_os_str() == "**") {
-        MAX_DEPTH
-    } else {
-        rest.len()
-    };
-    (base, depth.max(1))
 }
 
 /// Where the last complete line of a file ends (0 if it has none).

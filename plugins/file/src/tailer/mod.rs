@@ -34,14 +34,18 @@
 //! # Layout
 //! - this module: the [`Tailer`], its entries, and the [`Source::run`] loop that reads,
 //!   sends and housekeeps in turn.
-//! - [`discovery`]: expanding the globs, and what a scan finds: new files, renames,
-//!   truncations, deletions, copies (`.gz`), collisions, lost bytes, forgetting.
+//! - [`globs`]: listing the files the globs match.
+//! - [`discovery`]: what a scan finds: new files, renames, truncations, deletions, copies
+//!   (`.gz`), collisions.
+//! - [`closing`]: closing gone and idle files, counting lost bytes, forgetting positions.
 //! - [`reading`]: opening and closing files (plain or gzip) and reading them into batches.
 //! - [`acks`]: batches in flight, the committed position they move, the checkpoint write
 //!   and the lag gauge.
 
 mod acks;
+mod closing;
 mod discovery;
+mod globs;
 mod reading;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
