@@ -314,6 +314,103 @@ fn wait_checkpoint(workspace: &Workspace, what: &str, done: impl Fn(&BTreeSet<Pa
     }
 }
 
+/// `logs/audit.log` in a new workspace, holding events `0..total`, read by `auditflow run`
+/// with a `file` source `in` (`include` in `logs/`, scans every 100 ms, `rotate_wait_secs:
+/// 1`, then `options`) → an https sink to a [`Collector`] that is down at first:
+/// back-pressure stops reading once the pipeline is full. Returned once the file is
+/// checkpointed: reading has started and stalled.
+struct Stalled {
+    logs: PathBuf,
+    live: PathBuf,
+    collector: Collector,
+    auditflow: Auditflow,
+    metrics: String,
+    /// Holds the directory while the process runs.
+    _workspace: Workspace,
+}
+
+impl Stalled {
+    fn start(total: usize, include: &[&str], options: &str) -> Stalled {
+        let workspace = Workspace::new();
+        let logs = dir(workspace.path().join("logs"));
+        let live = logs.join("audit.log");
+        append(&live, &audit_lines(0..total));
+        let include: Vec<String> = include
+            .iter()
+            .map(|pattern| format!("\"{}/{pattern}\"", logs.display()))
+            .collect();
+        let collector = Collector::start(&workspace, false);
+        let pipeline = workspace.pipeline_with_metrics(
+            "127.0.0.1:0",
+            &format!(
+                "sources:\n  in:\n    type: file\n{}sinks:\n  out:\n    inputs: [in]\n{}",
+                source_block(&format!(
+                    "include: [{}]\nglob_interval_ms: 100\nrotate_wait_secs: 1\n{options}",
+                    include.join(", ")
+                )),
+                collector.sink_options()
+            ),
+        );
+        let auditflow = Auditflow::run(&workspace, &pipeline);
+        let metrics = auditflow.metrics_address(DEADLINE);
+        wait_ready(&metrics, DEADLINE);
+        wait_checkpoint(&workspace, "the live file is checkpointed", |files| {
+            files.contains(&live)
+        });
+        Stalled {
+            logs,
+            live,
+            collector,
+            auditflow,
+            metrics,
+            _workspace: workspace,
+        }
+    }
+
+    /// Brings the destination up; fails unless events `0..total` then arrive, each once,
+    /// and nothing is counted lost.
+    fn delivers_each_once_and_loses_nothing(&self, total: usize) {
+        self.collector.set_up(true);
+        let delivered = self
+            .collector
+            .wait_for(DEADLINE, "every event delivered", |delivered| {
+                delivered.iter().collect::<BTreeSet<_>>().len() >= total
+            });
+        let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
+        assert_eq!(indices, (0..total).collect::<BTreeSet<_>>());
+        assert_eq!(duplicates(&delivered), 0, "events delivered twice");
+        assert_eq!(
+            self.lost_bytes(),
+            0.0,
+            "bytes counted lost:\n{}",
+            self.auditflow.stderr()
+        );
+    }
+
+    /// `auditflow_file_lost_bytes_total`, which exists from the start.
+    fn lost_bytes(&self) -> f64 {
+        let text = http_get(&self.metrics, "/metrics").unwrap().1;
+        metric(
+            &text,
+            "auditflow_file_lost_bytes_total",
+            &[("component_id", "in")],
+        )
+        .expect("the lost-bytes series exists from the start")
+    }
+}
+
+/// The first line of `stderr` that says `text`, and the `lost_bytes=N` it reports.
+fn lost_line<'a>(stderr: &'a str, text: &str) -> (&'a str, u64) {
+    let line = stderr.lines().find(|line| line.contains(text)).unwrap();
+    let logged = line
+        .split("lost_bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost_bytes=N in {line}"));
+    (line, logged)
+}
+
 #[test]
 fn exclude_skips_files_that_include_matches() {
     let workspace = Workspace::new();
@@ -499,58 +596,23 @@ fn after_a_restart_a_gz_of_a_partly_read_file_supplies_only_its_unread_tail() {
 #[test]
 fn under_back_pressure_a_gz_of_a_partly_read_file_loses_and_repeats_nothing() {
     const TOTAL: usize = 40_000;
-    let workspace = Workspace::new();
-    let logs = dir(workspace.path().join("logs"));
-    let live = logs.join("audit.log");
-    append(&live, &audit_lines(0..TOTAL));
-    let collector = Collector::start(&workspace, false);
-    let pipeline = workspace.pipeline_with_metrics(
-        "127.0.0.1:0",
-        &format!(
-            "sources:\n  in:\n    type: file\n    include: [\"{0}/*.log\", \"{0}/*.log.gz\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n\
-             sinks:\n  out:\n    inputs: [in]\n{1}",
-            logs.display(),
-            collector.sink_options()
-        ),
-    );
-    let auditflow = Auditflow::run(&workspace, &pipeline);
-    let metrics = auditflow.metrics_address(DEADLINE);
-    wait_ready(&metrics, DEADLINE);
     // Reading has started and stalled: the destination refuses every request.
-    wait_checkpoint(&workspace, "the live file is checkpointed", |files| {
-        files.contains(&live)
-    });
+    let stalled = Stalled::start(TOTAL, &["*.log", "*.log.gz"], "");
+    let (logs, live) = (&stalled.logs, &stalled.live);
     let backup = logs.join("audit-2024-01-01T00-00-00.000.log");
-    fs::rename(&live, &backup).unwrap();
+    fs::rename(live, &backup).unwrap();
     write_gzip(
         &logs.join("audit-2024-01-01T00-00-00.000.log.gz"),
         &fs::read(&backup).unwrap(),
     );
     fs::remove_file(&backup).unwrap();
     wait_log(
-        &auditflow,
+        &stalled.auditflow,
         "a matched copy of it (such as its .gz) supplies the rest",
         1,
     );
 
-    collector.set_up(true);
-    let delivered = collector.wait_for(DEADLINE, "every event delivered", |delivered| {
-        delivered.iter().collect::<BTreeSet<_>>().len() >= TOTAL
-    });
-    let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
-    assert_eq!(indices, (0..TOTAL).collect::<BTreeSet<_>>());
-    assert_eq!(duplicates(&delivered), 0, "events delivered twice");
-    let text = http_get(&metrics, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(
-            &text,
-            "auditflow_file_lost_bytes_total",
-            &[("component_id", "in")]
-        ),
-        Some(0.0),
-        "nothing was lost:\n{}",
-        auditflow.stderr()
-    );
+    stalled.delivers_each_once_and_loses_nothing(TOTAL);
 }
 
 /// Scaled: `forget_after_secs: 10` stands for the default hour, `rotate_wait_secs: 1` for
@@ -620,41 +682,14 @@ fn positions_of_vanished_files_are_forgotten_after_forget_after_secs() {
 #[test]
 fn a_file_deleted_with_unread_bytes_is_reported_and_counted_exactly() {
     const TOTAL: usize = 40_000;
-    let workspace = Workspace::new();
-    let logs = dir(workspace.path().join("logs"));
-    let live = logs.join("audit.log");
+    let stalled = Stalled::start(TOTAL, &["*.log"], "");
+    let live = &stalled.live;
     let text = audit_lines(0..TOTAL);
-    append(&live, &text);
-    let collector = Collector::start(&workspace, false);
-    let pipeline = workspace.pipeline_with_metrics(
-        "127.0.0.1:0",
-        &format!(
-            "sources:\n  in:\n    type: file\n    include: [\"{}/*.log\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n\
-             sinks:\n  out:\n    inputs: [in]\n{}",
-            logs.display(),
-            collector.sink_options()
-        ),
-    );
-    let auditflow = Auditflow::run(&workspace, &pipeline);
-    let metrics = auditflow.metrics_address(DEADLINE);
-    wait_ready(&metrics, DEADLINE);
-    wait_checkpoint(&workspace, "the file is checkpointed", |files| {
-        files.contains(&live)
-    });
-    let lost_series = || {
-        let text = http_get(&metrics, "/metrics").unwrap().1;
-        metric(
-            &text,
-            "auditflow_file_lost_bytes_total",
-            &[("component_id", "in")],
-        )
-        .expect("the lost-bytes series exists from the start")
-    };
-    assert_eq!(lost_series(), 0.0);
+    assert_eq!(stalled.lost_bytes(), 0.0);
     // Nothing acknowledged: the lag is the whole file.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let metrics_text = http_get(&metrics, "/metrics").unwrap().1;
+        let metrics_text = http_get(&stalled.metrics, "/metrics").unwrap().1;
         let lag = metric(
             &metrics_text,
             "auditflow_file_checkpoint_lag_bytes",
@@ -670,41 +705,34 @@ fn a_file_deleted_with_unread_bytes_is_reported_and_counted_exactly() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    fs::remove_file(&live).unwrap();
-    let stderr = wait_log(&auditflow, "with bytes unread: they are lost", 1);
-    let line = stderr
-        .lines()
-        .find(|line| line.contains("with bytes unread: they are lost"))
-        .unwrap();
+    fs::remove_file(live).unwrap();
+    let stderr = wait_log(&stalled.auditflow, "with bytes unread: they are lost", 1);
+    let (line, logged) = lost_line(&stderr, "with bytes unread: they are lost");
     assert!(line.contains("ERROR"), "logged as an error: {line}");
     assert!(
         line.contains(&live.display().to_string()),
         "names the file: {line}"
     );
-    let logged: u64 = line
-        .split("lost_bytes=")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no lost_bytes=N in {line}"));
-    assert_eq!(lost_series(), logged as f64);
+    assert_eq!(stalled.lost_bytes(), logged as f64);
     assert!(logged > 0 && (logged as usize) < text.len());
 
     // What was read before the delete arrives; with the lost bytes it is the whole file.
-    collector.set_up(true);
+    stalled.collector.set_up(true);
     let read_bytes = text.len() - logged as usize;
     let read_events = text[..read_bytes].matches('\n').count();
     assert!(
         text[..read_bytes].ends_with('\n'),
         "the loss starts at a line boundary"
     );
-    let delivered = collector.wait_for(DEADLINE, "what was read delivered", |delivered| {
-        delivered.len() >= read_events
-    });
+    let delivered = stalled
+        .collector
+        .wait_for(DEADLINE, "what was read delivered", |delivered| {
+            delivered.len() >= read_events
+        });
     let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
     assert_eq!(indices, (0..read_events).collect::<BTreeSet<_>>());
     assert_eq!(duplicates(&delivered), 0);
-    assert_eq!(lost_series(), logged as f64, "counted once");
+    assert_eq!(stalled.lost_bytes(), logged as f64, "counted once");
 }
 
 /// Each kind of rotation docs/file.md lists is counted once: a rename that the globs still
@@ -1534,56 +1562,21 @@ fn stdin_files_and_gzip_count_blank_and_oversized_lines_alike() {
 #[test]
 fn a_gz_appearing_after_its_file_was_closed_with_bytes_unread_is_not_counted_lost() {
     const TOTAL: usize = 40_000;
-    let workspace = Workspace::new();
-    let logs = dir(workspace.path().join("logs"));
-    let live = logs.join("audit.log");
-    append(&live, &audit_lines(0..TOTAL));
-    let collector = Collector::start(&workspace, false);
-    let pipeline = workspace.pipeline_with_metrics(
-        "127.0.0.1:0",
-        &format!(
-            "sources:\n  in:\n    type: file\n    include: [\"{0}/*.log\", \"{0}/*.gz\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n\
-             sinks:\n  out:\n    inputs: [in]\n{1}",
-            logs.display(),
-            collector.sink_options()
-        ),
-    );
-    let auditflow = Auditflow::run(&workspace, &pipeline);
-    let metrics = auditflow.metrics_address(DEADLINE);
-    wait_ready(&metrics, DEADLINE);
-    wait_checkpoint(&workspace, "the live file is checkpointed", |files| {
-        files.contains(&live)
-    });
+    let stalled = Stalled::start(TOTAL, &["*.log", "*.gz"], "");
+    let (logs, live) = (&stalled.logs, &stalled.live);
     // Renamed out of the globs (`*.log` does not match `audit.log.1`), drained for
     // rotate_wait_secs, then closed with bytes unread: no copy of it exists yet.
     let backup = logs.join("audit.log.1");
-    fs::rename(&live, &backup).unwrap();
+    fs::rename(live, &backup).unwrap();
     wait_log(
-        &auditflow,
+        &stalled.auditflow,
         "closing a renamed or deleted file after rotate_wait_secs with bytes unread",
         1,
     );
     write_gzip(&logs.join("audit.log.1.gz"), &fs::read(&backup).unwrap());
     fs::remove_file(&backup).unwrap();
 
-    collector.set_up(true);
-    let delivered = collector.wait_for(DEADLINE, "every event delivered", |delivered| {
-        delivered.iter().collect::<BTreeSet<_>>().len() >= TOTAL
-    });
-    let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
-    assert_eq!(indices, (0..TOTAL).collect::<BTreeSet<_>>());
-    assert_eq!(duplicates(&delivered), 0, "events delivered twice");
-    let text = http_get(&metrics, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(
-            &text,
-            "auditflow_file_lost_bytes_total",
-            &[("component_id", "in")]
-        ),
-        Some(0.0),
-        "bytes read from the .gz were counted lost:\n{}",
-        auditflow.stderr()
-    );
+    stalled.delivers_each_once_and_loses_nothing(TOTAL);
 }
 
 /// A file read to its end is closed once idle for `rotate_wait_secs`. Renamed out of the
@@ -1641,40 +1634,19 @@ fn an_idle_closed_file_renamed_away_is_neither_lost_nor_read_again() {
 #[test]
 fn a_file_renamed_away_with_bytes_unread_is_counted_lost_when_its_position_is_forgotten() {
     const TOTAL: usize = 40_000;
-    let workspace = Workspace::new();
-    let logs = dir(workspace.path().join("logs"));
-    let live = logs.join("audit.log");
+    let stalled = Stalled::start(TOTAL, &["*.log"], "forget_after_secs: 3");
+    let (logs, live) = (&stalled.logs, &stalled.live);
     let text = audit_lines(0..TOTAL);
-    append(&live, &text);
-    let collector = Collector::start(&workspace, false);
-    let pipeline = workspace.pipeline_with_metrics(
-        "127.0.0.1:0",
-        &format!(
-            "sources:\n  in:\n    type: file\n    include: [\"{}/*.log\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n    forget_after_secs: 3\n\
-             sinks:\n  out:\n    inputs: [in]\n{}",
-            logs.display(),
-            collector.sink_options()
-        ),
-    );
-    let auditflow = Auditflow::run(&workspace, &pipeline);
-    let metrics = auditflow.metrics_address(DEADLINE);
-    wait_ready(&metrics, DEADLINE);
-    wait_checkpoint(&workspace, "the file is checkpointed", |files| {
-        files.contains(&live)
-    });
-    fs::rename(&live, logs.join("audit.log.1")).unwrap();
+    fs::rename(live, logs.join("audit.log.1")).unwrap();
     wait_log(
-        &auditflow,
+        &stalled.auditflow,
         "closing a renamed or deleted file after rotate_wait_secs with bytes unread",
         1,
     );
     // What was read before the rename arrives; the batches in flight are acknowledged.
-    collector.set_up(true);
-    let stderr = wait_log(&auditflow, "with bytes unread: they are lost", 1);
-    let line = stderr
-        .lines()
-        .find(|line| line.contains("with bytes unread: they are lost"))
-        .unwrap();
+    stalled.collector.set_up(true);
+    let stderr = wait_log(&stalled.auditflow, "with bytes unread: they are lost", 1);
+    let (line, logged) = lost_line(&stderr, "with bytes unread: they are lost");
     assert!(line.contains("ERROR"), "logged as an error: {line}");
     assert!(
         line.contains(&live.display().to_string()),
@@ -1684,31 +1656,18 @@ fn a_file_renamed_away_with_bytes_unread_is_counted_lost_when_its_position_is_fo
         line.contains("forget_after_secs"),
         "counted when the position is forgotten, not when the file is closed: {line}"
     );
-    let logged: u64 = line
-        .split("lost_bytes=")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no lost_bytes=N in {line}"));
-    let lost_series = || {
-        let text = http_get(&metrics, "/metrics").unwrap().1;
-        metric(
-            &text,
-            "auditflow_file_lost_bytes_total",
-            &[("component_id", "in")],
-        )
-        .unwrap()
-    };
-    assert_eq!(lost_series(), logged as f64);
+    assert_eq!(stalled.lost_bytes(), logged as f64);
     assert!(logged > 0 && (logged as usize) < text.len());
 
     // With the lost bytes, what was read is the whole file.
     let read_events = text[..text.len() - logged as usize].matches('\n').count();
-    let delivered = collector.wait_for(DEADLINE, "what was read delivered", |delivered| {
-        delivered.len() >= read_events
-    });
+    let delivered = stalled
+        .collector
+        .wait_for(DEADLINE, "what was read delivered", |delivered| {
+            delivered.len() >= read_events
+        });
     let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
     assert_eq!(indices, (0..read_events).collect::<BTreeSet<_>>());
     assert_eq!(duplicates(&delivered), 0);
-    assert_eq!(lost_series(), logged as f64, "counted once");
+    assert_eq!(stalled.lost_bytes(), logged as f64, "counted once");
 }
