@@ -3,11 +3,14 @@
 //! links (to a file, to a directory, and a link re-pointed as kubelet re-points one); a
 //! `.gz` of a partly read file (after a restart, and while running under back-pressure);
 //! positions of vanished files forgotten after `forget_after_secs`; a file deleted with
-//! bytes unread (the error line and `auditflow_file_lost_bytes_total`); the exact count
+//! bytes unread (the error line and `auditflow_file_lost_bytes_total`); a file renamed out
+//! of the globs with bytes unread (supplied by a `.gz` appearing late, or counted lost when
+//! its position is forgotten); an idle-closed file renamed away and back; the exact count
 //! of `auditflow_file_rotations_total`; `fingerprint: device_inode` across renames; a file
 //! too short for its checksum (also with `read_from: end`); a file truncated while
 //! auditflow was stopped; and pretty-printed files that share their first line (reported
-//! under `checksum`, read with `device_inode`, a copy told apart from another file).
+//! under `checksum`, read with `device_inode`, a copy told apart from another file); and
+//! `stdin`, a plain file and a `.gz` counting blank, oversized and malformed lines alike.
 //!
 //! Each test waits for conditions (events on stdout or at a collector, a log line, a
 //! metric, the checkpoint file) with generous deadlines: the machine may be loaded.
@@ -311,6 +314,103 @@ fn wait_checkpoint(workspace: &Workspace, what: &str, done: impl Fn(&BTreeSet<Pa
     }
 }
 
+/// `logs/audit.log` in a new workspace, holding events `0..total`, read by `auditflow run`
+/// with a `file` source `in` (`include` in `logs/`, scans every 100 ms, `rotate_wait_secs:
+/// 1`, then `options`) → an https sink to a [`Collector`] that is down at first:
+/// back-pressure stops reading once the pipeline is full. Returned once the file is
+/// checkpointed: reading has started and stalled.
+struct Stalled {
+    logs: PathBuf,
+    live: PathBuf,
+    collector: Collector,
+    auditflow: Auditflow,
+    metrics: String,
+    /// Holds the directory while the process runs.
+    _workspace: Workspace,
+}
+
+impl Stalled {
+    fn start(total: usize, include: &[&str], options: &str) -> Stalled {
+        let workspace = Workspace::new();
+        let logs = dir(workspace.path().join("logs"));
+        let live = logs.join("audit.log");
+        append(&live, &audit_lines(0..total));
+        let include: Vec<String> = include
+            .iter()
+            .map(|pattern| format!("\"{}/{pattern}\"", logs.display()))
+            .collect();
+        let collector = Collector::start(&workspace, false);
+        let pipeline = workspace.pipeline_with_metrics(
+            "127.0.0.1:0",
+            &format!(
+                "sources:\n  in:\n    type: file\n{}sinks:\n  out:\n    inputs: [in]\n{}",
+                source_block(&format!(
+                    "include: [{}]\nglob_interval_ms: 100\nrotate_wait_secs: 1\n{options}",
+                    include.join(", ")
+                )),
+                collector.sink_options()
+            ),
+        );
+        let auditflow = Auditflow::run(&workspace, &pipeline);
+        let metrics = auditflow.metrics_address(DEADLINE);
+        wait_ready(&metrics, DEADLINE);
+        wait_checkpoint(&workspace, "the live file is checkpointed", |files| {
+            files.contains(&live)
+        });
+        Stalled {
+            logs,
+            live,
+            collector,
+            auditflow,
+            metrics,
+            _workspace: workspace,
+        }
+    }
+
+    /// Brings the destination up; fails unless events `0..total` then arrive, each once,
+    /// and nothing is counted lost.
+    fn delivers_each_once_and_loses_nothing(&self, total: usize) {
+        self.collector.set_up(true);
+        let delivered = self
+            .collector
+            .wait_for(DEADLINE, "every event delivered", |delivered| {
+                delivered.iter().collect::<BTreeSet<_>>().len() >= total
+            });
+        let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
+        assert_eq!(indices, (0..total).collect::<BTreeSet<_>>());
+        assert_eq!(duplicates(&delivered), 0, "events delivered twice");
+        assert_eq!(
+            self.lost_bytes(),
+            0.0,
+            "bytes counted lost:\n{}",
+            self.auditflow.stderr()
+        );
+    }
+
+    /// `auditflow_file_lost_bytes_total`, which exists from the start.
+    fn lost_bytes(&self) -> f64 {
+        let text = http_get(&self.metrics, "/metrics").unwrap().1;
+        metric(
+            &text,
+            "auditflow_file_lost_bytes_total",
+            &[("component_id", "in")],
+        )
+        .expect("the lost-bytes series exists from the start")
+    }
+}
+
+/// The first line of `stderr` that says `text`, and the `lost_bytes=N` it reports.
+fn lost_line<'a>(stderr: &'a str, text: &str) -> (&'a str, u64) {
+    let line = stderr.lines().find(|line| line.contains(text)).unwrap();
+    let logged = line
+        .split("lost_bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost_bytes=N in {line}"));
+    (line, logged)
+}
+
 #[test]
 fn exclude_skips_files_that_include_matches() {
     let workspace = Workspace::new();
@@ -496,58 +596,23 @@ fn after_a_restart_a_gz_of_a_partly_read_file_supplies_only_its_unread_tail() {
 #[test]
 fn under_back_pressure_a_gz_of_a_partly_read_file_loses_and_repeats_nothing() {
     const TOTAL: usize = 40_000;
-    let workspace = Workspace::new();
-    let logs = dir(workspace.path().join("logs"));
-    let live = logs.join("audit.log");
-    append(&live, &audit_lines(0..TOTAL));
-    let collector = Collector::start(&workspace, false);
-    let pipeline = workspace.pipeline_with_metrics(
-        "127.0.0.1:0",
-        &format!(
-            "sources:\n  in:\n    type: file\n    include: [\"{0}/*.log\", \"{0}/*.log.gz\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n\
-             sinks:\n  out:\n    inputs: [in]\n{1}",
-            logs.display(),
-            collector.sink_options()
-        ),
-    );
-    let auditflow = Auditflow::run(&workspace, &pipeline);
-    let metrics = auditflow.metrics_address(DEADLINE);
-    wait_ready(&metrics, DEADLINE);
     // Reading has started and stalled: the destination refuses every request.
-    wait_checkpoint(&workspace, "the live file is checkpointed", |files| {
-        files.contains(&live)
-    });
+    let stalled = Stalled::start(TOTAL, &["*.log", "*.log.gz"], "");
+    let (logs, live) = (&stalled.logs, &stalled.live);
     let backup = logs.join("audit-2024-01-01T00-00-00.000.log");
-    fs::rename(&live, &backup).unwrap();
+    fs::rename(live, &backup).unwrap();
     write_gzip(
         &logs.join("audit-2024-01-01T00-00-00.000.log.gz"),
         &fs::read(&backup).unwrap(),
     );
     fs::remove_file(&backup).unwrap();
     wait_log(
-        &auditflow,
+        &stalled.auditflow,
         "a matched copy of it (such as its .gz) supplies the rest",
         1,
     );
 
-    collector.set_up(true);
-    let delivered = collector.wait_for(DEADLINE, "every event delivered", |delivered| {
-        delivered.iter().collect::<BTreeSet<_>>().len() >= TOTAL
-    });
-    let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
-    assert_eq!(indices, (0..TOTAL).collect::<BTreeSet<_>>());
-    assert_eq!(duplicates(&delivered), 0, "events delivered twice");
-    let text = http_get(&metrics, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(
-            &text,
-            "auditflow_file_lost_bytes_total",
-            &[("component_id", "in")]
-        ),
-        Some(0.0),
-        "nothing was lost:\n{}",
-        auditflow.stderr()
-    );
+    stalled.delivers_each_once_and_loses_nothing(TOTAL);
 }
 
 /// Scaled: `forget_after_secs: 10` stands for the default hour, `rotate_wait_secs: 1` for
@@ -617,41 +682,14 @@ fn positions_of_vanished_files_are_forgotten_after_forget_after_secs() {
 #[test]
 fn a_file_deleted_with_unread_bytes_is_reported_and_counted_exactly() {
     const TOTAL: usize = 40_000;
-    let workspace = Workspace::new();
-    let logs = dir(workspace.path().join("logs"));
-    let live = logs.join("audit.log");
+    let stalled = Stalled::start(TOTAL, &["*.log"], "");
+    let live = &stalled.live;
     let text = audit_lines(0..TOTAL);
-    append(&live, &text);
-    let collector = Collector::start(&workspace, false);
-    let pipeline = workspace.pipeline_with_metrics(
-        "127.0.0.1:0",
-        &format!(
-            "sources:\n  in:\n    type: file\n    include: [\"{}/*.log\"]\n    glob_interval_ms: 100\n    rotate_wait_secs: 1\n\
-             sinks:\n  out:\n    inputs: [in]\n{}",
-            logs.display(),
-            collector.sink_options()
-        ),
-    );
-    let auditflow = Auditflow::run(&workspace, &pipeline);
-    let metrics = auditflow.metrics_address(DEADLINE);
-    wait_ready(&metrics, DEADLINE);
-    wait_checkpoint(&workspace, "the file is checkpointed", |files| {
-        files.contains(&live)
-    });
-    let lost_series = || {
-        let text = http_get(&metrics, "/metrics").unwrap().1;
-        metric(
-            &text,
-            "auditflow_file_lost_bytes_total",
-            &[("component_id", "in")],
-        )
-        .expect("the lost-bytes series exists from the start")
-    };
-    assert_eq!(lost_series(), 0.0);
+    assert_eq!(stalled.lost_bytes(), 0.0);
     // Nothing acknowledged: the lag is the whole file.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let metrics_text = http_get(&metrics, "/metrics").unwrap().1;
+        let metrics_text = http_get(&stalled.metrics, "/metrics").unwrap().1;
         let lag = metric(
             &metrics_text,
             "auditflow_file_checkpoint_lag_bytes",
@@ -667,41 +705,34 @@ fn a_file_deleted_with_unread_bytes_is_reported_and_counted_exactly() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    fs::remove_file(&live).unwrap();
-    let stderr = wait_log(&auditflow, "with bytes unread: they are lost", 1);
-    let line = stderr
-        .lines()
-        .find(|line| line.contains("with bytes unread: they are lost"))
-        .unwrap();
+    fs::remove_file(live).unwrap();
+    let stderr = wait_log(&stalled.auditflow, "with bytes unread: they are lost", 1);
+    let (line, logged) = lost_line(&stderr, "with bytes unread: they are lost");
     assert!(line.contains("ERROR"), "logged as an error: {line}");
     assert!(
         line.contains(&live.display().to_string()),
         "names the file: {line}"
     );
-    let logged: u64 = line
-        .split("lost_bytes=")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no lost_bytes=N in {line}"));
-    assert_eq!(lost_series(), logged as f64);
+    assert_eq!(stalled.lost_bytes(), logged as f64);
     assert!(logged > 0 && (logged as usize) < text.len());
 
     // What was read before the delete arrives; with the lost bytes it is the whole file.
-    collector.set_up(true);
+    stalled.collector.set_up(true);
     let read_bytes = text.len() - logged as usize;
     let read_events = text[..read_bytes].matches('\n').count();
     assert!(
         text[..read_bytes].ends_with('\n'),
         "the loss starts at a line boundary"
     );
-    let delivered = collector.wait_for(DEADLINE, "what was read delivered", |delivered| {
-        delivered.len() >= read_events
-    });
+    let delivered = stalled
+        .collector
+        .wait_for(DEADLINE, "what was read delivered", |delivered| {
+            delivered.len() >= read_events
+        });
     let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
     assert_eq!(indices, (0..read_events).collect::<BTreeSet<_>>());
     assert_eq!(duplicates(&delivered), 0);
-    assert_eq!(lost_series(), logged as f64, "counted once");
+    assert_eq!(stalled.lost_bytes(), logged as f64, "counted once");
 }
 
 /// Each kind of rotation docs/file.md lists is counted once: a rename that the globs still
@@ -1357,4 +1388,286 @@ fn checksum_a_copy_of_a_pretty_printed_file_is_not_a_collision() {
     let stderr = run.stop();
     assert!(!stderr.contains(COLLISION_WARNING), "{stderr}");
     seen.assert_exactly_once(indices(&[0..8, markers, more_markers]));
+}
+
+/// What one source made of the bytes [`alike_input`] holds: what it printed, in order, and
+/// what it counted.
+#[derive(Debug, PartialEq)]
+struct Counted {
+    printed: Vec<String>,
+    /// `auditflow_component_discarded_events_total` by reason.
+    discarded: BTreeMap<&'static str, f64>,
+    received_events: f64,
+    received_bytes: f64,
+}
+
+impl Counted {
+    fn counts(&self) -> (&BTreeMap<&'static str, f64>, f64, f64) {
+        (&self.discarded, self.received_events, self.received_bytes)
+    }
+}
+
+const ALIKE_MAX_LINE_BYTES: usize = 16_384;
+
+/// Events 0 to 5 among every kind of line that is not one event: a blank line, a line of
+/// spaces and a tab, a line over `max_line_bytes`, a malformed line, an `EventList` of two
+/// items, a line ending in `\r\n`, and a run of NUL bytes.
+fn alike_input() -> Vec<u8> {
+    for i in 0..6 {
+        assert!(audit_line(i).len() < ALIKE_MAX_LINE_BYTES);
+    }
+    let oversized = format!(
+        "{{\"kind\":\"Event\",\"padding\":\"{}\"}}",
+        "x".repeat(ALIKE_MAX_LINE_BYTES + 100)
+    );
+    let mut input = format!(
+        "{}\n\n  \t \n{}\n{oversized}\nnot json\n\
+         {{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{},{}]}}\n{}\r\n",
+        audit_line(0),
+        audit_line(1),
+        audit_line(2),
+        audit_line(3),
+        audit_line(4),
+    )
+    .into_bytes();
+    input.extend_from_slice(&[0; 64]);
+    input.extend_from_slice(format!("{}\n", audit_line(5)).as_bytes());
+    input
+}
+
+/// Runs a source `in` with `options` (and `max_line_bytes`) → `stdout`, writing `stdin`
+/// to its standard input (kept open until the end), until it printed six events; then
+/// reads its counts.
+fn count_alike(workspace: &Workspace, options: &str, stdin: &[u8]) -> Counted {
+    let pipeline = workspace.pipeline_with_metrics(
+        "127.0.0.1:0",
+        &format!(
+            "sources:\n  in:\n{}sinks:\n  out:\n    type: stdout\n    inputs: [in]\n",
+            source_block(&format!(
+                "{options}\nmax_line_bytes: {ALIKE_MAX_LINE_BYTES}"
+            ))
+        ),
+    );
+    let mut auditflow = Auditflow::run(workspace, &pipeline);
+    let lines = auditflow.stdout_lines();
+    let mut input = auditflow.take_stdin();
+    input.write_all(stdin).unwrap();
+    input.flush().unwrap();
+    let metrics = auditflow.metrics_address(DEADLINE);
+    wait_ready(&metrics, DEADLINE);
+    let mut printed = Vec::new();
+    while printed.len() < 6 {
+        match lines.recv_timeout(DEADLINE) {
+            Ok(line) => printed.push(line),
+            Err(error) => panic!(
+                "{options}: {} events printed ({error}); stderr:\n{}",
+                printed.len(),
+                auditflow.stderr()
+            ),
+        }
+    }
+    // The last line holds the last event: everything before it was counted before it
+    // was sent.
+    let text = http_get(&metrics, "/metrics").unwrap().1;
+    let source = [("component_id", "in")];
+    let discarded = ["malformed", "too_deep", "oversized", "nul_padding"]
+        .into_iter()
+        .map(|reason| {
+            let labels = [("component_id", "in"), ("reason", reason)];
+            let count = metric(&text, "auditflow_component_discarded_events_total", &labels);
+            (reason, count.unwrap_or(0.0))
+        })
+        .collect();
+    let counted = Counted {
+        printed,
+        discarded,
+        received_events: metric(&text, "auditflow_component_received_events_total", &source)
+            .unwrap_or_else(|| panic!("{options}: no received series:\n{text}")),
+        received_bytes: metric(&text, "auditflow_component_received_bytes_total", &source)
+            .unwrap_or_else(|| panic!("{options}: no received bytes series:\n{text}")),
+    };
+    drop(input);
+    auditflow.signal(libc::SIGTERM);
+    let status = auditflow.wait_timeout(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", auditflow.stderr());
+    counted
+}
+
+/// `stdin`, a plain file and a `.gz` file frame and decode lines with the same code, and
+/// count alike what is not an event: the same bytes give the same events, byte for byte
+/// and in order, and the same `discarded` and `received` counts. Blank and whitespace-only
+/// lines are skipped uncounted; a line over `max_line_bytes` is one `oversized` record;
+/// NUL padding is counted once and is no record; an `EventList` line is two events.
+#[test]
+fn stdin_files_and_gzip_count_blank_and_oversized_lines_alike() {
+    let input = alike_input();
+    let from_stdin = count_alike(&Workspace::new(), "type: stdin", &input);
+
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    fs::write(logs.join("audit.log"), &input).unwrap();
+    let from_file = count_alike(
+        &workspace,
+        &format!(
+            "type: file\ninclude: [\"{}/*.log\"]\nglob_interval_ms: 100",
+            logs.display()
+        ),
+        b"",
+    );
+
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    write_gzip(&logs.join("audit.log.gz"), &input);
+    let from_gzip = count_alike(
+        &workspace,
+        &format!(
+            "type: file\ninclude: [\"{}/*.gz\"]\nglob_interval_ms: 100",
+            logs.display()
+        ),
+        b"",
+    );
+
+    let expected: Vec<String> = (0..6).map(audit_line).collect();
+    assert_eq!(from_stdin.printed, expected);
+    assert_eq!(
+        from_stdin.discarded,
+        BTreeMap::from([
+            ("malformed", 1.0),
+            ("too_deep", 0.0),
+            ("oversized", 1.0),
+            ("nul_padding", 1.0)
+        ])
+    );
+    // Six events, the malformed line and the oversized one.
+    assert_eq!(from_stdin.received_events, 8.0);
+    assert_eq!(from_stdin.received_bytes, input.len() as f64);
+    for (what, counted) in [("a plain file", &from_file), ("a .gz file", &from_gzip)] {
+        assert!(
+            counted.printed == from_stdin.printed,
+            "{what} printed other lines than stdin"
+        );
+        assert_eq!(
+            counted.counts(),
+            from_stdin.counts(),
+            "{what} counts unlike stdin (discarded, received events, received bytes)"
+        );
+    }
+}
+
+/// Under back-pressure (the destination is down) a file is renamed out of the globs and
+/// closed after `rotate_wait_secs` with most of it unread. Only then does a `.gz` of it
+/// appear (compressed late, as logrotate's `delaycompress` or a slow compression leaves
+/// it), and the plain file is removed. The `.gz` supplies the unread tail: every event
+/// arrives once, and as nothing was lost, `auditflow_file_lost_bytes_total` stays 0.
+#[test]
+fn a_gz_appearing_after_its_file_was_closed_with_bytes_unread_is_not_counted_lost() {
+    const TOTAL: usize = 40_000;
+    let stalled = Stalled::start(TOTAL, &["*.log", "*.gz"], "");
+    let (logs, live) = (&stalled.logs, &stalled.live);
+    // Renamed out of the globs (`*.log` does not match `audit.log.1`), drained for
+    // rotate_wait_secs, then closed with bytes unread: no copy of it exists yet.
+    let backup = logs.join("audit.log.1");
+    fs::rename(live, &backup).unwrap();
+    wait_log(
+        &stalled.auditflow,
+        "closing a renamed or deleted file after rotate_wait_secs with bytes unread",
+        1,
+    );
+    write_gzip(&logs.join("audit.log.1.gz"), &fs::read(&backup).unwrap());
+    fs::remove_file(&backup).unwrap();
+
+    stalled.delivers_each_once_and_loses_nothing(TOTAL);
+}
+
+/// A file read to its end is closed once idle for `rotate_wait_secs`. Renamed out of the
+/// globs while closed, it loses nothing; renamed back, it resumes where it was and is not
+/// read again; a new file taking its name is read from its start, once. A closed file's
+/// rename is not seen, so it is not counted as a rotation (nor twice when it comes back).
+#[test]
+fn an_idle_closed_file_renamed_away_is_neither_lost_nor_read_again() {
+    let workspace = Workspace::new();
+    let logs = dir(workspace.path().join("logs"));
+    let live = logs.join("audit.log");
+    let away = logs.join("audit.old");
+    append(&live, &audit_lines(0..100));
+    let options = format!(
+        "include: [\"{0}/*.log\", \"{0}/marker-*.json\"]\nglob_interval_ms: 100\nrotate_wait_secs: 1",
+        logs.display()
+    );
+    let seen = Arc::new(Seen::default());
+    let run = Run::start(&workspace, &options, &seen);
+    run.wait_all(0..100);
+    run.wait_metric("auditflow_file_open_files", 0.0);
+
+    // Away and back, with scans in between that no longer find it.
+    fs::rename(&live, &away).unwrap();
+    let markers = let_scans_pass(&run, &logs, 1_000);
+    run.wait_metric("auditflow_file_open_files", 0.0);
+    fs::rename(&away, &live).unwrap();
+    append(&live, &audit_lines(100..110));
+    run.wait_all(100..110);
+    run.wait_metric("auditflow_file_open_files", 0.0);
+
+    // Away again, and a new file takes its name.
+    fs::rename(&live, &away).unwrap();
+    let more_markers = let_scans_pass(&run, &logs, 2_000);
+    append(&live, &audit_lines(110..200));
+    run.wait_all(110..200);
+    let more_scans = let_scans_pass(&run, &logs, 3_000);
+    assert_eq!(run.metric("auditflow_file_lost_bytes_total"), 0.0);
+    assert_eq!(run.metric("auditflow_file_rotations_total"), 0.0);
+    run.stop();
+    seen.assert_exactly_once(
+        (0..200)
+            .chain(markers)
+            .chain(more_markers)
+            .chain(more_scans),
+    );
+    seen.assert_in_file_order(0..110);
+    seen.assert_in_file_order(110..200);
+}
+
+/// Under back-pressure a file is renamed out of the globs and closed after
+/// `rotate_wait_secs` with bytes unread. It is still on disk, so nothing is counted yet;
+/// when neither it nor a copy of it came back within `forget_after_secs`, the unread bytes
+/// are counted lost, once, with an error naming the file; what was read arrives.
+#[test]
+fn a_file_renamed_away_with_bytes_unread_is_counted_lost_when_its_position_is_forgotten() {
+    const TOTAL: usize = 40_000;
+    let stalled = Stalled::start(TOTAL, &["*.log"], "forget_after_secs: 3");
+    let (logs, live) = (&stalled.logs, &stalled.live);
+    let text = audit_lines(0..TOTAL);
+    fs::rename(live, logs.join("audit.log.1")).unwrap();
+    wait_log(
+        &stalled.auditflow,
+        "closing a renamed or deleted file after rotate_wait_secs with bytes unread",
+        1,
+    );
+    // What was read before the rename arrives; the batches in flight are acknowledged.
+    stalled.collector.set_up(true);
+    let stderr = wait_log(&stalled.auditflow, "with bytes unread: they are lost", 1);
+    let (line, logged) = lost_line(&stderr, "with bytes unread: they are lost");
+    assert!(line.contains("ERROR"), "logged as an error: {line}");
+    assert!(
+        line.contains(&live.display().to_string()),
+        "names the file: {line}"
+    );
+    assert!(
+        line.contains("forget_after_secs"),
+        "counted when the position is forgotten, not when the file is closed: {line}"
+    );
+    assert_eq!(stalled.lost_bytes(), logged as f64);
+    assert!(logged > 0 && (logged as usize) < text.len());
+
+    // With the lost bytes, what was read is the whole file.
+    let read_events = text[..text.len() - logged as usize].matches('\n').count();
+    let delivered = stalled
+        .collector
+        .wait_for(DEADLINE, "what was read delivered", |delivered| {
+            delivered.len() >= read_events
+        });
+    let indices: BTreeSet<usize> = delivered.iter().filter_map(|id| index_of_id(id)).collect();
+    assert_eq!(indices, (0..read_events).collect::<BTreeSet<_>>());
+    assert_eq!(duplicates(&delivered), 0);
+    assert_eq!(stalled.lost_bytes(), logged as f64, "counted once");
 }

@@ -7,7 +7,9 @@
 //! `too_deep` past 10,000 levels), logged with its record number at a bounded rate, and
 //! skipped; one over `max_line_bytes` is skipped the same way (reason `oversized`) without
 //! being held in memory. A leading UTF-8 byte-order mark and NUL padding are skipped
-//! (the latter counted as `nul_padding`). See `auditflow_core::records`.
+//! (the latter counted as `nul_padding`); blank and whitespace-only lines are skipped
+//! uncounted. See `auditflow_core::records`, which the `file` source shares, so a file
+//! and a `.gz` of the same bytes give the same events and counts.
 //!
 //! Refused records go to `<id>.dead_letter` where something reads it, located as
 //! `{"file":"-","line":<record number>,"offset":<first byte>}`.
