@@ -33,6 +33,8 @@
 //! untouched event copies its original bytes. Most of an audit event's bytes sit in
 //! `requestObject` / `responseObject`, which the common path never parses.
 
+#![warn(missing_docs)]
+
 pub mod batch;
 pub mod blocking;
 pub mod channel;
