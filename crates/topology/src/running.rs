@@ -19,7 +19,9 @@ use crate::{Built, TopologyBuilder, CHANNEL_BATCHES};
 #[derive(Debug, thiserror::Error)]
 #[error("component `{id}` failed: {error}")]
 pub struct ComponentFailure {
+    /// The failed component's id from the pipeline file (`unknown` when its task panicked).
     pub id: String,
+    /// What it returned, or the panic's message as a [`ComponentError::Fatal`].
     pub error: ComponentError,
 }
 
