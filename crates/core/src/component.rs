@@ -348,14 +348,16 @@ pub trait Validate {
 
 /// A source's options, as deserialised from the pipeline file.
 pub trait SourceConfig: Validate + fmt::Debug + Send + Sync {
-    /// Builds the source from these options; fails with the first problem that keeps it
+    /// Builds the source from these options (taking what `validate` compiled, where the
+    /// plugin keeps it in a [`CompileOnce`]); fails with the first problem that keeps it
     /// from running (an unreadable file, a bad address).
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError>;
 }
 
 /// A transform's options.
 pub trait TransformConfig: Validate + fmt::Debug + Send + Sync {
-    /// Builds the transform from these options (regexes and conditions compiled once here).
+    /// Builds the transform from these options; fails with the first problem, as
+    /// [`SourceConfig::build`] does.
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError>;
 
     /// Whether the transform keeps state across batches, so that it must process them one
@@ -368,7 +370,8 @@ pub trait TransformConfig: Validate + fmt::Debug + Send + Sync {
 
 /// A sink's options.
 pub trait SinkConfig: Validate + fmt::Debug + Send + Sync {
-    /// Builds the sink from these options (TLS files read, URLs parsed once here).
+    /// Builds the sink from these options; fails with the first problem, as
+    /// [`SourceConfig::build`] does.
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError>;
 }
 
