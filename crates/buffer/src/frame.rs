@@ -35,6 +35,7 @@ pub struct Found {
     pub at: usize,
     /// The payload's range in the scanned buffer.
     pub payload: (usize, usize),
+    /// When the record was written, in milliseconds since the Unix epoch (from its header).
     pub written_at_ms: u64,
 }
 
@@ -52,6 +53,9 @@ pub enum Scan {
 
 /// Reads the record at `at` in `buf`. `at_end` says `buf` reaches the end of the segment,
 /// so that a record cut short there is damaged rather than incomplete.
+///
+/// # Panics
+/// When `at` is past the end of `buf`.
 pub fn next(buf: &[u8], at: usize, at_end: bool) -> Scan {
     let rest = &buf[at..];
     if rest.len() < HEADER_BYTES {

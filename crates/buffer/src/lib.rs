@@ -20,6 +20,8 @@
 //! with parity bits only and watches files with `notify`; `okaywal` is a database log
 //! whose entries are consumed by checkpointing, not released out of order by a consumer.
 
+#![warn(missing_docs)]
+
 pub mod frame;
 pub mod queue;
 pub mod relay;

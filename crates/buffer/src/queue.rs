@@ -53,7 +53,9 @@ impl Options {
 /// A position in the queue: a segment and a byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Position {
+    /// The segment's number, which names its file (`<dir>/<number, 20 digits>.seg`).
     pub segment: u64,
+    /// The byte offset in that segment file.
     pub offset: u64,
 }
 
@@ -64,14 +66,18 @@ pub struct SpanId(u64);
 /// One record read back.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The record's payload as written (one event as compact JSON, for a sink's buffer).
     pub payload: Bytes,
+    /// When the record was written, in milliseconds since the Unix epoch.
     pub written_at_ms: u64,
 }
 
 /// A damaged record that was skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
+    /// The segment file holding it.
     pub file: PathBuf,
+    /// The byte offset in that file where the damaged record starts.
     pub offset: u64,
 }
 
@@ -80,13 +86,19 @@ pub struct Damage {
 pub enum Read {
     /// Records (possibly none, when the span held only damage) to deliver, then release.
     Span {
+        /// The span to pass to [`Queue::release`] once its records are delivered.
         id: SpanId,
+        /// The intact records, in the order they were written.
         records: Vec<Record>,
+        /// The damaged records skipped in this span, counted in its release too.
         damaged: Vec<Damage>,
     },
     /// Nothing durable is left to read. `finished`: the writer is closed, so nothing more
     /// will come.
-    Empty { finished: bool },
+    Empty {
+        /// Whether the writer is closed, so that nothing more will come.
+        finished: bool,
+    },
 }
 
 /// What a release freed.
@@ -213,6 +225,7 @@ pub struct Queue {
 pub struct Recovered {
     /// Records left from a previous run, to be replayed.
     pub records: u64,
+    /// The bytes of segment files from the ledger's position on, record headers included.
     pub bytes: u64,
 }
 
@@ -384,10 +397,12 @@ fn count_records(path: &Path, from: u64, to: u64) -> io::Result<u64> {
 }
 
 impl Queue {
+    /// The directory the queue was opened in.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
 
+    /// The sizes the queue was opened with.
     pub fn options(&self) -> Options {
         self.shared.options
     }
@@ -418,6 +433,7 @@ impl Queue {
         Ok(Released { records })
     }
 
+    /// The queue's contents now, for the buffer's gauges; does not touch the disk.
     pub fn stats(&self) -> Stats {
         let state = self.state();
         Stats {
@@ -433,6 +449,9 @@ impl Queue {
 
     /// Whether `bytes` more fit within `max_bytes`. An empty queue always takes a write,
     /// so that one record larger than the whole buffer cannot stop it for good.
+    ///
+    /// # Panics
+    /// In a build with overflow checks, when `bytes` plus the bytes on disk pass `u64::MAX`.
     pub fn has_room(&self, bytes: u64) -> bool {
         let state = self.state();
         state.disk_bytes() + bytes <= self.shared.options.max_bytes || state.unreleased_bytes() == 0

@@ -43,7 +43,10 @@ pub enum WhenFull {
 pub struct DiskBufferOptions {
     /// The buffer's own directory (`<data_dir>/<sink id>/buffer`).
     pub dir: PathBuf,
+    /// The most bytes the buffer's segment files may hold together (`buffer.max_bytes`);
+    /// past it, `when_full` decides.
     pub max_bytes: u64,
+    /// What a batch that does not fit does: wait, or be dropped (`buffer.when_full`).
     pub when_full: WhenFull,
     /// Longest wait between a batch's write and its fsync (fsyncs are grouped).
     pub fsync_interval: Duration,

@@ -71,6 +71,7 @@ fn default_fsync_interval_ms() -> u64 {
 pub struct BufferOptionError {
     /// Dotted path inside `buffer`; empty for the option as a whole.
     pub path: String,
+    /// What serde said is wrong there.
     pub message: String,
 }
 

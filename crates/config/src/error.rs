@@ -9,10 +9,13 @@ pub struct ConfigError {
     pub file: String,
     /// A dotted location (`sinks.out.batch.max_events`), empty for the file as a whole.
     pub location: String,
+    /// What is wrong (and, where it helps, what to do), lowercase; shown after the file and
+    /// location.
     pub message: String,
 }
 
 impl ConfigError {
+    /// A problem in `file` at the dotted `location` (empty for the file as a whole).
     pub fn new(
         file: impl Into<String>,
         location: impl Into<String>,

@@ -12,6 +12,7 @@ static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
 /// A reference to a variable that is not set and has no default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissingVariable {
+    /// The variable's name, as between `${` and `}` (or `:-`).
     pub name: String,
     /// 1-based line of the reference.
     pub line: usize,

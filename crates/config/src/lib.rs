@@ -13,6 +13,8 @@
 //! and all the problems come back at once, sorted, so that one `auditflow validate`
 //! tells the operator everything to fix.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod buffer;
 pub mod error;

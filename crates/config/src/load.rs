@@ -61,6 +61,8 @@ pub struct MetricsConfig {
 pub struct Pipeline {
     /// Where components keep state (checkpoints), one folder per component id.
     pub data_dir: PathBuf,
+    /// The `metrics` section: where `/metrics`, `/health` and `/ready` are served; `None`:
+    /// not served.
     pub metrics: Option<MetricsConfig>,
     /// The HTTP API (`auditflow tap`); `None`: not served.
     pub api: Option<ApiConfig>,
@@ -82,16 +84,23 @@ pub struct Pipeline {
 pub struct TestsSection {
     /// The file as given on the command line.
     pub file: String,
+    /// The section's value, parsed by `auditflow test` into its test cases.
     pub value: Value,
 }
 
 /// One component of the pipeline.
 #[derive(Debug)]
 pub struct Component {
+    /// The component id: its key under its section, as in metric labels and log fields.
     pub id: String,
+    /// The section it was defined in (`sources`, `transforms` or `sinks`).
     pub kind: ComponentKind,
+    /// Its `type:` value, the name of the plugin that parses and builds it.
     pub type_name: String,
+    /// The outputs it reads, as written in `inputs` (component ids, or `<id>.dead_letter`);
+    /// empty for a source. Every one names a component that exists.
     pub inputs: Vec<String>,
+    /// The plugin's options, parsed (not yet built).
     pub config: AnyConfig,
     /// Where a sink's input waits (`buffer`); always `Memory` for sources and transforms.
     pub buffer: BufferConfig,
@@ -113,6 +122,7 @@ pub struct Component {
 }
 
 impl Pipeline {
+    /// The component with id `id`, if the pipeline has one.
     pub fn component(&self, id: &str) -> Option<&Component> {
         self.components.iter().find(|component| component.id == id)
     }

@@ -8,12 +8,17 @@ use serde::de::DeserializeOwned;
 
 /// A parsed component config, ready to build.
 pub enum AnyConfig {
+    /// The options of a `sources` entry.
     Source(Box<dyn SourceConfig>),
+    /// The options of a `transforms` entry.
     Transform(Box<dyn TransformConfig>),
+    /// The options of a `sinks` entry.
     Sink(Box<dyn SinkConfig>),
 }
 
 impl AnyConfig {
+    /// The plugin's own checks ([`auditflow_core::Validate`]): every problem, each naming
+    /// its option; empty when there is none.
     pub fn validate(&self) -> Vec<auditflow_core::BuildError> {
         match self {
             AnyConfig::Source(config) => config.validate(),
@@ -38,6 +43,7 @@ impl fmt::Debug for AnyConfig {
 pub struct OptionError {
     /// Dotted path inside the component (`batch.max_events`); empty for the whole.
     pub path: String,
+    /// What serde said is wrong there (``unknown field `tsl`, expected one of ...``).
     pub message: String,
 }
 
@@ -48,6 +54,7 @@ type Parse = fn(serde_json::Value) -> Result<AnyConfig, OptionError>;
 pub struct Plugin {
     /// The `type:` value in pipeline files.
     pub name: &'static str,
+    /// Whether it is a source, a transform or a sink: the section its `type:` is looked up in.
     pub kind: ComponentKind,
     /// One line saying what it does.
     pub summary: &'static str,
@@ -56,6 +63,8 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// The source type `name`, whose options deserialise into `C`; `summary` is the line
+    /// `auditflow plugins` prints beside the name.
     pub fn source<C>(name: &'static str, summary: &'static str) -> Plugin
     where
         C: SourceConfig + DeserializeOwned + JsonSchema + 'static,
@@ -69,6 +78,8 @@ impl Plugin {
         }
     }
 
+    /// The transform type `name`, whose options deserialise into `C`; `summary` as for
+    /// [`Plugin::source`].
     pub fn transform<C>(name: &'static str, summary: &'static str) -> Plugin
     where
         C: TransformConfig + DeserializeOwned + JsonSchema + 'static,
@@ -82,6 +93,8 @@ impl Plugin {
         }
     }
 
+    /// The sink type `name`, whose options deserialise into `C`; `summary` as for
+    /// [`Plugin::source`].
     pub fn sink<C>(name: &'static str, summary: &'static str) -> Plugin
     where
         C: SinkConfig + DeserializeOwned + JsonSchema + 'static,
@@ -125,6 +138,9 @@ pub struct Registry {
 impl Registry {
     /// A registry of `plugins`. Two plugins of one kind with one name is a programming
     /// error and fails loudly.
+    ///
+    /// # Panics
+    /// When two plugins of one kind share a name.
     pub fn new(plugins: Vec<Plugin>) -> Registry {
         for (i, plugin) in plugins.iter().enumerate() {
             assert!(
@@ -139,10 +155,12 @@ impl Registry {
         Registry { plugins }
     }
 
+    /// Every plugin, in the order given to [`Registry::new`].
     pub fn plugins(&self) -> &[Plugin] {
         &self.plugins
     }
 
+    /// The plugin of `kind` whose `type:` value is `name`; `None` for an unknown type.
     pub fn find(&self, kind: ComponentKind, name: &str) -> Option<&Plugin> {
         self.plugins
             .iter()

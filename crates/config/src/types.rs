@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 pub struct Pattern(regex::Regex);
 
 impl Pattern {
+    /// The compiled expression.
     pub fn as_regex(&self) -> &regex::Regex {
         &self.0
     }

@@ -18,6 +18,7 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// transform changed, which belong to that copy alone).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
+    /// The events in arrival order; transforms drop and edit them in place.
     pub events: Vec<Event>,
     finalizers: Finalizers,
 }
@@ -45,10 +46,12 @@ impl Batch {
         Batch { events, finalizers }
     }
 
+    /// How many events the batch holds (not bytes; see [`Batch::size_hint`]).
     pub fn len(&self) -> usize {
         self.events.len()
     }
 
+    /// Whether no event is left (a transform may have dropped them all).
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }

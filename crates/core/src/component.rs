@@ -18,8 +18,11 @@ use crate::dead_letter::DeadLetterOutput;
 /// What a component is in the pipeline graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ComponentKind {
+    /// Reads events from outside (`sources` section); has outputs, no inputs.
     Source,
+    /// Changes batches between inputs and outputs (`transforms` section).
     Transform,
+    /// Delivers events outside (`sinks` section); has inputs, no outputs.
     Sink,
 }
 
@@ -95,6 +98,8 @@ pub struct ShutdownTrigger {
 }
 
 impl Shutdown {
+    /// A new shutdown signal, not yet triggered, and the trigger that fires it. Dropping the
+    /// trigger counts as triggering.
     pub fn new() -> (ShutdownTrigger, Shutdown) {
         let (tx, rx) = watch::channel(false);
         (ShutdownTrigger { tx }, Shutdown { rx })
@@ -105,12 +110,14 @@ impl Shutdown {
         let _ = self.rx.wait_for(|triggered| *triggered).await;
     }
 
+    /// Whether shutdown was triggered or its trigger dropped; does not wait.
     pub fn is_triggered(&self) -> bool {
         *self.rx.borrow() || self.rx.has_changed().is_err()
     }
 }
 
 impl ShutdownTrigger {
+    /// Fires the shutdown for every clone of the [`Shutdown`]; calling it again does nothing.
     pub fn trigger(&self) {
         self.tx.send_replace(true);
     }
@@ -134,10 +141,13 @@ pub struct BuildContext {
 pub struct BuildError {
     /// The option at fault, as a dotted path inside the component (`tls.ca_file`).
     pub field: Option<String>,
+    /// What is wrong and what to do, lowercase, without the file or component id: the
+    /// topology prefixes those (`pipelines/x.yaml: sinks.out.tls.ca_file: <message>`).
     pub message: String,
 }
 
 impl BuildError {
+    /// An error about the component as a whole, not one option.
     pub fn new(message: impl Into<String>) -> BuildError {
         BuildError {
             field: None,
@@ -145,6 +155,7 @@ impl BuildError {
         }
     }
 
+    /// An error about the option at the dotted path `field` (`tls.ca_file`).
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> BuildError {
         BuildError {
             field: Some(field.into()),
@@ -240,7 +251,9 @@ pub enum ComponentError {
     /// An I/O operation failed; `context` says which and on what.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done and on which path or address (`reading /var/log/audit.log`).
         context: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The component cannot go on; the message says why and what to do.
@@ -259,12 +272,14 @@ impl From<crate::channel::Closed> for ComponentError {
 
 /// What a source runs with.
 pub struct SourceContext {
+    /// The component id from the pipeline file, as in metric labels and log fields.
     pub id: String,
     /// Where batches go; waiting on it is the backpressure.
     pub out: Output,
     /// Stop reading when this fires, wait (bounded) for pending acknowledgements, write
     /// the final checkpoint, and return.
     pub shutdown: Shutdown,
+    /// The component's counters; a source reports `received` per batch it reads.
     pub telemetry: Arc<dyn Telemetry>,
     /// Where refused records go (`<id>.dead_letter`), when something reads them.
     pub dead_letter: DeadLetterOutput,
@@ -272,9 +287,11 @@ pub struct SourceContext {
 
 /// What a sink runs with.
 pub struct SinkContext {
+    /// The component id from the pipeline file, as in metric labels and log fields.
     pub id: String,
     /// Batches to deliver; `None` once every upstream has finished (then flush and return).
     pub input: Receiver,
+    /// The component's counters; a sink reports `sent` per batch the destination accepted.
     pub telemetry: Arc<dyn Telemetry>,
     /// Where events the destination refused for good go (`<id>.dead_letter`), when
     /// something reads them.
@@ -284,6 +301,9 @@ pub struct SinkContext {
 /// Produces batches until its input ends or shutdown is signalled.
 #[async_trait]
 pub trait Source: Send {
+    /// Reads until the input ends or `cx.shutdown` fires, sending batches on `cx.out`;
+    /// returns `Ok` once stopped cleanly, an error when it cannot go on (the topology logs
+    /// it under the component id and stops the pipeline).
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<(), ComponentError>;
 }
 
@@ -294,6 +314,8 @@ pub trait Source: Send {
 /// ([`Transform::fork`]); the topology then runs up to `concurrency` batches at once, each
 /// on its own copy, and passes them on in the order they came in.
 pub trait Transform: Send {
+    /// Transforms `batch` in place: drops events or edits their fields. Cannot fail; an event it
+    /// cannot handle is dropped and counted with [`Telemetry::discarded`], or passed on as is.
     fn transform(&mut self, batch: &mut Batch);
 
     /// Another instance that may transform batches at the same time as this one (sharing
@@ -308,12 +330,17 @@ pub trait Transform: Send {
 /// Delivers batches and resolves their finalizers.
 #[async_trait]
 pub trait Sink: Send {
+    /// Delivers batches from `cx.input` until it returns `None`, resolving each batch's
+    /// finalizers with the destination's answer; returns `Ok` once flushed, an error when it
+    /// cannot go on.
     async fn run(self: Box<Self>, cx: SinkContext) -> Result<(), ComponentError>;
 }
 
 /// Checks that cannot be expressed in the config's types (mutually dependent options).
 /// Shared by `auditflow validate` and `auditflow run`.
 pub trait Validate {
+    /// Every problem found, each naming its option ([`BuildError::field`]); empty when the
+    /// options are consistent. The default finds none.
     fn validate(&self) -> Vec<BuildError> {
         Vec::new()
     }
@@ -321,11 +348,16 @@ pub trait Validate {
 
 /// A source's options, as deserialised from the pipeline file.
 pub trait SourceConfig: Validate + fmt::Debug + Send + Sync {
+    /// Builds the source from these options (taking what `validate` compiled, where the
+    /// plugin keeps it in a [`CompileOnce`]); fails with the first problem that keeps it
+    /// from running (an unreadable file, a bad address).
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError>;
 }
 
 /// A transform's options.
 pub trait TransformConfig: Validate + fmt::Debug + Send + Sync {
+    /// Builds the transform from these options; fails with the first problem, as
+    /// [`SourceConfig::build`] does.
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError>;
 
     /// Whether the transform keeps state across batches, so that it must process them one
@@ -338,6 +370,8 @@ pub trait TransformConfig: Validate + fmt::Debug + Send + Sync {
 
 /// A sink's options.
 pub trait SinkConfig: Validate + fmt::Debug + Send + Sync {
+    /// Builds the sink from these options; fails with the first problem, as
+    /// [`SourceConfig::build`] does.
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Sink>, BuildError>;
 }
 

@@ -32,7 +32,9 @@ use crate::event::{Event, RawLookup};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("column {column}: {message}")]
 pub struct ConditionError {
+    /// Where the problem is: the 1-based column, counted in characters of the condition.
     pub column: usize,
+    /// What is wrong there, lowercase (`expected a value after ==`).
     pub message: String,
 }
 

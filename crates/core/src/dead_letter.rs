@@ -71,6 +71,7 @@ pub fn component_of(output_id: &str) -> Option<&str> {
 pub enum Location {
     /// A record of a file (or of standard input, `-`).
     File {
+        /// The file's path as the source opened it, or `-` for standard input.
         file: String,
         /// The record's number, from 1.
         line: u64,
@@ -79,6 +80,7 @@ pub enum Location {
     },
     /// A webhook request.
     Peer {
+        /// The client's address as `ip:port`.
         peer: String,
         /// The position in the request's `items`, from 0; absent for the whole body.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,12 +88,18 @@ pub enum Location {
     },
     /// A Kafka message.
     Kafka {
+        /// The topic the message was read from.
         topic: String,
+        /// The partition within the topic.
         partition: i32,
+        /// The message's offset within the partition.
         offset: i64,
     },
     /// What a sink sent (its URI, topic or path).
-    Destination { destination: String },
+    Destination {
+        /// The destination's URI, topic or path, as the sink's options name it.
+        destination: String,
+    },
 }
 
 impl fmt::Display for Location {
@@ -125,6 +133,7 @@ pub struct DeadLetter<'a> {
     pub reason: &'static str,
     /// What was wrong, in words.
     pub error: &'a str,
+    /// Where the refused record was, written as the dead letter's `location` object.
     pub location: &'a Location,
     /// The HTTP status the destination answered (sinks).
     pub status: Option<u16>,

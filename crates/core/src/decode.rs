@@ -57,7 +57,10 @@ impl Shape {
 /// The events of a body, and the items that were not events.
 #[derive(Debug, Default)]
 pub struct Decoded {
+    /// The items that are audit events, in the body's order, sharing the body's bytes.
     pub events: Vec<Event>,
+    /// The items that are not events, in the body's order; each is counted and may become a
+    /// dead letter.
     pub malformed: Vec<Malformed>,
 }
 
@@ -84,6 +87,7 @@ impl Decoded {
 pub struct Malformed {
     /// `items[17]`, `[3]`, `line 5` or `the body`.
     pub location: String,
+    /// Why the item is not an event, in words (`expected an object, found a number`).
     pub reason: String,
     /// The bounded reason it is counted under: `malformed`, `too_deep` or `not_audit`
     /// ([`crate::DecodeError::reason`]).

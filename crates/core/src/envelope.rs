@@ -75,7 +75,10 @@ pub enum EnvelopeField {
 /// A source's `decoding` and `keep_envelope_fields`, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {
+    /// How records hold audit events (the source's `decoding` option); `audit` by default.
     pub decoding: Decoding,
+    /// The envelope fields copied onto every event as annotations (`keep_envelope_fields`),
+    /// in the order given; empty by default.
     pub keep: Vec<EnvelopeField>,
 }
 
@@ -132,6 +135,14 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
 
 /// `bytes` inflated when they are gzip (every member), as they are otherwise; never more
 /// than `max` bytes.
+///
+/// # Errors
+/// When the bytes are not valid gzip, or inflate to more than `max` bytes (the message
+/// says which).
+///
+/// # Panics
+/// In a build with overflow checks, when `max` is `usize::MAX` on a 64-bit target
+/// (`max + 1` overflows; a release build then inflates nothing and returns no bytes).
 pub fn gunzip_if_gzip(bytes: Bytes, max: usize) -> Result<Bytes, String> {
     if !is_gzip(&bytes) {
         return Ok(bytes);

@@ -6,7 +6,7 @@
 //! stitches the untouched spans around the re-serialised fields, so bytes a transform did
 //! not touch leave exactly as they came.
 //!
-//! The validation and the index come from [`crate::scan`], a scanner that never builds a
+//! The validation and the index come from `scan`, a scanner that never builds a
 //! value: decoding is paid on every event and must stay far cheaper than the I/O around it.
 
 use std::fmt;

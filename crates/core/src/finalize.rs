@@ -119,10 +119,12 @@ impl Drop for Finalizer {
 pub struct Finalizers(Vec<Finalizer>);
 
 impl Finalizers {
+    /// No finalizers: a batch no source waits on.
     pub fn new() -> Finalizers {
         Finalizers(Vec::new())
     }
 
+    /// Adds one source batch's handle; it is resolved with the others.
     pub fn push(&mut self, finalizer: Finalizer) {
         self.0.push(finalizer);
     }
@@ -132,6 +134,7 @@ impl Finalizers {
         self.0.extend(other.0);
     }
 
+    /// Whether no source waits on this batch.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

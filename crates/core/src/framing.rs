@@ -46,12 +46,29 @@ pub enum Framing {
 pub enum Frame {
     /// A record: a line without its `\n` (and without a `\r` before it), or one JSON value.
     /// `end` is the stream offset just past it (past the newline, for a line).
-    Line { line: Bytes, end: u64 },
+    Line {
+        /// The record's bytes, sharing the read buffer's.
+        line: Bytes,
+        /// The stream offset just past the record and its newline, if it had one.
+        end: u64,
+    },
     /// A record longer than the limit, skipped whole. `start` is where it began, `len` its
     /// length without the newline.
-    Oversized { start: u64, len: u64, end: u64 },
+    Oversized {
+        /// The stream offset of the record's first byte.
+        start: u64,
+        /// The record's length in bytes, without its newline.
+        len: u64,
+        /// The stream offset just past the record and its newline, if it had one.
+        end: u64,
+    },
     /// A run of `len` NUL bytes ending at `end`: padding a crash left, skipped.
-    Padding { len: u64, end: u64 },
+    Padding {
+        /// How many NUL bytes were skipped.
+        len: u64,
+        /// The stream offset just past the last of them.
+        end: u64,
+    },
 }
 
 /// Record framing over a stream that is fed by reading into [`Framer::buffer`].

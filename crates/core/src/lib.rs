@@ -28,10 +28,12 @@
 //! - [`blocking`]: fsyncs, directory scans and compression, run off the async runtime.
 //!
 //! # The one design decision
-//! An [`Event`](event::Event) keeps the bytes it arrived as and parses only the top-level
+//! An [`Event`] keeps the bytes it arrived as and parses only the top-level
 //! field boundaries. A transform that reads `verb` parses `verb`; a sink that writes an
 //! untouched event copies its original bytes. Most of an audit event's bytes sit in
 //! `requestObject` / `responseObject`, which the common path never parses.
+
+#![warn(missing_docs)]
 
 pub mod batch;
 pub mod blocking;

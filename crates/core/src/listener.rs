@@ -32,8 +32,10 @@ impl Listener {
     /// hold has it.
     ///
     /// # Errors
-    /// When the descriptor cannot be duplicated (out of descriptors), or outside a tokio
-    /// runtime.
+    /// When the descriptor cannot be duplicated (out of descriptors).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled (tokio's `TcpListener::from_std` panics).
     pub fn to_tokio(&self) -> io::Result<tokio::net::TcpListener> {
         tokio::net::TcpListener::from_std(self.socket.try_clone()?)
     }

@@ -91,6 +91,8 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
+    /// Raises the flag at `limit_bytes` and clears it below [`RESUME_PERCENT`] of it (rounded
+    /// down to a whole percent of the limit).
     pub fn new(limit_bytes: u64) -> Thresholds {
         Thresholds {
             limit_bytes,

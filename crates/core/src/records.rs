@@ -124,6 +124,8 @@ pub struct RecordDecoder {
 }
 
 impl RecordDecoder {
+    /// A decoder for component `component_id` (named in its warnings and dead letters) that
+    /// reads audit events, with no dead-letter output until one is given.
     pub fn new(component_id: impl Into<String>) -> RecordDecoder {
         RecordDecoder {
             component_id: component_id.into(),

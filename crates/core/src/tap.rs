@@ -33,6 +33,7 @@ pub enum Port {
 }
 
 impl Port {
+    /// The name in the `port` field of the API's tap stream (`outputs_of`, `inputs_of`).
     pub fn as_str(self) -> &'static str {
         match self {
             Port::OutputsOf => "outputs_of",
@@ -44,8 +45,11 @@ impl Port {
 /// One event seen by a tap: which component and side, and the event as compact JSON.
 #[derive(Debug, Clone)]
 pub struct Tapped {
+    /// The id of the component the event passed, from the pipeline file.
     pub component_id: Arc<str>,
+    /// Whether the event was leaving the component or reaching it.
     pub port: Port,
+    /// The event as compact JSON, as it was at that side of the component.
     pub event: Bytes,
 }
 
@@ -155,14 +159,29 @@ impl TapPoint {
 /// Why a tap could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TapError {
+    /// No component of the running pipeline has this id.
     #[error("no component `{id}` in this pipeline; components: {known}")]
-    UnknownComponent { id: String, known: String },
+    UnknownComponent {
+        /// The id asked for.
+        id: String,
+        /// Every component id of the pipeline, sorted, joined with `, `.
+        known: String,
+    },
+    /// `--outputs-of` named a sink.
     #[error("`{id}` is a sink: it has no outputs; tap what reaches it with --inputs-of")]
-    SinkHasNoOutputs { id: String },
+    SinkHasNoOutputs {
+        /// The sink's component id.
+        id: String,
+    },
+    /// `--inputs-of` named a source.
     #[error(
         "`{id}` is a source: nothing in the pipeline feeds it; tap what it sends with --outputs-of"
     )]
-    SourceHasNoInputs { id: String },
+    SourceHasNoInputs {
+        /// The source's component id.
+        id: String,
+    },
+    /// The list of component ids was empty.
     #[error("no component id given")]
     NothingToTap,
 }
@@ -187,6 +206,7 @@ impl std::fmt::Debug for Taps {
 }
 
 impl Taps {
+    /// No components and no tap points yet; the topology adds them as it wires components.
     pub fn new() -> Taps {
         Taps::default()
     }

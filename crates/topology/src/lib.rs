@@ -17,6 +17,8 @@
 //! only unacknowledged data, which sources offer again on restart. A reload uses the same
 //! cascade for the components it replaces or removes, while the rest keep running.
 
+#![warn(missing_docs)]
+
 pub mod reload;
 mod running;
 
@@ -75,6 +77,7 @@ pub struct TopologyBuilder {
 }
 
 impl TopologyBuilder {
+    /// A builder with no components yet.
     pub fn new() -> TopologyBuilder {
         TopologyBuilder::default()
     }
@@ -84,6 +87,11 @@ impl TopologyBuilder {
         self.taps.clone()
     }
 
+    /// Adds the built source `id`; `telemetry` gets the engine's counts for it (what it
+    /// sends), and is the one its [`BuildContext`] carried when built by [`build`].
+    ///
+    /// # Panics
+    /// When a component with this `id` was already added.
     pub fn source(&mut self, id: &str, source: Box<dyn Source>, telemetry: Arc<dyn Telemetry>) {
         self.insert(
             id,
@@ -94,6 +102,11 @@ impl TopologyBuilder {
         );
     }
 
+    /// Adds the built transform `id`, reading the outputs named in `inputs` (component ids,
+    /// or `<id>.dead_letter`); `telemetry` as for [`TopologyBuilder::source`].
+    ///
+    /// # Panics
+    /// When a component with this `id` was already added.
     pub fn transform(
         &mut self,
         id: &str,
@@ -105,6 +118,11 @@ impl TopologyBuilder {
         self.insert(id, ComponentKind::Transform, inputs, node, telemetry);
     }
 
+    /// Adds the built sink `id`, reading the outputs named in `inputs` (component ids, or
+    /// `<id>.dead_letter`); `telemetry` as for [`TopologyBuilder::source`].
+    ///
+    /// # Panics
+    /// When a component with this `id` was already added.
     pub fn sink(
         &mut self,
         id: &str,
@@ -128,7 +146,7 @@ impl TopologyBuilder {
     }
 
     /// Keeps at most `max_bytes` of each refused record in `id`'s dead letters (default
-    /// [`dead_letter::DEFAULT_MAX_BYTES`]).
+    /// [`auditflow_core::dead_letter::DEFAULT_MAX_BYTES`]).
     pub fn max_dead_letter_bytes(&mut self, id: &str, max_bytes: usize) {
         self.dead_letter_max_bytes.insert(id.to_owned(), max_bytes);
     }
@@ -162,6 +180,12 @@ impl TopologyBuilder {
 
     /// Spawns every component on the current runtime. Sinks start first so that nothing
     /// a source sends waits on a component that is not there yet.
+    ///
+    /// An input naming no component added here stays unconnected (the loaded pipeline's
+    /// graph checks have refused such an input already).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn start(self) -> Running {
         let mut running = Running::empty();
         // The registry `taps()` handed out (to the API) is the one every launch uses.

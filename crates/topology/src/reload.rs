@@ -63,6 +63,9 @@ impl Running {
     /// added and changed components first, and when one of them cannot be built returns
     /// every such error with nothing changed. Then rewires, stops and starts (see the
     /// module documentation). Must be called on the runtime that runs the pipeline.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn reload(&mut self, pipeline: Arc<Pipeline>) -> Result<ReloadSummary, Vec<ConfigError>> {
         let old = self.pipeline.clone();
         let data_dir_moved = old

@@ -19,7 +19,10 @@ use crate::{Built, TopologyBuilder, CHANNEL_BATCHES};
 #[derive(Debug, thiserror::Error)]
 #[error("component `{id}` failed: {error}")]
 pub struct ComponentFailure {
+    /// The failed component's id from the pipeline file (`unknown` when its task panicked
+    /// or was aborted, as its id is not known then).
     pub id: String,
+    /// What it returned, or a [`ComponentError::Fatal`] saying how its task ended.
     pub error: ComponentError,
 }
 
