@@ -449,12 +449,10 @@ impl Queue {
 
     /// Whether `bytes` more fit within `max_bytes`. An empty queue always takes a write,
     /// so that one record larger than the whole buffer cannot stop it for good.
-    ///
-    /// # Panics
-    /// In a build with overflow checks, when `bytes` plus the bytes on disk pass `u64::MAX`.
     pub fn has_room(&self, bytes: u64) -> bool {
         let state = self.state();
-        state.disk_bytes() + bytes <= self.shared.options.max_bytes || state.unreleased_bytes() == 0
+        state.disk_bytes().saturating_add(bytes) <= self.shared.options.max_bytes
+            || state.unreleased_bytes() == 0
     }
 
     /// Resolves after the next release that moved the frontier (or at once if one happened

@@ -139,17 +139,13 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
 /// # Errors
 /// When the bytes are not valid gzip, or inflate to more than `max` bytes (the message
 /// says which).
-///
-/// # Panics
-/// In a build with overflow checks, when `max` is `usize::MAX` on a 64-bit target
-/// (`max + 1` overflows; a release build then inflates nothing and returns no bytes).
 pub fn gunzip_if_gzip(bytes: Bytes, max: usize) -> Result<Bytes, String> {
     if !is_gzip(&bytes) {
         return Ok(bytes);
     }
     let mut inflated = Vec::with_capacity(bytes.len().saturating_mul(4).min(max));
     let read = flate2::read::MultiGzDecoder::new(&bytes[..])
-        .take(max as u64 + 1)
+        .take((max as u64).saturating_add(1))
         .read_to_end(&mut inflated);
     match read {
         Err(error) => Err(format!("not valid gzip: {error}")),
@@ -478,6 +474,17 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(bytes).unwrap();
         Bytes::from(encoder.finish().unwrap())
+    }
+
+    /// `usize::MAX` means no limit: it once overflowed `max + 1`, which panicked in a
+    /// debug build and inflated nothing in a release build.
+    #[test]
+    fn gzip_inflates_whole_with_no_limit_and_refuses_past_a_limit() {
+        let body = gzip(EVENT_A.as_bytes());
+        let inflated = gunzip_if_gzip(body.clone(), usize::MAX).unwrap();
+        assert_eq!(inflated, EVENT_A.as_bytes());
+        let refused = gunzip_if_gzip(body, EVENT_A.len() - 1).unwrap_err();
+        assert!(refused.contains("inflates to more than"), "{refused}");
     }
 
     #[test]
