@@ -46,9 +46,9 @@ use auditflow_core::{
     Batch, BatchNotifier, BatchStatus, ComponentError, Event, Finalizers, Source, SourceContext,
     Telemetry,
 };
+use auditflow_metrics::FileMetrics;
 use flate2::read::MultiGzDecoder;
 use globset::GlobSet;
-use prometheus::{IntCounter, IntGauge};
 use sha2::{Digest, Sha256};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
@@ -273,13 +273,6 @@ enum AfterRead {
     Reopen,
 }
 
-struct FileMetrics {
-    lag_bytes: IntGauge,
-    open_files: IntGauge,
-    rotations: IntCounter,
-    lost_bytes: IntCounter,
-}
-
 /// One frame of `entry`'s file into `fill`: the read position moves past it, and
 /// `records` turns it into events (or counts it as refused).
 fn take_frame(
@@ -338,11 +331,15 @@ pub struct Tailer {
 
 impl Tailer {
     /// Opens the checkpoint store in `data_dir` and loads what it holds.
-    pub fn new(id: &str, data_dir: &Path, settings: Settings) -> Result<Tailer, String> {
+    pub fn new(
+        id: &str,
+        data_dir: &Path,
+        settings: Settings,
+        metrics: FileMetrics,
+    ) -> Result<Tailer, String> {
         let store = CheckpointStore::open(data_dir)
             .map_err(|error| format!("{}: {error}", data_dir.display()))?;
         let records = store.load()?;
-        let labels = [id];
         let records_decoder = RecordDecoder::new(id).with_envelope(settings.envelope.clone());
         let mut tailer = Tailer {
             id: id.to_owned(),
@@ -365,13 +362,7 @@ impl Tailer {
                 next_scan: Instant::now(),
                 next_checkpoint: Instant::now(),
             },
-            metrics: FileMetrics {
-                lag_bytes: auditflow_metrics::file_checkpoint_lag_bytes()
-                    .with_label_values(&labels),
-                open_files: auditflow_metrics::file_open_files().with_label_values(&labels),
-                rotations: auditflow_metrics::file_rotations_total().with_label_values(&labels),
-                lost_bytes: auditflow_metrics::file_lost_bytes_total().with_label_values(&labels),
-            },
+            metrics,
         };
         for record in records.unwrap_or_default() {
             let Some(fingerprint) = Fingerprint::parse(&record.fingerprint) else {

@@ -411,8 +411,7 @@ impl SinkConfig for HttpsConfig {
             headers,
             tls,
             server_name,
-            cx.id,
-            cx.telemetry,
+            cx,
         )))
     }
 }
