@@ -134,7 +134,9 @@ mod tests {
             assert!(!event.is_modified());
         }
         assert_eq!(
-            rendered(&metrics).lines().find(|l| l.contains("filtered")),
+            rendered(&metrics)
+                .lines()
+                .find(|l| l.contains("reason=\"filtered\"")),
             Some(discarded_line(events.len() - 36).as_str())
         );
     }
