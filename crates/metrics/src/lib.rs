@@ -347,11 +347,6 @@ impl ComponentMetrics {
         &self.labels[0]
     }
 
-    /// The registry it records into.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     fn families(&self) -> &Families {
         &self.metrics.families
     }
