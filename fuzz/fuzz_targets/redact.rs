@@ -18,9 +18,8 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::Arc;
 
-use auditflow_core::{Batch, BuildContext, Event, NoTelemetry, Transform, TransformConfig};
+use auditflow_core::{Batch, BuildContext, Event, Transform, TransformConfig};
 use auditflow_fuzz::{check_event, is_json_object};
 use auditflow_redact::{RedactConfig, REDACTED_ANNOTATION};
 use bytes::Bytes;
@@ -51,11 +50,7 @@ fn configs() -> Vec<Box<dyn Transform>> {
         .map(|options| {
             let config: RedactConfig = serde_json::from_value(options).unwrap();
             config
-                .build(BuildContext {
-                    id: "fuzz".into(),
-                    data_dir: std::env::temp_dir(),
-                    telemetry: Arc::new(NoTelemetry),
-                })
+                .build(BuildContext::unobserved("fuzz", std::env::temp_dir()))
                 .unwrap()
         })
         .collect()

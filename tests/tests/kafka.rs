@@ -472,7 +472,7 @@ fn scale_out_survives_a_sigkilled_member_without_losing_events() {
 
 #[test]
 fn the_sink_passes_the_compliance_check_and_rejects_what_kafka_refuses() {
-    use auditflow_core::{BatchStatus, BuildContext, NoTelemetry, SinkConfig};
+    use auditflow_core::{BatchStatus, BuildContext, SinkConfig};
     let Some(broker) = Broker::start() else {
         return;
     };
@@ -486,11 +486,10 @@ fn the_sink_passes_the_compliance_check_and_rejects_what_kafka_refuses() {
     .expect("a kafka sink config");
     let workspace = Workspace::new();
     let sink = config
-        .build(BuildContext {
-            id: "out".into(),
-            data_dir: workspace.path().join("out"),
-            telemetry: std::sync::Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved(
+            "out",
+            workspace.path().join("out"),
+        ))
         .expect("build the kafka sink");
     let events = auditflow_testkit::events::audit_log_events();
     let big = auditflow_testkit::event(&format!(

@@ -81,9 +81,8 @@ fn over_the_memory_limit_the_kafka_source_pauses_and_resumes_without_losing_even
     let telemetry: Arc<dyn Telemetry> = Arc::new(NoTelemetry);
     let source = config
         .build(BuildContext {
-            id: "in".into(),
-            data_dir: workspace.path().join("in"),
             telemetry: Arc::clone(&telemetry),
+            ..BuildContext::unobserved("in", workspace.path().join("in"))
         })
         .expect("build the kafka source");
 

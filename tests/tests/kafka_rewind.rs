@@ -42,9 +42,8 @@ fn an_errored_batch_is_read_again_without_a_restart_and_nothing_is_lost() {
     let telemetry: Arc<dyn Telemetry> = Arc::new(NoTelemetry);
     let source = config
         .build(BuildContext {
-            id: "in".into(),
-            data_dir: workspace.path().join("in"),
             telemetry: Arc::clone(&telemetry),
+            ..BuildContext::unobserved("in", workspace.path().join("in"))
         })
         .expect("build the kafka source");
 

@@ -15,10 +15,7 @@ use auditflow_core::finalize::Finalizers;
 use auditflow_core::{
     Batch, BatchNotifier, BatchStatus, ComponentError, Event, NoTelemetry, Telemetry,
 };
-use auditflow_metrics::{
-    buffer_bytes, buffer_corrupt_records_total, buffer_max_bytes, buffer_oldest_event_age_seconds,
-};
-use prometheus::{IntCounter, IntGauge};
+use auditflow_metrics::DiskBufferMetrics;
 use tokio::task::JoinSet;
 
 use crate::frame::{self, HEADER_BYTES};
@@ -50,6 +47,8 @@ pub struct DiskBufferOptions {
     pub when_full: WhenFull,
     /// Longest wait between a batch's write and its fsync (fsyncs are grouped).
     pub fsync_interval: Duration,
+    /// The buffer's series, from its sink's metrics handle.
+    pub metrics: DiskBufferMetrics,
 }
 
 /// Puts a disk buffer in front of a sink: returns the receiver the sink reads from, and
@@ -72,7 +71,7 @@ pub fn start(
     let (out, sink_input) = channel::channel(SINK_CHANNEL_BATCHES, Arc::new(NoTelemetry));
     let id = component_id.to_owned();
     let run = async move {
-        let gauges = Gauges::new(&id);
+        let gauges = options.metrics.clone();
         gauges.max_bytes.set(options.max_bytes as i64);
         let dir = options.dir.clone();
         let queue_options = queue::Options::with_max_bytes(options.max_bytes);
@@ -115,7 +114,7 @@ pub fn start(
             Err(error) => std::panic::resume_unwind(error.into_panic()),
         };
         stats.abort();
-        gauges.set(&queue.stats());
+        show(&gauges, &queue.stats());
         let ledger = queue.clone();
         if let Err(error) = blocking(move || ledger.sync_ledger()).await {
             tracing::warn!(component_id = %id, error = %error, "cannot fsync the disk buffer ledger; a restart may deliver some events again");
@@ -314,7 +313,7 @@ async fn deliver(
     mut reader: Reader,
     out: Sender,
     telemetry: Arc<dyn Telemetry>,
-    gauges: Gauges,
+    gauges: DiskBufferMetrics,
 ) -> Result<(), ComponentError> {
     let mut acks = JoinSet::new();
     let result = loop {
@@ -393,38 +392,19 @@ async fn deliver(
     result
 }
 
-async fn update_gauges(queue: Queue, gauges: Gauges) {
+async fn update_gauges(queue: Queue, gauges: DiskBufferMetrics) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        gauges.set(&queue.stats());
+        show(&gauges, &queue.stats());
     }
 }
 
-/// The buffer's own series, labelled with the sink's id.
-#[derive(Clone)]
-struct Gauges {
-    bytes: IntGauge,
-    max_bytes: IntGauge,
-    oldest_age_seconds: IntGauge,
-    corrupt: IntCounter,
-}
-
-impl Gauges {
-    fn new(id: &str) -> Gauges {
-        Gauges {
-            bytes: buffer_bytes().with_label_values(&[id]),
-            max_bytes: buffer_max_bytes().with_label_values(&[id]),
-            oldest_age_seconds: buffer_oldest_event_age_seconds().with_label_values(&[id]),
-            corrupt: buffer_corrupt_records_total().with_label_values(&[id]),
-        }
-    }
-
-    fn set(&self, stats: &Stats) {
-        self.bytes.set(stats.unreleased_bytes as i64);
-        let age_ms = stats
-            .oldest_written_at_ms
-            .map_or(0, |written| now_ms().saturating_sub(written));
-        self.oldest_age_seconds.set((age_ms / 1000) as i64);
-    }
+/// Sets the buffer's gauges from the queue's figures.
+fn show(gauges: &DiskBufferMetrics, stats: &Stats) {
+    gauges.bytes.set(stats.unreleased_bytes as i64);
+    let age_ms = stats
+        .oldest_written_at_ms
+        .map_or(0, |written| now_ms().saturating_sub(written));
+    gauges.oldest_age_seconds.set((age_ms / 1000) as i64);
 }

@@ -272,6 +272,7 @@ mod relay {
 
     use auditflow_core::channel;
     use auditflow_core::{Batch, BatchNotifier, BatchStatus, Event};
+    use auditflow_metrics::{ComponentMetrics, Metrics};
     use auditflow_testkit::RecordingTelemetry;
 
     use crate::{start, DiskBufferOptions, WhenFull};
@@ -288,6 +289,7 @@ mod relay {
             max_bytes,
             when_full,
             fsync_interval: Duration::from_millis(20),
+            metrics: ComponentMetrics::new(&Metrics::new(), "out", "sink", "file").disk_buffer(),
         }
     }
 

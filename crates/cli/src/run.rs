@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use auditflow_config::{ConfigError, Pipeline, Registry};
 use auditflow_metrics::endpoint::{self, Readiness};
+use auditflow_metrics::Metrics;
 use auditflow_topology::Running;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -160,20 +161,22 @@ fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
                 tracing::info!(
                     "no memory limit: memory_limit_mb is not set and no cgroup limit was found"
                 );
-                auditflow_metrics::memory_limit_bytes().set(0);
-                auditflow_metrics::memory_limited().set(0);
+                Metrics::global().memory_limit_bytes().set(0);
+                Metrics::global().memory_limited().set(0);
                 return;
             }
         },
     };
-    auditflow_metrics::memory_limit_bytes().set(i64::try_from(limit_bytes).unwrap_or(i64::MAX));
-    auditflow_metrics::memory_limited().set(0);
-    auditflow_metrics::memory_limited_total();
+    Metrics::global()
+        .memory_limit_bytes()
+        .set(i64::try_from(limit_bytes).unwrap_or(i64::MAX));
+    Metrics::global().memory_limited().set(0);
+    Metrics::global().memory_limited_total();
     let thresholds = memory::Thresholds::new(limit_bytes);
     let changed = move |limited: bool, used_bytes: u64| {
-        auditflow_metrics::memory_limited().set(i64::from(limited));
+        Metrics::global().memory_limited().set(i64::from(limited));
         if limited {
-            auditflow_metrics::memory_limited_total().inc();
+            Metrics::global().memory_limited_total().inc();
             tracing::warn!(
                 used_mb = used_bytes >> 20,
                 limit_mb = thresholds.limit_bytes >> 20,
@@ -313,12 +316,10 @@ struct Reloads<'a> {
 impl<'a> Reloads<'a> {
     fn new(files: &'a [PathBuf], registry: &'a Registry, pipeline: &Arc<Pipeline>) -> Reloads<'a> {
         let hash = auditflow_topology::config_hash(pipeline);
-        auditflow_metrics::config_hash()
-            .with_label_values(&[hash.as_str()])
-            .set(1);
+        Metrics::global().set_config_hash(&hash);
         // Both results show from start-up, at 0.
         for result in ["ok", "failed"] {
-            auditflow_metrics::reloads_total().with_label_values(&[result]);
+            Metrics::global().reloads_total(result);
         }
         Reloads {
             files,
@@ -351,13 +352,9 @@ impl<'a> Reloads<'a> {
             Ok(summary) => summary,
             Err(errors) => return self.failed(&errors, "building the changed components found"),
         };
-        auditflow_metrics::reloads_total()
-            .with_label_values(&["ok"])
-            .inc();
+        Metrics::global().reloads_total("ok").inc();
         if new_hash != self.hash {
-            let gauge = auditflow_metrics::config_hash();
-            let _ = gauge.remove_label_values(&[self.hash.as_str()]);
-            gauge.with_label_values(&[new_hash.as_str()]).set(1);
+            Metrics::global().set_config_hash(&new_hash);
             self.hash = new_hash;
         }
         self.current = pipeline;
@@ -375,9 +372,7 @@ impl<'a> Reloads<'a> {
         for error in errors {
             eprintln!("{error}");
         }
-        auditflow_metrics::reloads_total()
-            .with_label_values(&["failed"])
-            .inc();
+        Metrics::global().reloads_total("failed").inc();
         tracing::error!(
             config_hash = %self.hash,
             "reload failed: {what} {} problem{}; the running pipeline is unchanged",

@@ -16,11 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use auditflow_config::{AnyConfig, ConfigError, Pipeline, Registry, TestsSection};
 use auditflow_core::condition::Condition;
-use auditflow_core::{Batch, BuildContext, ComponentKind, Event, NoTelemetry, Transform};
+use auditflow_core::{Batch, BuildContext, ComponentKind, Event, Transform};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
@@ -556,11 +555,7 @@ fn run_test(
         let AnyConfig::Transform(config) = &component.config else {
             continue;
         };
-        let cx = BuildContext {
-            id: component.id.clone(),
-            data_dir: data_dir.join(&component.id),
-            telemetry: Arc::new(NoTelemetry),
-        };
+        let cx = BuildContext::unobserved(&component.id, data_dir.join(&component.id));
         match config.build(cx) {
             Ok(transform) => {
                 built.insert(component.id.as_str(), transform);

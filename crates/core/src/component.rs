@@ -3,12 +3,17 @@
 //! Each component has a build step and a run step: a `*Config` (deserialised from the
 //! pipeline file) builds the component; the topology then runs it. A transform is a plain
 //! synchronous function over a batch; sources and sinks are tasks.
+//!
+//! Every series a plugin records goes through the handle its [`BuildContext`] carries
+//! (`metrics`), bound to the component's labels and to the registry it was built
+//! against: the process's in `auditflow run`, a test's own in a test.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use auditflow_metrics::{ComponentMetrics, Metrics};
 use tokio::sync::watch;
 
 use crate::batch::Batch;
@@ -52,7 +57,8 @@ impl fmt::Display for ComponentKind {
     }
 }
 
-/// The engine's per-component counters, implemented by the metrics crate.
+/// The engine's per-component counters: a component's [`ComponentMetrics`] in a running
+/// pipeline, [`NoTelemetry`] or a recording double in benchmarks and tests.
 ///
 /// Calls are per batch, not per event.
 pub trait Telemetry: Send + Sync + 'static {
@@ -123,6 +129,32 @@ impl ShutdownTrigger {
     }
 }
 
+impl Telemetry for ComponentMetrics {
+    fn received(&self, events: usize, bytes: usize) {
+        ComponentMetrics::received(self, events, bytes);
+    }
+
+    fn sent(&self, events: usize, bytes: usize) {
+        ComponentMetrics::sent(self, events, bytes);
+    }
+
+    fn discarded(&self, reason: &'static str, events: usize) {
+        ComponentMetrics::discarded(self, reason, events);
+    }
+
+    fn errored(&self, error_type: &'static str, count: usize) {
+        ComponentMetrics::errored(self, error_type, count);
+    }
+
+    fn buffer_changed(&self, delta_events: i64) {
+        ComponentMetrics::buffer_changed(self, delta_events);
+    }
+
+    fn dead_lettered(&self, events: usize) {
+        ComponentMetrics::dead_lettered(self, events);
+    }
+}
+
 /// What a config gets to build its component.
 #[derive(Clone)]
 pub struct BuildContext {
@@ -131,8 +163,46 @@ pub struct BuildContext {
     /// The component's own directory for state (checkpoints): `<data_dir>/<id>`. Not
     /// created until the component needs it.
     pub data_dir: PathBuf,
-    /// The component's counters.
+    /// The component's engine counters (the engine counts through the same value; a
+    /// plugin uses it for what only it can see, such as `discarded` reasons of its own).
     pub telemetry: Arc<dyn Telemetry>,
+    /// The component's metrics handle: every series of its plugin
+    /// (`metrics.file()`, `metrics.redactions(detector)`, ...) is recorded through it,
+    /// already labelled with the component's id. In a running pipeline it is the same
+    /// value as `telemetry`.
+    pub metrics: Arc<ComponentMetrics>,
+}
+
+impl BuildContext {
+    /// The context of component `id`, recording into `metrics`, whose engine counters are
+    /// its [`ComponentMetrics`] (what `auditflow run` builds).
+    pub fn new(
+        metrics: &Metrics,
+        kind: ComponentKind,
+        component_type: &str,
+        id: &str,
+        data_dir: PathBuf,
+    ) -> BuildContext {
+        let handle = ComponentMetrics::new(metrics, id, kind.as_str(), component_type);
+        BuildContext {
+            id: id.to_owned(),
+            data_dir,
+            telemetry: Arc::clone(&handle) as Arc<dyn Telemetry>,
+            metrics: handle,
+        }
+    }
+
+    /// The context of a component built outside a running pipeline (`auditflow test`,
+    /// benchmarks, tests that read no metric): its series go to a registry of its own that
+    /// nothing renders, and its engine counters count nothing ([`NoTelemetry`]).
+    pub fn unobserved(id: &str, data_dir: impl Into<PathBuf>) -> BuildContext {
+        BuildContext {
+            id: id.to_owned(),
+            data_dir: data_dir.into(),
+            telemetry: Arc::new(NoTelemetry),
+            metrics: ComponentMetrics::new(&Metrics::new(), id, "", ""),
+        }
+    }
 }
 
 /// A component that could not be built from its config.

@@ -22,7 +22,9 @@
 //! - [`tap`]: samples of the events passing a component, for `auditflow tap`.
 //! - [`listener`]: listening sockets that a reload hands from a component's old instance
 //!   to its new one.
-//! - [`component`]: the traits plugins implement and the contexts they run in.
+//! - [`component`]: the traits plugins implement and the contexts they run in; a
+//!   component's `BuildContext` carries its metrics handle (`auditflow-metrics`'s
+//!   `ComponentMetrics`, which sits below this crate and is its `Telemetry`).
 //! - [`duration`]: the range each duration option of a pipeline file must fall in.
 //! - [`memory`]: `memory_limit_mb`: the monitor, and the flag that pauses sources.
 //! - [`blocking`]: fsyncs, directory scans and compression, run off the async runtime.

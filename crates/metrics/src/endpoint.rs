@@ -60,7 +60,8 @@ fn answer(request: &Request<Incoming>, readiness: &Readiness) -> Response<Full<B
     }
     match request.uri().path() {
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(crate::render())));
+            let mut response =
+                Response::new(Full::new(Bytes::from(crate::Metrics::global().render())));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -100,7 +100,7 @@ pub fn run(
 ) -> Result<Summary, InputError> {
     let shared = Shared {
         query,
-        classifier: RbacDenial::new("query", &RbacDenialConfig::default()),
+        classifier: RbacDenial::unobserved(&RbacDenialConfig::default()),
     };
     let mut matched = 0u64;
     let scan_stats = match &query.request {

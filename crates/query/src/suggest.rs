@@ -185,7 +185,7 @@ pub fn collect(
     read: &ReadOptions,
     progress: &mut dyn FnMut(&ScanStats),
 ) -> Result<Collected, InputError> {
-    let classifier = RbacDenial::new("rbac-suggest", &RbacDenialConfig::default());
+    let classifier = RbacDenial::unobserved(&RbacDenialConfig::default());
     let mut found: Vec<(Option<String>, Denied)> = Vec::new();
     let scan = scan(
         inputs,

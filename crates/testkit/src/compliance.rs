@@ -177,11 +177,7 @@ where
 {
     let config: C = serde_json::from_value(options).expect("the options make a config");
     let mut transform = config
-        .build(BuildContext {
-            id: "compliance".into(),
-            data_dir: std::env::temp_dir(),
-            telemetry: Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved("compliance", std::env::temp_dir()))
         .expect("the config builds");
     check_transform(transform.as_mut(), crate::events::audit_log_events())
 }

@@ -109,9 +109,8 @@ fn noop_transform(c: &mut Criterion) {
                 let sink = auditflow_core::SinkConfig::build(
                     &sink,
                     auditflow_core::BuildContext {
-                        id: "out".into(),
-                        data_dir: "/nonexistent".into(),
                         telemetry: telemetry(),
+                        ..auditflow_core::BuildContext::unobserved("out", "/nonexistent")
                     },
                 )
                 .unwrap();

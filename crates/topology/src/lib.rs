@@ -34,7 +34,7 @@ use auditflow_core::tap::Taps;
 use auditflow_core::{
     BuildContext, ComponentError, ComponentKind, Sink, Source, Telemetry, Transform,
 };
-use auditflow_metrics::ComponentMetrics;
+use auditflow_metrics::{ComponentMetrics, Metrics};
 
 /// Batches a channel holds in front of each transform and sink. With batches of at most
 /// 1,000 events or 1 MiB, this bounds what waits between two components.
@@ -213,16 +213,25 @@ pub fn build(pipeline: &Pipeline) -> Result<TopologyBuilder, Vec<ConfigError>> {
     }
 }
 
-fn telemetry_of(component: &Component) -> Arc<dyn Telemetry> {
-    ComponentMetrics::new(&component.id, component.kind, &component.type_name)
+/// The handle of `component` in the process's registry (what `/metrics` renders). A
+/// component rebuilt by a reload gets the same series back: they are keyed by its labels.
+fn metrics_of(component: &Component) -> Arc<ComponentMetrics> {
+    ComponentMetrics::new(
+        Metrics::global(),
+        &component.id,
+        component.kind.as_str(),
+        &component.type_name,
+    )
 }
 
 fn build_context(pipeline: &Pipeline, component: &Component) -> (BuildContext, Arc<dyn Telemetry>) {
-    let telemetry = telemetry_of(component);
+    let metrics = metrics_of(component);
+    let telemetry: Arc<dyn Telemetry> = Arc::clone(&metrics) as Arc<dyn Telemetry>;
     let cx = BuildContext {
         id: component.id.clone(),
         data_dir: pipeline.data_dir.join(&component.id),
         telemetry: Arc::clone(&telemetry),
+        metrics,
     };
     (cx, telemetry)
 }
@@ -244,6 +253,7 @@ fn build_into(
     component: &Component,
 ) -> Result<(), ConfigError> {
     let (cx, telemetry) = build_context(pipeline, component);
+    let metrics = Arc::clone(&cx.metrics);
     let inputs: Vec<&str> = component.inputs.iter().map(String::as_str).collect();
     let built = match &component.config {
         AnyConfig::Source(config) => config.build(cx).map(|source| {
@@ -257,7 +267,7 @@ fn build_into(
         }),
     };
     built.map_err(|error| located(component, error))?;
-    add_engine_options(builder, pipeline, component);
+    add_engine_options(builder, pipeline, component, &metrics);
     Ok(())
 }
 
@@ -269,13 +279,19 @@ fn build_later(
     make: MakeSource,
 ) {
     let node = Built::LaterSource(make);
-    let telemetry = telemetry_of(component);
+    let metrics = metrics_of(component);
+    let telemetry = Arc::clone(&metrics) as Arc<dyn Telemetry>;
     builder.insert(&component.id, ComponentKind::Source, &[], node, telemetry);
-    add_engine_options(builder, pipeline, component);
+    add_engine_options(builder, pipeline, component, &metrics);
 }
 
 /// The options the engine applies around a component, and its definition.
-fn add_engine_options(builder: &mut TopologyBuilder, pipeline: &Pipeline, component: &Component) {
+fn add_engine_options(
+    builder: &mut TopologyBuilder,
+    pipeline: &Pipeline,
+    component: &Component,
+    metrics: &ComponentMetrics,
+) {
     if let Some(node) = builder.nodes.get_mut(&component.id) {
         node.definition = Some(component.definition.clone());
     }
@@ -301,6 +317,7 @@ fn add_engine_options(builder: &mut TopologyBuilder, pipeline: &Pipeline, compon
                         }
                     },
                     fsync_interval: std::time::Duration::from_millis(disk.fsync_interval_ms),
+                    metrics: metrics.disk_buffer(),
                 };
                 builder.disk_buffer(&component.id, options);
             }

@@ -198,8 +198,8 @@ fn restart_source(
         Ok(source) => return Ok(source),
         Err(error) => error,
     };
-    auditflow_metrics::reloads_total()
-        .with_label_values(&["failed"])
+    auditflow_metrics::Metrics::global()
+        .reloads_total("failed")
         .inc();
     tracing::error!(
         component_id = %id,

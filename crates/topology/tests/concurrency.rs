@@ -108,9 +108,8 @@ fn run(
         for (index, (kind, options)) in chain.iter().enumerate() {
             let id = format!("t{index}");
             let cx = BuildContext {
-                id: id.clone(),
-                data_dir: std::env::temp_dir(),
                 telemetry: Arc::clone(&telemetry),
+                ..BuildContext::unobserved(&id, std::env::temp_dir())
             };
             let transform = config(kind, options).build(cx).unwrap();
             builder.transform(&id, &[&previous], transform, Arc::clone(&telemetry));

@@ -607,9 +607,11 @@ fn a_stricter_policy_gives_what_kube_apiserver_would_have_logged() {
 
 #[test]
 fn the_transform_counts_into_the_real_metrics() {
+    let metrics = auditflow_metrics::Metrics::new();
     let telemetry = auditflow_metrics::ComponentMetrics::new(
+        &metrics,
         "policy-metrics",
-        auditflow_core::ComponentKind::Transform,
+        "transform",
         "audit_policy",
     );
     let mut t = AuditPolicy::new(
@@ -626,7 +628,7 @@ fn the_transform_counts_into_the_real_metrics() {
         .count();
     assert_eq!(watches, 60);
     assert_eq!(run_transform(&mut t, events).len(), 245 - 60);
-    let rendered = String::from_utf8(auditflow_metrics::render()).unwrap();
+    let rendered = String::from_utf8(metrics.render()).unwrap();
     assert!(rendered.lines().any(|l| l
         == "auditflow_component_discarded_events_total{component_id=\"policy-metrics\",\
             component_kind=\"transform\",component_type=\"audit_policy\",reason=\"filtered\"} 60"));

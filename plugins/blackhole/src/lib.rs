@@ -37,18 +37,12 @@ impl Sink for Blackhole {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use auditflow_core::NoTelemetry;
-    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test]
     async fn acknowledges_every_batch_delivered() {
         let sink = BlackholeConfig {}
-            .build(BuildContext {
-                id: "b".into(),
-                data_dir: "/nonexistent".into(),
-                telemetry: Arc::new(NoTelemetry),
-            })
+            .build(BuildContext::unobserved("b", "/nonexistent"))
             .unwrap();
         let events = auditflow_testkit::events::audit_log_events();
         let batches = events.chunks(100).map(<[_]>::to_vec).collect();

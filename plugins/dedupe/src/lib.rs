@@ -126,7 +126,7 @@ impl TransformConfig for DedupeConfig {
             self,
             store,
             cx.telemetry,
-            Some(auditflow_metrics::dedupe_keys().with_label_values(&[cx.id.as_str()])),
+            Some(cx.metrics.dedupe_keys()),
         )))
     }
 }

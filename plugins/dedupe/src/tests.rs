@@ -191,19 +191,24 @@ fn the_same_value_written_differently_is_the_same_key() {
 
 #[test]
 fn the_gauge_reports_the_keys_held() {
-    let gauge = auditflow_metrics::dedupe_keys().with_label_values(&["dedupe-gauge"]);
-    let mut dedupe = Dedupe::new(
-        &config(serde_json::json!({"max_entries": 2})),
-        Arc::new(auditflow_core::NoTelemetry),
-        Some(gauge),
+    let metrics = auditflow_metrics::Metrics::new();
+    let cx = BuildContext::new(
+        &metrics,
+        auditflow_core::ComponentKind::Transform,
+        "dedupe",
+        "dedupe-gauge",
+        std::env::temp_dir(),
     );
+    let mut dedupe = config(serde_json::json!({"max_entries": 2}))
+        .build(cx)
+        .unwrap();
     let events = vec![
         request("a", "ResponseComplete"),
         request("b", "ResponseComplete"),
         request("c", "ResponseComplete"),
     ];
-    run_transform(&mut dedupe, events);
-    let rendered = String::from_utf8(auditflow_metrics::render()).unwrap();
+    run_transform(dedupe.as_mut(), events);
+    let rendered = String::from_utf8(metrics.render()).unwrap();
     assert!(
         rendered
             .lines()
@@ -243,11 +248,7 @@ fn validate_reports_every_error_not_only_the_first() {
         .filter_map(|problem| problem.field)
         .collect();
     assert_eq!(fields, ["fields", "window_secs"]);
-    let built = options.build(BuildContext {
-        id: "dedupe".into(),
-        data_dir: std::env::temp_dir(),
-        telemetry: Arc::new(auditflow_core::NoTelemetry),
-    });
+    let built = options.build(BuildContext::unobserved("dedupe", std::env::temp_dir()));
     let error = built.err().expect("the options are refused");
     assert_eq!(error.field.as_deref(), Some("fields"));
 }

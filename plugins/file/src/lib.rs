@@ -239,9 +239,10 @@ impl Validate for FileConfig {
 impl SourceConfig for FileConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let settings = self.compiled.take(|| self.compile())?;
-        let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings).map_err(|message| {
-            BuildError::new(format!("cannot use the checkpoint directory: {message}"))
-        })?;
+        let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings, cx.metrics.file())
+            .map_err(|message| {
+                BuildError::new(format!("cannot use the checkpoint directory: {message}"))
+            })?;
         Ok(Box::new(tailer))
     }
 }

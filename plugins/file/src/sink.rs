@@ -475,11 +475,10 @@ mod tests {
         };
         assert!(config.validate().is_empty());
         let sink = config
-            .build(BuildContext {
-                id: "archive".into(),
-                data_dir: dir.path().join("state"),
-                telemetry: std::sync::Arc::new(auditflow_core::NoTelemetry),
-            })
+            .build(BuildContext::unobserved(
+                "archive",
+                dir.path().join("state"),
+            ))
             .unwrap();
         let batches = audit_log_events().chunks(100).map(<[_]>::to_vec).collect();
         let statuses = check_sink(sink, batches, Duration::from_secs(10)).await;

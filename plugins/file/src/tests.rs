@@ -44,9 +44,8 @@ fn start(dir: &Path, extra: serde_json::Value) -> Running {
     let telemetry: Arc<dyn Telemetry> = counts.clone();
     let source = config(dir, extra)
         .build(BuildContext {
-            id: "logs".into(),
-            data_dir: dir.join("state"),
             telemetry: Arc::clone(&telemetry),
+            ..BuildContext::unobserved("logs", dir.join("state"))
         })
         .unwrap();
     let (tx, input) = channel::channel(2, Arc::clone(&telemetry));

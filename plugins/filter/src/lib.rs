@@ -72,28 +72,32 @@ impl Transform for Filter {
 
 #[cfg(test)]
 mod tests {
-    use auditflow_core::{ComponentKind, Event};
-    use auditflow_metrics::ComponentMetrics;
+    use auditflow_core::Event;
+    use auditflow_metrics::{ComponentMetrics, Metrics};
     use auditflow_testkit::events::audit_log_events;
     use auditflow_testkit::run_transform;
 
     use super::*;
 
-    /// The line of the real discarded-events series for component `id`, as served.
-    fn discarded_line(id: &str, events: usize) -> String {
+    /// The line of the real discarded-events series of filter `f`, as served.
+    fn discarded_line(events: usize) -> String {
         format!(
-            "auditflow_component_discarded_events_total{{component_id=\"{id}\",\
+            "auditflow_component_discarded_events_total{{component_id=\"f\",\
              component_kind=\"transform\",component_type=\"filter\",reason=\"filtered\"}} {events}"
         )
     }
 
-    fn rendered() -> String {
-        String::from_utf8(auditflow_metrics::render()).unwrap()
+    fn rendered(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.render()).unwrap()
     }
 
-    fn filter(id: &str, condition: &str) -> Filter {
-        let telemetry = ComponentMetrics::new(id, ComponentKind::Transform, "filter");
-        Filter::new(Condition::parse(condition).unwrap(), telemetry)
+    /// A filter `f` on `condition`, counting into a registry of its own: every test may
+    /// use the same id.
+    fn filter(condition: &str) -> (Filter, Metrics) {
+        let metrics = Metrics::new();
+        let telemetry = ComponentMetrics::new(&metrics, "f", "transform", "filter");
+        let filter = Filter::new(Condition::parse(condition).unwrap(), telemetry);
+        (filter, metrics)
     }
 
     fn audit_ids(events: &[Event]) -> Vec<&str> {
@@ -105,10 +109,8 @@ mod tests {
 
     #[test]
     fn keeps_matching_events_in_order_and_counts_the_rest() {
-        let mut filter = filter(
-            "f-order",
-            r#"verb in ["list", "update"] and responseStatus.code < 400"#,
-        );
+        let (mut filter, metrics) =
+            filter(r#"verb in ["list", "update"] and responseStatus.code < 400"#);
         let events = audit_log_events();
         let expected: Vec<Event> = events
             .iter()
@@ -132,40 +134,33 @@ mod tests {
             assert!(!event.is_modified());
         }
         assert_eq!(
-            rendered()
+            rendered(&metrics)
                 .lines()
-                .find(|l| l.contains("\"f-order\"") && l.contains("filtered")),
-            Some(discarded_line("f-order", events.len() - 36).as_str())
+                .find(|l| l.contains("reason=\"filtered\"")),
+            Some(discarded_line(events.len() - 36).as_str())
         );
     }
 
     #[test]
     fn keeps_the_one_rbac_denial_of_the_capture() {
-        let mut filter = filter(
-            "f-denial",
-            r#"annotations."authorization.k8s.io/decision" == "forbid""#,
-        );
+        let (mut filter, _) = filter(r#"annotations."authorization.k8s.io/decision" == "forbid""#);
         let kept = run_transform(&mut filter, audit_log_events());
         assert_eq!(audit_ids(&kept), ["332b4024-e672-4823-9bfa-80a2ddf4aa1e"]);
     }
 
     #[test]
     fn a_batch_that_all_matches_reports_no_discard() {
-        let mut filter = filter("f-all", "auditID exists");
+        let (mut filter, metrics) = filter("auditID exists");
         let events = audit_log_events();
         let kept = run_transform(&mut filter, events.clone());
         assert_eq!(kept.len(), events.len());
-        assert!(!rendered()
-            .lines()
-            .any(|l| l.contains("\"f-all\"") && l.contains("reason=")));
+        assert!(!rendered(&metrics).lines().any(|l| l.contains("reason=")));
     }
 
     #[test]
     fn group_membership_matches_any_element() {
-        let mut filter = filter(
-            "f-groups",
-            r#"user.groups == "system:masters" and user.username != "system:apiserver""#,
-        );
+        let (mut filter, _) =
+            filter(r#"user.groups == "system:masters" and user.username != "system:apiserver""#);
         let kept = run_transform(&mut filter, audit_log_events());
         assert!(!kept.is_empty());
         for event in &kept {

@@ -307,11 +307,7 @@ fn context() -> (
 
 fn source(yaml_like: GeneratorConfig) -> Box<dyn auditflow_core::Source> {
     yaml_like
-        .build(BuildContext {
-            id: "gen".into(),
-            data_dir: "/nonexistent".into(),
-            telemetry: Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved("gen", "/nonexistent"))
         .unwrap()
 }
 
@@ -387,11 +383,10 @@ async fn keeps_the_engine_contract() {
     let config: crate::GeneratorConfig =
         serde_json::from_value(serde_json::json!({"seed": 3})).unwrap();
     let source = config
-        .build(auditflow_core::BuildContext {
-            id: "generator-contract".into(),
-            data_dir: std::env::temp_dir(),
-            telemetry: std::sync::Arc::new(auditflow_core::NoTelemetry),
-        })
+        .build(auditflow_core::BuildContext::unobserved(
+            "generator-contract",
+            std::env::temp_dir(),
+        ))
         .unwrap();
     let events = auditflow_testkit::compliance::check_source(
         source,

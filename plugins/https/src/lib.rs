@@ -415,8 +415,7 @@ impl SinkConfig for HttpsConfig {
             headers,
             tls,
             server_name,
-            cx.id,
-            cx.telemetry,
+            cx,
         )))
     }
 }

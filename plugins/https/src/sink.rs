@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use auditflow_core::{
-    Batch, BatchStatus, BuildError, ComponentError, DeadLetter, DeadLetterOutput, Event,
-    Finalizers, Location, Sink, SinkContext, Telemetry,
+    Batch, BatchStatus, BuildContext, BuildError, ComponentError, DeadLetter, DeadLetterOutput,
+    Event, Finalizers, Location, Sink, SinkContext, Telemetry,
 };
+use auditflow_metrics::SinkRequestMetrics;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -60,6 +61,8 @@ struct Shared {
     max_backoff: Duration,
     max_retry_duration: Option<Duration>,
     telemetry: Arc<dyn Telemetry>,
+    /// In flight, retried, latency: the sink's own series.
+    metrics: SinkRequestMetrics,
 }
 
 /// The headers every request carries: content type and encoding, credentials, and the
@@ -125,16 +128,23 @@ pub(crate) fn header_map(config: &HttpsConfig) -> Result<HeaderMap, Vec<BuildErr
 
 impl HttpsSink {
     /// The sink for `config`, from what its compile step made: the parsed `uri`, every
-    /// request's `headers`, the TLS client configuration and `tls.server_name`.
+    /// request's `headers`, the TLS client configuration and `tls.server_name`; its id,
+    /// telemetry and metrics handle come from `cx`.
     pub(crate) fn new(
         config: &HttpsConfig,
         uri: Uri,
         headers: HeaderMap,
         tls: rustls::ClientConfig,
         server_name: Option<ServerName<'static>>,
-        id: String,
-        telemetry: Arc<dyn Telemetry>,
+        cx: BuildContext,
     ) -> HttpsSink {
+        let BuildContext {
+            id,
+            telemetry,
+            metrics,
+            ..
+        } = cx;
+        let metrics = metrics.sink_requests();
         let timeout = config.request.timeout();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -167,10 +177,8 @@ impl HttpsSink {
                 }
             ),
         };
-        // The sink's own series exist from the start, at zero, so that a dashboard (or a
-        // check) sees `0`, not nothing, before the first request.
-        auditflow_metrics::sink_inflight_requests().with_label_values(&[&id]);
-        auditflow_metrics::sink_retries_total().with_label_values(&[&id]);
+        // The sink's own series exist from the start, at zero (`metrics` resolved them),
+        // so that a dashboard (or a check) sees `0`, not nothing, before the first request.
         HttpsSink {
             shared: Arc::new(Shared {
                 name: format!("sinks.{id}"),
@@ -193,6 +201,7 @@ impl HttpsSink {
                     .retry_max_duration_secs
                     .map(Duration::from_secs),
                 telemetry,
+                metrics,
             }),
             batch: config.batch.clone(),
             concurrency: config.request.concurrency.get(),
@@ -343,7 +352,7 @@ impl Shared {
     /// until the request ends), and the source is acknowledged once they are delivered
     /// there.
     async fn deliver(self: Arc<Self>, batch: RequestBatch, dead_letter: DeadLetterOutput) {
-        let inflight = auditflow_metrics::sink_inflight_requests().with_label_values(&[&self.id]);
+        let inflight = self.metrics.inflight.clone();
         inflight.inc();
         let count = batch.events.len();
         let RequestBatch {
@@ -516,9 +525,7 @@ impl Shared {
                     "{problem}; retrying"
                 );
             }
-            auditflow_metrics::sink_retries_total()
-                .with_label_values(&[&self.id])
-                .inc();
+            self.metrics.retries.inc();
             tokio::time::sleep(wait).await;
             retries = retries.saturating_add(1);
         }
@@ -557,9 +564,7 @@ impl Shared {
             Ok(Ok((head, _))) => status_class(head.status),
             _ => "error",
         };
-        auditflow_metrics::sink_request_duration_seconds()
-            .with_label_values(&[&self.id, class])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.observe(class, started.elapsed().as_secs_f64());
         let (head, body) = match result {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => return self.failure(&error),

@@ -11,6 +11,7 @@ use auditflow_core::{
     BatchStatus, BuildContext, Output, Shutdown, Sink, SinkConfig, SinkContext, Source,
     SourceContext, Telemetry, Validate,
 };
+use auditflow_metrics::{ComponentMetrics, Metrics};
 use auditflow_testkit::events::{audit_log_events, audit_log_lines};
 use auditflow_testkit::stall::StallWatch;
 use auditflow_testkit::{compliance, event, MemorySource, RecordingTelemetry, SourceProbe};
@@ -75,11 +76,22 @@ fn config(options: Value) -> HttpsConfig {
 }
 
 fn build(id: &str, options: Value, telemetry: Arc<dyn Telemetry>) -> Box<dyn Sink> {
+    let metrics = ComponentMetrics::new(&Metrics::new(), id, "sink", "https");
+    build_with(metrics, options, telemetry)
+}
+
+/// Builds the sink recording its series through `metrics`.
+fn build_with(
+    metrics: Arc<ComponentMetrics>,
+    options: Value,
+    telemetry: Arc<dyn Telemetry>,
+) -> Box<dyn Sink> {
     config(options)
         .build(BuildContext {
-            id: id.into(),
+            id: metrics.id().to_owned(),
             data_dir: "/nonexistent".into(),
             telemetry,
+            metrics,
         })
         .expect("the sink builds")
 }
@@ -452,11 +464,9 @@ async fn an_outage_loses_nothing_retries_as_configured_and_delays_the_acks() {
     };
     let setup = Setup::new(ServerOptions::responder(responder));
     let id = "outage";
-    let retries_before = auditflow_metrics::sink_retries_total()
-        .with_label_values(&[id])
-        .get();
-    let sink = build(
-        id,
+    let metrics = ComponentMetrics::new(&Metrics::new(), id, "sink", "https");
+    let sink = build_with(
+        Arc::clone(&metrics),
         setup.options(json!({
             "batch": { "max_events": 100, "timeout_ms": 50 },
             "request": { "concurrency": 1, "retry_initial_backoff_ms": 50, "retry_max_backoff_ms": 1500, "timeout_ms": 10000 },
@@ -529,10 +539,7 @@ async fn an_outage_loses_nothing_retries_as_configured_and_delays_the_acks() {
         .iter()
         .filter(|request| request.reply.code() != Some(200))
         .count() as u64;
-    let retries = auditflow_metrics::sink_retries_total()
-        .with_label_values(&[id])
-        .get()
-        - retries_before;
+    let retries = metrics.sink_requests().retries.get();
     assert_eq!(
         retries, failures,
         "every failed try was retried and counted"
@@ -820,11 +827,7 @@ fn validate_then_build_reads_the_tls_files_once() {
         let config = config(options);
         let problems = config.validate();
         assert!(problems.is_empty(), "{problems:?}");
-        let cx = BuildContext {
-            id: "validated_once".into(),
-            data_dir: "/nonexistent".into(),
-            telemetry: Arc::new(auditflow_core::NoTelemetry),
-        };
+        let cx = BuildContext::unobserved("validated_once", "/nonexistent");
         let sink = config.build(cx);
         built.send(sink.is_ok()).unwrap();
     });

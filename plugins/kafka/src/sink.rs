@@ -323,11 +323,7 @@ mod tests {
             .filter_map(|e| e.field)
             .collect();
         assert_eq!(fields, ["topic", "key_field"]);
-        let built = config.build(BuildContext {
-            id: "kafka".into(),
-            data_dir: std::env::temp_dir(),
-            telemetry: Arc::new(auditflow_core::NoTelemetry),
-        });
+        let built = config.build(BuildContext::unobserved("kafka", std::env::temp_dir()));
         let error = built.err().expect("the options are refused");
         assert_eq!(error.field.as_deref(), Some("topic"));
     }

@@ -36,6 +36,7 @@ use auditflow_core::{
     DeadLetter, DeadLetterOutput, Event, Finalizers, Location, Output, Source, SourceConfig,
     SourceContext, Telemetry, Validate,
 };
+use auditflow_metrics::KafkaLagMetrics;
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::FromClientConfigAndContext;
@@ -211,6 +212,7 @@ impl KafkaSourceConfig {
             decoding: self.decoding,
             envelope,
             commit_interval: Duration::from_millis(self.commit_interval_ms),
+            lag: None,
         })
     }
 
@@ -245,6 +247,7 @@ impl SourceConfig for KafkaSourceConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let mut source = self.compiled.take(|| self.compile())?;
         crate::finish_client(&mut source.config, &cx.id, &self.librdkafka_options)?;
+        source.lag = Some(cx.metrics.kafka_lag());
         Ok(Box::new(source))
     }
 }
@@ -256,6 +259,9 @@ pub struct KafkaSource {
     decoding: Decoding,
     envelope: Envelope,
     commit_interval: Duration,
+    /// The lag series, from the component's metrics handle: set by `build` (`compile`
+    /// also serves `validate`, which records nothing).
+    lag: Option<KafkaLagMetrics>,
 }
 
 type Consumer_ = rdkafka::consumer::StreamConsumer<GroupContext>;
@@ -271,10 +277,16 @@ impl Source for KafkaSource {
             telemetry,
             dead_letter,
         } = cx;
+        let Some(lag) = self.lag.clone() else {
+            return Err(ComponentError::Fatal(format!(
+                "kafka source {id}: started without its metrics handle (it is set by build)"
+            )));
+        };
         let shared = Arc::new(Shared::default());
         let context = GroupContext {
             id: id.clone(),
             shared: Arc::clone(&shared),
+            lag: lag.clone(),
         };
         let consumer: Arc<Consumer_> = Arc::new(
             Consumer_::from_config_and_context(&self.config, context).map_err(|error| {
@@ -291,11 +303,7 @@ impl Source for KafkaSource {
         })?;
         tracing::info!(component_id = %id, topics = ?self.topics, "kafka source joining its consumer group");
 
-        let lag = tokio::spawn(report_lag(
-            id.clone(),
-            Arc::clone(&consumer),
-            Arc::clone(&shared),
-        ));
+        let lag = tokio::spawn(report_lag(lag, Arc::clone(&consumer), Arc::clone(&shared)));
         let mut reader = Reader::new(id.clone(), self.decoding, telemetry, dead_letter);
         reader.envelope = self.envelope.clone();
         let mut pending: Option<SendFuture> = None;
@@ -434,6 +442,7 @@ impl Shared {
 struct GroupContext {
     id: String,
     shared: Arc<Shared>,
+    lag: KafkaLagMetrics,
 }
 
 impl ClientContext for GroupContext {
@@ -489,11 +498,7 @@ impl ConsumerContext for GroupContext {
         );
         self.shared.lock().revoke(&revoked);
         for (topic, partition) in &revoked {
-            let _ = auditflow_metrics::kafka_consumer_lag().remove_label_values(&[
-                &self.id,
-                topic,
-                &partition.to_string(),
-            ]);
+            self.lag.remove(topic, *partition);
         }
         tracing::info!(component_id = %self.id, partitions = ?revoked, "kafka partitions revoked");
     }
@@ -611,22 +616,22 @@ fn set_paused(consumer: &Consumer_, id: &str, why: Option<&'static str>) {
 /// Refreshes `auditflow_kafka_consumer_lag`: the high watermark minus the delivered
 /// position of every assigned partition. Watermarks come from the broker, so the lag keeps
 /// growing while the partitions are paused.
-async fn report_lag(id: String, consumer: Arc<Consumer_>, shared: Arc<Shared>) {
+async fn report_lag(lag: KafkaLagMetrics, consumer: Arc<Consumer_>, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(LAG_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let consumer = Arc::clone(&consumer);
         let shared = Arc::clone(&shared);
-        let id = id.clone();
-        let measured = tokio::task::spawn_blocking(move || measure_lag(&id, &consumer, &shared));
+        let lag = lag.clone();
+        let measured = tokio::task::spawn_blocking(move || measure_lag(&lag, &consumer, &shared));
         if measured.await.is_err() {
             return;
         }
     }
 }
 
-fn measure_lag(id: &str, consumer: &Consumer_, shared: &Shared) {
+fn measure_lag(lag: &KafkaLagMetrics, consumer: &Consumer_, shared: &Shared) {
     const TIMEOUT: Duration = Duration::from_secs(2);
     let Ok(assignment) = consumer.assignment() else {
         return;
@@ -661,9 +666,7 @@ fn measure_lag(id: &str, consumer: &Consumer_, shared: &Shared) {
                 _ => low,
             }
         });
-        auditflow_metrics::kafka_consumer_lag()
-            .with_label_values(&[id, topic, &partition.to_string()])
-            .set((high - position).max(0));
+        lag.set(topic, partition, (high - position).max(0));
     }
 }
 
@@ -1034,11 +1037,7 @@ mod tests {
                 "librdkafka_options.enable.auto.commit"
             ]
         );
-        let built = config.build(BuildContext {
-            id: "kafka".into(),
-            data_dir: std::env::temp_dir(),
-            telemetry: Arc::new(NoTelemetry),
-        });
+        let built = config.build(BuildContext::unobserved("kafka", std::env::temp_dir()));
         let error = built.err().expect("the options are refused");
         assert_eq!(error.field.as_deref(), Some("bootstrap_servers"));
     }

@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
     ] {
         let bytes: usize = events.iter().map(|e| e.raw().len()).sum();
         group.throughput(Throughput::Bytes(bytes as u64));
-        let mut transform = RbacDenial::new("bench", &RbacDenialConfig::default());
+        let mut transform = RbacDenial::unobserved(&RbacDenialConfig::default());
         group.bench_function(name, |b| {
             b.iter_batched(
                 || Batch::new(events.clone()),

@@ -18,11 +18,13 @@
 //! `forbidden` (any other 403: admission, PodSecurity, quotas).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use auditflow_core::event::RawLookup;
 use auditflow_core::{
     Batch, BuildContext, BuildError, Event, Transform, TransformConfig, Validate,
 };
+use auditflow_metrics::{ComponentMetrics, Metrics};
 use memchr::memmem::Finder;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -80,7 +82,7 @@ impl Validate for RbacDenialConfig {}
 
 impl TransformConfig for RbacDenialConfig {
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Transform>, BuildError> {
-        Ok(Box::new(RbacDenial::new(cx.id, self)))
+        Ok(Box::new(RbacDenial::new(cx.metrics, self)))
     }
 }
 
@@ -126,7 +128,8 @@ pub struct Classification {
 /// The running `rbac_denial` transform.
 #[derive(Clone)]
 pub struct RbacDenial {
-    id: String,
+    /// Denials are counted through it, per denial (their labels are known only then).
+    metrics: Arc<ComponentMetrics>,
     denial_key: String,
     reason_key: String,
     missing_key: String,
@@ -149,10 +152,11 @@ struct Denial {
 }
 
 impl RbacDenial {
-    pub fn new(id: impl Into<String>, config: &RbacDenialConfig) -> RbacDenial {
+    /// The transform, counting its denials through `metrics`.
+    pub fn new(metrics: Arc<ComponentMetrics>, config: &RbacDenialConfig) -> RbacDenial {
         let prefix = &config.annotation_prefix;
         RbacDenial {
-            id: id.into(),
+            metrics,
             denial_key: format!("{prefix}denial"),
             reason_key: format!("{prefix}denial-reason"),
             missing_key: format!("{prefix}missing-permission"),
@@ -160,6 +164,13 @@ impl RbacDenial {
             forbid: Finder::new(b"\"forbid\""),
             resources: HashSet::new(),
         }
+    }
+
+    /// The transform outside a pipeline (`auditflow query`, `rbac suggest`, benchmarks):
+    /// its counts go to a registry of its own that nothing renders.
+    pub fn unobserved(config: &RbacDenialConfig) -> RbacDenial {
+        let metrics = ComponentMetrics::new(&Metrics::new(), "", "transform", "rbac_denial");
+        RbacDenial::new(metrics, config)
     }
 
     /// Classifies one event without tagging or counting it: `None` when it is no denial.
@@ -288,8 +299,8 @@ impl RbacDenial {
             }
             Some(_) => "other",
         };
-        auditflow_metrics::rbac_denials_total()
-            .with_label_values(&[&self.id, denial.class.as_str(), verb, resource])
+        self.metrics
+            .rbac_denials(denial.class.as_str(), verb, resource)
             .inc();
     }
 }

@@ -59,7 +59,7 @@ fn ok(code: u64) -> Value {
 }
 
 fn transform() -> RbacDenial {
-    RbacDenial::new("denials", &RbacDenialConfig::default())
+    RbacDenial::unobserved(&RbacDenialConfig::default())
 }
 
 fn tagged(event: Event) -> Event {
@@ -395,7 +395,7 @@ fn admission_rejections_are_forbidden_not_rbac() {
 fn the_prefix_is_configurable() {
     let config: RbacDenialConfig =
         serde_json::from_value(json!({"annotation_prefix": "acme.io/"})).unwrap();
-    let mut transform = RbacDenial::new("prefixed", &config);
+    let mut transform = RbacDenial::unobserved(&config);
     let out = run_transform(&mut transform, audit_log_events());
     let denied = out.iter().find(|e| e.is_modified()).unwrap();
     assert_eq!(annotation(denied, "acme.io/denial"), Some("rbac"));
@@ -449,7 +449,9 @@ fn status_codes_are_the_member_of_response_status() {
 
 #[test]
 fn metric_labels_are_bounded() {
-    let mut transform = RbacDenial::new("bounded", &RbacDenialConfig::default());
+    let metrics = Metrics::new();
+    let handle = ComponentMetrics::new(&metrics, "bounded", "transform", "rbac_denial");
+    let mut transform = RbacDenial::new(Arc::clone(&handle), &RbacDenialConfig::default());
     let events: Vec<Event> = (0..150)
         .map(|i| {
             request(
@@ -465,12 +467,7 @@ fn metric_labels_are_bounded() {
     assert!(out
         .iter()
         .all(|e| annotation(e, "auditflow.io/denial") == Some("rbac")));
-    let series = auditflow_metrics::rbac_denials_total();
-    let value = |verb: &str, resource: &str| {
-        series
-            .with_label_values(&["bounded", "rbac", verb, resource])
-            .get()
-    };
+    let value = |verb: &str, resource: &str| handle.rbac_denials("rbac", verb, resource).get();
     assert_eq!(value("list", "widgets0"), 1);
     assert_eq!(value("other", "widgets1"), 1);
     assert_eq!(value("other", "widgets99"), 1);
@@ -479,7 +476,8 @@ fn metric_labels_are_bounded() {
     // The resource annotation is exact even when the label is `other`.
     assert_eq!(missing(&out[149]).unwrap()["resource"], json!("widgets149"));
     // Non-resource requests and user names never become label values.
-    let text = String::from_utf8(auditflow_metrics::render()).unwrap();
+    let text = String::from_utf8(metrics.render()).unwrap();
+    assert!(text.contains(r#"auditflow_rbac_denials_total{class="rbac",component_id="bounded",resource="widgets0",verb="list"} 1"#), "{text}");
     assert!(!text.contains("bob"));
 }
 

@@ -11,10 +11,9 @@
 //! a shared machine does not inflate them; `memmem_floor` is wall time.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
-use auditflow_core::{Batch, BuildContext, Event, NoTelemetry, Transform, TransformConfig};
+use auditflow_core::{Batch, BuildContext, Event, Transform, TransformConfig};
 use auditflow_redact::RedactConfig;
 use auditflow_testkit::event;
 use cpu_time::ThreadTime;
@@ -24,11 +23,7 @@ use serde_json::{json, Value};
 fn transform() -> Box<dyn Transform> {
     let config: RedactConfig = serde_json::from_value(json!({})).unwrap();
     config
-        .build(BuildContext {
-            id: "bench".into(),
-            data_dir: "/nonexistent".into(),
-            telemetry: Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved("bench", "/nonexistent"))
         .unwrap()
 }
 

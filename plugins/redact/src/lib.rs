@@ -326,7 +326,7 @@ impl TransformConfig for RedactConfig {
         let counters = redactor
             .detector_names
             .iter()
-            .map(|name| auditflow_metrics::redactions_total().with_label_values(&[&cx.id, name]))
+            .map(|name| cx.metrics.redactions(name))
             .collect();
         // At zero from the start, like the engine's own series: a dashboard or an alert
         // on it finds the series before the first error, not a gap.

@@ -1,5 +1,4 @@
 use super::*;
-use auditflow_core::NoTelemetry;
 use auditflow_testkit::{event, run_transform};
 use serde_json::json;
 
@@ -10,11 +9,7 @@ fn config(options: Value) -> Result<RedactConfig, String> {
 fn redact_with(options: Value, id: &str) -> Box<dyn Transform> {
     config(options)
         .unwrap()
-        .build(BuildContext {
-            id: id.into(),
-            data_dir: "/nonexistent".into(),
-            telemetry: Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved(id, "/nonexistent"))
         .unwrap()
 }
 
@@ -219,10 +214,9 @@ fn a_field_nested_too_deep_to_read_is_replaced_whole_and_counted_as_unparseable_
             let mut transform = config(json!({}))
                 .unwrap()
                 .build(BuildContext {
-                    id: "deep".into(),
-                    data_dir: "/nonexistent".into(),
-                    telemetry: Arc::clone(&telemetry) as Arc<dyn auditflow_core::Telemetry>,
-                })
+ telemetry: Arc::clone(&telemetry) as Arc<dyn auditflow_core::Telemetry>,
+ ..BuildContext::unobserved("deep", "/nonexistent")
+ })
                 .unwrap();
             let out = run_transform(transform.as_mut(), vec![input, readable]);
             assert_eq!(
@@ -352,14 +346,29 @@ fn credential_names_are_configurable() {
 
 #[test]
 fn redactions_are_counted_per_detector() {
-    let mut transform = redact_with(json!({}), "counted");
+    let metrics = auditflow_metrics::Metrics::new();
+    let cx = BuildContext::new(
+        &metrics,
+        auditflow_core::ComponentKind::Transform,
+        "redact",
+        "counted",
+        "/nonexistent".into(),
+    );
+    let mut transform = config(json!({})).unwrap().build(cx).unwrap();
     let input = format!(r#"{{"a":"{JWT} and Bearer x1y2z3w4","b":"{JWT}"}}"#);
     run_transform(transform.as_mut(), vec![event(&input), event(&input)]);
+    let text = String::from_utf8(metrics.render()).unwrap();
     let count = |detector: &str| {
-        auditflow_metrics::redactions_total()
-            .with_label_values(&["counted", detector])
-            .get()
+        let line = format!(
+            r#"auditflow_redactions_total{{component_id="counted",detector="{detector}"}} "#
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+            .parse::<u64>()
+            .unwrap()
     };
+    // Every detector's series exists from the build, at 0 for those that found nothing.
     assert_eq!(
         (count("jwt"), count("bearer"), count("secret_data")),
         (4, 2, 0)
@@ -400,11 +409,7 @@ fn regex_set_past_the_size_limit_is_a_validate_error() {
         "{}",
         errors[0].message
     );
-    let cx = BuildContext {
-        id: "too_big".into(),
-        data_dir: "/nonexistent".into(),
-        telemetry: Arc::new(NoTelemetry),
-    };
+    let cx = BuildContext::unobserved("too_big", "/nonexistent");
     let built = config.build(cx);
     assert_eq!(built.err(), Some(errors[0].clone()));
 

@@ -4,9 +4,7 @@
 //! the input byte for byte with each planted secret replaced by `[REDACTED]`, plus the
 //! `auditflow.io/redacted` annotation; without a planted secret they come out unchanged.
 
-use std::sync::Arc;
-
-use auditflow_core::{BuildContext, NoTelemetry, Transform, TransformConfig};
+use auditflow_core::{BuildContext, Transform, TransformConfig};
 use auditflow_redact::RedactConfig;
 use auditflow_testkit::{event, run_transform};
 use proptest::prelude::*;
@@ -299,11 +297,7 @@ fn event_parts(request: &Gen, response: &Gen) -> Vec<Part> {
 fn redact() -> Box<dyn Transform> {
     serde_json::from_value::<RedactConfig>(json!({}))
         .unwrap()
-        .build(BuildContext {
-            id: "fidelity".into(),
-            data_dir: "/nonexistent".into(),
-            telemetry: Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved("fidelity", "/nonexistent"))
         .unwrap()
 }
 

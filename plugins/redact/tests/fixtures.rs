@@ -2,9 +2,7 @@
 //! patch events (tests/fixtures/secret-bearing.log, made by generate.py beside it in the
 //! shape of the kube-apiserver 1.32 capture), and over the capture itself.
 
-use std::sync::Arc;
-
-use auditflow_core::{BuildContext, Event, NoTelemetry, Transform, TransformConfig};
+use auditflow_core::{BuildContext, Event, Transform, TransformConfig};
 use auditflow_redact::RedactConfig;
 use auditflow_testkit::{event, run_transform};
 use base64::Engine;
@@ -15,11 +13,7 @@ const FIXTURES: &str = include_str!("fixtures/secret-bearing.log");
 fn redact(options: Value) -> Box<dyn Transform> {
     let config: RedactConfig = serde_json::from_value(options).unwrap();
     config
-        .build(BuildContext {
-            id: "fixtures".into(),
-            data_dir: "/nonexistent".into(),
-            telemetry: Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved("fixtures", "/nonexistent"))
         .unwrap()
 }
 

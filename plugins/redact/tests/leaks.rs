@@ -3,9 +3,7 @@
 //! and none of it survives `redact`, while every string that held no secret comes out
 //! unchanged and every top-level field without one keeps its bytes.
 
-use std::sync::Arc;
-
-use auditflow_core::{BuildContext, Event, NoTelemetry, Transform, TransformConfig};
+use auditflow_core::{BuildContext, Event, Transform, TransformConfig};
 use auditflow_redact::RedactConfig;
 use auditflow_testkit::{event, run_transform};
 use base64::Engine;
@@ -255,11 +253,7 @@ fn strings(value: &Value, at: String, out: &mut Vec<(String, String)>) {
 fn redact() -> Box<dyn Transform> {
     let config: RedactConfig = serde_json::from_value(json!({})).unwrap();
     config
-        .build(BuildContext {
-            id: "leaks".into(),
-            data_dir: "/nonexistent".into(),
-            telemetry: Arc::new(NoTelemetry),
-        })
+        .build(BuildContext::unobserved("leaks", "/nonexistent"))
         .unwrap()
 }
 

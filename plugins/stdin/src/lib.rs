@@ -335,11 +335,7 @@ mod tests {
             .filter_map(|e| e.field)
             .collect();
         assert_eq!(fields, ["max_line_bytes", "keep_envelope_fields"]);
-        let built = config.build(BuildContext {
-            id: "in".into(),
-            data_dir: std::env::temp_dir(),
-            telemetry: Arc::new(NoTelemetry),
-        });
+        let built = config.build(BuildContext::unobserved("in", std::env::temp_dir()));
         let error = built.err().expect("the options are refused");
         assert_eq!(error.field.as_deref(), Some("max_line_bytes"));
     }

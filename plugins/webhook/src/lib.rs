@@ -397,7 +397,11 @@ impl SourceConfig for WebhookConfig {
             )
         })?;
         Ok(Box::new(server::WebhookSource::new(
-            listener, tls, settings, &cx.id,
+            listener,
+            tls,
+            settings,
+            &cx.id,
+            cx.metrics.webhook(),
         )))
     }
 }

@@ -20,6 +20,7 @@ use auditflow_core::{
     Batch, BatchNotifier, BatchReceiver, BatchStatus, ComponentError, DeadLetter, DeadLetterOutput,
     Event, Finalizers, Location, Output, Source, SourceContext, Telemetry,
 };
+use auditflow_metrics::WebhookMetrics;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -83,6 +84,7 @@ pub struct WebhookSource {
     tls: Option<TlsAcceptor>,
     settings: Settings,
     id: String,
+    metrics: WebhookMetrics,
 }
 
 impl WebhookSource {
@@ -91,12 +93,14 @@ impl WebhookSource {
         tls: Option<Arc<rustls::ServerConfig>>,
         settings: Settings,
         id: &str,
+        metrics: WebhookMetrics,
     ) -> WebhookSource {
         WebhookSource {
             listener,
             tls: tls.map(TlsAcceptor::from),
             settings,
             id: id.to_owned(),
+            metrics,
         }
     }
 }
@@ -107,6 +111,8 @@ struct State {
     id: String,
     out: Output,
     telemetry: Arc<dyn Telemetry>,
+    /// The source's own series.
+    metrics: WebhookMetrics,
     /// Permits are KiB of request body held in memory.
     budget: Arc<Semaphore>,
     /// Warnings about items that are not events, at a bounded rate per reason.
@@ -123,6 +129,7 @@ impl Source for WebhookSource {
             tls,
             settings,
             id,
+            metrics,
         } = *self;
         let address = listener.local_addr().map_err(|source| ComponentError::Io {
             context: "reading the webhook listener's address".into(),
@@ -150,6 +157,7 @@ impl Source for WebhookSource {
             id: id.clone(),
             out: cx.out.clone(),
             telemetry: Arc::clone(&cx.telemetry),
+            metrics,
             dead_letter: cx.dead_letter.clone(),
         });
         drop(cx.out);
@@ -162,9 +170,8 @@ impl Source for WebhookSource {
             max_connections = state.settings.max_connections,
             "webhook source listening"
         );
-        let open = auditflow_metrics::webhook_connections().with_label_values(&[id.as_str()]);
-        let refused = auditflow_metrics::webhook_connections_refused_total()
-            .with_label_values(&[id.as_str()]);
+        let open = state.metrics.connections.clone();
+        let refused = state.metrics.connections_refused.clone();
         let mut refused_since_log = 0u64;
         let mut last_refusal_log: Option<Instant> = None;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -258,9 +265,7 @@ async fn accept(
             serve(stream, Some(h2), bytes_read, peer, state, stop).await;
         }
         Ok(Err(error)) => {
-            auditflow_metrics::webhook_tls_failures_total()
-                .with_label_values(&[state.id.as_str()])
-                .inc();
+            state.metrics.tls_failures.inc();
             let reason = match auditflow_tls::explain::rustls_error(&error) {
                 Some(error) => auditflow_tls::explain::explain(
                     error,
@@ -425,11 +430,9 @@ impl State {
             ),
         };
         let code = reply.status.as_str().to_owned();
-        auditflow_metrics::webhook_requests_total()
-            .with_label_values(&[self.id.as_str(), code.as_str()])
-            .inc();
-        auditflow_metrics::webhook_request_duration_seconds()
-            .with_label_values(&[self.id.as_str()])
+        self.metrics.answered(code.as_str());
+        self.metrics
+            .request_duration
             .observe(started.elapsed().as_secs_f64());
         if reply.status.is_client_error() {
             let error = reply
@@ -459,9 +462,7 @@ impl State {
     }
 
     fn timed_out(&self, phase: &str) {
-        auditflow_metrics::webhook_timeouts_total()
-            .with_label_values(&[self.id.as_str(), phase])
-            .inc();
+        self.metrics.timed_out(phase);
     }
 
     /// The checks, cheapest first, then the body. `Err` is an early answer.
@@ -636,9 +637,7 @@ impl State {
         if checks == 0 {
             return 0;
         }
-        auditflow_metrics::webhook_checks_total()
-            .with_label_values(&[self.id.as_str()])
-            .inc_by(checks as u64);
+        self.metrics.checks.inc_by(checks as u64);
         tracing::info!(component_id = %self.id, checks, passed_on = self.settings.pass_check_events, "received a test event from auditflow webhook-check");
         if !self.settings.pass_check_events {
             events.retain(|event| !is_check(event));

@@ -112,11 +112,7 @@ fn a_timeout_past_one_hour_is_a_validate_error() {
 }
 
 fn build_cx() -> BuildContext {
-    BuildContext {
-        id: "webhook".into(),
-        data_dir: std::env::temp_dir(),
-        telemetry: Arc::new(NoTelemetry),
-    }
+    BuildContext::unobserved("webhook", std::env::temp_dir())
 }
 
 #[test]

@@ -60,8 +60,8 @@ use auditflow_core::records::RecordDecoder;
 use auditflow_core::{
     Batch, BatchNotifier, BatchStatus, ComponentError, Finalizers, Source, SourceContext, Telemetry,
 };
+use auditflow_metrics::FileMetrics;
 use globset::GlobSet;
-use prometheus::{IntCounter, IntGauge};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -190,13 +190,6 @@ impl Timers {
     }
 }
 
-struct FileMetrics {
-    lag_bytes: IntGauge,
-    open_files: IntGauge,
-    rotations: IntCounter,
-    lost_bytes: IntCounter,
-}
-
 /// The `file` source.
 pub struct Tailer {
     id: String,
@@ -229,11 +222,15 @@ pub struct Tailer {
 
 impl Tailer {
     /// Opens the checkpoint store in `data_dir` and loads what it holds.
-    pub fn new(id: &str, data_dir: &Path, settings: Settings) -> Result<Tailer, String> {
+    pub fn new(
+        id: &str,
+        data_dir: &Path,
+        settings: Settings,
+        metrics: FileMetrics,
+    ) -> Result<Tailer, String> {
         let store = CheckpointStore::open(data_dir)
             .map_err(|error| format!("{}: {error}", data_dir.display()))?;
         let records = store.load()?;
-        let labels = [id];
         let records_decoder = RecordDecoder::new(id).with_envelope(settings.envelope.clone());
         let mut tailer = Tailer {
             id: id.to_owned(),
@@ -256,13 +253,7 @@ impl Tailer {
                 next_scan: Instant::now(),
                 next_checkpoint: Instant::now(),
             },
-            metrics: FileMetrics {
-                lag_bytes: auditflow_metrics::file_checkpoint_lag_bytes()
-                    .with_label_values(&labels),
-                open_files: auditflow_metrics::file_open_files().with_label_values(&labels),
-                rotations: auditflow_metrics::file_rotations_total().with_label_values(&labels),
-                lost_bytes: auditflow_metrics::file_lost_bytes_total().with_label_values(&labels),
-            },
+            metrics,
         };
         for record in records.unwrap_or_default() {
             let Some(fingerprint) = Fingerprint::parse(&record.fingerprint) else {
