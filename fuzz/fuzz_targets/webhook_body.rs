@@ -1,4 +1,4 @@
-//! The webhook source's body decoder (`auditflow_webhook::server::decode_body`): every
+//! The webhook source's body decoder (`auditflow_webhook::decode_body`): every
 //! `Content-Type` and `Content-Encoding` it is sent, gzip inflation under
 //! `max_body_bytes`, and the split of EventLists, events, arrays and NDJSON into events.
 //!
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         body
     };
 
-    match auditflow_webhook::server::decode_body(&headers, sent, max_body_bytes) {
+    match auditflow_webhook::decode_body(&headers, sent, max_body_bytes) {
         Ok(decoded) => {
             assert!(!decoded.events.is_empty() || decoded.malformed.is_empty());
             for event in &decoded.events {

@@ -19,10 +19,12 @@ use tokio::net::TcpListener;
 pub struct Readiness(AtomicBool);
 
 impl Readiness {
+    /// Sets what `/ready` answers from now on: 200 when `ready`, else 503.
     pub fn set_ready(&self, ready: bool) {
         self.0.store(ready, Ordering::Release);
     }
 
+    /// Whether `/ready` answers 200.
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }

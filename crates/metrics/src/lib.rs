@@ -24,6 +24,8 @@
 //! `BuildContext` can carry a handle (the core implements its `Telemetry` for
 //! [`ComponentMetrics`]).
 
+#![warn(missing_docs)]
+
 pub mod endpoint;
 pub mod names;
 
@@ -249,6 +251,8 @@ impl Metrics {
         &GLOBAL
     }
 
+    /// The registry every family of this set is registered in (what `/metrics` renders
+    /// for [`Metrics::global`]).
     pub fn registry(&self) -> &Registry {
         &self.families.registry
     }
@@ -357,16 +361,19 @@ impl ComponentMetrics {
 
     // The engine's series (the core's `Telemetry` calls these, once per batch).
 
+    /// Adds `events` (and their `bytes`, as JSON) taken in.
     pub fn received(&self, events: usize, bytes: usize) {
         self.received_events.inc_by(events as u64);
         self.received_bytes.inc_by(bytes as u64);
     }
 
+    /// Adds `events` (and their `bytes`) passed on or delivered.
     pub fn sent(&self, events: usize, bytes: usize) {
         self.sent_events.inc_by(events as u64);
         self.sent_bytes.inc_by(bytes as u64);
     }
 
+    /// Adds `events` dropped for `reason` (a bounded word: `sampled`, `malformed`, ...).
     pub fn discarded(&self, reason: &str, events: usize) {
         self.families()
             .discarded
@@ -374,6 +381,7 @@ impl ComponentMetrics {
             .inc_by(events as u64);
     }
 
+    /// Adds `count` errors of `error_type` (a bounded word: `io`, `rejected`, ...).
     pub fn errored(&self, error_type: &str, count: usize) {
         self.families()
             .errors
@@ -381,10 +389,12 @@ impl ComponentMetrics {
             .inc_by(count as u64);
     }
 
+    /// Moves the gauge of events waiting in front of the component by `delta_events`.
     pub fn buffer_changed(&self, delta_events: i64) {
         self.buffer_events.add(delta_events);
     }
 
+    /// Adds `events` sent on the component's `<id>.dead_letter` output.
     pub fn dead_lettered(&self, events: usize) {
         self.dead_letters.inc_by(events as u64);
     }

@@ -24,7 +24,7 @@ const FORMAT_VERSION: u32 = 1;
 
 /// One file's acknowledged position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// How the file is recognised (`checksum:<hex>` or `device_inode:<dev>:<ino>`).
     pub fingerprint: String,
     /// Where the file was last seen (informational: files are found by fingerprint).
@@ -48,7 +48,7 @@ struct CheckpointFile {
 
 /// The checkpoint files of one `file` source.
 #[derive(Debug)]
-pub struct CheckpointStore {
+pub(crate) struct CheckpointStore {
     dir: PathBuf,
     current: PathBuf,
     previous: PathBuf,
@@ -57,7 +57,7 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     /// The store in `dir` (created if missing).
-    pub fn open(dir: &Path) -> io::Result<CheckpointStore> {
+    pub(crate) fn open(dir: &Path) -> io::Result<CheckpointStore> {
         fs::create_dir_all(dir)?;
         Ok(CheckpointStore {
             dir: dir.to_owned(),
@@ -68,12 +68,12 @@ impl CheckpointStore {
     }
 
     /// The path of the current checkpoint file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.current
     }
 
     /// The stored records; `Ok(None)` if the source never wrote any (a first start).
-    pub fn load(&self) -> Result<Option<Vec<Record>>, String> {
+    pub(crate) fn load(&self) -> Result<Option<Vec<Record>>, String> {
         let current = read(&self.current);
         let previous = || read(&self.previous);
         match current {
@@ -111,7 +111,7 @@ impl CheckpointStore {
     }
 
     /// Replaces the stored records, atomically (see the module docs).
-    pub fn write(&self, records: &[Record]) -> io::Result<()> {
+    pub(crate) fn write(&self, records: &[Record]) -> io::Result<()> {
         let state = CheckpointFile {
             version: FORMAT_VERSION,
             files: records.to_vec(),

@@ -19,11 +19,11 @@ use sha2::{Digest, Sha256};
 use crate::FingerprintMode;
 
 /// Bytes hashed at most by the `checksum` fingerprint.
-pub const CHECKSUM_BYTES: usize = 256;
+pub(crate) const CHECKSUM_BYTES: usize = 256;
 
 /// A file's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Fingerprint {
+pub(crate) enum Fingerprint {
     Checksum([u8; 16]),
     DeviceInode { dev: u64, ino: u64 },
 }
@@ -42,7 +42,7 @@ impl fmt::Display for Fingerprint {
 
 impl Fingerprint {
     /// Parses what [`Display`](fmt::Display) wrote (a checkpoint record).
-    pub fn parse(text: &str) -> Option<Fingerprint> {
+    pub(crate) fn parse(text: &str) -> Option<Fingerprint> {
         if let Some(hex) = text.strip_prefix("checksum:") {
             if hex.len() != 32 {
                 return None;
@@ -62,7 +62,7 @@ impl Fingerprint {
     }
 
     /// The checksum of a file's first bytes, `None` if there are too few yet.
-    pub fn of_start(start: &[u8]) -> Option<Fingerprint> {
+    pub(crate) fn of_start(start: &[u8]) -> Option<Fingerprint> {
         let end = match memchr_newline(start) {
             Some(newline) => newline + 1,
             None if start.len() >= CHECKSUM_BYTES => CHECKSUM_BYTES,
@@ -75,7 +75,7 @@ impl Fingerprint {
     }
 
     /// The fingerprint of an open plain file, `None` if it is too short yet.
-    pub fn of_file(mode: FingerprintMode, file: &File) -> io::Result<Option<Fingerprint>> {
+    pub(crate) fn of_file(mode: FingerprintMode, file: &File) -> io::Result<Option<Fingerprint>> {
         match mode {
             FingerprintMode::DeviceInode => {
                 let meta = file.metadata()?;
@@ -99,7 +99,7 @@ impl Fingerprint {
     }
 
     /// The fingerprint of a gzip file, from its decompressed start.
-    pub fn of_gzip(mode: FingerprintMode, file: &File) -> io::Result<Option<Fingerprint>> {
+    pub(crate) fn of_gzip(mode: FingerprintMode, file: &File) -> io::Result<Option<Fingerprint>> {
         if mode == FingerprintMode::DeviceInode {
             return Fingerprint::of_file(mode, file);
         }

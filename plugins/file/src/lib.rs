@@ -18,10 +18,10 @@
 //! Files are found by polling (a directory listing every `glob_interval_ms`, `fstat` of
 //! open files when idle), so the source needs no inotify and works on any file system.
 
-pub mod checkpoint;
-pub mod fingerprint;
-pub mod sink;
-pub mod tailer;
+mod checkpoint;
+mod fingerprint;
+mod sink;
+mod tailer;
 
 pub use sink::FileSinkConfig;
 

@@ -102,7 +102,7 @@ impl SinkConfig for FileSinkConfig {
 
 /// A path with `%` fields filled from the current UTC time, parsed once at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathTemplate(Vec<Piece>);
+pub(crate) struct PathTemplate(Vec<Piece>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -116,7 +116,7 @@ enum Piece {
 }
 
 impl PathTemplate {
-    pub fn parse(template: &str) -> Result<PathTemplate, BuildError> {
+    pub(crate) fn parse(template: &str) -> Result<PathTemplate, BuildError> {
         if template.is_empty() {
             return Err(BuildError::field("path", "give the file to write"));
         }
@@ -165,7 +165,7 @@ impl PathTemplate {
     }
 
     /// The path at `time` (UTC).
-    pub fn render(&self, time: time::OffsetDateTime) -> PathBuf {
+    pub(crate) fn render(&self, time: time::OffsetDateTime) -> PathBuf {
         use std::fmt::Write as _;
         let mut out = String::new();
         for piece in &self.0 {

@@ -91,7 +91,7 @@ impl Compression {
 }
 
 /// Encodes and compresses one request body; returns (body, bytes before compression).
-pub fn body(
+pub(crate) fn body(
     events: &[Event],
     encoding: Encoding,
     compression: Compression,

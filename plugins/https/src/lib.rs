@@ -22,9 +22,9 @@
 //! fix or when `retry_max_duration_secs` runs out. Everything else is retried, so an
 //! event is never acknowledged before the server has it.
 
-pub mod encode;
-pub mod sink;
-pub mod tls;
+mod encode;
+mod sink;
+mod tls;
 
 #[cfg(test)]
 mod tests;

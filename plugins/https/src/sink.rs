@@ -37,7 +37,7 @@ const LOGGED_BODY_BYTES: usize = 1024;
 const READ_BODY_BYTES: usize = 64 * 1024;
 
 /// The sink built from [`HttpsConfig`].
-pub struct HttpsSink {
+pub(crate) struct HttpsSink {
     shared: Arc<Shared>,
     batch: BatchOptions,
     concurrency: usize,

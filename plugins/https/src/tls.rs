@@ -19,7 +19,7 @@ use crate::TlsOptions;
 /// The `tls` options with their files read and checked, once: everything the client
 /// configuration is made of except the system's certificate authorities, which belong to
 /// the machine rather than to the pipeline and are loaded by [`ClientTls::into_config`].
-pub struct ClientTls {
+pub(crate) struct ClientTls {
     provider: Arc<CryptoProvider>,
     /// The authorities of `ca_file`; `None` trusts the system's.
     roots: Option<RootCertStore>,
@@ -33,7 +33,7 @@ pub struct ClientTls {
 
 /// Reads the files the options name and checks them, or every problem with them, each
 /// naming its option.
-pub fn compile(options: &TlsOptions) -> Result<ClientTls, Vec<BuildError>> {
+pub(crate) fn compile(options: &TlsOptions) -> Result<ClientTls, Vec<BuildError>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut errors = Vec::new();
     let roots = match &options.ca_file {
@@ -104,7 +104,7 @@ pub fn compile(options: &TlsOptions) -> Result<ClientTls, Vec<BuildError>> {
 impl ClientTls {
     /// The client configuration (ALPN is set by the connector). Loads the system's
     /// certificate authorities when no `ca_file` is given, and fails when there are none.
-    pub fn into_config(self) -> Result<ClientConfig, BuildError> {
+    pub(crate) fn into_config(self) -> Result<ClientConfig, BuildError> {
         let builder = ClientConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
             .map_err(|error| BuildError::new(format!("TLS setup failed: {error}")))?;

@@ -18,9 +18,9 @@
 //! When the pipeline is full the source pauses its partitions and keeps polling, so it
 //! stays in the group instead of being evicted for not polling.
 
-pub mod offsets;
-pub mod sink;
-pub mod source;
+mod offsets;
+mod sink;
+mod source;
 
 use std::collections::BTreeMap;
 

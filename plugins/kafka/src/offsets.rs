@@ -17,11 +17,11 @@
 use std::collections::{HashMap, VecDeque};
 
 /// A topic partition.
-pub type Partition = (String, i32);
+pub(crate) type Partition = (String, i32);
 
 /// One batch's messages in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Span {
+pub(crate) struct Span {
     pub topic: String,
     pub partition: i32,
     /// The offset of the batch's first message in the partition (where a rewind seeks).
@@ -32,7 +32,7 @@ pub struct Span {
 
 /// The partitions a batch holds messages of, as registered with the tracker.
 #[derive(Debug, Default)]
-pub struct BatchOffsets {
+pub(crate) struct BatchOffsets {
     seq: u64,
     parts: Vec<(Partition, u64)>,
 }
@@ -68,20 +68,16 @@ struct PartitionState {
 
 /// Offsets of in-flight batches for every partition this consumer reads.
 #[derive(Debug, Default)]
-pub struct OffsetTracker {
+pub(crate) struct OffsetTracker {
     partitions: HashMap<Partition, PartitionState>,
     next_seq: u64,
     next_generation: u64,
 }
 
 impl OffsetTracker {
-    pub fn new() -> OffsetTracker {
-        OffsetTracker::default()
-    }
-
     /// Records a batch about to be sent. `spans` has one entry per partition the batch
     /// (including messages skipped as malformed) covers.
-    pub fn register(&mut self, spans: &[Span]) -> BatchOffsets {
+    pub(crate) fn register(&mut self, spans: &[Span]) -> BatchOffsets {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut parts = Vec::with_capacity(spans.len());
@@ -113,19 +109,20 @@ impl OffsetTracker {
 
     /// Marks a batch delivered; the partitions' committable offsets advance over every
     /// delivered batch at the front of their queues.
-    pub fn delivered(&mut self, batch: &BatchOffsets) {
+    pub(crate) fn delivered(&mut self, batch: &BatchOffsets) {
         self.resolve(batch, Ack::Delivered);
     }
 
     /// Marks a batch lost without delivery: the commit stops before it, and its partitions
     /// (those still read under the generation it was read in) ask for a rewind. Returns
     /// whether any did.
-    pub fn errored(&mut self, batch: &BatchOffsets) -> bool {
+    pub(crate) fn errored(&mut self, batch: &BatchOffsets) -> bool {
         self.resolve(batch, Ack::Errored)
     }
 
-    /// Whether some partition waits for a rewind.
-    pub fn rewind_requested(&self) -> bool {
+    /// Whether some partition waits for a rewind (the source reads it per partition).
+    #[cfg(test)]
+    fn rewind_requested(&self) -> bool {
         self.partitions.values().any(|state| state.rewind_requested)
     }
 
@@ -137,7 +134,7 @@ impl OffsetTracker {
     ///
     /// Every batch read so far must be registered first, or a batch registered later would
     /// cover offsets past the seek offset under the new generation.
-    pub fn rewind(&mut self) -> Vec<(Partition, i64)> {
+    pub(crate) fn rewind(&mut self) -> Vec<(Partition, i64)> {
         let mut seeks = Vec::new();
         for (key, state) in &mut self.partitions {
             if !std::mem::take(&mut state.rewind_requested) {
@@ -158,7 +155,7 @@ impl OffsetTracker {
 
     /// Undoes a rewind whose seek failed: the partition is held at `offset` again (nothing
     /// past it is committed, whatever is delivered meanwhile) and asks for another rewind.
-    pub fn hold(&mut self, key: &Partition, offset: i64) {
+    pub(crate) fn hold(&mut self, key: &Partition, offset: i64) {
         let Some(state) = self.partitions.get_mut(key) else {
             return;
         };
@@ -205,7 +202,7 @@ impl OffsetTracker {
     }
 
     /// Offsets that advanced since the last call, marked as committed.
-    pub fn take_commits(&mut self, only: Option<&[Partition]>) -> Vec<(Partition, i64)> {
+    pub(crate) fn take_commits(&mut self, only: Option<&[Partition]>) -> Vec<(Partition, i64)> {
         let mut commits = Vec::new();
         for (key, state) in &mut self.partitions {
             if only.is_some_and(|only| !only.contains(key)) {
@@ -222,7 +219,7 @@ impl OffsetTracker {
     }
 
     /// How many batches await their acknowledgement in these partitions (all when `None`).
-    pub fn in_flight(&self, only: Option<&[Partition]>) -> usize {
+    pub(crate) fn in_flight(&self, only: Option<&[Partition]>) -> usize {
         self.partitions
             .iter()
             .filter(|(key, _)| only.is_none_or(|only| only.contains(key)))
@@ -237,12 +234,12 @@ impl OffsetTracker {
     }
 
     /// The offset a partition is committed (or committable) at, if known.
-    pub fn position(&self, key: &Partition) -> Option<i64> {
+    pub(crate) fn position(&self, key: &Partition) -> Option<i64> {
         self.partitions.get(key)?.committable
     }
 
     /// Forgets revoked partitions; late acknowledgements for them are ignored.
-    pub fn revoke(&mut self, partitions: &[Partition]) {
+    pub(crate) fn revoke(&mut self, partitions: &[Partition]) {
         for key in partitions {
             self.partitions.remove(key);
         }
@@ -269,7 +266,7 @@ mod tests {
 
     #[test]
     fn commits_only_the_delivered_prefix_of_out_of_order_acknowledgements() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let first = tracker.register(&[span(0, 0..10)]);
         let second = tracker.register(&[span(0, 10..20), span(1, 0..5)]);
         let third = tracker.register(&[span(0, 20..30)]);
@@ -288,7 +285,7 @@ mod tests {
 
     #[test]
     fn an_errored_batch_holds_the_commit_back_until_its_partition_is_rewound() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let errored = tracker.register(&[span(0, 0..10)]);
         let later = tracker.register(&[span(0, 10..20)]);
         tracker.delivered(&later);
@@ -310,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_rewind_seeks_to_the_first_batch_not_delivered_and_ignores_late_acknowledgements() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let delivered = tracker.register(&[span(0, 0..10)]);
         let waiting = tracker.register(&[span(0, 10..20)]);
         let errored = tracker.register(&[span(0, 20..30)]);
@@ -339,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_rewind_touches_only_the_partitions_of_the_errored_batch() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let first = tracker.register(&[span(0, 0..10), span(1, 100..105)]);
         let errored = tracker.register(&[span(0, 10..20), span(1, 105..110)]);
         let other = tracker.register(&[span(2, 50..60)]);
@@ -356,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_failed_seek_holds_the_partition_until_a_rewind_succeeds() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let errored = tracker.register(&[span(0, 0..10)]);
         tracker.errored(&errored);
         assert_eq!(tracker.rewind(), vec![(key(0), 0)]);
@@ -374,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_partition_revoked_before_its_rewind_is_not_sought() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let errored = tracker.register(&[span(0, 0..10)]);
         tracker.errored(&errored);
         tracker.revoke(&[key(0)]);
@@ -384,7 +381,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_from_a_revoked_assignment_are_ignored() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let old = tracker.register(&[span(0, 0..10)]);
         tracker.revoke(&[key(0)]);
         let new = tracker.register(&[span(0, 40..50)]);
@@ -396,7 +393,7 @@ mod tests {
 
     #[test]
     fn commits_can_be_limited_to_revoked_partitions() {
-        let mut tracker = OffsetTracker::new();
+        let mut tracker = OffsetTracker::default();
         let batch = tracker.register(&[span(0, 0..10), span(1, 0..7)]);
         tracker.delivered(&batch);
         assert_eq!(tracker.take_commits(Some(&[key(1)])), vec![(key(1), 7)]);

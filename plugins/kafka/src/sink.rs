@@ -148,7 +148,7 @@ impl SinkConfig for KafkaSinkConfig {
 }
 
 /// A running producer.
-pub struct KafkaSink {
+pub(crate) struct KafkaSink {
     config: ClientConfig,
     topic: String,
     key_field: String,

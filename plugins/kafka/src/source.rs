@@ -253,7 +253,7 @@ impl SourceConfig for KafkaSourceConfig {
 }
 
 /// A running consumer group member.
-pub struct KafkaSource {
+pub(crate) struct KafkaSource {
     config: ClientConfig,
     topics: Vec<String>,
     decoding: Decoding,

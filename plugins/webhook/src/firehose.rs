@@ -32,9 +32,9 @@ use crate::server::Reply;
 use crate::TokenDigest;
 
 /// The header that carries the request's id, echoed in the answer.
-pub const REQUEST_ID_HEADER: &str = "x-amz-firehose-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-amz-firehose-request-id";
 /// The header that carries the access key configured on the Firehose stream.
-pub const ACCESS_KEY_HEADER: &str = "x-amz-firehose-access-key";
+pub(crate) const ACCESS_KEY_HEADER: &str = "x-amz-firehose-access-key";
 
 /// What a request speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -51,7 +51,7 @@ pub enum Protocol {
 
 /// How request bodies become events: the protocol's framing around the `decoding`.
 #[derive(Debug, Clone)]
-pub struct BodyDecoding {
+pub(crate) struct BodyDecoding {
     pub protocol: Protocol,
     pub envelope: Envelope,
     /// A record inflates to at most this many bytes (`max_body_bytes`).
@@ -60,7 +60,7 @@ pub struct BodyDecoding {
 
 impl BodyDecoding {
     /// The body's events and refused items.
-    pub fn decode(&self, body: &Bytes, shape: Shape) -> Result<Decoded, Refused> {
+    pub(crate) fn decode(&self, body: &Bytes, shape: Shape) -> Result<Decoded, Refused> {
         match self.protocol {
             Protocol::KubeApiserver => envelope::decode(body, shape, &self.envelope),
             Protocol::Firehose => self.firehose(body),

@@ -27,8 +27,10 @@
 //! bounded by: a byte budget (4 × `max_body_bytes`) shared by every request in flight.
 
 mod connection;
-pub mod firehose;
-pub mod server;
+mod firehose;
+mod server;
+
+pub use server::decode_body;
 mod tls;
 
 use std::fmt;

@@ -40,9 +40,9 @@ use crate::firehose::{self, BodyDecoding, Protocol};
 use crate::{TokenDigest, CHECK_ANNOTATION};
 
 /// What a 503 asks the client to wait, in seconds.
-pub const RETRY_AFTER_SECS: u64 = 5;
+pub(crate) const RETRY_AFTER_SECS: u64 = 5;
 /// Request bodies in flight may hold this many times `max_body_bytes` together.
-pub const BODY_BUDGET_FACTOR: usize = 4;
+pub(crate) const BODY_BUDGET_FACTOR: usize = 4;
 /// Bodies larger than this are decoded on a blocking thread, off the async workers.
 const INLINE_DECODE_BYTES: usize = 1024 * 1024;
 /// A connection that ends after a timeout gets this long to close gracefully (HTTP/2
@@ -57,7 +57,7 @@ const EAGER_BODY_BYTES: usize = 64 * 1024;
 const PERMIT_BYTES: usize = 1024;
 
 /// The request handler's options, resolved at build time.
-pub struct Settings {
+pub(crate) struct Settings {
     pub path: String,
     /// Digests of the accepted bearer tokens; `None` asks for no token.
     pub(crate) tokens: Option<Vec<TokenDigest>>,
@@ -79,7 +79,7 @@ pub struct Settings {
 }
 
 /// The built source: a bound listener waiting to be served.
-pub struct WebhookSource {
+pub(crate) struct WebhookSource {
     listener: Listener,
     tls: Option<TlsAcceptor>,
     settings: Settings,

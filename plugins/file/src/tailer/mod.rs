@@ -74,17 +74,17 @@ use reading::{is_gzip, Reader};
 
 /// Batches sent and not yet acknowledged, over all files. Reading pauses at this many:
 /// it bounds both memory held downstream and what a crash replays.
-pub const MAX_BATCHES_IN_FLIGHT: usize = 16;
+pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 16;
 /// How often open files are checked for new data when there was none.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Checkpoints are written at most this often (and at shutdown).
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for batches in flight to be acknowledged.
 const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// The options, compiled.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub include_patterns: Vec<String>,
     pub include: GlobSet,
     pub exclude: GlobSet,
@@ -191,7 +191,7 @@ impl Timers {
 }
 
 /// The `file` source.
-pub struct Tailer {
+pub(crate) struct Tailer {
     id: String,
     settings: Settings,
     store: CheckpointStore,
@@ -222,7 +222,7 @@ pub struct Tailer {
 
 impl Tailer {
     /// Opens the checkpoint store in `data_dir` and loads what it holds.
-    pub fn new(
+    pub(crate) fn new(
         id: &str,
         data_dir: &Path,
         settings: Settings,
