@@ -770,13 +770,10 @@ fn a_client_key_that_is_not_the_certificates_is_a_validate_error() {
     assert!(found[0].1.starts_with(&expected), "{found:?}");
 }
 
-/// `build` ran `validate`, which read the TLS files, and then read them again to make the
-/// client configuration. Here the CA file is a named pipe that gives its bytes to one
-/// reader: a second open waits for a writer that never comes.
-#[test]
-fn build_reads_the_tls_files_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
+/// A CA file that is a named pipe giving its bytes to one reader only: a second open
+/// waits for a writer that never comes.
+fn ca_file_for_one_reader(dir: &std::path::Path) -> std::path::PathBuf {
+    let ca = dir.join("ca.pem");
     let made = std::process::Command::new("mkfifo").arg(&ca).status();
     assert!(made.expect("mkfifo runs").success());
     let pem = Pki::new("collector").ca_pem;
@@ -788,58 +785,55 @@ fn build_reads_the_tls_files_once() {
             .unwrap();
         pipe.write_all(pem.as_bytes()).unwrap();
     });
-    let (built, done) = std::sync::mpsc::channel();
+    ca
+}
+
+/// Runs `work` on its own thread; fails the test with `stuck` when it takes over 30 s.
+fn within_30_s(stuck: &str, work: impl FnOnce() + Send + 'static) {
+    let (finished, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let options = json!({ "uri": "https://collector/ingest", "tls": { "ca_file": ca } });
-        build("read_once", options, Arc::new(auditflow_core::NoTelemetry));
-        built.send(()).unwrap();
+        work();
+        finished.send(()).unwrap();
     });
     match done.recv_timeout(Duration::from_secs(30)) {
         Ok(()) => {}
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("build is still waiting to open the CA file a second time")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the sink did not build"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{stuck}"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("it panicked"),
     }
 }
 
+/// `build` ran `validate`, which read the TLS files, and then read them again to make the
+/// client configuration.
+#[test]
+fn build_reads_the_tls_files_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file_for_one_reader(dir.path());
+    within_30_s(
+        "build is still waiting to open the CA file a second time",
+        move || {
+            let options = json!({ "uri": "https://collector/ingest", "tls": { "ca_file": ca } });
+            build("read_once", options, Arc::new(auditflow_core::NoTelemetry));
+        },
+    );
+}
+
 /// `auditflow run` validates every component when the pipeline loads and then builds it:
-/// the build takes what `validate` compiled instead of reading the TLS files again. The CA
-/// file is a named pipe that gives its bytes to one reader only.
+/// the build takes what `validate` compiled instead of reading the TLS files again.
 #[test]
 fn validate_then_build_reads_the_tls_files_once() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    let made = std::process::Command::new("mkfifo").arg(&ca).status();
-    assert!(made.expect("mkfifo runs").success());
-    let pem = Pki::new("collector").ca_pem;
-    let writer_side = ca.clone();
-    std::thread::spawn(move || {
-        let mut pipe = std::fs::OpenOptions::new()
-            .write(true)
-            .open(writer_side)
-            .unwrap();
-        pipe.write_all(pem.as_bytes()).unwrap();
-    });
-    let (built, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let options = json!({ "uri": "https://collector/ingest", "tls": { "ca_file": ca } });
-        let config = config(options);
-        let problems = config.validate();
-        assert!(problems.is_empty(), "{problems:?}");
-        let cx = BuildContext::unobserved("validated_once", "/nonexistent");
-        let sink = config.build(cx);
-        built.send(sink.is_ok()).unwrap();
-    });
-    match done.recv_timeout(Duration::from_secs(30)) {
-        Ok(built) => assert!(built, "the validated sink did not build"),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("build is waiting to open the CA file that validate already read")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            panic!("validate or build panicked")
-        }
-    }
+    let ca = ca_file_for_one_reader(dir.path());
+    within_30_s(
+        "build is waiting to open the CA file that validate already read",
+        move || {
+            let options = json!({ "uri": "https://collector/ingest", "tls": { "ca_file": ca } });
+            let config = config(options);
+            let problems = config.validate();
+            assert!(problems.is_empty(), "{problems:?}");
+            let cx = BuildContext::unobserved("validated_once", "/nonexistent");
+            assert!(config.build(cx).is_ok(), "the validated sink did not build");
+        },
+    );
 }
 
 #[test]
