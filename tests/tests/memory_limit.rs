@@ -7,10 +7,10 @@
 //!   into the cgroup's OOM killer: the events in flight (the file source's batches, the
 //!   sink's request bodies and their retries) are more than 64 MiB. This shows the load is
 //!   one the limit has to stop.
-//! - With the default (90% of the cgroup's limit, read from the cgroup), the sources pause:
-//!   `auditflow_memory_limited` goes to 1, the cgroup sees no OOM kill, its peak stays
-//!   within 64 MiB, the process stays alive, and once the collector answers `200` again
-//!   every event written arrives.
+//! - With the default (90% of the cgroup's limit, read from the cgroup), the sources pause
+//!   twice the largest line below it: `auditflow_memory_limited` goes to 1, the cgroup sees
+//!   no OOM kill, the process's anonymous memory stays under the limit and the process
+//!   alive, and once the collector answers `200` again every event written arrives.
 //!
 //! The test makes a child cgroup of its own (cgroup v2, or v1's memory controller where
 //! that is what the machine has) and starts auditflow in it through `sh -c 'echo $$ >
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auditflow_core::memory::DEFAULT_CGROUP_PERCENT;
+use auditflow_core::memory::{DEFAULT_CGROUP_PERCENT, MAX_RESERVE_PERCENT};
 use auditflow_e2e::audit_lines::{audit_id, audit_line};
 use auditflow_e2e::tls::{Pki, Reply, ServerOptions, TestServer};
 use auditflow_e2e::{
@@ -35,11 +35,8 @@ use auditflow_e2e::{
 };
 
 const CGROUP_LIMIT_BYTES: u64 = 64 << 20;
-/// `memory_limit_mb` under load: room below the cgroup's limit for what one step of the
-/// pipeline adds before the next sample sees it (a 4 MiB event read, framed, and encoded
-/// into a request body), which the default (90%, 6.4 MiB of room) does not leave for
-/// events this large.
-const LIMIT_MB: u64 = 40;
+/// The sidecar's `max_line_bytes`: room for one event of [`EVENT_BYTES`].
+const MAX_LINE_BYTES: u64 = 8 << 20;
 /// What the writer appends per second, as kube-apiserver's log backend under a burst of
 /// large requests.
 const RATE_BYTES_PER_SECOND: usize = 100_000_000;
@@ -369,7 +366,7 @@ sources:
   audit_log:
     type: file
     include: [{log}]
-    max_line_bytes: 8388608
+    max_line_bytes: {max_line}
 sinks:
   collector:
     type: https
@@ -385,6 +382,7 @@ sinks:
             log = log.display(),
             uri = server.url("/ingest"),
             ca = ca.display(),
+            max_line = MAX_LINE_BYTES,
         ),
     )
 }
@@ -414,38 +412,6 @@ fn a_sidecar_under_a_64_mib_cgroup_pauses_its_sources_and_delivers_every_event()
             return;
         }
     };
-
-    // 0. Without `memory_limit_mb`, the limit is 90% of the cgroup's, and the log says so.
-    {
-        let workspace = Workspace::new();
-        let pki = Pki::new("collector");
-        let files = pki.write_to(workspace.path());
-        let server = collector(&pki, &Arc::new(AtomicBool::new(true)));
-        let pipeline = sidecar_pipeline(&workspace, &server, &files.ca, "");
-        let stderr = workspace.path().join("auditflow.stderr");
-        let mut child = unlimited.spawn(&pipeline, &stderr);
-        let address = metrics_address(&stderr);
-        wait_ready(&address, Duration::from_secs(60));
-        let text = metrics_text(&address);
-        let expected_limit = CGROUP_LIMIT_BYTES / 100 * DEFAULT_CGROUP_PERCENT;
-        assert_eq!(
-            metric(&text, "auditflow_memory_limit_bytes", &[]),
-            Some(expected_limit as f64),
-            "the default limit is {DEFAULT_CGROUP_PERCENT}% of the cgroup's memory limit"
-        );
-        assert_eq!(metric(&text, "auditflow_memory_limited", &[]), Some(0.0));
-        assert_eq!(
-            metric(&text, "auditflow_memory_limited_total", &[]),
-            Some(0.0)
-        );
-        let log = fs::read_to_string(&stderr).unwrap_or_default();
-        assert!(
-            log.contains("memory limit: 90% of the cgroup's") && log.contains("cgroup_limit_mb=64"),
-            "the limit in force is logged at start:\n{log}"
-        );
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 
     // 1. Without the limit, the load is more than the cgroup holds.
     {
@@ -493,30 +459,44 @@ fn a_sidecar_under_a_64_mib_cgroup_pauses_its_sources_and_delivers_every_event()
     }
     drop(unlimited);
 
-    // 2. With `memory_limit_mb` (40 of the cgroup's 64 MiB), it pauses and delivers
-    // everything.
+    // 2. With the default limit (no `memory_limit_mb`: 90% of the cgroup's), it pauses and
+    // delivers everything.
     let cgroup = Cgroup::create("auditflow-memory-limit").expect("a second cgroup, as the first");
     let workspace = Workspace::new();
     let pki = Pki::new("collector");
     let files = pki.write_to(workspace.path());
     let up = Arc::new(AtomicBool::new(false));
     let server = collector(&pki, &up);
-    let pipeline = sidecar_pipeline(
-        &workspace,
-        &server,
-        &files.ca,
-        &format!("memory_limit_mb: {LIMIT_MB}"),
-    );
+    let pipeline = sidecar_pipeline(&workspace, &server, &files.ca, "");
     let stderr = workspace.path().join("auditflow.stderr");
     let mut child = cgroup.spawn(&pipeline, &stderr);
     let address = metrics_address(&stderr);
     wait_ready(&address, Duration::from_secs(60));
     let text = metrics_text(&address);
+    let limit_bytes = CGROUP_LIMIT_BYTES / 100 * DEFAULT_CGROUP_PERCENT;
     assert_eq!(
         metric(&text, "auditflow_memory_limit_bytes", &[]),
-        Some((LIMIT_MB << 20) as f64)
+        Some(limit_bytes as f64),
+        "the default limit is {DEFAULT_CGROUP_PERCENT}% of the cgroup's memory limit"
     );
     assert_eq!(metric(&text, "auditflow_memory_limited", &[]), Some(0.0));
+    assert_eq!(
+        metric(&text, "auditflow_memory_limited_total", &[]),
+        Some(0.0)
+    );
+    // Twice the 8 MiB line is more than a quarter of the limit: a quarter is kept free.
+    let pause_bytes = limit_bytes - limit_bytes / 100 * MAX_RESERVE_PERCENT;
+    let log = fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(
+        log.contains("memory limit: 90% of the cgroup's")
+            && log.contains("cgroup_limit_mb=64")
+            && log.contains(&format!(
+                "sources pause at {} MiB, {} MiB below the limit: room for twice the largest record a source reads (audit_log.max_line_bytes)",
+                pause_bytes >> 20,
+                (limit_bytes - pause_bytes) >> 20
+            )),
+        "the limit in force and where sources pause are logged at start:\n{log}"
+    );
 
     let stop = AtomicBool::new(false);
     let audit_log = workspace.path().join("audit.log");
@@ -577,9 +557,11 @@ fn a_sidecar_under_a_64_mib_cgroup_pauses_its_sources_and_delivers_every_event()
         "auditflow is alive"
     );
     assert_eq!(cgroup.oom_kills(), 0, "no OOM kill in the cgroup");
-    if let Some(peak) = cgroup.peak_bytes() {
-        assert!(peak <= CGROUP_LIMIT_BYTES, "peak {peak} bytes");
-    }
+    assert!(
+        peak_anon_kib << 10 <= limit_bytes,
+        "the process held {peak_anon_kib} KiB of anonymous memory, over its limit of {} KiB",
+        limit_bytes >> 10
+    );
     eprintln!(
         "{} events of {EVENT_BYTES} bytes delivered; limited {times_limited} times; RssAnon at most {peak_anon_kib} KiB while writing; cgroup peak {:?} bytes",
         written.len(),

@@ -1128,6 +1128,8 @@ async fn a_source_whose_new_port_is_taken_keeps_its_old_options_until_a_later_re
     let metrics = auditflow.metrics_address(DEADLINE);
     wait_ready(&metrics, DEADLINE);
     let old = auditflow.webhook_address("api", DEADLINE);
+    let hash_before = config_hashes(&metrics);
+    assert_eq!(hash_before.len(), 1, "one auditflow_config_hash series");
     post_events(old, 0..10).await;
 
     // Another process listens on the new address.
@@ -1158,6 +1160,11 @@ async fn a_source_whose_new_port_is_taken_keeps_its_old_options_until_a_later_re
     let text = scrape(&metrics);
     assert_eq!(metric(&text, RELOADS, &[("result", "ok")]), Some(1.0));
     assert_eq!(metric(&text, RELOADS, &[("result", "failed")]), Some(1.0));
+    assert_eq!(
+        config_hashes(&metrics),
+        hash_before,
+        "the hash is that of what runs: the files changed nothing but the source that fell back"
+    );
 
     // The port is free: the same files, reloaded again, move the source there.
     drop(taken);
@@ -1173,6 +1180,12 @@ async fn a_source_whose_new_port_is_taken_keeps_its_old_options_until_a_later_re
     post_events(new, 20..30).await;
     let text = scrape(&metrics);
     assert_eq!(metric(&text, RELOADS, &[("result", "failed")]), Some(1.0));
+    let hash_after = config_hashes(&metrics);
+    assert_eq!(hash_after.len(), 1, "one auditflow_config_hash series");
+    assert_ne!(
+        hash_after, hash_before,
+        "the new options run: the files' hash"
+    );
     assert!(
         tokio::net::TcpStream::connect(old).await.is_err(),
         "the old socket closed"

@@ -92,7 +92,7 @@ pub(crate) fn run(
             Ok(builder) => builder,
             Err(errors) => return start_failure(&errors),
         };
-        start_memory_monitor(pipeline.memory_limit_mb);
+        start_memory_monitor(&pipeline);
         let taps = builder.taps();
         let mut running = builder.start();
         running.set_pipeline(Arc::clone(&pipeline));
@@ -106,7 +106,7 @@ pub(crate) fn run(
         let reloads = Reloads::new(files, registry, &pipeline);
         tracing::info!(
             components = pipeline.components.len(),
-            config_hash = %reloads.hash,
+            config_hash = %running.publish_config_hash().unwrap_or_default(),
             "pipeline started"
         );
         let watch = match watch.then(|| FileWatch::start(files)).transpose() {
@@ -134,9 +134,10 @@ const BLOCKING_THREADS_GRACE: std::time::Duration = std::time::Duration::from_se
 
 /// Holds the process under `memory_limit_mb` (or 90% of its cgroup's limit): sources pause
 /// while it is over (see `auditflow_core::memory`).
-fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
+fn start_memory_monitor(pipeline: &Pipeline) {
     use auditflow_core::memory;
-    let limit_bytes = match configured_mb {
+    let reserve = set_memory_reserve(pipeline);
+    let limit_bytes = match pipeline.memory_limit_mb {
         Some(mb) => {
             let bytes = mb.get().saturating_mul(1 << 20);
             tracing::info!(
@@ -172,14 +173,30 @@ fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
         .set(i64::try_from(limit_bytes).unwrap_or(i64::MAX));
     Metrics::global().memory_limited().set(0);
     Metrics::global().memory_limited_total();
-    let thresholds = memory::Thresholds::new(limit_bytes);
-    let changed = move |limited: bool, used_bytes: u64| {
+    let thresholds = memory::Thresholds::new(limit_bytes, memory::reserve());
+    match reserve {
+        Some((_, component, field)) => tracing::info!(
+            pause_mb = thresholds.pause_bytes >> 20,
+            resume_mb = thresholds.resume_bytes >> 20,
+            "sources pause at {} MiB, {} MiB below the limit: room for twice the largest \
+             record a source reads ({component}.{field})",
+            thresholds.pause_bytes >> 20,
+            (thresholds.limit_bytes - thresholds.pause_bytes) >> 20,
+        ),
+        None => tracing::info!(
+            pause_mb = thresholds.pause_bytes >> 20,
+            resume_mb = thresholds.resume_bytes >> 20,
+            "sources pause at the limit"
+        ),
+    }
+    let changed = move |limited: bool, used_bytes: u64, thresholds: memory::Thresholds| {
         Metrics::global().memory_limited().set(i64::from(limited));
         if limited {
             Metrics::global().memory_limited_total().inc();
             tracing::warn!(
                 used_mb = used_bytes >> 20,
                 limit_mb = thresholds.limit_bytes >> 20,
+                pause_mb = thresholds.pause_bytes >> 20,
                 "memory is at the limit: sources pause until it falls under {} MiB",
                 thresholds.resume_bytes >> 20
             );
@@ -190,7 +207,28 @@ fn start_memory_monitor(configured_mb: Option<std::num::NonZeroU64>) {
             );
         }
     };
-    tokio::spawn(memory::monitor(thresholds, changed, release_free_memory));
+    tokio::spawn(memory::monitor(limit_bytes, changed, release_free_memory));
+}
+
+/// Sets the memory reserve (see [`auditflow_core::memory::set_reserve`]) to twice the
+/// largest record a source of `pipeline` may read, and returns it with the source and the
+/// option that bound it; `None` when no source bounds its records.
+fn set_memory_reserve(pipeline: &Pipeline) -> Option<(u64, String, &'static str)> {
+    let largest = pipeline
+        .components
+        .iter()
+        .filter_map(|component| match &component.config {
+            auditflow_config::AnyConfig::Source(config) => config
+                .max_record_bytes()
+                .map(|(bytes, option)| (bytes, component.id.clone(), option)),
+            _ => None,
+        })
+        .max_by_key(|(bytes, _, _)| *bytes);
+    let reserve = largest
+        .as_ref()
+        .map_or(0, |(bytes, _, _)| bytes.saturating_mul(2));
+    auditflow_core::memory::set_reserve(reserve);
+    largest.map(|(_, id, option)| (reserve, id, option))
 }
 
 /// Hands the memory glibc's allocator holds free back to the kernel. Freed blocks stay in
@@ -309,14 +347,10 @@ struct Reloads<'a> {
     registry: &'a Registry,
     /// The pipeline running now.
     current: Arc<Pipeline>,
-    /// Its `config_hash`, the label of the `auditflow_config_hash` series.
-    hash: String,
 }
 
 impl<'a> Reloads<'a> {
     fn new(files: &'a [PathBuf], registry: &'a Registry, pipeline: &Arc<Pipeline>) -> Reloads<'a> {
-        let hash = auditflow_topology::config_hash(pipeline);
-        Metrics::global().set_config_hash(&hash);
         // Both results show from start-up, at 0.
         for result in ["ok", "failed"] {
             Metrics::global().reloads_total(result);
@@ -325,7 +359,6 @@ impl<'a> Reloads<'a> {
             files,
             registry,
             current: Arc::clone(pipeline),
-            hash,
         }
     }
 
@@ -336,9 +369,8 @@ impl<'a> Reloads<'a> {
         tracing::info!(reason, "reloading the pipeline files");
         let pipeline = match auditflow_config::load(self.files, self.registry) {
             Ok(pipeline) => Arc::new(pipeline),
-            Err(errors) => return self.failed(&errors, "the pipeline files have"),
+            Err(errors) => return failed(running, &errors, "the pipeline files have"),
         };
-        let new_hash = auditflow_topology::config_hash(&pipeline);
         if let (Some(old), Some(new)) = (&self.current.metrics, &pipeline.metrics) {
             if old.address != new.address {
                 tracing::warn!(
@@ -350,36 +382,37 @@ impl<'a> Reloads<'a> {
         }
         let summary = match running.reload(Arc::clone(&pipeline)) {
             Ok(summary) => summary,
-            Err(errors) => return self.failed(&errors, "building the changed components found"),
+            Err(errors) => {
+                return failed(running, &errors, "building the changed components found")
+            }
         };
+        set_memory_reserve(&pipeline);
         Metrics::global().reloads_total("ok").inc();
-        if new_hash != self.hash {
-            Metrics::global().set_config_hash(&new_hash);
-            self.hash = new_hash;
-        }
+        let hash = running.publish_config_hash().unwrap_or_default();
         self.current = pipeline;
         tracing::info!(
             added = ?summary.added,
             changed = ?summary.changed,
             removed = ?summary.removed,
             unchanged = summary.unchanged.len(),
-            config_hash = %self.hash,
+            config_hash = %hash,
             "pipeline reloaded"
         );
     }
+}
 
-    fn failed(&self, errors: &[ConfigError], what: &str) {
-        for error in errors {
-            eprintln!("{error}");
-        }
-        Metrics::global().reloads_total("failed").inc();
-        tracing::error!(
-            config_hash = %self.hash,
-            "reload failed: {what} {} problem{}; the running pipeline is unchanged",
-            errors.len(),
-            if errors.len() == 1 { "" } else { "s" }
-        );
+/// Prints a failed reload's problems and counts it.
+fn failed(running: &Running, errors: &[ConfigError], what: &str) {
+    for error in errors {
+        eprintln!("{error}");
     }
+    Metrics::global().reloads_total("failed").inc();
+    tracing::error!(
+        config_hash = %running.config_hash().unwrap_or_default(),
+        "reload failed: {what} {} problem{}; the running pipeline is unchanged",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
 }
 
 async fn next_signal(terminate: &mut Signal, interrupt: &mut Signal) {

@@ -422,6 +422,15 @@ pub trait SourceConfig: Validate + fmt::Debug + Send + Sync {
     /// plugin keeps it in a [`CompileOnce`]); fails with the first problem that keeps it
     /// from running (an unreadable file, a bad address).
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError>;
+
+    /// The largest record this source may read in one piece, in bytes, and the option
+    /// that sets it (`max_line_bytes` for a line, `max_body_bytes` for a request); `None`
+    /// when it sets no such bound of its own. Under `memory_limit_mb`, sources pause twice the largest of these below
+    /// the limit, so that a record read between two samples of the memory, and the copy a
+    /// sink encodes from it, still fit under it (see [`crate::memory::set_reserve`]).
+    fn max_record_bytes(&self) -> Option<(u64, &'static str)> {
+        None
+    }
 }
 
 /// A transform's options.

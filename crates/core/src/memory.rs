@@ -20,6 +20,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -40,9 +41,29 @@ pub const RESUME_PERCENT: u64 = 80;
 /// process holds outside its anonymous memory (kernel buffers, page tables, mapped code).
 pub const DEFAULT_CGROUP_PERCENT: u64 = 90;
 
+/// The most of the limit that [`set_reserve`] keeps free (percent): with records larger
+/// than this allows for, sources still run, pausing a quarter below the limit.
+pub const MAX_RESERVE_PERCENT: u64 = 25;
+
+/// Bytes below the limit at which sources pause; see [`set_reserve`].
+static RESERVE: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how far below the limit sources pause, in bytes: room for what one step of the
+/// pipeline adds between two samples. `run` sets it to twice the largest record a source
+/// of the pipeline may read (the record, and the copy a sink encodes from it), at start
+/// and on each reload. [`Thresholds::new`] caps it at [`MAX_RESERVE_PERCENT`] of the limit.
+pub fn set_reserve(bytes: u64) {
+    RESERVE.store(bytes, Ordering::Relaxed);
+}
+
+/// What [`set_reserve`] last set (0 before).
+pub fn reserve() -> u64 {
+    RESERVE.load(Ordering::Relaxed)
+}
+
 static LIMITED: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::Sender::new(false));
 
-/// Whether the process is over its memory limit, seen from a source. Cheap to clone.
+/// Whether the process is near its memory limit (sources pause), seen from a source. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MemoryPressure {
     rx: watch::Receiver<bool>,
@@ -84,19 +105,25 @@ pub fn set_limited(limited: bool) {
 /// When to raise and when to clear the flag, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
-    /// Raised at or above this (the limit).
+    /// The limit (`memory_limit_mb`), which memory should not pass.
     pub limit_bytes: u64,
+    /// Raised at or above this: the limit less the reserve.
+    pub pause_bytes: u64,
     /// Cleared below this.
     pub resume_bytes: u64,
 }
 
 impl Thresholds {
-    /// Raises the flag at `limit_bytes` and clears it below [`RESUME_PERCENT`] of it (rounded
-    /// down to a whole percent of the limit).
-    pub fn new(limit_bytes: u64) -> Thresholds {
+    /// Raises the flag `reserve_bytes` below `limit_bytes` (at most [`MAX_RESERVE_PERCENT`]
+    /// of it below), and clears it below [`RESUME_PERCENT`] of that (each rounded down to a
+    /// whole percent).
+    pub fn new(limit_bytes: u64, reserve_bytes: u64) -> Thresholds {
+        let reserve = reserve_bytes.min(limit_bytes / 100 * MAX_RESERVE_PERCENT);
+        let pause_bytes = limit_bytes - reserve;
         Thresholds {
             limit_bytes,
-            resume_bytes: limit_bytes / 100 * RESUME_PERCENT,
+            pause_bytes,
+            resume_bytes: pause_bytes / 100 * RESUME_PERCENT,
         }
     }
 
@@ -105,13 +132,14 @@ impl Thresholds {
         if was_limited {
             used_bytes >= self.resume_bytes
         } else {
-            used_bytes >= self.limit_bytes
+            used_bytes >= self.pause_bytes
         }
     }
 }
 
-/// Samples the process's memory every [`SAMPLE_INTERVAL`] and raises or clears the flag;
-/// `changed(limited, used_bytes)` hears each change. While the flag is up, `release` is
+/// Samples the process's memory every [`SAMPLE_INTERVAL`] and raises or clears the flag,
+/// with the thresholds for `limit_bytes` and the [`reserve`] at that sample;
+/// `changed(limited, used_bytes, thresholds)` hears each change. While the flag is up, `release` is
 /// called before each sample: it hands memory the allocator holds free back to the kernel
 /// (glibc keeps freed memory in its arenas, so without it the resident memory could stay
 /// over the resume threshold after the pipeline drained, and sources would never resume).
@@ -119,8 +147,8 @@ impl Thresholds {
 /// Runs until the process ends (or, should `/proc` become unreadable, clears the flag and
 /// returns: sources must not stay paused on a reading that is gone).
 pub async fn monitor(
-    thresholds: Thresholds,
-    mut changed: impl FnMut(bool, u64) + Send,
+    limit_bytes: u64,
+    mut changed: impl FnMut(bool, u64, Thresholds) + Send,
     release: impl Fn() + Send,
 ) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
@@ -139,11 +167,12 @@ pub async fn monitor(
                 return;
             }
         };
+        let thresholds = Thresholds::new(limit_bytes, reserve());
         let now = thresholds.limited(limited, used);
         if now != limited {
             limited = now;
             set_limited(limited);
-            changed(limited, used);
+            changed(limited, used, thresholds);
         }
     }
 }
@@ -239,7 +268,8 @@ mod tests {
 
     #[test]
     fn the_flag_goes_up_at_the_limit_and_down_only_under_the_resume_threshold() {
-        let thresholds = Thresholds::new(1000 * 1024);
+        let thresholds = Thresholds::new(1000 * 1024, 0);
+        assert_eq!(thresholds.pause_bytes, 1000 * 1024);
         assert_eq!(thresholds.resume_bytes, 800 * 1024);
         let mut limited = false;
         let mut seen = Vec::new();
@@ -251,6 +281,24 @@ mod tests {
             seen,
             [false, false, true, true, true, true, false, false, false, true]
         );
+    }
+
+    #[test]
+    fn the_reserve_moves_both_thresholds_down_and_is_capped_at_a_quarter_of_the_limit() {
+        let mib = 1 << 20;
+        // A 57.6 MiB limit (90% of 64 MiB) with 4 MiB lines: pause 8 MiB below it.
+        let limit = 64 * mib / 100 * 90;
+        let thresholds = Thresholds::new(limit, 8 * mib);
+        assert_eq!(thresholds.limit_bytes, limit);
+        assert_eq!(thresholds.pause_bytes, limit - 8 * mib);
+        assert_eq!(thresholds.resume_bytes, (limit - 8 * mib) / 100 * 80);
+        assert!(!thresholds.limited(false, limit - 8 * mib - 1));
+        assert!(thresholds.limited(false, limit - 8 * mib));
+        // 32 MiB webhook bodies: no more than a quarter of the limit is kept free.
+        let capped = Thresholds::new(limit, 64 * mib);
+        assert_eq!(capped.pause_bytes, limit - limit / 100 * 25);
+        // A reserve larger than the whole limit still leaves a limit to pause at.
+        assert!(Thresholds::new(mib, u64::MAX).pause_bytes > 0);
     }
 
     #[test]

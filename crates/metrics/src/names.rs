@@ -70,9 +70,9 @@ pub const KAFKA_CONSUMER_LAG: &str = "auditflow_kafka_consumer_lag";
 pub const RELOADS_TOTAL: &str = "auditflow_reloads_total";
 /// Always 1, labelled with the hash of the pipeline running now.
 pub const CONFIG_HASH: &str = "auditflow_config_hash";
-/// 1 while the process is over its memory limit (`memory_limit_mb`) and sources are paused, else 0.
+/// 1 while the process is near its memory limit (`memory_limit_mb`) and sources are paused, else 0.
 pub const MEMORY_LIMITED: &str = "auditflow_memory_limited";
-/// Times the process went over its memory limit and paused its sources.
+/// Times the process came near its memory limit and paused its sources.
 pub const MEMORY_LIMITED_TOTAL: &str = "auditflow_memory_limited_total";
 /// The memory limit in force (`memory_limit_mb`, or 90% of the cgroup's), in bytes; 0 when none.
 pub const MEMORY_LIMIT_BYTES: &str = "auditflow_memory_limit_bytes";

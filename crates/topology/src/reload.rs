@@ -184,6 +184,28 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Sets `auditflow_config_hash` to the [`config_hash`] of what runs now, and returns
+    /// it: the pipeline last started or reloaded, with each source that fell back to its
+    /// previous options (see [`Running::reload`]) hashed with the options it runs. When a
+    /// source falls back later, as its replacement starts, the series moves again then.
+    /// `None` (and nothing set) for a topology not started from a pipeline.
+    pub fn publish_config_hash(&self) -> Option<String> {
+        let pipeline = self.pipeline.as_ref()?;
+        let fallen_back = lock(&self.fallen_back);
+        let hash = hash_running(pipeline, &fallen_back);
+        auditflow_metrics::Metrics::global().set_config_hash(&hash);
+        Some(hash)
+    }
+
+    /// The [`config_hash`] of what runs now, as [`Running::publish_config_hash`] sets it,
+    /// without setting it.
+    pub fn config_hash(&self) -> Option<String> {
+        let pipeline = self.pipeline.as_ref()?;
+        Some(hash_running(pipeline, &lock(&self.fallen_back)))
+    }
+}
+
 /// Builds the replacement of a changed source once its predecessor stopped. When the new
 /// options cannot start (a port someone else took meanwhile), the options it ran with
 /// (`old`) are tried, so that the pipeline keeps its input, and the reload counts as
@@ -210,7 +232,11 @@ fn restart_source(
     let previous = old.map(|old| (build_source(&old, id), old));
     match previous {
         Some((Ok(source), old)) => {
-            lock(fallen_back).insert(id.to_owned(), old);
+            let mut fallen_back = lock(fallen_back);
+            fallen_back.insert(id.to_owned(), old);
+            // The hash shows what runs: this source's old definition. Set under the lock,
+            // so that it cannot cross `Running::publish_config_hash`.
+            auditflow_metrics::Metrics::global().set_config_hash(&hash_running(new, &fallen_back));
             Ok(source)
         }
         Some((Err(again), _)) => Err(ComponentError::Fatal(format!(
@@ -241,6 +267,12 @@ fn build_source(pipeline: &Pipeline, id: &str) -> Result<Box<dyn Source>, String
 /// so that the same pipeline gives the same hash whatever the key order or file split.
 /// 16 hexadecimal digits.
 pub fn config_hash(pipeline: &Pipeline) -> String {
+    hash_running(pipeline, &BTreeMap::new())
+}
+
+/// [`config_hash`] of what runs: `pipeline`, except that each source in `fallen_back` is
+/// hashed with the definition it runs, the one of the pipeline it fell back to.
+fn hash_running(pipeline: &Pipeline, fallen_back: &BTreeMap<String, Arc<Pipeline>>) -> String {
     let mut text = String::new();
     text.push_str(&serde_json::json!(pipeline.data_dir).to_string());
     if let Some(metrics) = &pipeline.metrics {
@@ -253,7 +285,11 @@ pub fn config_hash(pipeline: &Pipeline) -> String {
         text.push('.');
         text.push_str(&component.id);
         text.push('=');
-        canonical(&component.definition, &mut text);
+        let definition = fallen_back
+            .get(&component.id)
+            .and_then(|runs| runs.component(&component.id))
+            .map_or(&component.definition, |runs| &runs.definition);
+        canonical(definition, &mut text);
     }
     let digest = Sha256::digest(text.as_bytes());
     digest[..8]

@@ -237,6 +237,10 @@ impl Validate for FileConfig {
 }
 
 impl SourceConfig for FileConfig {
+    fn max_record_bytes(&self) -> Option<(u64, &'static str)> {
+        Some((u64::try_from(self.max_line_bytes).ok()?, "max_line_bytes"))
+    }
+
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let settings = self.compiled.take(|| self.compile())?;
         let tailer = tailer::Tailer::new(&cx.id, &cx.data_dir, settings, cx.metrics.file())

@@ -97,6 +97,10 @@ impl Validate for StdinConfig {
 }
 
 impl SourceConfig for StdinConfig {
+    fn max_record_bytes(&self) -> Option<(u64, &'static str)> {
+        Some((u64::try_from(self.max_line_bytes).ok()?, "max_line_bytes"))
+    }
+
     fn build(&self, _: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let envelope = self.compiled.take(|| self.compile())?;
         Ok(Box::new(StdinSource {

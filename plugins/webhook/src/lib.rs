@@ -380,6 +380,10 @@ impl WebhookConfig {
 }
 
 impl SourceConfig for WebhookConfig {
+    fn max_record_bytes(&self) -> Option<(u64, &'static str)> {
+        Some((u64::try_from(self.max_body_bytes).ok()?, "max_body_bytes"))
+    }
+
     fn build(&self, cx: BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let Compiled { tls, settings } = match self.compiled.take(|| self.compile())? {
             Loaded::Read(compiled) => compiled,
